@@ -1,0 +1,38 @@
+//! zoo-core: the machinery every zoo network shares.
+//!
+//! - [`nn`]: the layers candle 0.11.1 lacks (a `ModuleT` sequential container, padded and
+//!   adaptive pooling with backward, seeded dropout) behind one [`nn::Layer`] trait that
+//!   derives shapes, parameters and MACs;
+//! - [`ops`]: the CPU kernels behind them, as candle custom ops;
+//! - [`init`]: seeded Xavier-uniform / PyTorch-default initialisation ([`init::ParamStore`]);
+//! - [`rng`]: the portable seeded generator;
+//! - [`model`] and [`summary`]: the [`model::Model`] trait and layer-by-layer summaries.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::ModuleT;
+//! use zoo_core::init::{InitScheme, ParamStore};
+//! use zoo_core::nn::{Conv2d, Conv2dSpec, Layer, MaxPool2d, ReLU, SequentialT};
+//!
+//! let store = ParamStore::new(42, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
+//! let vb = store.var_builder();
+//! let mut net = SequentialT::new();
+//! net.push_with(&vb, |vb| Conv2d::new(Conv2dSpec::new(3, 8, 3).padding(1), vb))?;
+//! net.push(ReLU);
+//! net.push(MaxPool2d::new(3, 2, 1));
+//! assert_eq!(net.output_shape(&[2, 3, 32, 32])?, vec![2, 8, 16, 16]);
+//! let y = net.forward_t(&Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu)?, true)?;
+//! assert_eq!(y.dims(), &[2, 8, 16, 16]);
+//! assert_eq!(store.num_trainable(), 8 * 3 * 9 + 8);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+
+pub mod init;
+pub mod model;
+pub mod nn;
+pub mod ops;
+pub mod rng;
+pub mod summary;
+pub mod testing;
+
+pub use model::{InputSpec, Model};

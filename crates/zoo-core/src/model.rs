@@ -1,0 +1,75 @@
+//! What every zoo network shares: the [`Model`] trait and the input it is configured for.
+
+use candle_core::Result;
+use candle_nn::ModuleT;
+use serde::{Deserialize, Serialize};
+
+use crate::nn::{Layer, SequentialT};
+
+/// Image input a network is built for: channels, height, width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl InputSpec {
+    pub const fn new(channels: usize, height: usize, width: usize) -> Self {
+        Self {
+            channels,
+            height,
+            width,
+        }
+    }
+
+    /// A square image.
+    pub const fn square(channels: usize, size: usize) -> Self {
+        Self::new(channels, size, size)
+    }
+
+    /// `[batch, channels, height, width]`.
+    pub fn batched(&self, batch: usize) -> [usize; 4] {
+        [batch, self.channels, self.height, self.width]
+    }
+}
+
+impl std::fmt::Display for InputSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}", self.channels, self.height, self.width)
+    }
+}
+
+/// A complete image classifier. Its top level is a [`SequentialT`] in the notebook's sense:
+/// the entries the notebook's `for layer in net` loop prints, named `0`, `1`, ...
+pub trait Model: ModuleT + Send + Sync {
+    /// The top-level layers.
+    fn body(&self) -> &SequentialT;
+
+    /// The input the network was configured for.
+    fn input(&self) -> InputSpec;
+
+    /// Number of output classes.
+    fn num_classes(&self) -> usize;
+
+    /// Trainable parameters.
+    fn num_params(&self) -> usize {
+        self.body().num_params()
+    }
+
+    /// Output shape for an input shape, derived without running the network.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        self.body().output_shape(input)
+    }
+}
+
+/// Checks a configuration's common fields, naming the network.
+pub fn check_config(network: &str, input: &InputSpec, num_classes: usize) -> Result<()> {
+    if input.channels == 0 || input.height == 0 || input.width == 0 {
+        candle_core::bail!("{network}: input {input} has an empty dimension")
+    }
+    if num_classes == 0 {
+        candle_core::bail!("{network}: num_classes must be at least 1")
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Parameter-free layers: ReLU, Flatten and a seeded Dropout.
+
+use candle_core::{DType, Result, Tensor};
+use candle_nn::ModuleT;
+
+use super::Layer;
+use crate::rng::with_thread_rng;
+
+/// `nn.ReLU()`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReLU;
+
+/// `F.relu`, as a function.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    x.relu()
+}
+
+impl ModuleT for ReLU {
+    fn forward_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        x.relu()
+    }
+}
+
+impl Layer for ReLU {
+    fn kind(&self) -> &'static str {
+        "ReLU"
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(input.to_vec())
+    }
+    fn num_params(&self) -> usize {
+        0
+    }
+}
+
+/// `nn.Flatten()`: keeps the batch dimension, flattens the rest.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flatten;
+
+impl ModuleT for Flatten {
+    fn forward_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        x.flatten_from(1)
+    }
+}
+
+impl Layer for Flatten {
+    fn kind(&self) -> &'static str {
+        "Flatten"
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        match input {
+            [] => candle_core::bail!("Flatten: expected a batched input, got a scalar"),
+            [b, rest @ ..] => Ok(vec![*b, rest.iter().product()]),
+        }
+    }
+    fn num_params(&self) -> usize {
+        0
+    }
+}
+
+/// `nn.Dropout(p)`: in training, zeroes each element with probability `p` and scales the
+/// rest by `1 / (1 - p)`; in evaluation, the identity. The mask comes from the seeded
+/// generator of the running thread ([`crate::rng::manual_seed`]), never from candle's
+/// unseedable CPU generator.
+#[derive(Debug, Clone, Copy)]
+pub struct Dropout {
+    p: f32,
+}
+
+impl Dropout {
+    pub fn new(p: f32) -> Result<Self> {
+        if !(0.0..1.0).contains(&p) {
+            candle_core::bail!("Dropout: probability must be in [0, 1), got {p}")
+        }
+        Ok(Self { p })
+    }
+
+    pub fn p(&self) -> f32 {
+        self.p
+    }
+}
+
+impl ModuleT for Dropout {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        let keep_scale = 1.0 / (1.0 - self.p);
+        let n = x.elem_count();
+        let mask: Vec<f32> = with_thread_rng(|rng| {
+            (0..n)
+                .map(|_| {
+                    if rng.uniform_f32() < self.p {
+                        0.0
+                    } else {
+                        keep_scale
+                    }
+                })
+                .collect()
+        });
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+        let mask = if x.dtype() == DType::F32 {
+            mask
+        } else {
+            mask.to_dtype(x.dtype())?
+        };
+        x * mask
+    }
+}
+
+impl Layer for Dropout {
+    fn kind(&self) -> &'static str {
+        "Dropout"
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(input.to_vec())
+    }
+    fn num_params(&self) -> usize {
+        0
+    }
+}

@@ -1,0 +1,205 @@
+//! Convolution and linear layers with PyTorch's initialisation hints and named shape errors.
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Conv2dConfig, Module, ModuleT, VarBuilder};
+
+use super::{Layer, count, expect_nchw};
+use crate::init::{pytorch_bias_hint, pytorch_weight_hint};
+
+/// The arguments of `nn.Conv2d(in, out, kernel_size, stride, padding)` (square kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conv2dSpec {
+    /// Stride 1, no padding.
+    pub fn new(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: 1,
+            padding: 0,
+        }
+    }
+
+    pub fn stride(mut self, stride: usize) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    pub fn padding(mut self, padding: usize) -> Self {
+        self.padding = padding;
+        self
+    }
+}
+
+/// `nn.Conv2d` with bias. Weights `weight` `(out, in, k, k)` and `bias` `(out,)`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    name: String,
+    spec: Conv2dSpec,
+    inner: candle_nn::Conv2d,
+}
+
+impl Conv2d {
+    pub fn new(spec: Conv2dSpec, vb: VarBuilder) -> Result<Self> {
+        if spec.kernel == 0 || spec.stride == 0 || spec.in_channels == 0 || spec.out_channels == 0 {
+            candle_core::bail!("Conv2d `{}`: invalid configuration {spec:?}", vb.prefix())
+        }
+        let k = spec.kernel;
+        let weight = vb.get_with_hints(
+            (spec.out_channels, spec.in_channels, k, k),
+            "weight",
+            pytorch_weight_hint(),
+        )?;
+        let bias = vb.get_with_hints(
+            spec.out_channels,
+            "bias",
+            pytorch_bias_hint(spec.in_channels * k * k),
+        )?;
+        let config = Conv2dConfig {
+            padding: spec.padding,
+            stride: spec.stride,
+            dilation: 1,
+            groups: 1,
+            cudnn_fwd_algo: None,
+        };
+        Ok(Self {
+            name: vb.prefix(),
+            spec,
+            inner: candle_nn::Conv2d::new(weight, Some(bias), config),
+        })
+    }
+
+    pub fn spec(&self) -> &Conv2dSpec {
+        &self.spec
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+
+    fn out_len(&self, len: usize, axis: &str, input: &[usize]) -> Result<usize> {
+        let padded = len + 2 * self.spec.padding;
+        if padded < self.spec.kernel {
+            candle_core::bail!(
+                "Conv2d `{}` ({}->{}, kernel {}): input {axis} {len} (padded {padded}) is smaller \
+                 than the kernel; input shape {input:?} is too small for this network",
+                self.name,
+                self.spec.in_channels,
+                self.spec.out_channels,
+                self.spec.kernel
+            )
+        }
+        Ok((padded - self.spec.kernel) / self.spec.stride + 1)
+    }
+}
+
+impl ModuleT for Conv2d {
+    fn forward_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        self.output_shape(x.dims())?;
+        self.inner.forward(x)
+    }
+}
+
+impl Layer for Conv2d {
+    fn kind(&self) -> &'static str {
+        "Conv2d"
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let what = format!("Conv2d `{}`", self.name);
+        let (b, h, w) = expect_nchw(&what, input, self.spec.in_channels)?;
+        let oh = self.out_len(h, "height", input)?;
+        let ow = self.out_len(w, "width", input)?;
+        Ok(vec![b, self.spec.out_channels, oh, ow])
+    }
+
+    fn num_params(&self) -> usize {
+        count(self.inner.weight()) + self.inner.bias().map_or(0, count)
+    }
+
+    fn macs(&self, input: &[usize]) -> Result<u64> {
+        let out = self.output_shape(input)?;
+        let per_output = (self.spec.in_channels * self.spec.kernel * self.spec.kernel) as u64;
+        Ok(out.iter().product::<usize>() as u64 * per_output)
+    }
+}
+
+/// `nn.Linear(in, out)`. Weights `weight` `(out, in)` and `bias` `(out,)`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    name: String,
+    in_features: usize,
+    out_features: usize,
+    inner: candle_nn::Linear,
+}
+
+impl Linear {
+    pub fn new(in_features: usize, out_features: usize, vb: VarBuilder) -> Result<Self> {
+        if in_features == 0 || out_features == 0 {
+            candle_core::bail!(
+                "Linear `{}`: invalid size {in_features} -> {out_features}",
+                vb.prefix()
+            )
+        }
+        let weight =
+            vb.get_with_hints((out_features, in_features), "weight", pytorch_weight_hint())?;
+        let bias = vb.get_with_hints(out_features, "bias", pytorch_bias_hint(in_features))?;
+        Ok(Self {
+            name: vb.prefix(),
+            in_features,
+            out_features,
+            inner: candle_nn::Linear::new(weight, Some(bias)),
+        })
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+}
+
+impl ModuleT for Linear {
+    fn forward_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        self.output_shape(x.dims())?;
+        self.inner.forward(x)
+    }
+}
+
+impl Layer for Linear {
+    fn kind(&self) -> &'static str {
+        "Linear"
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        match input {
+            [b, f] if *f == self.in_features => Ok(vec![*b, self.out_features]),
+            _ => candle_core::bail!(
+                "Linear `{}`: expected input (batch, {}), got {input:?}; the layers before it \
+                 produce a different size, usually because the configured input size differs \
+                 from the image size",
+                self.name,
+                self.in_features
+            ),
+        }
+    }
+
+    fn num_params(&self) -> usize {
+        count(self.inner.weight()) + self.inner.bias().map_or(0, count)
+    }
+
+    fn macs(&self, input: &[usize]) -> Result<u64> {
+        self.output_shape(input)?;
+        Ok((input[0] * self.in_features * self.out_features) as u64)
+    }
+}

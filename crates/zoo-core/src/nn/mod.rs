@@ -1,0 +1,69 @@
+//! Layers candle lacks, and the [`Layer`] trait that lets zoo summarise any network without
+//! running it.
+//!
+//! Every layer is a struct implementing candle's `ModuleT` (the train flag always passes
+//! through) and [`Layer`], which derives output shapes, parameter counts and
+//! multiply-accumulates analytically. Layers check their input shape first, so a bad input
+//! is an error naming the layer and what it expected instead of a failure deep in candle.
+
+mod activation;
+mod conv;
+mod norm;
+mod pool;
+mod sequential;
+
+pub use activation::{Dropout, Flatten, ReLU, relu};
+pub use conv::{Conv2d, Conv2dSpec, Linear};
+pub use norm::BatchNorm2d;
+pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};
+pub use sequential::SequentialT;
+
+use candle_core::{Result, Tensor};
+use candle_nn::ModuleT;
+
+/// A network layer zoo can summarise: shapes, parameters and MACs without a forward pass.
+pub trait Layer: ModuleT + Send + Sync {
+    /// The PyTorch class name the notebook prints (`Conv2d`, `Sequential`, `DenseBlock`, ...).
+    fn kind(&self) -> &'static str;
+
+    /// The output shape for an input shape (batch first); an error when the input does not fit.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>>;
+
+    /// Trainable parameters (BatchNorm running statistics excluded).
+    fn num_params(&self) -> usize;
+
+    /// Multiply-accumulates of the convolutions and linear layers for the whole input shape.
+    fn macs(&self, input: &[usize]) -> Result<u64> {
+        let _ = input;
+        Ok(0)
+    }
+}
+
+/// Elements in a tensor's shape.
+pub(crate) fn count(t: &Tensor) -> usize {
+    t.elem_count()
+}
+
+/// Checks a 4-d (batch, channels, height, width) input with the expected channel count.
+pub fn expect_nchw(layer: &str, input: &[usize], channels: usize) -> Result<(usize, usize, usize)> {
+    match input {
+        [b, c, h, w] if *c == channels => Ok((*b, *h, *w)),
+        [_, c, _, _] => candle_core::bail!(
+            "{layer}: expected {channels} input channels, got {c} (input shape {input:?})"
+        ),
+        _ => candle_core::bail!(
+            "{layer}: expected a (batch, {channels}, height, width) input, got shape {input:?}"
+        ),
+    }
+}
+
+/// Appends `Conv2d(spec)` and `ReLU` to `seq`, the pair most of these networks repeat.
+pub fn push_conv_relu(
+    seq: &mut SequentialT,
+    vb: &candle_nn::VarBuilder,
+    spec: Conv2dSpec,
+) -> Result<()> {
+    seq.push_with(vb, |vb| Conv2d::new(spec, vb))?;
+    seq.push(ReLU);
+    Ok(())
+}

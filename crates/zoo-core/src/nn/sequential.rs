@@ -1,0 +1,95 @@
+//! `SequentialT`: an `nn.Sequential` for layers that need the train flag (BatchNorm, Dropout).
+
+use candle_core::{Result, Tensor};
+use candle_nn::{ModuleT, VarBuilder};
+
+use super::Layer;
+
+/// Layers applied in order. Like PyTorch's `nn.Sequential`, every child takes the next index
+/// as its name, parameterless or not, so weights are named `3.weight`, `1.0.conv1.weight`, ...
+#[derive(Default)]
+pub struct SequentialT {
+    layers: Vec<Box<dyn Layer>>,
+}
+
+impl SequentialT {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a layer (build it with `vb.pp(seq.len())` when it has weights).
+    pub fn push(&mut self, layer: impl Layer + 'static) -> &mut Self {
+        self.layers.push(Box::new(layer));
+        self
+    }
+
+    /// Builds the next layer under `vb.pp(<its index>)` and appends it.
+    pub fn push_with<L, F>(&mut self, vb: &VarBuilder, build: F) -> Result<&mut Self>
+    where
+        L: Layer + 'static,
+        F: FnOnce(VarBuilder) -> Result<L>,
+    {
+        let layer = build(vb.pp(self.layers.len()))?;
+        Ok(self.push(layer))
+    }
+
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// The children, in order; child `i` is named `i`.
+    pub fn layers(&self) -> &[Box<dyn Layer>] {
+        &self.layers
+    }
+}
+
+impl std::fmt::Debug for SequentialT {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kinds: Vec<&str> = self.layers.iter().map(|l| l.kind()).collect();
+        f.debug_struct("SequentialT")
+            .field("layers", &kinds)
+            .finish()
+    }
+}
+
+impl ModuleT for SequentialT {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = layer.forward_t(&x, train)?;
+        }
+        Ok(x)
+    }
+}
+
+impl Layer for SequentialT {
+    fn kind(&self) -> &'static str {
+        "Sequential"
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let mut shape = input.to_vec();
+        for layer in &self.layers {
+            shape = layer.output_shape(&shape)?;
+        }
+        Ok(shape)
+    }
+
+    fn num_params(&self) -> usize {
+        self.layers.iter().map(|l| l.num_params()).sum()
+    }
+
+    fn macs(&self, input: &[usize]) -> Result<u64> {
+        let mut shape = input.to_vec();
+        let mut total = 0;
+        for layer in &self.layers {
+            total += layer.macs(&shape)?;
+            shape = layer.output_shape(&shape)?;
+        }
+        Ok(total)
+    }
+}

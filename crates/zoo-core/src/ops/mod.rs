@@ -1,0 +1,21 @@
+//! Operations candle lacks or computes slowly, as candle custom ops with forward and backward.
+//!
+//! Each op has one dispatch function: the CPU kernel for f32 tensors on the CPU, and a
+//! composition of candle's own ops (kept as the tested reference) everywhere else.
+
+pub mod pool;
+
+use candle_core::{CpuStorage, Layout, Result};
+
+/// The f32 data of a contiguous CPU tensor, or an error naming the op.
+pub(crate) fn contiguous_f32<'a>(
+    op: &str,
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: expected a contiguous input, got {:?}", layout),
+    }
+}

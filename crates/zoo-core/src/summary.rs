@@ -1,0 +1,157 @@
+//! Layer-by-layer summaries: output shapes, parameters and multiply-accumulates, derived
+//! analytically (no tensor is pushed through the network).
+
+use candle_core::Result;
+use serde::Serialize;
+
+use crate::model::Model;
+
+/// One top-level layer of a network.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerSummary {
+    pub name: String,
+    pub kind: String,
+    pub output_shape: Vec<usize>,
+    pub params: usize,
+    /// Multiply-accumulates of this layer per image.
+    pub macs: u64,
+}
+
+/// The summary of a network for one input shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub model: String,
+    pub input: Vec<usize>,
+    pub layers: Vec<LayerSummary>,
+    /// Total trainable parameters.
+    pub params: usize,
+    /// Multiply-accumulates per image (convolutions and linear layers).
+    pub macs: u64,
+}
+
+impl Summary {
+    /// Summarise `model` (registered as `name`) for an `[N, C, H, W]` input.
+    pub fn of(name: &str, model: &dyn Model, input: &[usize]) -> Result<Self> {
+        let batch = *input.first().unwrap_or(&1);
+        if batch == 0 {
+            candle_core::bail!("summary: batch size must be at least 1, got input {input:?}")
+        }
+        let mut shape = input.to_vec();
+        let mut layers = Vec::new();
+        let mut total_macs = 0u64;
+        for (index, layer) in model.body().layers().iter().enumerate() {
+            let macs = layer.macs(&shape)? / batch as u64;
+            shape = layer.output_shape(&shape)?;
+            total_macs += macs;
+            layers.push(LayerSummary {
+                name: index.to_string(),
+                kind: layer.kind().to_string(),
+                output_shape: shape.clone(),
+                params: layer.num_params(),
+                macs,
+            });
+        }
+        Ok(Self {
+            model: name.to_string(),
+            input: input.to_vec(),
+            params: layers.iter().map(|l| l.params).sum(),
+            layers,
+            macs: total_macs,
+        })
+    }
+
+    /// The notebook's table (`Conv2d output shape: [128, 96, 54, 54]`), with parameters and
+    /// MACs per layer and the totals.
+    pub fn table(&self) -> String {
+        let shape = |s: &[usize]| {
+            format!(
+                "[{}]",
+                s.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let rows: Vec<[String; 5]> = self
+            .layers
+            .iter()
+            .map(|l| {
+                [
+                    l.name.clone(),
+                    l.kind.clone(),
+                    shape(&l.output_shape),
+                    group_thousands(l.params as u64),
+                    group_thousands(l.macs),
+                ]
+            })
+            .collect();
+        let header = ["#", "layer", "output shape", "params", "MACs/image"];
+        let mut widths = header.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        let line = |cells: &[String; 5]| {
+            format!(
+                "{:>w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}",
+                cells[0],
+                cells[1],
+                cells[2],
+                cells[3],
+                cells[4],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2],
+                w3 = widths[3],
+                w4 = widths[4]
+            )
+        };
+        let mut out = format!("{} — input {}\n", self.model, shape(&self.input));
+        out += &line(&header.map(String::from));
+        out.push('\n');
+        out += &"-".repeat(widths.iter().sum::<usize>() + 8);
+        out.push('\n');
+        for row in &rows {
+            out += &line(row);
+            out.push('\n');
+        }
+        out += &format!(
+            "total parameters: {}\nmultiply-accumulates per image: {} ({:.2} GMAC)\n",
+            group_thousands(self.params as u64),
+            group_thousands(self.macs),
+            self.macs as f64 / 1e9
+        );
+        out
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("summary serialises")
+    }
+}
+
+/// `1234567` -> `1,234,567`.
+pub fn group_thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_thousands;
+
+    #[test]
+    fn thousands() {
+        assert_eq!(group_thousands(0), "0");
+        assert_eq!(group_thousands(999), "999");
+        assert_eq!(group_thousands(1000), "1,000");
+        assert_eq!(group_thousands(46787978), "46,787,978");
+    }
+}
