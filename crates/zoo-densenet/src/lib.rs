@@ -1,1 +1,309 @@
-//! zoo-densenet
+//! DenseNet (Huang et al., 2016), as defined in the reference notebook.
+//!
+//! A 7x7 stem with BatchNorm, four dense blocks (each convolution block's output is
+//! concatenated to its input on the channel axis) separated by transition blocks that halve
+//! channels and resolution, then BatchNorm, ReLU, global average pooling and one linear layer.
+//!
+//! # Shapes
+//! `[b, 3, 224, 224] -> [b, 64, 56, 56] -> [b, 192, 56, 56] -> [b, 96, 28, 28] -> ...
+//! -> [b, 248, 7, 7] -> [b, 248] -> [b, 10]`
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::ModuleT;
+//! use zoo_core::init::{InitScheme, ParamStore};
+//! use zoo_densenet::{DenseNet, DenseNetConfig};
+//!
+//! let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
+//! let net = DenseNet::new(&DenseNetConfig::notebook(), store.var_builder())?;
+//! let logits = net.forward_t(&Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu)?, true)?;
+//! assert_eq!(logits.dims(), &[2, 10]);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+
+use candle_core::{Result, Tensor};
+use candle_nn::{ModuleT, VarBuilder};
+use zoo_core::model::check_config;
+use zoo_core::nn::{
+    AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Layer, Linear, ReLU,
+    SequentialT, conv7_stem, expect_nchw,
+};
+use zoo_core::{InputSpec, Model};
+
+/// The notebook's `conv_block`: `BatchNorm2d(in)`, `ReLU`, `Conv2d(in, out, 3, padding 1)`.
+pub fn conv_block(
+    input_channels: usize,
+    num_channels: usize,
+    vb: VarBuilder,
+) -> Result<SequentialT> {
+    let mut block = SequentialT::new();
+    block.push_with(&vb, |vb| BatchNorm2d::new(input_channels, vb))?;
+    block.push(ReLU);
+    block.push_with(&vb, |vb| {
+        Conv2d::new(
+            Conv2dSpec::new(input_channels, num_channels, 3).padding(1),
+            vb,
+        )
+    })?;
+    Ok(block)
+}
+
+/// The notebook's `transition_block`: `BatchNorm2d`, `ReLU`, 1x1 `Conv2d`, `AvgPool2d(2, 2)`.
+pub fn transition_block(
+    input_channels: usize,
+    num_channels: usize,
+    vb: VarBuilder,
+) -> Result<SequentialT> {
+    let mut block = SequentialT::new();
+    block.push_with(&vb, |vb| BatchNorm2d::new(input_channels, vb))?;
+    block.push(ReLU);
+    block.push_with(&vb, |vb| {
+        Conv2d::new(Conv2dSpec::new(input_channels, num_channels, 1), vb)
+    })?;
+    block.push(AvgPool2d::new(2, 2, 0));
+    Ok(block)
+}
+
+/// The notebook's `DenseBlock(num_convs, input_channels, num_channels)`: conv blocks under
+/// `net.<i>`, each seeing the concatenation of the input and every earlier output.
+pub struct DenseBlock {
+    input_channels: usize,
+    growth: usize,
+    net: SequentialT,
+}
+
+impl DenseBlock {
+    pub fn new(
+        num_convs: usize,
+        input_channels: usize,
+        num_channels: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let vb = vb.pp("net");
+        let mut net = SequentialT::new();
+        for i in 0..num_convs {
+            net.push_with(&vb, |vb| {
+                conv_block(num_channels * i + input_channels, num_channels, vb)
+            })?;
+        }
+        Ok(Self {
+            input_channels,
+            growth: num_channels,
+            net,
+        })
+    }
+
+    /// Channels of the output: input plus one growth per conv block.
+    pub fn out_channels(&self) -> usize {
+        self.input_channels + self.growth * self.net.len()
+    }
+}
+
+impl ModuleT for DenseBlock {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.output_shape(x.dims())?;
+        let mut x = x.clone();
+        for block in self.net.layers() {
+            let y = block.forward_t(&x, train)?;
+            // [b, c + growth, h, w]
+            x = Tensor::cat(&[&x, &y], 1)?;
+        }
+        Ok(x)
+    }
+}
+
+impl Layer for DenseBlock {
+    fn kind(&self) -> &'static str {
+        "DenseBlock"
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let (b, h, w) = expect_nchw("DenseBlock", input, self.input_channels)?;
+        Ok(vec![b, self.out_channels(), h, w])
+    }
+
+    fn num_params(&self) -> usize {
+        self.net.num_params()
+    }
+
+    fn macs(&self, input: &[usize]) -> Result<u64> {
+        let (b, h, w) = expect_nchw("DenseBlock", input, self.input_channels)?;
+        let mut total = 0;
+        for (i, block) in self.net.layers().iter().enumerate() {
+            total += block.macs(&[b, self.input_channels + i * self.growth, h, w])?;
+        }
+        Ok(total)
+    }
+}
+
+/// DenseNet's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseNetConfig {
+    /// Channels after the stem.
+    pub stem_channels: usize,
+    pub growth_rate: usize,
+    /// Conv blocks in each dense block.
+    pub num_convs_in_dense_blocks: Vec<usize>,
+    pub num_classes: usize,
+    pub input: InputSpec,
+}
+
+impl DenseNetConfig {
+    /// The notebook's network: stem 64, growth 32, `[4, 4, 4, 4]`, 10 classes, 3x224x224.
+    pub fn notebook() -> Self {
+        Self {
+            stem_channels: 64,
+            growth_rate: 32,
+            num_convs_in_dense_blocks: vec![4, 4, 4, 4],
+            num_classes: 10,
+            input: InputSpec::square(3, 224),
+        }
+    }
+
+    pub fn with_num_classes(mut self, num_classes: usize) -> Self {
+        self.num_classes = num_classes;
+        self
+    }
+
+    pub fn with_input(mut self, input: InputSpec) -> Self {
+        self.input = input;
+        self
+    }
+
+    pub fn with_input_size(mut self, size: usize) -> Self {
+        self.input.height = size;
+        self.input.width = size;
+        self
+    }
+}
+
+/// DenseNet: `0` stem, dense and transition blocks alternating, then `BatchNorm2d`, `ReLU`,
+/// `AdaptiveAvgPool2d`, `Flatten`, `Linear`.
+pub struct DenseNet {
+    config: DenseNetConfig,
+    net: SequentialT,
+}
+
+impl DenseNet {
+    pub fn new(config: &DenseNetConfig, vb: VarBuilder) -> Result<Self> {
+        check_config("DenseNet", &config.input, config.num_classes)?;
+        let c = config;
+        if c.num_convs_in_dense_blocks.is_empty() {
+            candle_core::bail!("DenseNet: needs at least one dense block")
+        }
+        let mut net = SequentialT::new();
+        // b1: [b, 64, h/4, w/4]
+        net.push_with(&vb, |vb| {
+            conv7_stem(c.input.channels, c.stem_channels, true, vb)
+        })?;
+        let mut channels = c.stem_channels;
+        let last = c.num_convs_in_dense_blocks.len() - 1;
+        for (i, &num_convs) in c.num_convs_in_dense_blocks.iter().enumerate() {
+            net.push_with(&vb, |vb| {
+                DenseBlock::new(num_convs, channels, c.growth_rate, vb)
+            })?;
+            channels += num_convs * c.growth_rate;
+            if i != last {
+                // halves channels and resolution
+                net.push_with(&vb, |vb| transition_block(channels, channels / 2, vb))?;
+                channels /= 2;
+            }
+        }
+        net.push_with(&vb, |vb| BatchNorm2d::new(channels, vb))?;
+        net.push(ReLU);
+        net.push(AdaptiveAvgPool2d::new(1, 1));
+        net.push(Flatten);
+        net.push_with(&vb, |vb| Linear::new(channels, c.num_classes, vb))?;
+        net.output_shape(&c.input.batched(1)).map_err(|e| {
+            candle_core::Error::Msg(format!("DenseNet: input {} is too small: {e}", c.input))
+        })?;
+        Ok(Self {
+            config: config.clone(),
+            net,
+        })
+    }
+
+    pub fn config(&self) -> &DenseNetConfig {
+        &self.config
+    }
+}
+
+impl ModuleT for DenseNet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.net.forward_t(xs, train)
+    }
+}
+
+impl Model for DenseNet {
+    fn body(&self) -> &SequentialT {
+        &self.net
+    }
+    fn input(&self) -> InputSpec {
+        self.config.input
+    }
+    fn num_classes(&self) -> usize {
+        self.config.num_classes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zoo_core::testing::{
+        check_backward_reaches_every_parameter, check_layer_shapes, test_input, test_store,
+    };
+
+    #[test]
+    fn dense_and_transition_blocks_match_the_notebook() -> Result<()> {
+        let x = test_input(&[4, 3, 8, 8], 0)?;
+        for train in [true, false] {
+            let blk = DenseBlock::new(2, 3, 10, test_store(0).var_builder())?;
+            let y = blk.forward_t(&x, train)?;
+            assert_eq!(y.dims(), &[4, 23, 8, 8]);
+            // The input passes through unchanged as the first channels.
+            let head = (y.narrow(1, 0, 3)? - &x)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert_eq!(head, 0.0);
+            let trans = transition_block(23, 10, test_store(0).var_builder())?;
+            assert_eq!(trans.forward_t(&y, train)?.dims(), &[4, 10, 4, 4]);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn densenet_matches_the_notebook() -> Result<()> {
+        let expected: &[(&str, &[usize])] = &[
+            ("Sequential", &[128, 64, 56, 56]),
+            ("DenseBlock", &[128, 192, 56, 56]),
+            ("Sequential", &[128, 96, 28, 28]),
+            ("DenseBlock", &[128, 224, 28, 28]),
+            ("Sequential", &[128, 112, 14, 14]),
+            ("DenseBlock", &[128, 240, 14, 14]),
+            ("Sequential", &[128, 120, 7, 7]),
+            ("DenseBlock", &[128, 248, 7, 7]),
+            ("BatchNorm2d", &[128, 248, 7, 7]),
+            ("ReLU", &[128, 248, 7, 7]),
+            ("AdaptiveAvgPool2d", &[128, 248, 1, 1]),
+            ("Flatten", &[128, 248]),
+            ("Linear", &[128, 10]),
+        ];
+        let store = test_store(0);
+        let net = DenseNet::new(&DenseNetConfig::notebook(), store.var_builder())?;
+        check_layer_shapes(&net, [3, 224, 224], expected, 2)?;
+        assert_eq!(net.num_params(), 764_498);
+        assert_eq!(store.num_trainable(), 764_498);
+        Ok(())
+    }
+
+    #[test]
+    fn small_input_trains() -> Result<()> {
+        let store = test_store(3);
+        let net = DenseNet::new(
+            &DenseNetConfig::notebook().with_input_size(32),
+            store.var_builder(),
+        )?;
+        check_backward_reaches_every_parameter(&store, &net, &[2, 3, 32, 32])
+    }
+}

@@ -1,1 +1,397 @@
-//! zoo-resnet
+//! ResNet (He et al., 2015), as defined in the reference notebook.
+//!
+//! A 7x7 stem with BatchNorm, four stages of `Residual` blocks (two 3x3 convolutions with
+//! BatchNorm, plus a strided 1x1 convolution on the shortcut where the shape changes), global
+//! average pooling and one linear layer. The notebook's ResNet-18 is
+//! [`ResNetConfig::resnet18`]; [`ResNetConfig::resnet34`] is the same code with the paper's
+//! `[3, 4, 6, 3]` blocks per stage.
+//!
+//! # Shapes (ResNet-18)
+//! `[b, 3, 224, 224] -> [b, 64, 56, 56] -> [b, 128, 28, 28] -> [b, 256, 14, 14]
+//! -> [b, 512, 7, 7] -> [b, 512, 1, 1] -> [b, 512] -> [b, 10]`
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::ModuleT;
+//! use zoo_core::init::{InitScheme, ParamStore};
+//! use zoo_resnet::{ResNet, ResNetConfig};
+//!
+//! let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
+//! let net = ResNet::new(&ResNetConfig::resnet18(), store.var_builder())?;
+//! let logits = net.forward_t(&Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu)?, true)?;
+//! assert_eq!(logits.dims(), &[2, 10]);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+
+use candle_core::{Result, Tensor};
+use candle_nn::{ModuleT, VarBuilder};
+use zoo_core::model::check_config;
+use zoo_core::nn::{
+    AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Layer, Linear, SequentialT,
+    conv7_stem,
+};
+use zoo_core::{InputSpec, Model};
+
+/// The notebook's `Residual(input_channels, num_channels, use_1x1conv, strides)`.
+/// Weights `conv1`, `conv2`, `conv3` (shortcut, optional), `bn1`, `bn2`.
+pub struct Residual {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    conv3: Option<Conv2d>,
+    bn1: BatchNorm2d,
+    bn2: BatchNorm2d,
+}
+
+impl Residual {
+    pub fn new(
+        input_channels: usize,
+        num_channels: usize,
+        use_1x1conv: bool,
+        strides: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let conv1 = Conv2d::new(
+            Conv2dSpec::new(input_channels, num_channels, 3)
+                .padding(1)
+                .stride(strides),
+            vb.pp("conv1"),
+        )?;
+        let conv2 = Conv2d::new(
+            Conv2dSpec::new(num_channels, num_channels, 3).padding(1),
+            vb.pp("conv2"),
+        )?;
+        let conv3 = if use_1x1conv {
+            let spec = Conv2dSpec::new(input_channels, num_channels, 1).stride(strides);
+            Some(Conv2d::new(spec, vb.pp("conv3"))?)
+        } else {
+            None
+        };
+        if conv3.is_none() && (input_channels != num_channels || strides != 1) {
+            candle_core::bail!(
+                "Residual `{}`: {input_channels}->{num_channels} channels with stride {strides} \
+                 needs use_1x1conv, or the shortcut cannot be added",
+                vb.prefix()
+            )
+        }
+        Ok(Self {
+            conv1,
+            conv2,
+            conv3,
+            bn1: BatchNorm2d::new(num_channels, vb.pp("bn1"))?,
+            bn2: BatchNorm2d::new(num_channels, vb.pp("bn2"))?,
+        })
+    }
+}
+
+impl ModuleT for Residual {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self
+            .bn1
+            .forward_t(&self.conv1.forward_t(x, train)?, train)?
+            .relu()?;
+        let y = self
+            .bn2
+            .forward_t(&self.conv2.forward_t(&y, train)?, train)?;
+        let shortcut = match &self.conv3 {
+            Some(conv3) => conv3.forward_t(x, train)?,
+            None => x.clone(),
+        };
+        (y + shortcut)?.relu()
+    }
+}
+
+impl Layer for Residual {
+    fn kind(&self) -> &'static str {
+        "Residual"
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let mid = self.conv1.output_shape(input)?;
+        self.conv2.output_shape(&mid)
+    }
+
+    fn num_params(&self) -> usize {
+        self.conv1.num_params()
+            + self.conv2.num_params()
+            + self.conv3.as_ref().map_or(0, |c| c.num_params())
+            + self.bn1.num_params()
+            + self.bn2.num_params()
+    }
+
+    fn macs(&self, input: &[usize]) -> Result<u64> {
+        let mid = self.conv1.output_shape(input)?;
+        let shortcut = match &self.conv3 {
+            Some(c) => c.macs(input)?,
+            None => 0,
+        };
+        Ok(self.conv1.macs(input)? + self.conv2.macs(&mid)? + shortcut)
+    }
+}
+
+/// ResNet's configuration: residual blocks and channels per stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResNetConfig {
+    /// Residual blocks in each stage (`b2`..`b5`).
+    pub blocks: Vec<usize>,
+    /// Output channels of each stage; the stem has `channels[0]`.
+    pub channels: Vec<usize>,
+    pub num_classes: usize,
+    pub input: InputSpec,
+}
+
+impl ResNetConfig {
+    /// The notebook's ResNet-18: `[2, 2, 2, 2]` blocks of `[64, 128, 256, 512]` channels,
+    /// 10 classes, 3x224x224.
+    pub fn resnet18() -> Self {
+        Self {
+            blocks: vec![2, 2, 2, 2],
+            channels: vec![64, 128, 256, 512],
+            num_classes: 10,
+            input: InputSpec::square(3, 224),
+        }
+    }
+
+    /// ResNet-34's depth (`[3, 4, 6, 3]`) with the notebook's blocks.
+    pub fn resnet34() -> Self {
+        Self {
+            blocks: vec![3, 4, 6, 3],
+            ..Self::resnet18()
+        }
+    }
+
+    pub fn with_num_classes(mut self, num_classes: usize) -> Self {
+        self.num_classes = num_classes;
+        self
+    }
+
+    pub fn with_input(mut self, input: InputSpec) -> Self {
+        self.input = input;
+        self
+    }
+
+    pub fn with_input_size(mut self, size: usize) -> Self {
+        self.input.height = size;
+        self.input.width = size;
+        self
+    }
+}
+
+/// The notebook's `resnet_block`: a stage of residual blocks; all but the first stage start
+/// with a strided block that changes the channel count.
+pub fn resnet_stage(
+    input_channels: usize,
+    num_channels: usize,
+    num_residuals: usize,
+    first_block: bool,
+    vb: VarBuilder,
+) -> Result<SequentialT> {
+    let mut stage = SequentialT::new();
+    for i in 0..num_residuals {
+        if i == 0 && !first_block {
+            stage.push_with(&vb, |vb| {
+                Residual::new(input_channels, num_channels, true, 2, vb)
+            })?;
+        } else {
+            stage.push_with(&vb, |vb| {
+                Residual::new(num_channels, num_channels, false, 1, vb)
+            })?;
+        }
+    }
+    Ok(stage)
+}
+
+/// ResNet: `0` stem (`b1`), `1`..`4` stages, then `AdaptiveAvgPool2d`, `Flatten`, `Linear`.
+pub struct ResNet {
+    config: ResNetConfig,
+    net: SequentialT,
+}
+
+impl ResNet {
+    pub fn new(config: &ResNetConfig, vb: VarBuilder) -> Result<Self> {
+        check_config("ResNet", &config.input, config.num_classes)?;
+        let c = config;
+        if c.blocks.is_empty() || c.blocks.len() != c.channels.len() || c.blocks.contains(&0) {
+            candle_core::bail!(
+                "ResNet: need one non-zero block count per stage, got blocks {:?} for channels {:?}",
+                c.blocks,
+                c.channels
+            )
+        }
+        let mut net = SequentialT::new();
+        // b1: [b, 64, h/4, w/4]
+        net.push_with(&vb, |vb| {
+            conv7_stem(c.input.channels, c.channels[0], true, vb)
+        })?;
+        let mut channels = c.channels[0];
+        for (stage, (&blocks, &out)) in c.blocks.iter().zip(&c.channels).enumerate() {
+            // [b, out, h / 2^(stage + 2), ...]
+            net.push_with(&vb, |vb| {
+                resnet_stage(channels, out, blocks, stage == 0, vb)
+            })?;
+            channels = out;
+        }
+        net.push(AdaptiveAvgPool2d::new(1, 1));
+        net.push(Flatten);
+        net.push_with(&vb, |vb| Linear::new(channels, c.num_classes, vb))?;
+        net.output_shape(&c.input.batched(1)).map_err(|e| {
+            candle_core::Error::Msg(format!("ResNet: input {} is too small: {e}", c.input))
+        })?;
+        Ok(Self {
+            config: config.clone(),
+            net,
+        })
+    }
+
+    pub fn config(&self) -> &ResNetConfig {
+        &self.config
+    }
+}
+
+impl ModuleT for ResNet {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.net.forward_t(xs, train)
+    }
+}
+
+impl Model for ResNet {
+    fn body(&self) -> &SequentialT {
+        &self.net
+    }
+    fn input(&self) -> InputSpec {
+        self.config.input
+    }
+    fn num_classes(&self) -> usize {
+        self.config.num_classes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zoo_core::testing::{
+        check_backward_reaches_every_parameter, check_layer_shapes, test_input, test_store,
+    };
+
+    #[test]
+    fn residual_blocks_match_the_notebook() -> Result<()> {
+        let x = test_input(&[4, 3, 6, 6], 0)?;
+        for train in [true, false] {
+            let blk = Residual::new(3, 3, false, 1, test_store(0).var_builder())?;
+            assert_eq!(blk.forward_t(&x, train)?.dims(), &[4, 3, 6, 6]);
+            let blk = Residual::new(3, 6, true, 2, test_store(0).var_builder())?;
+            assert_eq!(blk.forward_t(&x, train)?.dims(), &[4, 6, 3, 3]);
+            assert_eq!(blk.output_shape(&[4, 3, 6, 6])?, vec![4, 6, 3, 3]);
+        }
+        let err = Residual::new(3, 6, false, 1, test_store(0).var_builder())
+            .err()
+            .expect("needs 1x1");
+        assert!(err.to_string().contains("needs use_1x1conv"), "{err}");
+        Ok(())
+    }
+
+    /// The notebook's ResNet parameter count by its definition, independent of the code:
+    /// conv(i, o, k) = i*o*k*k + o, bn(c) = 2c.
+    fn count_resnet(blocks: &[usize]) -> usize {
+        let conv = |i: usize, o: usize, k: usize| i * o * k * k + o;
+        let bn = |c: usize| 2 * c;
+        let residual = |i: usize, o: usize, shortcut: bool| {
+            conv(i, o, 3) + conv(o, o, 3) + if shortcut { conv(i, o, 1) } else { 0 } + 2 * bn(o)
+        };
+        let mut total = conv(3, 64, 7) + bn(64);
+        let mut channels = 64;
+        for (stage, (&n, out)) in blocks.iter().zip([64, 128, 256, 512]).enumerate() {
+            for i in 0..n {
+                total += if i == 0 && stage > 0 {
+                    residual(channels, out, true)
+                } else {
+                    residual(out, out, false)
+                };
+            }
+            channels = out;
+        }
+        total + conv(512, 10, 1)
+    }
+
+    #[test]
+    fn resnet18_matches_the_notebook() -> Result<()> {
+        let expected: &[(&str, &[usize])] = &[
+            ("Sequential", &[128, 64, 56, 56]),
+            ("Sequential", &[128, 64, 56, 56]),
+            ("Sequential", &[128, 128, 28, 28]),
+            ("Sequential", &[128, 256, 14, 14]),
+            ("Sequential", &[128, 512, 7, 7]),
+            ("AdaptiveAvgPool2d", &[128, 512, 1, 1]),
+            ("Flatten", &[128, 512]),
+            ("Linear", &[128, 10]),
+        ];
+        let store = test_store(0);
+        let net = ResNet::new(&ResNetConfig::resnet18(), store.var_builder())?;
+        check_layer_shapes(&net, [3, 224, 224], expected, 2)?;
+        assert_eq!(count_resnet(&[2, 2, 2, 2]), 11_184_650);
+        assert_eq!(net.num_params(), 11_184_650);
+        assert_eq!(store.num_trainable(), 11_184_650);
+        Ok(())
+    }
+
+    #[test]
+    fn resnet34_is_the_same_code_deeper_and_trains_at_32px() -> Result<()> {
+        let store = test_store(0);
+        let net = ResNet::new(
+            &ResNetConfig::resnet34().with_input_size(32),
+            store.var_builder(),
+        )?;
+        assert_eq!(net.num_params(), count_resnet(&[3, 4, 6, 3]));
+        assert_eq!(
+            net.body().layers()[3].output_shape(&[1, 128, 4, 4])?,
+            vec![1, 256, 2, 2]
+        );
+        check_backward_reaches_every_parameter(&store, &net, &[2, 3, 32, 32])?;
+        Ok(())
+    }
+
+    #[test]
+    fn batch_norm_changes_behaviour_between_modes() -> Result<()> {
+        let store = test_store(4);
+        let net = ResNet::new(
+            &ResNetConfig::resnet18().with_input_size(32),
+            store.var_builder(),
+        )?;
+        let x = test_input(&[4, 3, 32, 32], 5)?;
+        let running_before: Vec<f32> = store
+            .named_tensors()
+            .iter()
+            .find(|(n, _)| n == "0.1.running_mean")
+            .map(|(_, v)| v.as_tensor().to_vec1())
+            .expect("stem batch norm")?;
+        let eval_a = net.forward_t(&x, false)?;
+        let eval_b = net.forward_t(&x, false)?;
+        assert_eq!(
+            eval_a.to_vec2::<f32>()?,
+            eval_b.to_vec2::<f32>()?,
+            "eval is deterministic"
+        );
+        let train = net.forward_t(&x, true)?;
+        let diff = (train - &eval_a)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(
+            diff > 1e-3,
+            "training mode must use batch statistics (diff {diff})"
+        );
+        let running_after: Vec<f32> = store
+            .named_tensors()
+            .iter()
+            .find(|(n, _)| n == "0.1.running_mean")
+            .map(|(_, v)| v.as_tensor().to_vec1())
+            .expect("stem batch norm")?;
+        assert_ne!(
+            running_before, running_after,
+            "training updates running statistics"
+        );
+        let eval_c = net.forward_t(&x, false)?;
+        let moved = (eval_c - eval_a)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(
+            moved > 0.0,
+            "evaluation uses the updated running statistics"
+        );
+        Ok(())
+    }
+}

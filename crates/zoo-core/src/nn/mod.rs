@@ -67,3 +67,27 @@ pub fn push_conv_relu(
     seq.push(ReLU);
     Ok(())
 }
+
+/// The stem ResNet, DenseNet (with BatchNorm) and GoogLeNet (without) share:
+/// `Conv2d(in, out, 7, stride 2, padding 3)`, [`BatchNorm2d(out)`], `ReLU`, `MaxPool2d(3, 2, 1)`.
+///
+/// # Shapes
+/// `[b, in, h, w] -> [b, out, h / 4, w / 4]` (rounded up)
+pub fn conv7_stem(
+    in_channels: usize,
+    out_channels: usize,
+    batch_norm: bool,
+    vb: candle_nn::VarBuilder,
+) -> Result<SequentialT> {
+    let mut stem = SequentialT::new();
+    let spec = Conv2dSpec::new(in_channels, out_channels, 7)
+        .stride(2)
+        .padding(3);
+    stem.push_with(&vb, |vb| Conv2d::new(spec, vb))?;
+    if batch_norm {
+        stem.push_with(&vb, |vb| BatchNorm2d::new(out_channels, vb))?;
+    }
+    stem.push(ReLU);
+    stem.push(MaxPool2d::new(3, 2, 1));
+    Ok(stem)
+}
