@@ -119,3 +119,35 @@ impl Layer for Dropout {
         0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::manual_seed;
+    use candle_core::Device;
+
+    #[test]
+    fn dropout_is_seeded_scaled_and_off_in_evaluation() -> Result<()> {
+        let x = Tensor::ones((64, 64), DType::F32, &Device::Cpu)?;
+        let drop = Dropout::new(0.5)?;
+        assert_eq!(
+            drop.forward_t(&x, false)?.to_vec2::<f32>()?,
+            x.to_vec2::<f32>()?
+        );
+        manual_seed(11);
+        let a = drop.forward_t(&x, true)?.flatten_all()?.to_vec1::<f32>()?;
+        manual_seed(11);
+        let b = drop.forward_t(&x, true)?.flatten_all()?.to_vec1::<f32>()?;
+        let c = drop.forward_t(&x, true)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(a, b, "same seed, same mask");
+        assert_ne!(b, c, "the stream moves on");
+        assert!(
+            a.iter().all(|&v| v == 0.0 || v == 2.0),
+            "kept values scale by 1/(1-p)"
+        );
+        let dropped = a.iter().filter(|&&v| v == 0.0).count() as f64 / a.len() as f64;
+        assert!((dropped - 0.5).abs() < 0.03, "dropped fraction {dropped}");
+        assert!(Dropout::new(1.0).is_err());
+        Ok(())
+    }
+}

@@ -368,3 +368,335 @@ pub fn adaptive_avg_pool2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Ten
     }
     Tensor::cat(&rows, 2)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::test_input;
+
+    // Expected values from PyTorch, produced by `scripts/pool_reference.py`:
+    // x[i] = ((i * 37) % 23) / 7 - 1.5, upstream gradient g[j] = 0.1 * (j + 1).
+    // torch 2.15.0+cu132
+    // MAX_3_2_1: input [2, 2, 7, 6] -> [2, 2, 4, 3]
+    const MAX_3_2_1_OUT: &[f32] = &[
+        0.642857, 1.35714, 1.21429, 1.64286, 1.5, 1.07143, 1.64286, 1.35714, 1.07143, 1.5, 1.35714,
+        1.64286, 1.21429, 1.21429, 0.642857, 1.35714, 1.21429, 1.64286, 1.21429, 1.07143, 1.64286,
+        1.21429, 0.785714, 1.5, 1.07143, 1.64286, 1.64286, 1.07143, 1.5, 1.5, 0.928571, 1.64286,
+        1.5, 0.642857, 1.35714, 1.35714, 1.64286, 1.64286, 1.07143, 1.64286, 1.64286, 1.21429,
+        1.64286, 1.5, 1.07143, 1.64286, 1.21429, 1.07143,
+    ];
+    const MAX_3_2_1_GRAD: &[f32] = &[
+        0.0, 0.0, 0.0, 0.3, 0.0, 0.0, 0.1, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0,
+        1.1, 0.0, 0.0, 1.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.9, 0.0, 0.0, 0.0, 0.0,
+        1.0, 0.0, 0.0, 0.0, 0.0, 1.2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 4.4, 0.0, 0.0, 1.5, 0.0,
+        1.6, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.9, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0,
+        4.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.3, 0.0, 2.4, 0.0, 0.0, 0.0, 0.0, 5.3, 0.0, 0.0,
+        5.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.2, 0.0, 0.0,
+        3.1, 0.0, 3.2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.4, 0.0, 7.1, 0.0, 0.0,
+        0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 15.6, 0.0, 0.0, 3.9, 0.0, 0.0, 0.0, 0.0, 4.2, 0.0, 0.0,
+        0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 4.4, 0.0, 0.0, 0.0, 0.0, 8.9, 0.0, 0.0, 9.3, 0.0, 0.0,
+        0.0, 0.0, 4.7, 0.0, 0.0, 0.0,
+    ];
+    // MAX_3_1_1: input [1, 2, 4, 5] -> [1, 2, 4, 5]
+    const MAX_3_1_1_OUT: &[f32] = &[
+        0.642857, 0.642857, 1.35714, 1.35714, 1.35714, 0.785714, 0.785714, 1.5, 1.5, 1.5, 0.928571,
+        0.928571, 1.64286, 1.64286, 1.64286, 0.928571, 0.928571, 1.64286, 1.64286, 1.64286,
+        1.21429, 1.21429, 1.21429, 0.642857, 0.642857, 1.35714, 1.35714, 1.35714, 0.785714,
+        0.785714, 1.5, 1.5, 1.5, 0.928571, 0.928571, 1.5, 1.5, 1.5, 0.928571, 0.928571,
+    ];
+    const MAX_3_1_1_GRAD: &[f32] = &[
+        0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3, 0.0, 1.2, 0.0, 0.0, 1.3, 0.0, 2.7, 0.0, 0.0, 5.6, 0.0,
+        9.9, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 6.6, 0.0, 0.0, 4.9, 0.0, 8.1, 0.0, 0.0, 5.9, 0.0,
+        20.7, 0.0, 0.0, 14.8,
+    ];
+    // MAX_3_2_0: input [1, 1, 7, 7] -> [1, 1, 3, 3]
+    const MAX_3_2_0_OUT: &[f32] = &[
+        1.35714, 1.64286, 1.64286, 1.07143, 1.64286, 1.64286, 1.5, 1.35714, 1.64286,
+    ];
+    const MAX_3_2_0_GRAD: &[f32] = &[
+        0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+        1.6, 0.0, 0.0, 0.4, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.8, 0.0, 0.0, 0.0, 0.0,
+        0.7, 0.0, 0.0, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+    ];
+    // AVG_3_2_1: input [2, 2, 7, 6] -> [2, 2, 4, 3]
+    const AVG_3_2_1_OUT: &[f32] = &[
+        -0.111111,
+        0.190476,
+        -0.0634921,
+        0.333333,
+        0.214286,
+        -0.166667,
+        0.269841,
+        0.119048,
+        -0.261905,
+        0.269841,
+        0.031746,
+        0.142857,
+        -0.015873,
+        -0.031746,
+        -0.285714,
+        0.111111,
+        -0.119048,
+        0.230159,
+        0.0476191,
+        -0.214286,
+        0.134921,
+        0.0,
+        -0.190476,
+        0.285714,
+        0.0793651,
+        0.111111,
+        0.222222,
+        -0.111111,
+        -0.0873016,
+        0.261905,
+        -0.174603,
+        0.18254,
+        0.166667,
+        -0.269841,
+        -0.047619,
+        0.0634921,
+        0.174603,
+        0.253968,
+        1.65568e-09,
+        0.031746,
+        0.309524,
+        -0.0714286,
+        0.333333,
+        0.214286,
+        -0.166667,
+        0.190476,
+        0.0952381,
+        -0.15873,
+    ];
+    const AVG_3_2_1_GRAD: &[f32] = &[
+        0.0111111, 0.0333333, 0.0222222, 0.0555556, 0.0333333, 0.0333333, 0.0555556, 0.133333,
+        0.0777778, 0.177778, 0.1, 0.1, 0.0444444, 0.1, 0.0555556, 0.122222, 0.0666667, 0.0666667,
+        0.122222, 0.266667, 0.144444, 0.311111, 0.166667, 0.166667, 0.0777778, 0.166667, 0.0888889,
+        0.188889, 0.1, 0.1, 0.188889, 0.4, 0.211111, 0.444444, 0.233333, 0.233333, 0.111111,
+        0.233333, 0.122222, 0.255556, 0.133333, 0.133333, 0.144444, 0.3, 0.155556, 0.322222,
+        0.166667, 0.166667, 0.322222, 0.666667, 0.344444, 0.711111, 0.366667, 0.366667, 0.177778,
+        0.366667, 0.188889, 0.388889, 0.2, 0.2, 0.388889, 0.8, 0.411111, 0.844444, 0.433333,
+        0.433333, 0.211111, 0.433333, 0.222222, 0.455556, 0.233333, 0.233333, 0.455556, 0.933333,
+        0.477778, 0.977778, 0.5, 0.5, 0.244444, 0.5, 0.255556, 0.522222, 0.266667, 0.266667,
+        0.277778, 0.566667, 0.288889, 0.588889, 0.3, 0.3, 0.588889, 1.2, 0.611111, 1.24444,
+        0.633333, 0.633333, 0.311111, 0.633333, 0.322222, 0.655556, 0.333333, 0.333333, 0.655555,
+        1.33333, 0.677778, 1.37778, 0.7, 0.7, 0.344444, 0.7, 0.355556, 0.722222, 0.366667,
+        0.366667, 0.722222, 1.46667, 0.744444, 1.51111, 0.766667, 0.766667, 0.377778, 0.766667,
+        0.388889, 0.788889, 0.4, 0.4, 0.411111, 0.833333, 0.422222, 0.855556, 0.433333, 0.433333,
+        0.855556, 1.73333, 0.877778, 1.77778, 0.9, 0.9, 0.444444, 0.9, 0.455556, 0.922222,
+        0.466667, 0.466667, 0.922222, 1.86667, 0.944444, 1.91111, 0.966667, 0.966667, 0.477778,
+        0.966667, 0.488889, 0.988889, 0.5, 0.5, 0.988889, 2.0, 1.01111, 2.04444, 1.03333, 1.03333,
+        0.511111, 1.03333, 0.522222, 1.05556, 0.533333, 0.533333,
+    ];
+    // AVG_2_2_0: input [1, 2, 5, 4] -> [1, 2, 2, 2]
+    const AVG_2_2_0_OUT: &[f32] = &[
+        -0.607143, 0.107143, 0.607143, -0.321429, -0.0357143, -0.142857, -0.464286, 0.25,
+    ];
+    const AVG_2_2_0_GRAD: &[f32] = &[
+        0.025, 0.025, 0.05, 0.05, 0.025, 0.025, 0.05, 0.05, 0.075, 0.075, 0.1, 0.1, 0.075, 0.075,
+        0.1, 0.1, 0.0, 0.0, 0.0, 0.0, 0.125, 0.125, 0.15, 0.15, 0.125, 0.125, 0.15, 0.15, 0.175,
+        0.175, 0.2, 0.2, 0.175, 0.175, 0.2, 0.2, 0.0, 0.0, 0.0, 0.0,
+    ];
+    // ADAPTIVE_3X2: input [1, 2, 7, 5] -> [1, 2, 3, 2]
+    const ADAPTIVE_3X2_OUT: &[f32] = &[
+        -0.452381, 0.261905, -0.166667, 0.18254, 0.119048, -0.261905, 0.18254, 0.166667, -0.261905,
+        0.452381, 0.0238095, 0.373016,
+    ];
+    const ADAPTIVE_3X2_GRAD: &[f32] = &[
+        0.0111111, 0.0111111, 0.0333333, 0.0222222, 0.0222222, 0.0111111, 0.0111111, 0.0333333,
+        0.0222222, 0.0222222, 0.0444444, 0.0444444, 0.111111, 0.0666667, 0.0666667, 0.0333333,
+        0.0333333, 0.0777778, 0.0444444, 0.0444444, 0.0888889, 0.0888889, 0.2, 0.111111, 0.111111,
+        0.0555556, 0.0555556, 0.122222, 0.0666667, 0.0666667, 0.0555556, 0.0555556, 0.122222,
+        0.0666667, 0.0666667, 0.0777778, 0.0777778, 0.166667, 0.0888889, 0.0888889, 0.0777778,
+        0.0777778, 0.166667, 0.0888889, 0.0888889, 0.177778, 0.177778, 0.377778, 0.2, 0.2, 0.1,
+        0.1, 0.211111, 0.111111, 0.111111, 0.222222, 0.222222, 0.466667, 0.244444, 0.244444,
+        0.122222, 0.122222, 0.255556, 0.133333, 0.133333, 0.122222, 0.122222, 0.255556, 0.133333,
+        0.133333,
+    ];
+
+    fn formula_input(shape: &[usize]) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| ((i * 37) % 23) as f32 / 7.0 - 1.5).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Forward and input gradient of `f` for the formula input and upstream gradient.
+    fn forward_and_grad(
+        shape: &[usize],
+        f: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let x = candle_core::Var::from_tensor(&formula_input(shape)).unwrap();
+        let y = f(x.as_tensor()).unwrap();
+        let n = y.elem_count();
+        let g: Vec<f32> = (0..n).map(|j| 0.1 * (j + 1) as f32).collect();
+        let g = Tensor::from_vec(g, y.shape(), &Device::Cpu).unwrap();
+        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let dx = grads
+            .get(x.as_tensor())
+            .expect("gradient reaches the input");
+        (
+            y.flatten_all().unwrap().to_vec1().unwrap(),
+            dx.flatten_all().unwrap().to_vec1().unwrap(),
+        )
+    }
+
+    fn assert_close(name: &str, got: &[f32], want: &[f32], tol: f32) {
+        assert_eq!(got.len(), want.len(), "{name}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tol * (1.0 + w.abs()),
+                "{name}[{i}]: got {g}, PyTorch {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_pool_matches_pytorch() {
+        for (shape, p, out, grad) in [
+            (
+                &[2, 2, 7, 6][..],
+                Pool2dParams::new(3, 2, 1),
+                MAX_3_2_1_OUT,
+                MAX_3_2_1_GRAD,
+            ),
+            (
+                &[1, 2, 4, 5][..],
+                Pool2dParams::new(3, 1, 1),
+                MAX_3_1_1_OUT,
+                MAX_3_1_1_GRAD,
+            ),
+            (
+                &[1, 1, 7, 7][..],
+                Pool2dParams::new(3, 2, 0),
+                MAX_3_2_0_OUT,
+                MAX_3_2_0_GRAD,
+            ),
+        ] {
+            let (y, dx) = forward_and_grad(shape, |x| max_pool2d(x, p));
+            assert_close("max forward", &y, out, 1e-5);
+            assert_close("max grad", &dx, grad, 1e-5);
+            // The composition gives the same forward, and the same gradient when there are no ties.
+            let (y2, _) = forward_and_grad(shape, |x| max_pool2d_composed(x, p));
+            assert_close("composed max forward", &y2, out, 1e-5);
+        }
+    }
+
+    #[test]
+    fn avg_and_adaptive_pool_match_pytorch() {
+        for (shape, p, out, grad) in [
+            (
+                &[2, 2, 7, 6][..],
+                Pool2dParams::new(3, 2, 1),
+                AVG_3_2_1_OUT,
+                AVG_3_2_1_GRAD,
+            ),
+            (
+                &[1, 2, 5, 4][..],
+                Pool2dParams::new(2, 2, 0),
+                AVG_2_2_0_OUT,
+                AVG_2_2_0_GRAD,
+            ),
+        ] {
+            let (y, dx) = forward_and_grad(shape, |x| avg_pool2d(x, p));
+            assert_close("avg forward", &y, out, 1e-5);
+            assert_close("avg grad", &dx, grad, 1e-5);
+            let (y2, dx2) = forward_and_grad(shape, |x| avg_pool2d_composed(x, p));
+            assert_close("composed avg forward", &y2, out, 1e-5);
+            assert_close("composed avg grad", &dx2, grad, 1e-5);
+        }
+        let (y, dx) = forward_and_grad(&[1, 2, 7, 5], |x| adaptive_avg_pool2d(x, 3, 2));
+        assert_close("adaptive forward", &y, ADAPTIVE_3X2_OUT, 1e-5);
+        assert_close("adaptive grad", &dx, ADAPTIVE_3X2_GRAD, 1e-5);
+    }
+
+    #[test]
+    fn max_pool_ties_send_the_gradient_to_the_first_maximum() {
+        // PyTorch: F.max_pool2d(torch.ones(1, 1, 4, 4, requires_grad=True), 2, 2).sum().backward()
+        // gives grad 1 at (0,0), (0,2), (2,0), (2,2) and 0 elsewhere.
+        let x = candle_core::Var::ones((1, 1, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        let y = max_pool2d(x.as_tensor(), Pool2dParams::new(2, 2, 0)).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let g: Vec<f32> = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut want = vec![0f32; 16];
+        for i in [0, 2, 8, 10] {
+            want[i] = 1.0;
+        }
+        assert_eq!(g, want);
+    }
+
+    #[test]
+    fn kernels_match_the_composition_on_random_inputs() {
+        // Random inputs have no ties, so the gradients must agree too.
+        for (shape, p) in [
+            (&[1, 1, 1, 1][..], Pool2dParams::new(1, 1, 0)),
+            (&[1, 3, 9, 9][..], Pool2dParams::new(3, 2, 1)),
+            (&[2, 4, 13, 10][..], Pool2dParams::new(3, 3, 1)),
+            (&[3, 2, 8, 11][..], Pool2dParams::new(2, 2, 0)),
+            (&[2, 5, 6, 6][..], Pool2dParams::new(5, 1, 2)),
+            (&[1, 2, 12, 12][..], Pool2dParams::new(4, 3, 2)),
+        ] {
+            let x = candle_core::Var::from_tensor(&test_input(shape, 9).unwrap()).unwrap();
+            for kind in [PoolKind::Max, PoolKind::Avg] {
+                let run = |composed: bool| {
+                    let y = if composed {
+                        pool2d_composed(x.as_tensor(), p, kind).unwrap()
+                    } else if kind == PoolKind::Max {
+                        max_pool2d(x.as_tensor(), p).unwrap()
+                    } else {
+                        avg_pool2d(x.as_tensor(), p).unwrap()
+                    };
+                    let w = test_input(y.dims(), 10).unwrap();
+                    let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+                    let dx: Vec<f32> = grads
+                        .get(x.as_tensor())
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    (y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), dx)
+                };
+                let (y_kernel, dx_kernel) = run(false);
+                let (y_ref, dx_ref) = run(true);
+                assert_close(
+                    &format!("{kind:?} {shape:?} {p:?} forward"),
+                    &y_kernel,
+                    &y_ref,
+                    1e-4,
+                );
+                assert_close(
+                    &format!("{kind:?} {shape:?} {p:?} grad"),
+                    &dx_kernel,
+                    &dx_ref,
+                    1e-4,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_geometry_is_an_error() {
+        let x = test_input(&[1, 1, 2, 2], 0).unwrap();
+        let err = max_pool2d(&x, Pool2dParams::new(3, 2, 0)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("smaller than the pooling kernel 3"),
+            "{err}"
+        );
+        let err = max_pool2d(&x, Pool2dParams::new(2, 2, 2)).unwrap_err();
+        assert!(err.to_string().contains("at most half the kernel"), "{err}");
+        let err =
+            avg_pool2d(&test_input(&[2, 2], 0).unwrap(), Pool2dParams::new(1, 1, 0)).unwrap_err();
+        assert!(
+            err.to_string().contains("(batch, channels, height, width)"),
+            "{err}"
+        );
+    }
+}
