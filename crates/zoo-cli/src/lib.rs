@@ -1,1 +1,6 @@
-//! zoo-cli
+//! zoo-cli: the registry of every zoo model and the code behind the `zoo` command.
+
+pub mod registry;
+pub mod summary_cmd;
+
+pub use registry::{ModelEntry, find, registry};

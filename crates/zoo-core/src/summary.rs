@@ -124,10 +124,6 @@ impl Summary {
         );
         out
     }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("summary serialises")
-    }
 }
 
 /// `1234567` -> `1,234,567`.
@@ -135,7 +131,7 @@ pub fn group_thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

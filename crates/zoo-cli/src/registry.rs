@@ -1,0 +1,292 @@
+//! The registry: every zoo model by name, with its reference input and how to build it.
+//! The CLI, the cross-crate tests, xtask and the docs all iterate [`registry`].
+
+use candle_core::Result;
+use candle_nn::VarBuilder;
+use zoo_alexnet::{AlexNet, AlexNetConfig};
+use zoo_core::{InputSpec, Model};
+use zoo_densenet::{DenseNet, DenseNetConfig};
+use zoo_googlenet::{GoogLeNet, GoogLeNetConfig};
+use zoo_nin::{Nin, NinConfig};
+use zoo_resnet::{ResNet, ResNetConfig};
+use zoo_vgg::{Vgg, VggConfig};
+
+/// A dataset the notebook trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotebookDataset {
+    Cifar10,
+    Mnist,
+}
+
+impl NotebookDataset {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Cifar10 => "cifar10",
+            Self::Mnist => "mnist",
+        }
+    }
+}
+
+/// What the notebook did with a model: its dataset, learning rate and 10-epoch result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NotebookRun {
+    pub dataset: NotebookDataset,
+    pub learning_rate: f64,
+    /// Validation accuracy after 10 epochs, as printed.
+    pub valid_acc: f64,
+}
+
+type BuildFn = fn(InputSpec, usize, VarBuilder) -> Result<Box<dyn Model>>;
+
+/// One registered model.
+pub struct ModelEntry {
+    /// Registry name (`resnet18`).
+    pub name: &'static str,
+    pub description: &'static str,
+    /// The crate that defines it.
+    pub crate_name: &'static str,
+    /// The input the notebook uses (channels, height, width).
+    pub reference_input: InputSpec,
+    /// Trainable parameters at the reference input with 10 classes, as the issue and the
+    /// notebook's definitions give them (`None` where the notebook has no such network).
+    pub reference_params: Option<usize>,
+    /// The smallest square input side the network's geometry accepts.
+    pub min_input: usize,
+    /// The notebook's training run (`None` for networks it does not train).
+    pub notebook: Option<NotebookRun>,
+    build: BuildFn,
+}
+
+impl ModelEntry {
+    /// Builds the model for `input` and `num_classes`.
+    pub fn build(
+        &self,
+        input: InputSpec,
+        num_classes: usize,
+        vb: VarBuilder,
+    ) -> Result<Box<dyn Model>> {
+        (self.build)(input, num_classes, vb)
+    }
+
+    /// Builds the model exactly as the notebook does (reference input, 10 classes).
+    pub fn build_reference(&self, vb: VarBuilder) -> Result<Box<dyn Model>> {
+        self.build(self.reference_input, 10, vb)
+    }
+
+    /// The square input side used for fast CPU training on this model's dataset: the native
+    /// image size (32 for CIFAR-10, 28 for MNIST) or the smallest the network accepts.
+    pub fn cpu_input_size(&self) -> usize {
+        let native = match self.notebook.map(|n| n.dataset) {
+            Some(NotebookDataset::Mnist) => 28,
+            _ => 32,
+        };
+        native.max(self.min_input)
+    }
+}
+
+fn boxed<M: Model + 'static>(m: Result<M>) -> Result<Box<dyn Model>> {
+    Ok(Box::new(m?))
+}
+
+static REGISTRY: [ModelEntry; 9] = [
+    ModelEntry {
+        name: "alexnet",
+        description: "AlexNet: 5 conv + 3 linear layers with dropout",
+        crate_name: "zoo-alexnet",
+        reference_input: InputSpec::square(3, 224),
+        reference_params: Some(46_787_978),
+        min_input: 65,
+        notebook: Some(NotebookRun {
+            dataset: NotebookDataset::Cifar10,
+            learning_rate: 0.1,
+            valid_acc: 0.7768,
+        }),
+        build: |input, classes, vb| {
+            boxed(AlexNet::new(
+                &AlexNetConfig::notebook()
+                    .with_input(input)
+                    .with_num_classes(classes),
+                vb,
+            ))
+        },
+    },
+    ModelEntry {
+        name: "vgg11",
+        description: "VGG-11: the notebook's conv_arch, 3 linear layers",
+        crate_name: "zoo-vgg",
+        reference_input: InputSpec::square(3, 224),
+        reference_params: Some(128_807_306),
+        min_input: 32,
+        notebook: Some(NotebookRun {
+            dataset: NotebookDataset::Cifar10,
+            learning_rate: 0.1,
+            valid_acc: 0.5388,
+        }),
+        build: |input, classes, vb| {
+            boxed(Vgg::new(
+                &VggConfig::vgg11()
+                    .with_input(input)
+                    .with_num_classes(classes),
+                vb,
+            ))
+        },
+    },
+    ModelEntry {
+        name: "vgg11-small",
+        description: "VGG-11 with every channel count divided by 4",
+        crate_name: "zoo-vgg",
+        reference_input: InputSpec::square(3, 224),
+        reference_params: Some(43_093_610),
+        min_input: 32,
+        notebook: Some(NotebookRun {
+            dataset: NotebookDataset::Cifar10,
+            learning_rate: 0.1,
+            valid_acc: 0.4949,
+        }),
+        build: |input, classes, vb| {
+            let config = VggConfig::vgg11()
+                .width_divisor(4)
+                .with_input(input)
+                .with_num_classes(classes);
+            boxed(Vgg::new(&config, vb))
+        },
+    },
+    ModelEntry {
+        name: "nin",
+        description: "Network in Network, 3-channel input (CIFAR-10)",
+        crate_name: "zoo-nin",
+        reference_input: InputSpec::square(3, 224),
+        reference_params: Some(2_015_398),
+        min_input: 67,
+        notebook: Some(NotebookRun {
+            dataset: NotebookDataset::Cifar10,
+            learning_rate: 0.1,
+            valid_acc: 0.5,
+        }),
+        build: |input, classes, vb| {
+            boxed(Nin::new(
+                &NinConfig::notebook()
+                    .with_input(input)
+                    .with_num_classes(classes),
+                vb,
+            ))
+        },
+    },
+    ModelEntry {
+        name: "nin-mnist",
+        description: "Network in Network, 1-channel input (MNIST)",
+        crate_name: "zoo-nin",
+        reference_input: InputSpec::square(1, 224),
+        reference_params: Some(1_992_166),
+        min_input: 67,
+        notebook: Some(NotebookRun {
+            dataset: NotebookDataset::Mnist,
+            learning_rate: 0.1,
+            valid_acc: 0.9866,
+        }),
+        build: |input, classes, vb| {
+            boxed(Nin::new(
+                &NinConfig::mnist()
+                    .with_input(input)
+                    .with_num_classes(classes),
+                vb,
+            ))
+        },
+    },
+    ModelEntry {
+        name: "googlenet",
+        description: "GoogLeNet: 9 Inception blocks, trained at 96 px",
+        crate_name: "zoo-googlenet",
+        reference_input: InputSpec::square(3, 96),
+        reference_params: Some(5_983_802),
+        min_input: 1,
+        notebook: Some(NotebookRun {
+            dataset: NotebookDataset::Cifar10,
+            learning_rate: 0.1,
+            valid_acc: 0.6863,
+        }),
+        build: |input, classes, vb| {
+            boxed(GoogLeNet::new(
+                &GoogLeNetConfig::notebook()
+                    .with_input(input)
+                    .with_num_classes(classes),
+                vb,
+            ))
+        },
+    },
+    ModelEntry {
+        name: "resnet18",
+        description: "ResNet-18 with the notebook's Residual block",
+        crate_name: "zoo-resnet",
+        reference_input: InputSpec::square(3, 224),
+        reference_params: Some(11_184_650),
+        min_input: 1,
+        notebook: Some(NotebookRun {
+            dataset: NotebookDataset::Cifar10,
+            learning_rate: 0.05,
+            valid_acc: 0.8163,
+        }),
+        build: |input, classes, vb| {
+            boxed(ResNet::new(
+                &ResNetConfig::resnet18()
+                    .with_input(input)
+                    .with_num_classes(classes),
+                vb,
+            ))
+        },
+    },
+    ModelEntry {
+        name: "resnet34",
+        description: "ResNet-34 depth ([3, 4, 6, 3]) with the notebook's Residual block",
+        crate_name: "zoo-resnet",
+        reference_input: InputSpec::square(3, 224),
+        reference_params: None,
+        min_input: 1,
+        notebook: None,
+        build: |input, classes, vb| {
+            boxed(ResNet::new(
+                &ResNetConfig::resnet34()
+                    .with_input(input)
+                    .with_num_classes(classes),
+                vb,
+            ))
+        },
+    },
+    ModelEntry {
+        name: "densenet",
+        description: "DenseNet: 4 dense blocks of 4 conv blocks, growth 32",
+        crate_name: "zoo-densenet",
+        reference_input: InputSpec::square(3, 224),
+        reference_params: Some(764_498),
+        min_input: 29,
+        notebook: Some(NotebookRun {
+            dataset: NotebookDataset::Cifar10,
+            learning_rate: 0.1,
+            valid_acc: 0.7458,
+        }),
+        build: |input, classes, vb| {
+            boxed(DenseNet::new(
+                &DenseNetConfig::notebook()
+                    .with_input(input)
+                    .with_num_classes(classes),
+                vb,
+            ))
+        },
+    },
+];
+
+/// Every registered model, in the notebook's order.
+pub fn registry() -> &'static [ModelEntry] {
+    &REGISTRY
+}
+
+/// The entry named `name`, or an error listing the names.
+pub fn find(name: &str) -> Result<&'static ModelEntry> {
+    REGISTRY.iter().find(|e| e.name == name).ok_or_else(|| {
+        let names: Vec<&str> = REGISTRY.iter().map(|e| e.name).collect();
+        candle_core::Error::Msg(format!(
+            "unknown model `{name}`; known models: {}",
+            names.join(", ")
+        ))
+    })
+}

@@ -1,0 +1,59 @@
+//! `zoo summary` and `zoo list`: model tables without running the networks.
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use zoo_core::InputSpec;
+use zoo_core::summary::{Summary, group_thousands};
+
+use crate::registry::{find, registry};
+
+/// Parses `N,C,H,W`.
+pub fn parse_input(text: &str) -> Result<[usize; 4]> {
+    let dims: Vec<usize> = text
+        .split(',')
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .with_context(|| format!("--input `{text}`: expected four integers N,C,H,W"))?;
+    match dims[..] {
+        [n, c, h, w] if n > 0 && c > 0 && h > 0 && w > 0 => Ok([n, c, h, w]),
+        _ => bail!("--input `{text}`: expected four positive integers N,C,H,W"),
+    }
+}
+
+/// The summary of registry model `name` for `input` (default: the notebook's, batch 128).
+/// Weights are zeros: only shapes matter, so nothing random is drawn.
+pub fn summarize(name: &str, input: Option<[usize; 4]>) -> Result<Summary> {
+    let entry = find(name)?;
+    let r = entry.reference_input;
+    let [n, c, h, w] = input.unwrap_or([128, r.channels, r.height, r.width]);
+    let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
+    let model = entry
+        .build(InputSpec::new(c, h, w), 10, vb)
+        .with_context(|| format!("building {name} for input {n}x{c}x{h}x{w}"))?;
+    Summary::of(name, model.as_ref(), &[n, c, h, w]).with_context(|| format!("summarising {name}"))
+}
+
+/// The registry as a table.
+pub fn list_table() -> String {
+    let mut out = format!(
+        "{:<12} {:<14} {:<10} {:>12} {:>8}  {}\n",
+        "model", "crate", "input", "params", "min px", "description"
+    );
+    for e in registry() {
+        let params = e
+            .reference_params
+            .map(|p| group_thousands(p as u64))
+            .unwrap_or_else(|| "-".into());
+        out += &format!(
+            "{:<12} {:<14} {:<10} {:>12} {:>8}  {}\n",
+            e.name,
+            e.crate_name,
+            e.reference_input.to_string(),
+            params,
+            e.min_input,
+            e.description
+        );
+    }
+    out
+}
