@@ -1,6 +1,7 @@
 //! zoo-cli: the registry of every zoo model and the code behind the `zoo` command.
 
 pub mod registry;
+pub mod show_batch;
 pub mod summary_cmd;
 
 pub use registry::{ModelEntry, find, registry};

@@ -1,5 +1,7 @@
 //! The `zoo` command: list the models, summarise them.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use zoo_cli::summary_cmd::{list_table, parse_input, summarize};
@@ -27,6 +29,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the notebook's 6x10 grid of training images, titled by class, as a PNG.
+    ShowBatch {
+        /// cifar10, mnist, fashion-mnist, or the name of an image folder under the data root.
+        #[arg(long)]
+        dataset: String,
+        /// Data root (default: $ZOO_DATA, else ./data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Seed of the shuffle that picks the images.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output PNG.
+        #[arg(long, default_value = "grid.png")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -40,6 +57,16 @@ fn main() -> Result<()> {
             } else {
                 print!("{}", summary.table());
             }
+        }
+        Command::ShowBatch {
+            dataset,
+            data_dir,
+            seed,
+            out,
+        } => {
+            let root = zoo_core::data::resolve::data_root(data_dir.as_deref());
+            zoo_cli::show_batch::show_batch(&root, &dataset, seed, &out)?;
+            println!("wrote {}", out.display());
         }
     }
     Ok(())

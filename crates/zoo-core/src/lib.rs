@@ -27,6 +27,8 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+pub mod canvas;
+pub mod data;
 pub mod init;
 pub mod model;
 pub mod nn;

@@ -1,0 +1,79 @@
+//! Finding a dataset: one data root (`--data-dir`, else `ZOO_DATA`, else `./data`), one folder
+//! per dataset under it, each in any of its standard formats.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Result;
+
+use super::cifar::load_cifar10_bin;
+use super::folder::load_image_folder;
+use super::idx::{find_raw_or_gz, idx_file_names, load_idx_split};
+use super::{FASHION_MNIST_CLASSES, ImageDataset, Split, digit_classes, names};
+
+/// The data root: the flag, else `$ZOO_DATA`, else `./data`.
+pub fn data_root(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("ZOO_DATA").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("data"))
+}
+
+/// The datasets zoo knows by name; any other name is an image folder under the root.
+pub const KNOWN_DATASETS: [&str; 3] = ["cifar10", "mnist", "fashion-mnist"];
+
+/// Channels of a dataset's images (image folders are read as RGB).
+pub fn dataset_channels(name: &str) -> usize {
+    match name {
+        "mnist" | "fashion-mnist" => 1,
+        _ => 3,
+    }
+}
+
+/// Loads one split of dataset `name` from `root/name/`, in whichever format is there.
+pub fn load_split(root: &Path, name: &str, split: Split) -> Result<ImageDataset> {
+    let dir = root.join(name);
+    match name {
+        "cifar10" => {
+            let bin = dir.join("cifar-10-batches-bin");
+            if bin.is_dir() {
+                load_cifar10_bin(&bin, split)
+            } else if dir.join(split.name()).is_dir() {
+                load_image_folder(&dir, split, 3)
+            } else {
+                candle_core::bail!(
+                    "CIFAR-10 not found under {}: put the binary version there as \
+                     {}/cifar-10-batches-bin/{{data_batch_1..5.bin,test_batch.bin}} (the official \
+                     cifar-10-binary.tar.gz unpacked), or image folders {}/{{train,test}}/<class>/*.png|jpg",
+                    dir.display(),
+                    dir.display(),
+                    dir.display()
+                )
+            }
+        }
+        "mnist" | "fashion-mnist" => {
+            let [images, _] = idx_file_names(split);
+            if find_raw_or_gz(&dir, images).is_none() {
+                candle_core::bail!(
+                    "{name} not found under {}: put the four IDX files there, raw or .gz: \
+                     train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, \
+                     t10k-labels-idx1-ubyte",
+                    dir.display()
+                )
+            }
+            let classes = if name == "mnist" {
+                digit_classes()
+            } else {
+                names(&FASHION_MNIST_CLASSES)
+            };
+            load_idx_split(&dir, split, classes)
+        }
+        _ => load_image_folder(&dir, split, dataset_channels(name)),
+    }
+}
+
+/// Both splits.
+pub fn load_dataset(root: &Path, name: &str) -> Result<(ImageDataset, ImageDataset)> {
+    Ok((
+        load_split(root, name, Split::Train)?,
+        load_split(root, name, Split::Test)?,
+    ))
+}
