@@ -471,6 +471,32 @@ fn bilinear_resize_matches_pytorch_and_normalize_is_affine() {
     assert!(normalize(&x, &[0.5], &[0.5]).is_err());
 }
 
+#[test]
+fn eval_transform_equals_scale_resize_normalize() {
+    let bytes: Vec<u8> = (0..2 * 3 * 5 * 6).map(|i| (i * 37 % 256) as u8).collect();
+    let batch = Tensor::from_vec(bytes, (2, 3, 5, 6), &Device::Cpu).unwrap();
+    let t = super::transforms::EvalTransform {
+        height: 9,
+        width: 4,
+        mean: vec![0.4, 0.5, 0.6],
+        std: vec![0.2, 0.25, 0.3],
+    };
+    let fused = t.apply(&batch, &Device::Cpu).unwrap();
+    let x = (batch.to_dtype(candle_core::DType::F32).unwrap() * (1.0 / 255.0)).unwrap();
+    let reference = normalize(&resize_bilinear(&x, 9, 4).unwrap(), &t.mean, &t.std).unwrap();
+    let diff = (fused - reference)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-5, "{diff}");
+}
+
 /// `../shared/data` next to the repository, when present.
 fn shared_data() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
