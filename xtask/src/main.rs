@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+
+mod train_all;
 use zoo_cli::registry::registry;
 use zoo_cli::summary_cmd::summarize;
 use zoo_core::summary::group_thousands;
@@ -26,6 +28,28 @@ enum Command {
     /// Fill the data root (default ./data) from ../shared/data: MNIST and Fashion-MNIST IDX
     /// files, CIFAR-10 image folders extracted from the tarball.
     Data {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run a training matrix (default: `reference` with CUDA, `cpu` without), skipping complete
+    /// runs and resuming unfinished ones; writes runs/<matrix>/report.md.
+    TrainAll {
+        /// A preset name (cpu, reference) or a matrix file.
+        #[arg(long)]
+        matrix: Option<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Run only this model's entries.
+        #[arg(long)]
+        only: Option<String>,
+        /// Also copy the report table into docs/results.md.
+        #[arg(long)]
+        update_docs: bool,
+    },
+    /// Write the small committed data sample (samples/) from the full datasets in the data root.
+    MakeSample {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -91,6 +115,107 @@ fn prepare_data(root: &Path) -> Result<()> {
         anyhow::ensure!(status.success(), "tar failed on {}", tarball.display());
         println!("cifar10: {}", cifar.display());
     }
+    Ok(())
+}
+
+/// docs/results.md: the latest report with the date, machine and command.
+fn update_results_doc(report: &Path, preset: &str) -> Result<()> {
+    let table =
+        std::fs::read_to_string(report).with_context(|| format!("reading {}", report.display()))?;
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    // Curves travel with the doc (runs/ is not committed): docs/results/<matrix>/<run>.png.
+    let report_dir = report.parent().context("report folder")?;
+    let curves_dir = project_root().join("docs/results").join(preset);
+    std::fs::create_dir_all(&curves_dir)?;
+    let mut body = table.replacen("# Training matrix", "## Training matrix", 1);
+    for entry in std::fs::read_dir(report_dir)? {
+        let run = entry?.path();
+        let curves = run.join("curves.png");
+        if let (true, Some(name)) = (
+            curves.is_file(),
+            run.file_name().map(|n| n.to_string_lossy().into_owned()),
+        ) {
+            std::fs::copy(&curves, curves_dir.join(format!("{name}.png")))?;
+            body = body.replace(
+                &format!("]({name}/curves.png)"),
+                &format!("](results/{preset}/{name}.png)"),
+            );
+        }
+    }
+    let doc = format!(
+        "# Results\n\nLatest `cargo xtask train-all --matrix {preset}` on {date}, {cpu}, {cores} cores, CPU, \
+         stock candle kernels. Regenerate with `cargo xtask train-all --matrix {preset} --update-docs`.\n\n{body}"
+    );
+    let path = project_root().join("docs/results.md");
+    std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
+    println!("updated {}", path.display());
+    Ok(())
+}
+
+/// samples/: 400 training images per class of CIFAR-10 (as binary batches) and 200 of MNIST
+/// (IDX .gz), 100 test images per class of each, from the full datasets.
+fn make_sample(root: &Path) -> Result<()> {
+    use std::io::Write;
+    use zoo_core::data::Split;
+    use zoo_core::data::resolve::load_split;
+    let out = project_root().join("samples");
+    let cifar_dir = out.join("cifar10/cifar-10-batches-bin");
+    std::fs::create_dir_all(&cifar_dir)?;
+    let train = load_split(root, "cifar10", Split::Train)?.per_class_prefix(200);
+    let test = load_split(root, "cifar10", Split::Test)?.per_class_prefix(50);
+    let encode = |ds: &zoo_core::data::ImageDataset, range: std::ops::Range<usize>| {
+        let images: Vec<u8> = range.clone().flat_map(|i| ds.image(i).to_vec()).collect();
+        zoo_core::data::cifar::encode_cifar_batch(&images, &ds.labels()[range])
+    };
+    let per_file = train.len() / 5;
+    for b in 0..5 {
+        std::fs::write(
+            cifar_dir.join(format!("data_batch_{}.bin", b + 1)),
+            encode(&train, b * per_file..(b + 1) * per_file),
+        )?;
+    }
+    std::fs::write(
+        cifar_dir.join("test_batch.bin"),
+        encode(&test, 0..test.len()),
+    )?;
+    let mnist_dir = out.join("mnist");
+    std::fs::create_dir_all(&mnist_dir)?;
+    for (split, n, prefix) in [(Split::Train, 200, "train"), (Split::Test, 50, "t10k")] {
+        let ds = load_split(root, "mnist", split)?.per_class_prefix(n);
+        let images: Vec<u8> = (0..ds.len()).flat_map(|i| ds.image(i).to_vec()).collect();
+        for (name, bytes) in [
+            (
+                format!("{prefix}-images-idx3-ubyte.gz"),
+                zoo_core::data::idx::encode_idx(&[ds.len(), 28, 28], &images),
+            ),
+            (
+                format!("{prefix}-labels-idx1-ubyte.gz"),
+                zoo_core::data::idx::encode_idx(&[ds.len()], ds.labels()),
+            ),
+        ] {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            enc.write_all(&bytes)?;
+            std::fs::write(mnist_dir.join(name), enc.finish()?)?;
+        }
+    }
+    println!("wrote {}", out.display());
     Ok(())
 }
 
@@ -211,6 +336,44 @@ fn main() -> Result<()> {
             std::fs::write(&path, models_doc()?)
                 .with_context(|| format!("writing {}", path.display()))?;
             println!("wrote {}", path.display());
+        }
+        Command::TrainAll {
+            matrix,
+            data_dir,
+            device,
+            only,
+            update_docs,
+        } => {
+            let preset = matrix.unwrap_or_else(|| {
+                if candle_core::utils::cuda_is_available() && device != "cpu" {
+                    "reference".into()
+                } else {
+                    "cpu".into()
+                }
+            });
+            let path = if Path::new(&preset).is_file() {
+                PathBuf::from(&preset)
+            } else {
+                project_root()
+                    .join("xtask/matrices")
+                    .join(format!("{preset}.toml"))
+            };
+            let data = zoo_core::data::resolve::data_root(data_dir.as_deref());
+            let report = train_all::train_all(
+                &path,
+                &project_root().join("runs"),
+                &data,
+                &project_root().join("samples"),
+                &device,
+                only.as_deref(),
+            )?;
+            println!("report: {}", report.display());
+            if update_docs {
+                update_results_doc(&report, &preset)?;
+            }
+        }
+        Command::MakeSample { data_dir } => {
+            make_sample(&zoo_core::data::resolve::data_root(data_dir.as_deref()))?
         }
         Command::Data { data_dir } => {
             prepare_data(&zoo_core::data::resolve::data_root(data_dir.as_deref()))?

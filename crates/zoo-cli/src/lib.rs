@@ -3,5 +3,6 @@
 pub mod registry;
 pub mod show_batch;
 pub mod summary_cmd;
+pub mod train_cmd;
 
 pub use registry::{ModelEntry, find, registry};

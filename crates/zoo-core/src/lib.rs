@@ -36,5 +36,6 @@ pub mod ops;
 pub mod rng;
 pub mod summary;
 pub mod testing;
+pub mod train;
 
 pub use model::{InputSpec, Model};

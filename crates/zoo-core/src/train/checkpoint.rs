@@ -1,0 +1,199 @@
+//! Checkpoints: safetensors files holding the model's tensors, the optimiser state and, in the
+//! header metadata, everything else a run needs to resume exactly (epoch, batch, step, metrics,
+//! generator state) or to predict (classes, evaluation transform). Written to a temporary file
+//! and renamed, so a checkpoint on disk is always whole.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use candle_core::{Device, Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::metrics::EpochMetrics;
+use super::optim::Optimizer;
+use crate::data::transforms::EvalTransform;
+use crate::init::ParamStore;
+use crate::model::InputSpec;
+use crate::rng::RngState;
+
+/// Prefix of the optimiser's tensors inside a checkpoint.
+pub const OPTIMIZER_PREFIX: &str = "__optimizer__.";
+const FORMAT: &str = "zoo-checkpoint-v1";
+
+/// Sums over the batches already done in an unfinished epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    pub loss_sum: f64,
+    pub correct: usize,
+    pub seen: usize,
+    pub seconds: f64,
+}
+
+/// The header metadata of a zoo checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// Registry name of the model.
+    pub model: String,
+    pub input: InputSpec,
+    pub num_classes: usize,
+    pub classes: Vec<String>,
+    /// How images become the network's input.
+    pub eval_transform: EvalTransform,
+    /// The resolved run configuration, as TOML (empty for converted checkpoints).
+    #[serde(default)]
+    pub config: String,
+    pub seed: u64,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Batches completed in the unfinished epoch `epoch` (0 at an epoch boundary).
+    pub batch: usize,
+    /// Optimiser steps taken.
+    pub step: u64,
+    #[serde(default)]
+    pub partial: PartialEpoch,
+    #[serde(default)]
+    pub metrics: Vec<EpochMetrics>,
+    /// The dropout generator of the training thread.
+    pub rng: Option<RngState>,
+}
+
+/// A loaded checkpoint.
+pub struct Checkpoint {
+    pub meta: CheckpointMeta,
+    pub model: HashMap<String, Tensor>,
+    pub optimizer: HashMap<String, Tensor>,
+}
+
+/// Writes `bytes` to `path` through `path.tmp`, synced, then renamed over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let err = |what: &str, e: std::io::Error| {
+        candle_core::Error::Msg(format!("{}: {what}: {e}", path.display()))
+    };
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp_name);
+    let mut file =
+        std::fs::File::create(&tmp).map_err(|e| err("cannot create temporary file", e))?;
+    file.write_all(bytes).map_err(|e| err("cannot write", e))?;
+    file.sync_all().map_err(|e| err("cannot sync", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| err("cannot rename into place", e))
+}
+
+/// Saves the store's tensors (parameters and BatchNorm statistics), the optimiser state and `meta`.
+pub fn save_checkpoint(
+    path: &Path,
+    store: &ParamStore,
+    optimizer: Option<&Optimizer>,
+    meta: &CheckpointMeta,
+) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = store
+        .named_tensors()
+        .into_iter()
+        .map(|(name, var)| (name, var.as_tensor().clone()))
+        .collect();
+    if let Some(opt) = optimizer {
+        tensors.extend(
+            opt.state_tensors()
+                .into_iter()
+                .map(|(k, v)| (format!("{OPTIMIZER_PREFIX}{k}"), v)),
+        );
+    }
+    let json = serde_json::to_string(meta)
+        .map_err(|e| candle_core::Error::Msg(format!("checkpoint metadata: {e}")))?;
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("zoo".to_string(), json),
+    ]);
+    let bytes =
+        safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata))
+            .map_err(|e| {
+                candle_core::Error::Msg(format!("{}: cannot serialise: {e}", path.display()))
+            })?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads a zoo checkpoint.
+pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| candle_core::Error::Msg(format!("{}: cannot read: {e}", path.display())))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+        candle_core::Error::Msg(format!("{}: not a safetensors file: {e}", path.display()))
+    })?;
+    let meta = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("zoo"))
+        .ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{}: a safetensors file without zoo metadata (convert PyTorch weights with `zoo convert`)",
+                path.display()
+            ))
+        })?;
+    let meta: CheckpointMeta = serde_json::from_str(meta).map_err(|e| {
+        candle_core::Error::Msg(format!("{}: bad zoo metadata: {e}", path.display()))
+    })?;
+    let all = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+    let mut model = HashMap::new();
+    let mut optimizer = HashMap::new();
+    for (name, tensor) in all {
+        match name.strip_prefix(OPTIMIZER_PREFIX) {
+            Some(rest) => optimizer.insert(rest.to_string(), tensor),
+            None => model.insert(name, tensor),
+        };
+    }
+    Ok(Checkpoint {
+        meta,
+        model,
+        optimizer,
+    })
+}
+
+/// Copies `tensors` into the store's variables. Missing tensors, unexpected tensors and shape
+/// mismatches are one error that lists them all, naming each tensor and both shapes.
+pub fn apply_weights(
+    store: &ParamStore,
+    tensors: &HashMap<String, Tensor>,
+    source: &str,
+) -> Result<()> {
+    let named = store.named_tensors();
+    let mut problems = Vec::new();
+    for (name, var) in &named {
+        match tensors.get(name) {
+            None => problems.push(format!(
+                "missing tensor `{name}` (expected shape {:?})",
+                var.as_tensor().dims()
+            )),
+            Some(t) if t.dims() != var.as_tensor().dims() => problems.push(format!(
+                "tensor `{name}`: expected shape {:?}, found {:?}",
+                var.as_tensor().dims(),
+                t.dims()
+            )),
+            Some(_) => {}
+        }
+    }
+    let mut unexpected: Vec<&String> = tensors
+        .keys()
+        .filter(|k| !named.iter().any(|(n, _)| n == *k))
+        .collect();
+    unexpected.sort();
+    problems.extend(
+        unexpected
+            .iter()
+            .map(|k| format!("unexpected tensor `{k}` {:?}", tensors[*k].dims())),
+    );
+    if !problems.is_empty() {
+        candle_core::bail!(
+            "{source} does not fit this model:\n  {}",
+            problems.join("\n  ")
+        )
+    }
+    for (name, var) in &named {
+        let t = tensors[name]
+            .to_device(var.as_tensor().device())?
+            .to_dtype(var.as_tensor().dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}

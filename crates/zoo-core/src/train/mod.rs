@@ -1,0 +1,12 @@
+//! Training: optimisers (SGD with momentum / Nesterov / weight decay, AdamW), learning-rate
+//! schedules, the loss, checkpoints that resume exactly, metrics, and the trainer loop.
+
+pub mod checkpoint;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,237 @@
+//! Optimisers with PyTorch's update rules and their state as named tensors (for checkpoints).
+//!
+//! candle's `SGD` has no momentum, Nesterov or weight decay; these follow `torch.optim.SGD` and
+//! `torch.optim.AdamW` step for step.
+
+use std::collections::HashMap;
+
+use candle_core::{Result, Tensor, Var, backprop::GradStore};
+use serde::{Deserialize, Serialize};
+
+/// Which optimiser, with its hyper-parameters (the learning rate comes from the schedule).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum OptimizerConfig {
+    /// `torch.optim.SGD(params, lr, momentum, weight_decay, nesterov)` (dampening 0).
+    Sgd {
+        #[serde(default)]
+        momentum: f64,
+        #[serde(default)]
+        nesterov: bool,
+        #[serde(default)]
+        weight_decay: f64,
+    },
+    /// `torch.optim.AdamW(params, lr, betas, eps, weight_decay)`.
+    AdamW {
+        #[serde(default = "default_beta1")]
+        beta1: f64,
+        #[serde(default = "default_beta2")]
+        beta2: f64,
+        #[serde(default = "default_eps")]
+        eps: f64,
+        #[serde(default = "default_adamw_decay")]
+        weight_decay: f64,
+    },
+}
+
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_adamw_decay() -> f64 {
+    0.01
+}
+
+impl OptimizerConfig {
+    /// Plain SGD, the notebook's optimiser.
+    pub fn plain_sgd() -> Self {
+        Self::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// An optimiser over named parameters.
+pub struct Optimizer {
+    config: OptimizerConfig,
+    params: Vec<(String, Var)>,
+    /// SGD momentum buffers / AdamW first moments, by parameter name.
+    first: HashMap<String, Tensor>,
+    /// AdamW second moments.
+    second: HashMap<String, Tensor>,
+    /// Steps taken.
+    pub steps: u64,
+}
+
+impl Optimizer {
+    pub fn new(config: OptimizerConfig, params: Vec<(String, Var)>) -> Result<Self> {
+        if let OptimizerConfig::Sgd {
+            momentum, nesterov, ..
+        } = config
+            && nesterov
+            && momentum <= 0.0
+        {
+            candle_core::bail!("SGD: Nesterov momentum requires a momentum > 0")
+        }
+        Ok(Self {
+            config,
+            params,
+            first: HashMap::new(),
+            second: HashMap::new(),
+            steps: 0,
+        })
+    }
+
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    /// One update with learning rate `lr` from the gradients in `grads`.
+    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.steps += 1;
+        let t = self.steps as i32;
+        for (name, var) in &self.params {
+            let Some(grad) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let p = var.as_tensor();
+            match self.config {
+                OptimizerConfig::Sgd {
+                    momentum,
+                    nesterov,
+                    weight_decay,
+                } => {
+                    let mut d = if weight_decay != 0.0 {
+                        (grad + (p * weight_decay)?)?
+                    } else {
+                        grad.clone()
+                    };
+                    if momentum != 0.0 {
+                        let buf = match self.first.get(name) {
+                            Some(buf) => ((buf * momentum)? + &d)?,
+                            None => d.clone(),
+                        };
+                        d = if nesterov {
+                            (&d + (&buf * momentum)?)?
+                        } else {
+                            buf.clone()
+                        };
+                        self.first.insert(name.clone(), buf);
+                    }
+                    var.set(&(p - (d * lr)?)?)?;
+                }
+                OptimizerConfig::AdamW {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                } => {
+                    let m = match self.first.get(name) {
+                        Some(m) => ((m * beta1)? + (grad * (1.0 - beta1))?)?,
+                        None => (grad * (1.0 - beta1))?,
+                    };
+                    let v = match self.second.get(name) {
+                        Some(v) => ((v * beta2)? + (grad.sqr()? * (1.0 - beta2))?)?,
+                        None => (grad.sqr()? * (1.0 - beta2))?,
+                    };
+                    let m_hat = (&m / (1.0 - beta1.powi(t)))?;
+                    let v_hat = (&v / (1.0 - beta2.powi(t)))?;
+                    let decayed = (p * (1.0 - lr * weight_decay))?;
+                    let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
+                    var.set(&(decayed - (update * lr)?)?)?;
+                    self.first.insert(name.clone(), m);
+                    self.second.insert(name.clone(), v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The state as named tensors (`first.<param>`, `second.<param>`).
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self
+            .first
+            .iter()
+            .map(|(k, v)| (format!("first.{k}"), v.clone()))
+            .chain(
+                self.second
+                    .iter()
+                    .map(|(k, v)| (format!("second.{k}"), v.clone())),
+            )
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Restores the state written by [`Self::state_tensors`].
+    pub fn load_state(&mut self, steps: u64, tensors: HashMap<String, Tensor>) -> Result<()> {
+        self.steps = steps;
+        self.first.clear();
+        self.second.clear();
+        let shapes: HashMap<&str, &Var> =
+            self.params.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        for (key, tensor) in tensors {
+            let (slot, name) = key.split_once('.').ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "optimiser state `{key}`: expected first.<param> or second.<param>"
+                ))
+            })?;
+            let var = shapes.get(name).ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "optimiser state `{key}` names no parameter of this model"
+                ))
+            })?;
+            if var.as_tensor().dims() != tensor.dims() {
+                candle_core::bail!(
+                    "optimiser state `{key}`: expected shape {:?}, found {:?}",
+                    var.as_tensor().dims(),
+                    tensor.dims()
+                )
+            }
+            let tensor = tensor.to_device(var.as_tensor().device())?;
+            match slot {
+                "first" => self.first.insert(name.to_string(), tensor),
+                "second" => self.second.insert(name.to_string(), tensor),
+                _ => candle_core::bail!("optimiser state `{key}`: unknown slot `{slot}`"),
+            };
+        }
+        Ok(())
+    }
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm`
+/// (`torch.nn.utils.clip_grad_norm_`). Returns the norm before clipping.
+pub fn clip_grad_norm(
+    grads: &mut GradStore,
+    params: &[(String, Var)],
+    max_norm: f64,
+) -> Result<f64> {
+    let mut total = 0f64;
+    for (_, var) in params {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            total += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+        }
+    }
+    let norm = total.sqrt();
+    if norm > max_norm {
+        let scale = max_norm / (norm + 1e-6);
+        for (_, var) in params {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                let scaled = (g * scale)?;
+                grads.insert(var.as_tensor(), scaled);
+            }
+        }
+    }
+    Ok(norm)
+}

@@ -1,0 +1,414 @@
+//! Tests of the training side: optimisers and loss against PyTorch, schedules, checkpoints,
+//! and a run interrupted mid-epoch that resumes to the same weights as one never interrupted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_nn::ModuleT;
+
+use super::checkpoint::{CheckpointMeta, apply_weights, load_checkpoint, save_checkpoint};
+use super::loss::cross_entropy;
+use super::optim::{Optimizer, OptimizerConfig};
+use super::schedule::Schedule;
+use super::trainer::{Outcome, Quiet, Recipe, Trainer};
+use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::transforms::EvalTransform;
+use crate::data::{ImageDataset, digit_classes};
+use crate::init::ParamStore;
+use crate::model::{InputSpec, Model};
+use crate::nn::{
+    BatchNorm2d, Conv2d, Conv2dSpec, Dropout, Flatten, Linear, MaxPool2d, ReLU, SequentialT,
+};
+use crate::testing::test_store;
+
+// From scripts/optim_reference.py (PyTorch 2.15): p0 = [1, -2, 0.5, 3], loss = sum(c p^2),
+// c = [1, 2, 3, 0.5], three steps at lr 0.1.
+const SGD_PLAIN: [f32; 4] = [0.512, -0.432, 0.03199999, 2.187];
+const SGD_MOMENTUM_WD: [f32; 4] = [0.05819422, 1.084493, -0.4274635, 1.443974];
+const SGD_NESTEROV: [f32; 4] = [-0.108352, 0.8665919, -0.152032, 0.981963];
+const ADAMW: [f32; 4] = [0.6989112, -1.694945, 0.2037124, 2.691704];
+const CE_PLAIN: f32 = 1.575456;
+const CE_SMOOTH_01: f32 = 1.605456;
+
+#[test]
+fn optimisers_match_pytorch() -> Result<()> {
+    let sgd = |momentum, nesterov, weight_decay| OptimizerConfig::Sgd {
+        momentum,
+        nesterov,
+        weight_decay,
+    };
+    let adamw = OptimizerConfig::AdamW {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
+    for (config, want) in [
+        (sgd(0.0, false, 0.0), SGD_PLAIN),
+        (sgd(0.9, false, 0.01), SGD_MOMENTUM_WD),
+        (sgd(0.9, true, 0.0), SGD_NESTEROV),
+        (adamw, ADAMW),
+    ] {
+        let p = Var::new(&[1.0f32, -2.0, 0.5, 3.0], &Device::Cpu)?;
+        let c = Tensor::new(&[1.0f32, 2.0, 3.0, 0.5], &Device::Cpu)?;
+        let mut opt = Optimizer::new(config, vec![("p".into(), p.clone())])?;
+        for _ in 0..3 {
+            let loss = (&c * p.as_tensor().sqr()?)?.sum_all()?;
+            opt.step(&loss.backward()?, 0.1)?;
+        }
+        let got = p.as_tensor().to_vec1::<f32>()?;
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() < 1e-5,
+                "{config:?}: {got:?} vs PyTorch {want:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn cross_entropy_and_label_smoothing_match_pytorch() -> Result<()> {
+    let logits = Tensor::new(&[[2.0f32, -1.0, 0.5], [0.1, 0.2, 3.0]], &Device::Cpu)?;
+    let y = Tensor::new(&[0u32, 1], &Device::Cpu)?;
+    let plain = cross_entropy(&logits, &y, 0.0)?.to_scalar::<f32>()?;
+    let smooth = cross_entropy(&logits, &y, 0.1)?.to_scalar::<f32>()?;
+    assert!(
+        (plain - CE_PLAIN).abs() < 1e-5 && (smooth - CE_SMOOTH_01).abs() < 1e-5,
+        "{plain} {smooth}"
+    );
+    Ok(())
+}
+
+#[test]
+fn schedules_hit_their_landmarks() {
+    let (base, total, per_epoch) = (0.1, 100, 10);
+    assert_eq!(Schedule::Constant.lr(base, 57, total, per_epoch), base);
+    let step = Schedule::Step {
+        every_epochs: 3,
+        gamma: 0.1,
+    };
+    assert!((step.lr(base, 29, total, per_epoch) - 0.1).abs() < 1e-12);
+    assert!((step.lr(base, 30, total, per_epoch) - 0.01).abs() < 1e-12);
+    assert!((step.lr(base, 60, total, per_epoch) - 0.001).abs() < 1e-12);
+    let cos = Schedule::Cosine {
+        warmup_epochs: 1.0,
+        min_factor: 0.0,
+    };
+    assert!(
+        (cos.lr(base, 0, total, per_epoch) - 0.01).abs() < 1e-12,
+        "warm-up starts at base/10 steps"
+    );
+    assert!((cos.lr(base, 10, total, per_epoch) - base).abs() < 1e-12);
+    assert!((cos.lr(base, 55, total, per_epoch) - base / 2.0).abs() < 1e-3);
+    assert!(cos.lr(base, 99, total, per_epoch) < 1e-3);
+    let one = Schedule::OneCycle {
+        pct_start: 0.3,
+        div_factor: 25.0,
+        final_div_factor: 1e4,
+    };
+    assert!((one.lr(base, 0, total, per_epoch) - base / 25.0).abs() < 1e-12);
+    assert!((one.lr(base, 29, total, per_epoch) - base).abs() < 1e-12);
+    assert!((one.lr(base, 99, total, per_epoch) - base / 25.0 / 1e4).abs() < 1e-12);
+}
+
+/// A small network with every stateful piece: BatchNorm (running statistics) and Dropout.
+struct TinyNet {
+    net: SequentialT,
+}
+
+impl TinyNet {
+    fn new(vb: candle_nn::VarBuilder) -> Result<Self> {
+        let mut net = SequentialT::new();
+        net.push_with(&vb, |vb| {
+            Conv2d::new(Conv2dSpec::new(1, 8, 3).padding(1), vb)
+        })?;
+        net.push_with(&vb, |vb| BatchNorm2d::new(8, vb))?;
+        net.push(ReLU);
+        net.push(MaxPool2d::new(2, 2, 0));
+        net.push(Flatten);
+        net.push(Dropout::new(0.3)?);
+        net.push_with(&vb, |vb| Linear::new(8 * 4 * 4, 10, vb))?;
+        Ok(Self { net })
+    }
+}
+
+impl ModuleT for TinyNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.net.forward_t(x, train)
+    }
+}
+
+impl Model for TinyNet {
+    fn body(&self) -> &SequentialT {
+        &self.net
+    }
+    fn input(&self) -> InputSpec {
+        InputSpec::square(1, 8)
+    }
+    fn num_classes(&self) -> usize {
+        10
+    }
+}
+
+/// 1x8x8 images whose brightness pattern depends on the label: learnable.
+fn toy_dataset(n: usize, seed: u64) -> Arc<ImageDataset> {
+    let mut rng = crate::rng::ZooRng::new(seed);
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..n {
+        let label = (i % 10) as u8;
+        for p in 0..64 {
+            let signal = if p % 10 == label as usize {
+                180.0
+            } else {
+                40.0
+            };
+            images.push((signal + 60.0 * rng.uniform_f64()) as u8);
+        }
+        labels.push(label);
+    }
+    Arc::new(ImageDataset::new("toy", [1, 8, 8], digit_classes(), images, labels).unwrap())
+}
+
+fn meta(seed: u64) -> CheckpointMeta {
+    CheckpointMeta {
+        model: "tiny".into(),
+        input: InputSpec::square(1, 8),
+        num_classes: 10,
+        classes: digit_classes(),
+        eval_transform: EvalTransform::notebook(1, 8),
+        config: String::new(),
+        seed,
+        epoch: 0,
+        batch: 0,
+        step: 0,
+        partial: Default::default(),
+        metrics: Vec::new(),
+        rng: None,
+    }
+}
+
+fn run_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("zoo-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn weights(store: &ParamStore) -> HashMap<String, Vec<f32>> {
+    store
+        .named_tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
+}
+
+/// Trains TinyNet for `epochs` with momentum SGD and a cosine schedule; stops after
+/// `stop_after` steps if given, resuming from `dir`'s last checkpoint if `resume`.
+fn train_tiny(
+    dir: &std::path::Path,
+    stop_after: Option<u64>,
+    resume: bool,
+) -> (ParamStore, Outcome) {
+    let store = test_store(17);
+    let model = TinyNet::new(store.var_builder()).unwrap();
+    let loader_config = LoaderConfig {
+        batch_size: 16,
+        prefetch: 2,
+        ..LoaderConfig::notebook(17)
+    };
+    let train = Loader::new(toy_dataset(100, 1), loader_config).unwrap();
+    let valid = Loader::new(
+        toy_dataset(40, 2),
+        LoaderConfig {
+            shuffle: false,
+            ..loader_config
+        },
+    )
+    .unwrap();
+    let recipe = Recipe {
+        optimizer: OptimizerConfig::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+        },
+        schedule: Schedule::Cosine {
+            warmup_epochs: 0.5,
+            min_factor: 0.0,
+        },
+        clip_grad_norm: Some(5.0),
+        label_smoothing: 0.1,
+        ..Recipe::notebook(3, 0.05)
+    };
+    let mut trainer = Trainer {
+        model: &model,
+        store: &store,
+        recipe,
+        transform: EvalTransform::notebook(1, 8),
+        device: Device::Cpu,
+        meta: meta(17),
+        checkpoint_every: None,
+        stop_after_steps: stop_after,
+    };
+    let resume = resume.then(|| load_checkpoint(&Trainer::last_path(dir), &Device::Cpu).unwrap());
+    let outcome = trainer
+        .fit(&train, &valid, dir, resume, &mut Quiet)
+        .unwrap();
+    (store, outcome)
+}
+
+#[test]
+fn a_run_killed_mid_epoch_resumes_to_the_same_weights() {
+    let straight_dir = run_dir("straight");
+    let (straight, outcome) = train_tiny(&straight_dir, None, false);
+    let Outcome::Finished(metrics) = outcome else {
+        panic!("finished")
+    };
+    assert_eq!(metrics.len(), 3);
+    // It learns: training loss falls and validation accuracy is far above chance.
+    assert!(metrics[2].train_loss < metrics[0].train_loss, "{metrics:?}");
+    assert!(metrics[2].valid_acc > 0.5, "{metrics:?}");
+
+    let dir = run_dir("interrupted");
+    // 7 batches per epoch: stop in the middle of the second epoch, then again in the third.
+    let (_, first) = train_tiny(&dir, Some(10), false);
+    assert_eq!(first, Outcome::Interrupted { epoch: 1, batch: 3 });
+    let (_, second) = train_tiny(&dir, Some(6), true);
+    assert_eq!(second, Outcome::Interrupted { epoch: 2, batch: 2 });
+    let (resumed, third) = train_tiny(&dir, None, true);
+    let Outcome::Finished(resumed_metrics) = third else {
+        panic!("finished")
+    };
+    assert_eq!(
+        weights(&resumed),
+        weights(&straight),
+        "same weights and running statistics"
+    );
+    let timeless = |m: &[super::metrics::EpochMetrics]| -> Vec<(usize, f64, f64, f64, f64, f64)> {
+        m.iter()
+            .map(|r| {
+                (
+                    r.epoch,
+                    r.train_loss,
+                    r.train_acc,
+                    r.valid_loss,
+                    r.valid_acc,
+                    r.lr,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        timeless(&resumed_metrics),
+        timeless(&metrics),
+        "same metrics apart from timings"
+    );
+    for file in [
+        "last.safetensors",
+        "best.safetensors",
+        "metrics.csv",
+        "curves.png",
+    ] {
+        assert!(dir.join(file).is_file(), "{file}");
+    }
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4);
+    assert!(csv.starts_with(super::metrics::CSV_HEADER));
+}
+
+#[test]
+fn checkpoint_round_trip_gives_identical_logits_and_wrong_shapes_are_named() -> Result<()> {
+    let dir = run_dir("roundtrip");
+    let store = test_store(3);
+    let model = TinyNet::new(store.var_builder())?;
+    // Move the running statistics away from their initial values.
+    model.forward_t(&crate::testing::test_input(&[4, 1, 8, 8], 1)?, true)?;
+    let path = dir.join("w.safetensors");
+    save_checkpoint(&path, &store, None, &meta(3))?;
+    let x = crate::testing::test_input(&[3, 1, 8, 8], 2)?;
+    let before = model
+        .forward_t(&x, false)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+
+    let other = test_store(99);
+    let copy = TinyNet::new(other.var_builder())?;
+    let ckpt = load_checkpoint(&path, &Device::Cpu)?;
+    assert_eq!(ckpt.meta, meta(3));
+    apply_weights(&other, &ckpt.model, "w.safetensors")?;
+    assert_eq!(
+        copy.forward_t(&x, false)?.flatten_all()?.to_vec1::<f32>()?,
+        before
+    );
+
+    // A model of another shape: every problem listed, by name and shapes.
+    let wrong = ParamStore::new(
+        0,
+        crate::init::InitScheme::XavierUniform,
+        DType::F32,
+        &Device::Cpu,
+    );
+    {
+        let vb = wrong.var_builder();
+        Conv2d::new(Conv2dSpec::new(3, 8, 3), vb.pp("0"))?;
+        Linear::new(10, 10, vb.pp("extra"))?;
+    }
+    let err = apply_weights(&wrong, &ckpt.model, "w.safetensors")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tensor `0.weight`: expected shape [8, 3, 3, 3], found [8, 1, 3, 3]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("missing tensor `extra.weight` (expected shape [10, 10])"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unexpected tensor `6.weight` [10, 128]"),
+        "{err}"
+    );
+    // Not a zoo checkpoint at all.
+    std::fs::write(dir.join("junk.safetensors"), b"junk").unwrap();
+    let err = load_checkpoint(&dir.join("junk.safetensors"), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("junk.safetensors: not a safetensors file"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn nan_loss_stops_the_run_with_a_clear_message() {
+    let dir = run_dir("nan");
+    let store = test_store(1);
+    let model = TinyNet::new(store.var_builder()).unwrap();
+    let loader_config = LoaderConfig {
+        batch_size: 16,
+        ..LoaderConfig::notebook(1)
+    };
+    let train = Loader::new(toy_dataset(64, 1), loader_config).unwrap();
+    let mut trainer = Trainer {
+        model: &model,
+        store: &store,
+        recipe: Recipe::notebook(2, 1e30),
+        transform: EvalTransform::notebook(1, 8),
+        device: Device::Cpu,
+        meta: meta(1),
+        checkpoint_every: None,
+        stop_after_steps: None,
+    };
+    let err = trainer
+        .fit(&train, &train, &dir, None, &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("training stopped; the last good checkpoint is"),
+        "{err}"
+    );
+}

@@ -1,0 +1,269 @@
+//! The training loop: the notebook's `train_model` (train an epoch, evaluate, record loss and
+//! accuracy) made resumable, observable and reproducible.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Result};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{Checkpoint, CheckpointMeta, PartialEpoch, apply_weights, save_checkpoint};
+use super::loss::{correct, cross_entropy};
+use super::metrics::{EpochMetrics, write_csv, write_curves};
+use super::optim::{Optimizer, OptimizerConfig, clip_grad_norm};
+use super::schedule::Schedule;
+use crate::data::loader::Loader;
+use crate::data::transforms::EvalTransform;
+use crate::init::ParamStore;
+use crate::model::Model;
+
+/// The optimisation recipe of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    pub epochs: usize,
+    /// Base learning rate (the notebook's per-model `learning_rate`).
+    pub learning_rate: f64,
+    pub optimizer: OptimizerConfig,
+    pub schedule: Schedule,
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Clip the global gradient norm to this value.
+    #[serde(default)]
+    pub clip_grad_norm: Option<f64>,
+}
+
+impl Recipe {
+    /// The notebook's recipe: plain SGD at a constant rate, plain cross-entropy.
+    pub fn notebook(epochs: usize, learning_rate: f64) -> Self {
+        Self {
+            epochs,
+            learning_rate,
+            optimizer: OptimizerConfig::plain_sgd(),
+            schedule: Schedule::Constant,
+            label_smoothing: 0.0,
+            clip_grad_norm: None,
+        }
+    }
+}
+
+/// Told about progress; the CLI draws a bar or prints lines.
+pub trait TrainObserver {
+    fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _batches: usize, _start_batch: usize) {
+    }
+    fn step(&mut self, _batch: usize, _loss: f64) {}
+    fn evaluating(&mut self) {}
+    fn epoch_end(&mut self, _metrics: &EpochMetrics) {}
+}
+
+/// An observer that says nothing.
+pub struct Quiet;
+impl TrainObserver for Quiet {}
+
+/// Where a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// All epochs done.
+    Finished(Vec<EpochMetrics>),
+    /// Stopped by `stop_after_steps` with a checkpoint written (as if killed).
+    Interrupted { epoch: usize, batch: usize },
+}
+
+/// Accuracy, mean loss and confusion matrix (`[true][predicted]`) of a model on a loader.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Evaluates `model` in evaluation mode (no graph kept: inputs carry no gradient).
+pub fn evaluate(
+    model: &dyn Model,
+    loader: &Loader,
+    transform: &EvalTransform,
+    device: &Device,
+) -> Result<Evaluation> {
+    let k = model.num_classes();
+    let mut confusion = vec![vec![0usize; k]; k];
+    let (mut loss_sum, mut seen, mut hits) = (0f64, 0usize, 0usize);
+    for batch in loader.epoch(0, 0) {
+        let x = transform.apply(&batch.images_tensor(device)?, device)?;
+        let y = batch.labels_tensor(device)?;
+        let logits = model.forward_t(&x, false)?.detach();
+        let loss = cross_entropy(&logits, &y, 0.0)?.to_scalar::<f32>()? as f64;
+        loss_sum += loss * batch.len() as f64;
+        seen += batch.len();
+        hits += correct(&logits, &y)?;
+        let predicted = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+        for (&t, &p) in batch.labels.iter().zip(&predicted) {
+            if (t as usize) < k && (p as usize) < k {
+                confusion[t as usize][p as usize] += 1;
+            }
+        }
+    }
+    Ok(Evaluation {
+        loss: loss_sum / seen.max(1) as f64,
+        accuracy: hits as f64 / seen.max(1) as f64,
+        confusion,
+    })
+}
+
+/// Everything a training run needs.
+pub struct Trainer<'a> {
+    pub model: &'a dyn Model,
+    pub store: &'a ParamStore,
+    pub recipe: Recipe,
+    pub transform: EvalTransform,
+    pub device: Device,
+    /// Written into every checkpoint's metadata; `epoch`, `batch`, `step`, `metrics`, `rng`
+    /// and `partial` are filled in by the trainer.
+    pub meta: CheckpointMeta,
+    /// Write `last.safetensors` every this many steps inside an epoch too.
+    pub checkpoint_every: Option<usize>,
+    /// Stop (with a checkpoint) after this many optimiser steps in this call: a test's "kill".
+    pub stop_after_steps: Option<u64>,
+}
+
+impl Trainer<'_> {
+    pub fn last_path(run_dir: &Path) -> PathBuf {
+        run_dir.join("last.safetensors")
+    }
+
+    pub fn best_path(run_dir: &Path) -> PathBuf {
+        run_dir.join("best.safetensors")
+    }
+
+    /// Trains from scratch, or from `resume`, writing checkpoints, `metrics.csv` and
+    /// `curves.png` into `run_dir`.
+    pub fn fit(
+        &mut self,
+        train: &Loader,
+        valid: &Loader,
+        run_dir: &Path,
+        resume: Option<Checkpoint>,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<Outcome> {
+        let params = self.store.trainable();
+        let mut optimizer = Optimizer::new(self.recipe.optimizer, params.clone())?;
+        let mut meta = self.meta.clone();
+        if let Some(ckpt) = resume {
+            apply_weights(self.store, &ckpt.model, "the checkpoint being resumed")?;
+            optimizer.load_state(ckpt.meta.step, ckpt.optimizer)?;
+            if let Some(state) = &ckpt.meta.rng {
+                crate::rng::set_thread_rng_state(state);
+            }
+            meta.epoch = ckpt.meta.epoch;
+            meta.batch = ckpt.meta.batch;
+            meta.step = ckpt.meta.step;
+            meta.partial = ckpt.meta.partial;
+            meta.metrics = ckpt.meta.metrics;
+        } else {
+            crate::rng::manual_seed(meta.seed);
+            meta.epoch = 0;
+            meta.batch = 0;
+            meta.step = 0;
+            meta.partial = PartialEpoch::default();
+            meta.metrics.clear();
+        }
+        let steps_per_epoch = train.num_batches();
+        let total_steps = steps_per_epoch * self.recipe.epochs;
+        let mut steps_this_call = 0u64;
+        let last = Self::last_path(run_dir);
+        while meta.epoch < self.recipe.epochs {
+            let epoch = meta.epoch;
+            observer.epoch_start(epoch, self.recipe.epochs, steps_per_epoch, meta.batch);
+            let mut lr = self.recipe.learning_rate;
+            for batch in train.epoch(epoch, meta.batch) {
+                let started = Instant::now();
+                lr = self.recipe.schedule.lr(
+                    self.recipe.learning_rate,
+                    meta.step as usize,
+                    total_steps,
+                    steps_per_epoch,
+                );
+                let x = self
+                    .transform
+                    .apply(&batch.images_tensor(&self.device)?, &self.device)?;
+                let y = batch.labels_tensor(&self.device)?;
+                let logits = self.model.forward_t(&x, true)?;
+                let loss = cross_entropy(&logits, &y, self.recipe.label_smoothing)?;
+                let loss_value = loss.to_scalar::<f32>()? as f64;
+                if !loss_value.is_finite() {
+                    candle_core::bail!(
+                        "loss is {loss_value} at epoch {} batch {}: training stopped; the last good \
+                         checkpoint is {} (try a lower learning rate or gradient clipping)",
+                        epoch + 1,
+                        batch.index,
+                        last.display()
+                    )
+                }
+                let mut grads = loss.backward()?;
+                if let Some(max_norm) = self.recipe.clip_grad_norm {
+                    clip_grad_norm(&mut grads, &params, max_norm)?;
+                }
+                optimizer.step(&grads, lr)?;
+                meta.step += 1;
+                meta.batch = batch.index + 1;
+                meta.partial.loss_sum += loss_value * batch.len() as f64;
+                meta.partial.correct += correct(&logits, &y)?;
+                meta.partial.seen += batch.len();
+                meta.partial.seconds += started.elapsed().as_secs_f64();
+                observer.step(batch.index, loss_value);
+                steps_this_call += 1;
+                let stop = self.stop_after_steps == Some(steps_this_call);
+                let periodic = self
+                    .checkpoint_every
+                    .is_some_and(|n| meta.step.is_multiple_of(n as u64));
+                if (stop || periodic) && meta.batch < steps_per_epoch {
+                    meta.rng = Some(crate::rng::thread_rng_state());
+                    save_checkpoint(&last, self.store, Some(&optimizer), &meta)?;
+                }
+                if stop && meta.batch < steps_per_epoch {
+                    return Ok(Outcome::Interrupted {
+                        epoch,
+                        batch: meta.batch,
+                    });
+                }
+            }
+            observer.evaluating();
+            let eval = evaluate(self.model, valid, &self.transform, &self.device)?;
+            let p = meta.partial;
+            let row = EpochMetrics {
+                epoch: epoch + 1,
+                train_loss: p.loss_sum / p.seen.max(1) as f64,
+                train_acc: p.correct as f64 / p.seen.max(1) as f64,
+                valid_loss: eval.loss,
+                valid_acc: eval.accuracy,
+                lr,
+                seconds: p.seconds,
+                images_per_sec: p.seen as f64 / p.seconds.max(1e-9),
+            };
+            let best_so_far = meta
+                .metrics
+                .iter()
+                .map(|m| m.valid_acc)
+                .fold(f64::MIN, f64::max);
+            meta.metrics.push(row);
+            meta.epoch += 1;
+            meta.batch = 0;
+            meta.partial = PartialEpoch::default();
+            meta.rng = Some(crate::rng::thread_rng_state());
+            save_checkpoint(&last, self.store, Some(&optimizer), &meta)?;
+            if row.valid_acc > best_so_far {
+                save_checkpoint(&Self::best_path(run_dir), self.store, None, &meta)?;
+            }
+            write_csv(&run_dir.join("metrics.csv"), &meta.metrics)?;
+            write_curves(&run_dir.join("curves.png"), &meta.model, &meta.metrics)?;
+            observer.epoch_end(&row);
+            if self.stop_after_steps.is_some_and(|s| steps_this_call >= s)
+                && meta.epoch < self.recipe.epochs
+            {
+                return Ok(Outcome::Interrupted {
+                    epoch: meta.epoch,
+                    batch: 0,
+                });
+            }
+        }
+        Ok(Outcome::Finished(meta.metrics))
+    }
+}
