@@ -8,7 +8,6 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-mod train_all;
 use zoo_cli::registry::registry;
 use zoo_cli::summary_cmd::summarize;
 use zoo_core::summary::group_thousands;
@@ -62,6 +61,20 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Training-step (forward, cross-entropy, backward, SGD update) and inference images/s of
+    /// every registry model at its `cpu` preset input size: warm-up excluded, median of steps.
+    Models {
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Only these models (comma-separated).
+        #[arg(long)]
+        only: Option<String>,
+        /// Also at the notebook's input size.
+        #[arg(long)]
+        reference: bool,
+    },
     /// Loader images/s with and without augmentation, and the device transform (resize 32->224,
     /// normalise) images/s, on CIFAR-10 from the data root.
     Data {
@@ -219,6 +232,87 @@ fn make_sample(root: &Path) -> Result<()> {
     Ok(())
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Peak resident memory of this process so far, in MiB (Linux `VmHWM`).
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn bench_models(batch: usize, steps: usize, only: Option<&str>, reference: bool) -> Result<()> {
+    use candle_nn::Optimizer as _;
+    let device = candle_core::Device::Cpu;
+    println!(
+        "batch {batch}, median of {steps} steps after 1 warm-up; RAYON_NUM_THREADS={}",
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
+    );
+    println!(
+        "{:<12} {:>6} {:>12} {:>12} {:>14}",
+        "model", "input", "train img/s", "infer img/s", "peak RSS MiB"
+    );
+    for entry in registry() {
+        if only.is_some_and(|o| !o.split(',').any(|m| m == entry.name)) {
+            continue;
+        }
+        let mut sizes = vec![entry.cpu_input_size()];
+        if reference {
+            sizes.push(entry.reference_input.height);
+        }
+        for size in sizes {
+            let input = zoo_core::InputSpec::square(entry.reference_input.channels, size);
+            let store = zoo_core::init::ParamStore::new(
+                0,
+                zoo_core::init::InitScheme::XavierUniform,
+                candle_core::DType::F32,
+                &device,
+            );
+            let model = entry.build(input, 10, store.var_builder())?;
+            let x = zoo_core::testing::test_input(&input.batched(batch), 1)?;
+            let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
+            let y = candle_core::Tensor::new(labels.as_slice(), &device)?;
+            let params = store.trainable().into_iter().map(|(_, v)| v).collect();
+            let mut sgd = candle_nn::SGD::new(params, 0.01)?;
+            let mut train = Vec::new();
+            for i in 0..=steps {
+                let start = Instant::now();
+                let logits = model.forward_t(&x, true)?;
+                let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+                sgd.backward_step(&loss)?;
+                if i > 0 {
+                    train.push(start.elapsed().as_secs_f64());
+                }
+            }
+            let mut infer = Vec::new();
+            for i in 0..=steps {
+                let start = Instant::now();
+                model.forward_t(&x, false)?.to_vec2::<f32>()?;
+                if i > 0 {
+                    infer.push(start.elapsed().as_secs_f64());
+                }
+            }
+            println!(
+                "{:<12} {:>6} {:>12.1} {:>12.1} {:>14.0}",
+                entry.name,
+                size,
+                batch as f64 / median(train),
+                batch as f64 / median(infer),
+                peak_rss_mib()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn bench_data(root: &Path, batch_size: usize) -> Result<()> {
     use zoo_core::data::augment::Augment;
     use zoo_core::data::loader::{Loader, LoaderConfig};
@@ -359,7 +453,7 @@ fn main() -> Result<()> {
                     .join(format!("{preset}.toml"))
             };
             let data = zoo_core::data::resolve::data_root(data_dir.as_deref());
-            let report = train_all::train_all(
+            let report = zoo_cli::matrix::train_all(
                 &path,
                 &project_root().join("runs"),
                 &data,
@@ -378,6 +472,15 @@ fn main() -> Result<()> {
         Command::Data { data_dir } => {
             prepare_data(&zoo_core::data::resolve::data_root(data_dir.as_deref()))?
         }
+        Command::Bench {
+            what:
+                Bench::Models {
+                    batch_size,
+                    steps,
+                    only,
+                    reference,
+                },
+        } => bench_models(batch_size, steps, only.as_deref(), reference)?,
         Command::Bench {
             what: Bench::Data {
                 data_dir,

@@ -84,7 +84,7 @@ fn plot(
         let v = lo + (hi - lo) * k as f64 / 4.0;
         let y = py(v);
         canvas.line((left as isize, y), ((left + w) as isize, y), GREY, 1);
-        canvas.text(x0 as isize + 4, y - 3, &format!("{v:.2}"), BLACK, 1);
+        canvas.text(x0 as isize + 4, y - 3, &format!("{v:.3}"), BLACK, 1);
     }
     canvas.line(
         (left as isize, top as isize),

@@ -412,3 +412,106 @@ fn nan_loss_stops_the_run_with_a_clear_message() {
         "{err}"
     );
 }
+
+#[test]
+fn loss_falls_and_accuracy_rises_on_real_mnist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    if !root.is_dir() {
+        println!("skipped: ../shared/data is not present");
+        return;
+    }
+    let train = crate::data::resolve::load_split(&root, "mnist", crate::data::Split::Train)
+        .unwrap()
+        .per_class_prefix(300);
+    let test = crate::data::resolve::load_split(&root, "mnist", crate::data::Split::Test)
+        .unwrap()
+        .per_class_prefix(100);
+    // conv(1->16) BN ReLU pool, conv(16->32) ReLU pool, linear: small enough for a test.
+    let store = test_store(5);
+    let vb = store.var_builder();
+    let mut net = SequentialT::new();
+    net.push_with(&vb, |vb| {
+        Conv2d::new(Conv2dSpec::new(1, 16, 3).padding(1), vb)
+    })
+    .unwrap();
+    net.push_with(&vb, |vb| BatchNorm2d::new(16, vb)).unwrap();
+    net.push(ReLU);
+    net.push(MaxPool2d::new(2, 2, 0));
+    net.push_with(&vb, |vb| {
+        Conv2d::new(Conv2dSpec::new(16, 32, 3).padding(1), vb)
+    })
+    .unwrap();
+    net.push(ReLU);
+    net.push(MaxPool2d::new(2, 2, 0));
+    net.push(Flatten);
+    net.push_with(&vb, |vb| Linear::new(32 * 7 * 7, 10, vb))
+        .unwrap();
+    struct Net(SequentialT);
+    impl ModuleT for Net {
+        fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+            self.0.forward_t(x, train)
+        }
+    }
+    impl Model for Net {
+        fn body(&self) -> &SequentialT {
+            &self.0
+        }
+        fn input(&self) -> InputSpec {
+            InputSpec::square(1, 28)
+        }
+        fn num_classes(&self) -> usize {
+            10
+        }
+    }
+    let model = Net(net);
+    let config = LoaderConfig {
+        batch_size: 32,
+        ..LoaderConfig::notebook(5)
+    };
+    let train = Loader::new(Arc::new(train), config).unwrap();
+    let valid = Loader::new(
+        Arc::new(test),
+        LoaderConfig {
+            shuffle: false,
+            ..config
+        },
+    )
+    .unwrap();
+    let mut trainer = Trainer {
+        model: &model,
+        store: &store,
+        recipe: Recipe {
+            optimizer: OptimizerConfig::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+                weight_decay: 0.0,
+            },
+            ..Recipe::notebook(2, 0.02)
+        },
+        transform: EvalTransform::notebook(1, 28),
+        device: Device::Cpu,
+        meta: CheckpointMeta {
+            input: InputSpec::square(1, 28),
+            eval_transform: EvalTransform::notebook(1, 28),
+            ..meta(5)
+        },
+        checkpoint_every: None,
+        stop_after_steps: None,
+    };
+    // 2 epochs x 94 batches of real MNIST digits.
+    let Outcome::Finished(m) = trainer
+        .fit(&train, &valid, &run_dir("mnist"), None, &mut Quiet)
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(
+        m[1].train_loss < m[0].train_loss && m[0].train_loss < 2.0,
+        "{m:?}"
+    );
+    assert!(
+        m[1].valid_acc > 0.85,
+        "accuracy {} after 188 steps (chance is 0.1)",
+        m[1].valid_acc
+    );
+}

@@ -1,12 +1,12 @@
-//! `cargo xtask train-all`: runs a training matrix (one folder per run, skipping complete runs
+//! Training matrices (`cargo xtask train-all`): runs a matrix (one folder per run, skipping complete runs
 //! and resuming unfinished ones) and writes its report.
 
 use std::path::{Path, PathBuf};
 
+use crate::registry::find;
+use crate::train_cmd::{Progress, RunConfig, RunState, run_state, run_training};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
-use zoo_cli::registry::find;
-use zoo_cli::train_cmd::{Progress, RunConfig, RunState, run_state, run_training};
 use zoo_core::data::augment::Augment;
 use zoo_core::summary::group_thousands;
 use zoo_core::train::metrics::EpochMetrics;
@@ -206,7 +206,7 @@ fn report_markdown(matrix: &str, results: &[RunResult], notices: &[String]) -> R
     md += "| model | dataset | input | train images/class | parameters | epochs | best valid acc | final valid acc | train time | images/s | notebook (10 epochs, full data) |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in results {
         let entry = find(&r.config.model)?;
-        let params = zoo_cli::summary_cmd::summarize(
+        let params = crate::summary_cmd::summarize(
             &r.config.model,
             Some([
                 1,

@@ -1,0 +1,185 @@
+//! End-to-end training through the CLI crate: a tiny matrix on the committed data sample
+//! (files, report, skipping complete runs), then `zoo eval` and `zoo predict` on its checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("zoo-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn tiny_matrix_end_to_end_then_eval_and_predict() {
+    let dir = scratch("matrix");
+    let matrix = dir.join("tiny.toml");
+    std::fs::write(
+        &matrix,
+        "name = \"tiny\"\n[defaults]\nepochs = 2\nbatch_size = 16\ntrain_per_class = 3\nvalid_per_class = 2\n\
+         [[run]]\nmodel = \"densenet\"\ninput_size = 32\n[[run]]\nmodel = \"nin-mnist\"\ndataset = \"mnist\"\ninput_size = 67\n",
+    )
+    .unwrap();
+    let runs = dir.join("runs");
+    let samples = repo().join("samples");
+    // An empty data root: the committed sample is used, and the report says so.
+    let empty_root = dir.join("no-data");
+    let report =
+        zoo_cli::matrix::train_all(&matrix, &runs, &empty_root, &samples, "cpu", None).unwrap();
+    let text = std::fs::read_to_string(&report).unwrap();
+    assert!(text.contains("NOTICE: cifar10 was not found"), "{text}");
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("| `")).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(
+        rows[0].starts_with("| `densenet` | cifar10 | 32 px | 3 | 764,498 | 2 |"),
+        "{}",
+        rows[0]
+    );
+    for run in ["densenet-cifar10", "nin-mnist-mnist"] {
+        for file in [
+            "config.toml",
+            "metrics.csv",
+            "curves.png",
+            "last.safetensors",
+            "best.safetensors",
+        ] {
+            assert!(
+                runs.join("tiny").join(run).join(file).is_file(),
+                "{run}/{file}"
+            );
+        }
+    }
+    // Complete runs are skipped: the checkpoint is not rewritten.
+    let last = runs.join("tiny/densenet-cifar10/last.safetensors");
+    let before = std::fs::read(&last).unwrap();
+    zoo_cli::matrix::train_all(&matrix, &runs, &empty_root, &samples, "cpu", None).unwrap();
+    assert_eq!(std::fs::read(&last).unwrap(), before);
+
+    // zoo eval: accuracy, per-class accuracy, confusion matrix on the sample's test split.
+    let zoo = env!("CARGO_BIN_EXE_zoo");
+    let out = Command::new(zoo)
+        .args(["eval", "--checkpoint"])
+        .arg(&last)
+        .arg("--data-dir")
+        .arg(&samples)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("densenet on cifar10 (test)") && text.contains("confusion matrix"),
+        "{text}"
+    );
+    // 10 rows of the matrix, each summing to the 50 test images of a class.
+    let counts: Vec<usize> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("confusion"))
+        .skip(2)
+        .map(|l| {
+            l.split_whitespace()
+                .skip(2)
+                .map(|v| v.parse::<usize>().unwrap())
+                .sum()
+        })
+        .collect();
+    assert_eq!(counts, vec![50; 10]);
+
+    // zoo predict --json: the checkpoint carries its transform; top-5 sorted, 10 logits.
+    let image = dir.join("img.png");
+    image::RgbImage::from_fn(32, 32, |x, y| {
+        image::Rgb([(x * 8) as u8, (y * 8) as u8, 90])
+    })
+    .save(&image)
+    .unwrap();
+    let out = Command::new(zoo)
+        .args(["predict", "--json", "--checkpoint"])
+        .arg(&last)
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let top5 = json[0]["top5"].as_array().unwrap();
+    assert_eq!(top5.len(), 5);
+    let probs: Vec<f64> = top5.iter().map(|p| p[1].as_f64().unwrap()).collect();
+    assert!(probs.windows(2).all(|w| w[0] >= w[1]) && probs.iter().sum::<f64>() <= 1.0 + 1e-6);
+    assert_eq!(json[0]["logits"].as_array().unwrap().len(), 10);
+    // A missing checkpoint is a clear error.
+    let out = Command::new(zoo)
+        .args(["predict", "--checkpoint", "nope.safetensors"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.safetensors: cannot read"));
+}
+
+#[test]
+fn resumed_cli_run_matches_an_uninterrupted_one() {
+    use zoo_cli::train_cmd::{RunConfig, run_training};
+    use zoo_core::train::trainer::{Outcome, Quiet};
+    let samples = repo().join("samples");
+    let mut config = RunConfig::notebook("vgg11-small", Some(32)).unwrap();
+    config.recipe.epochs = 2;
+    config.batch_size = 8;
+    config.train_per_class = Some(2);
+    config.valid_per_class = Some(1);
+    config.device = "cpu".into();
+    let straight = scratch("straight");
+    let interrupted = scratch("interrupted");
+    assert!(matches!(
+        run_training(&config, &samples, &straight, false, None, &mut Quiet).unwrap(),
+        Outcome::Finished(_)
+    ));
+    // 20 images / 8 = 3 batches per epoch: stop after 4 steps (epoch 2, batch 1), then resume.
+    let stopped =
+        run_training(&config, &samples, &interrupted, false, Some(4), &mut Quiet).unwrap();
+    assert_eq!(stopped, Outcome::Interrupted { epoch: 1, batch: 1 });
+    assert!(matches!(
+        run_training(&config, &samples, &interrupted, true, None, &mut Quiet).unwrap(),
+        Outcome::Finished(_)
+    ));
+    let a = zoo_core::train::checkpoint::load_checkpoint(
+        &straight.join("last.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let b = zoo_core::train::checkpoint::load_checkpoint(
+        &interrupted.join("last.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    for (name, t) in &a.model {
+        let diff = (t - &b.model[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "{name}");
+    }
+    // Resuming with other settings is refused.
+    config.recipe.learning_rate = 0.5;
+    let err = run_training(&config, &samples, &interrupted, true, None, &mut Quiet).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("was written by another configuration"),
+        "{err:#}"
+    );
+}
