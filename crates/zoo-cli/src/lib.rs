@@ -1,5 +1,6 @@
 //! zoo-cli: the registry of every zoo model and the code behind the `zoo` command.
 
+pub mod convert;
 pub mod matrix;
 pub mod registry;
 pub mod show_batch;

@@ -68,6 +68,18 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Convert a PyTorch state dict of a registry model (.pt or .safetensors, with or without
+    /// DataParallel's `module.` prefix) to a zoo checkpoint, or back with --to-pytorch.
+    Convert {
+        /// Registry name of the model the weights belong to.
+        #[arg(long)]
+        model: String,
+        input: PathBuf,
+        output: PathBuf,
+        /// zoo checkpoint -> PyTorch safetensors (keys `model.<name>`).
+        #[arg(long)]
+        to_pytorch: bool,
+    },
     /// Write the notebook's 6x10 grid of training images, titled by class, as a PNG.
     ShowBatch {
         /// cifar10, mnist, fashion-mnist, or the name of an image folder under the data root.
@@ -287,6 +299,19 @@ fn main() -> Result<()> {
                     }
                 }
             }
+        }
+        Command::Convert {
+            model,
+            input,
+            output,
+            to_pytorch,
+        } => {
+            if to_pytorch {
+                zoo_cli::convert::export(&input, &output)?;
+            } else {
+                zoo_cli::convert::import(&model, &input, &output)?;
+            }
+            println!("wrote {}", output.display());
         }
         Command::ShowBatch {
             dataset,

@@ -1,0 +1,239 @@
+//! Numerical parity with the notebook's PyTorch definitions, for every registry model:
+//! weights from a formula shared with `scripts/parity.py`, logits in eval mode, logits and
+//! BatchNorm running statistics after a training-mode forward, compared with PyTorch's
+//! (`tests/fixtures/parity.json`, PyTorch 2.15); and `zoo convert` on a notebook `.pt`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use zoo_cli::registry::registry;
+use zoo_core::init::{InitScheme, ParamStore};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn load_fixture() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join("parity.json"))
+        .expect("tests/fixtures/parity.json");
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
+    })
+}
+
+/// `2u - 1` with `u = splitmix64(i + fnv1a(key) * golden) >> 11 / 2^53`, as `scripts/parity.py`.
+fn signed_uniform(n: usize, key: &str) -> impl Iterator<Item = f64> {
+    let offset = fnv1a(key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..n as u64).map(move |i| {
+        let mut z = i.wrapping_add(offset);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        2.0 * ((z >> 11) as f64 / (1u64 << 53) as f64) - 1.0
+    })
+}
+
+/// The formula of `scripts/parity.py` for the tensor `name` of shape `dims`.
+fn formula(name: &str, dims: &[usize]) -> Vec<f32> {
+    let n: usize = dims.iter().product();
+    let s = signed_uniform(n, name);
+    let values: Vec<f64> = if name.ends_with("running_mean") {
+        s.map(|v| 0.1 * v).collect()
+    } else if name.ends_with("running_var") {
+        s.map(|v| 1.0 + 0.5 * v.abs()).collect()
+    } else if name.ends_with("weight") && dims.len() >= 2 {
+        let fan_in: usize = dims[1..].iter().product();
+        let scale = (3.0 / fan_in as f64).sqrt();
+        s.map(|v| v * scale).collect()
+    } else if name.ends_with("weight") {
+        s.map(|v| 1.0 + 0.1 * v).collect()
+    } else {
+        s.map(|v| 0.1 * v).collect()
+    };
+    values.into_iter().map(|v| v as f32).collect()
+}
+
+fn fill(store: &ParamStore) {
+    for (name, var) in store.named_tensors() {
+        let dims = var.as_tensor().dims().to_vec();
+        var.set(&Tensor::from_vec(formula(&name, &dims), dims, &Device::Cpu).unwrap())
+            .unwrap();
+    }
+}
+
+fn input(c: usize, size: usize) -> Tensor {
+    let v: Vec<f32> = signed_uniform(2 * c * size * size, "input")
+        .map(|v| v as f32)
+        .collect();
+    Tensor::from_vec(v, (2, c, size, size), &Device::Cpu).unwrap()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// max |got - want| / max |want|.
+fn rel_error(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    got.iter()
+        .zip(want)
+        .fold(0f32, |m, (g, w)| m.max((g - w).abs()))
+        / scale
+}
+
+#[test]
+fn every_model_matches_pytorch_in_eval_and_train_mode() {
+    let fixture = load_fixture();
+    let mut report = Vec::new();
+    for entry in registry() {
+        let record = &fixture["models"][entry.name];
+        assert!(!record.is_null(), "{}: no fixture", entry.name);
+        let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
+        let model = entry.build_reference(store.var_builder()).unwrap();
+        fill(&store);
+        let r = entry.reference_input;
+        let x = input(r.channels, r.height);
+        let eval: Vec<f32> = model
+            .forward_t(&x, false)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let err = rel_error(&eval, &floats(&record["eval_logits"]));
+        assert!(
+            err <= 1e-5,
+            "{}: eval logits relative error {err}",
+            entry.name
+        );
+        report.push(format!("{} eval {err:.1e}", entry.name));
+        if let Some(train_logits) = record.get("train_logits") {
+            let train: Vec<f32> = model
+                .forward_t(&x, true)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let err = rel_error(&train, &floats(train_logits));
+            assert!(
+                err <= 1e-5,
+                "{}: train logits relative error {err}",
+                entry.name
+            );
+            let named: HashMap<String, Tensor> = store
+                .named_tensors()
+                .into_iter()
+                .map(|(n, v)| (n, v.as_tensor().clone()))
+                .collect();
+            let running = record["running"].as_object().unwrap();
+            assert_eq!(
+                running.len(),
+                named.keys().filter(|k| k.contains("running_")).count()
+            );
+            for (name, want) in running {
+                let t = &named[name];
+                let sum = t.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+                let want_sum = want["sum"].as_f64().unwrap();
+                assert!(
+                    (sum - want_sum).abs() <= 1e-5 * want_sum.abs().max(1.0),
+                    "{}: {name} sum {sum} vs {want_sum}",
+                    entry.name
+                );
+                let head: Vec<f32> = t
+                    .flatten_all()
+                    .unwrap()
+                    .narrow(0, 0, 8.min(t.elem_count()))
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert!(
+                    rel_error(&head, &floats(&want["head"])) <= 1e-5,
+                    "{}: {name} head {head:?}",
+                    entry.name
+                );
+            }
+            report.push(format!(
+                "{} train {err:.1e} ({} running tensors)",
+                entry.name,
+                running.len()
+            ));
+        }
+    }
+    println!("{}", report.join("\n"));
+}
+
+#[test]
+fn a_notebook_pt_converts_and_predicts_like_pytorch() {
+    let fixture = load_fixture();
+    let dir = std::env::temp_dir().join(format!("zoo-parity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The notebook's DataParallel state dict (`module.model.0.0.weight`, ...).
+    let pt = fixtures().join("cifar_densenet.pt");
+    let converted = dir.join("densenet.safetensors");
+    zoo_cli::convert::import("densenet", &pt, &converted).unwrap();
+    let loaded = zoo_cli::train_cmd::load_model(&converted, "cpu").unwrap();
+    assert_eq!(loaded.meta.eval_transform.mean, vec![0.5; 3]);
+    assert_eq!(loaded.meta.classes[0], "airplane");
+    let logits: Vec<f32> = loaded
+        .model
+        .forward_t(&input(3, 224), false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let err = rel_error(
+        &logits,
+        &floats(&fixture["models"]["densenet"]["eval_logits"]),
+    );
+    assert!(err <= 1e-5, "converted .pt: relative error {err}");
+
+    // zoo -> PyTorch -> zoo is exact, and the PyTorch side has the notebook's keys.
+    let exported = dir.join("densenet-pytorch.safetensors");
+    zoo_cli::convert::export(&converted, &exported).unwrap();
+    let torch_side = candle_core::safetensors::load(&exported, &Device::Cpu).unwrap();
+    assert!(torch_side.contains_key("model.0.1.num_batches_tracked"));
+    assert!(torch_side.contains_key("model.1.net.0.2.weight"));
+    let back = dir.join("densenet-back.safetensors");
+    zoo_cli::convert::import("densenet", &exported, &back).unwrap();
+    let a = zoo_core::train::checkpoint::load_checkpoint(&converted, &Device::Cpu).unwrap();
+    let b = zoo_core::train::checkpoint::load_checkpoint(&back, &Device::Cpu).unwrap();
+    assert_eq!(a.model.len(), b.model.len());
+    for (name, t) in &a.model {
+        assert_eq!(
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.model[name]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            "{name}"
+        );
+    }
+
+    // The wrong model: every mismatch listed, by tensor, with both shapes.
+    let err = format!(
+        "{:#}",
+        zoo_cli::convert::import("resnet18", &pt, &dir.join("x.safetensors")).unwrap_err()
+    );
+    assert!(err.contains("does not fit this model"), "{err}");
+    assert!(
+        err.contains("tensor `0.0.weight`") || err.contains("missing tensor `1.0.conv1.weight`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unexpected tensor `1.net.0.2.weight`"),
+        "{err}"
+    );
+}
