@@ -74,6 +74,10 @@ enum Bench {
         /// Also at the notebook's input size.
         #[arg(long)]
         reference: bool,
+        /// A Python with torch: run scripts/bench_torch.py on the same cases in this run and
+        /// print zoo, PyTorch and the ratio side by side.
+        #[arg(long)]
+        torch: Option<String>,
     },
     /// Loader images/s with and without augmentation, and the device transform (resize 32->224,
     /// normalise) images/s, on CIFAR-10 from the data root.
@@ -249,17 +253,29 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn bench_models(batch: usize, steps: usize, only: Option<&str>, reference: bool) -> Result<()> {
+/// One measured case.
+struct BenchRow {
+    model: String,
+    size: usize,
+    train: f64,
+    infer: f64,
+    peak_mib: f64,
+}
+
+fn bench_models(
+    batch: usize,
+    steps: usize,
+    only: Option<&str>,
+    reference: bool,
+    torch: Option<&str>,
+) -> Result<()> {
     use candle_nn::Optimizer as _;
     let device = candle_core::Device::Cpu;
     println!(
         "batch {batch}, median of {steps} steps after 1 warm-up; RAYON_NUM_THREADS={}",
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
     );
-    println!(
-        "{:<12} {:>6} {:>12} {:>12} {:>14}",
-        "model", "input", "train img/s", "infer img/s", "peak RSS MiB"
-    );
+    let mut rows = Vec::new();
     for entry in registry() {
         if only.is_some_and(|o| !o.split(',').any(|m| m == entry.name)) {
             continue;
@@ -300,15 +316,81 @@ fn bench_models(batch: usize, steps: usize, only: Option<&str>, reference: bool)
                     infer.push(start.elapsed().as_secs_f64());
                 }
             }
-            println!(
-                "{:<12} {:>6} {:>12.1} {:>12.1} {:>14.0}",
-                entry.name,
+            let row = BenchRow {
+                model: entry.name.to_string(),
                 size,
-                batch as f64 / median(train),
-                batch as f64 / median(infer),
-                peak_rss_mib()
+                train: batch as f64 / median(train),
+                infer: batch as f64 / median(infer),
+                peak_mib: peak_rss_mib(),
+            };
+            println!(
+                "RESULT zoo {} {} {:.1} {:.1} {:.0}",
+                row.model, row.size, row.train, row.infer, row.peak_mib
             );
+            rows.push(row);
         }
+    }
+    let torch_rows: Vec<BenchRow> = match torch {
+        None => Vec::new(),
+        Some(python) => {
+            let cases: Vec<String> = rows
+                .iter()
+                .map(|r| format!("{}:{}", r.model, r.size))
+                .collect();
+            let out = std::process::Command::new(python)
+                .arg(project_root().join("scripts/bench_torch.py"))
+                .args([
+                    "--batch",
+                    &batch.to_string(),
+                    "--steps",
+                    &steps.to_string(),
+                    "--cases",
+                    &cases.join(","),
+                ])
+                .output()
+                .with_context(|| format!("running {python} scripts/bench_torch.py"))?;
+            anyhow::ensure!(
+                out.status.success(),
+                "bench_torch.py failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() == 6 && f[0] == "RESULT").then(|| BenchRow {
+                        model: f[1].to_string(),
+                        size: f[2].parse().unwrap_or(0),
+                        train: f[3].parse().unwrap_or(0.0),
+                        infer: f[4].parse().unwrap_or(0.0),
+                        peak_mib: f[5].parse().unwrap_or(0.0),
+                    })
+                })
+                .collect()
+        }
+    };
+    println!(
+        "\n| model | input | zoo train img/s | PyTorch train img/s | train ratio | zoo infer img/s | PyTorch infer img/s | infer ratio | zoo peak MiB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let t = torch_rows
+            .iter()
+            .find(|t| t.model == r.model && t.size == r.size);
+        let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        let ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}", a / b));
+        println!(
+            "| `{}` | {} | {:.1} | {} | {} | {:.1} | {} | {} | {:.0} |",
+            r.model,
+            r.size,
+            r.train,
+            fmt(t.map(|t| t.train)),
+            ratio(r.train, t.map(|t| t.train)),
+            r.infer,
+            fmt(t.map(|t| t.infer)),
+            ratio(r.infer, t.map(|t| t.infer)),
+            r.peak_mib
+        );
     }
     Ok(())
 }
@@ -453,6 +535,10 @@ fn main() -> Result<()> {
                     .join(format!("{preset}.toml"))
             };
             let data = zoo_core::data::resolve::data_root(data_dir.as_deref());
+            // A fresh clone beside ../shared/data: fill the data root first (idempotent).
+            if shared_data().is_dir() {
+                prepare_data(&data)?;
+            }
             let report = zoo_cli::matrix::train_all(
                 &path,
                 &project_root().join("runs"),
@@ -479,8 +565,15 @@ fn main() -> Result<()> {
                     steps,
                     only,
                     reference,
+                    torch,
                 },
-        } => bench_models(batch_size, steps, only.as_deref(), reference)?,
+        } => bench_models(
+            batch_size,
+            steps,
+            only.as_deref(),
+            reference,
+            torch.as_deref(),
+        )?,
         Command::Bench {
             what: Bench::Data {
                 data_dir,
