@@ -61,6 +61,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// zoo-core's CPU ops against candle's composition: training-mode BatchNorm forward +
+    /// backward (32x64x24x24), max pooling 3/2/1 forward + backward (32x64x48x48).
+    Ops {
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+    },
     /// Training-step (forward, cross-entropy, backward, SGD update) and inference images/s of
     /// every registry model at its `cpu` preset input size: warm-up excluded, median of steps.
     Models {
@@ -395,6 +401,75 @@ fn bench_models(
     Ok(())
 }
 
+fn bench_ops(steps: usize) -> Result<()> {
+    use candle_core::{DType, Device, Var};
+    use candle_nn::ModuleT;
+    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        f()?;
+        let mut t = Vec::new();
+        for _ in 0..steps {
+            let start = Instant::now();
+            f()?;
+            t.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(median(t))
+    };
+    let x = Var::from_tensor(&zoo_core::testing::test_input(&[32, 64, 24, 24], 1)?)?;
+    let store = zoo_core::init::ParamStore::new(
+        0,
+        zoo_core::init::InitScheme::XavierUniform,
+        DType::F32,
+        &Device::Cpu,
+    );
+    let fused = zoo_core::nn::BatchNorm2d::new(64, store.var_builder())?;
+    let varmap = candle_nn::VarMap::new();
+    let reference = candle_nn::batch_norm(
+        64,
+        candle_nn::BatchNormConfig::default(),
+        candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )?;
+    let bn_zoo = time(&mut || {
+        fused
+            .forward_t(x.as_tensor(), true)?
+            .sum_all()?
+            .backward()?;
+        Ok(())
+    })?;
+    let bn_candle = time(&mut || {
+        reference
+            .forward_t(x.as_tensor(), true)?
+            .sum_all()?
+            .backward()?;
+        Ok(())
+    })?;
+    let p = zoo_core::ops::pool::Pool2dParams::new(3, 2, 1);
+    let xp = Var::from_tensor(&zoo_core::testing::test_input(&[32, 64, 48, 48], 2)?)?;
+    let pool_zoo = time(&mut || {
+        zoo_core::ops::pool::max_pool2d(xp.as_tensor(), p)?
+            .sum_all()?
+            .backward()?;
+        Ok(())
+    })?;
+    let pool_ref = time(&mut || {
+        zoo_core::ops::pool::max_pool2d_composed(xp.as_tensor(), p)?
+            .sum_all()?
+            .backward()?;
+        Ok(())
+    })?;
+    println!(
+        "| op (forward + backward) | zoo kernel ms | candle composition ms | speed-up |\n|---|---:|---:|---:|"
+    );
+    println!(
+        "| BatchNorm2d train, 32x64x24x24 | {bn_zoo:.2} | {bn_candle:.2} | {:.1}x |",
+        bn_candle / bn_zoo
+    );
+    println!(
+        "| MaxPool2d(3, 2, 1), 32x64x48x48 | {pool_zoo:.2} | {pool_ref:.2} | {:.1}x |",
+        pool_ref / pool_zoo
+    );
+    Ok(())
+}
+
 fn bench_data(root: &Path, batch_size: usize) -> Result<()> {
     use zoo_core::data::augment::Augment;
     use zoo_core::data::loader::{Loader, LoaderConfig};
@@ -558,6 +633,9 @@ fn main() -> Result<()> {
         Command::Data { data_dir } => {
             prepare_data(&zoo_core::data::resolve::data_root(data_dir.as_deref()))?
         }
+        Command::Bench {
+            what: Bench::Ops { steps },
+        } => bench_ops(steps)?,
         Command::Bench {
             what:
                 Bench::Models {

@@ -1,7 +1,7 @@
 //! `nn.BatchNorm2d`: batch statistics and running-statistics updates in training, running
 //! statistics in evaluation.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{BatchNormConfig, ModuleT, VarBuilder};
 
 use super::{Layer, expect_nchw};
@@ -12,7 +12,15 @@ use super::{Layer, expect_nchw};
 pub struct BatchNorm2d {
     name: String,
     num_features: usize,
+    /// candle's layer: evaluation everywhere, training off the CPU.
     inner: candle_nn::BatchNorm,
+    /// The same tensors, for the fused CPU training path.
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    momentum: f64,
+    eps: f64,
 }
 
 impl BatchNorm2d {
@@ -24,11 +32,26 @@ impl BatchNorm2d {
             momentum: 0.1,
         };
         let name = vb.prefix();
-        let inner = candle_nn::batch_norm(num_features, config, vb)?;
+        let inner = candle_nn::batch_norm(num_features, config, vb.clone())?;
+        let (weight, bias) = inner
+            .weight_and_bias()
+            .map(|(w, b)| (w.clone(), b.clone()))
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!("BatchNorm2d `{name}`: expected affine parameters"))
+            })?;
+        // The running statistics are variables of the store: these handles share them.
+        let running_mean = Var::from_tensor(inner.running_mean())?;
+        let running_var = Var::from_tensor(inner.running_var())?;
         Ok(Self {
             name,
             num_features,
             inner,
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            momentum: config.momentum,
+            eps: config.eps,
         })
     }
 
@@ -51,7 +74,27 @@ impl ModuleT for BatchNorm2d {
                 x.dims()
             )
         }
+        if train && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
+            return self.forward_train_cpu(x);
+        }
         self.inner.forward_t(x, train)
+    }
+}
+
+impl BatchNorm2d {
+    /// The fused CPU kernel; running statistics updated as PyTorch does (momentum, unbiased
+    /// variance).
+    fn forward_train_cpu(&self, x: &Tensor) -> Result<Tensor> {
+        let stats = crate::ops::batch_norm::channel_mean_var(x)?;
+        let count = (x.elem_count() / self.num_features) as f64;
+        let m = self.momentum;
+        let mean = stats.get(0)?;
+        let var = (stats.get(1)? * (count / (count - 1.0)))?;
+        self.running_mean
+            .set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
+        self.running_var
+            .set(&((self.running_var.as_tensor() * (1.0 - m))? + (var * m)?)?)?;
+        crate::ops::batch_norm::batch_norm_train(x, &self.weight, &self.bias, self.eps)
     }
 }
 
