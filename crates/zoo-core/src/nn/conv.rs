@@ -1,10 +1,11 @@
 //! Convolution and linear layers with PyTorch's initialisation hints and named shape errors.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, ModuleT, VarBuilder};
 
 use super::{Layer, count, expect_nchw};
 use crate::init::{pytorch_bias_hint, pytorch_weight_hint};
+use crate::ops::conv::{ConvGeometry, conv2d};
 
 /// The arguments of `nn.Conv2d(in, out, kernel_size, stride, padding)` (square kernels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +105,18 @@ impl Conv2d {
 impl ModuleT for Conv2d {
     fn forward_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
         self.output_shape(x.dims())?;
+        if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
+            // zoo's GEMM kernel on the CPU; candle's (cuDNN) convolution elsewhere.
+            let geometry = ConvGeometry {
+                stride: self.spec.stride,
+                padding: self.spec.padding,
+            };
+            let y = conv2d(x, self.inner.weight(), geometry)?;
+            return match self.inner.bias() {
+                Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+                None => Ok(y),
+            };
+        }
         self.inner.forward(x)
     }
 }

@@ -4,6 +4,7 @@
 //! composition of candle's own ops (kept as the tested reference) everywhere else.
 
 pub mod batch_norm;
+pub mod conv;
 pub mod pool;
 
 use candle_core::{CpuStorage, Layout, Result};
