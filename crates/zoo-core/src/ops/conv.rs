@@ -61,13 +61,10 @@ impl Sizes {
     fn positions(&self) -> usize {
         self.oh * self.ow
     }
-    fn pointwise(&self, g: ConvGeometry) -> bool {
-        self.k == 1 && g.stride == 1 && g.padding == 0
-    }
 }
 
-/// `c = a . b` (or `c += a . b`) for row-major slices with the given row strides and
-/// transposition flags, single-threaded (callers parallelise over images).
+/// `c = a . b` (or `c += a . b`) for row-major slices, `a` and `b` optionally stored
+/// transposed; `ldc` is the row stride of `c`.
 #[allow(clippy::too_many_arguments)]
 fn sgemm(
     m: usize,
@@ -79,6 +76,7 @@ fn sgemm(
     b_t: bool,
     c: &mut [f32],
     accumulate: bool,
+    threads: usize,
 ) {
     assert!(
         a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
@@ -94,6 +92,11 @@ fn sgemm(
         (1, k as isize)
     } else {
         (n as isize, 1)
+    };
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
     };
     // SAFETY: the asserts above keep every index the strides describe inside the slices.
     unsafe {
@@ -116,18 +119,17 @@ fn sgemm(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }
 
-/// Column matrix (C*k*k rows, OH*OW columns) of one image.
-fn im2col(x: &[f32], s: &Sizes, g: ConvGeometry, col: &mut [f32]) {
-    let p = s.positions();
+/// Writes image `x`'s columns into `col` (C*k*k rows of row stride `ld`) from column `offset`.
+fn im2col(x: &[f32], s: &Sizes, g: ConvGeometry, col: &mut [f32], ld: usize, offset: usize) {
     for c in 0..s.c {
         for ky in 0..s.k {
             for kx in 0..s.k {
-                let row = &mut col[((c * s.k + ky) * s.k + kx) * p..][..p];
+                let row = &mut col[((c * s.k + ky) * s.k + kx) * ld + offset..][..s.positions()];
                 for oy in 0..s.oh {
                     let iy = (oy * g.stride + ky) as isize - g.padding as isize;
                     let out = &mut row[oy * s.ow..(oy + 1) * s.ow];
@@ -136,6 +138,10 @@ fn im2col(x: &[f32], s: &Sizes, g: ConvGeometry, col: &mut [f32]) {
                         continue;
                     }
                     let src = &x[(c * s.h + iy as usize) * s.w..][..s.w];
+                    if g.stride == 1 && kx >= g.padding && kx - g.padding + s.ow <= s.w {
+                        out.copy_from_slice(&src[kx - g.padding..kx - g.padding + s.ow]);
+                        continue;
+                    }
                     for (ox, o) in out.iter_mut().enumerate() {
                         let ix = (ox * g.stride + kx) as isize - g.padding as isize;
                         *o = if ix >= 0 && ix < s.w as isize {
@@ -150,13 +156,12 @@ fn im2col(x: &[f32], s: &Sizes, g: ConvGeometry, col: &mut [f32]) {
     }
 }
 
-/// Adds a column matrix back into an image (the adjoint of `im2col`).
-fn col2im(col: &[f32], s: &Sizes, g: ConvGeometry, x: &mut [f32]) {
-    let p = s.positions();
+/// Adds columns (row stride `ld`, from column `offset`) back into image `x` (adjoint of im2col).
+fn col2im(col: &[f32], s: &Sizes, g: ConvGeometry, x: &mut [f32], ld: usize, offset: usize) {
     for c in 0..s.c {
         for ky in 0..s.k {
             for kx in 0..s.k {
-                let row = &col[((c * s.k + ky) * s.k + kx) * p..][..p];
+                let row = &col[((c * s.k + ky) * s.k + kx) * ld + offset..][..s.positions()];
                 for oy in 0..s.oh {
                     let iy = (oy * g.stride + ky) as isize - g.padding as isize;
                     if iy < 0 || iy >= s.h as isize {
@@ -172,6 +177,51 @@ fn col2im(col: &[f32], s: &Sizes, g: ConvGeometry, x: &mut [f32]) {
                 }
             }
         }
+    }
+}
+
+/// How images are grouped: enough images per GEMM that it has at least `MIN_COLUMNS` columns
+/// (late layers have a handful of positions per image: one GEMM per image would re-read the
+/// weights for every image), and the groups spread over the threads when there are enough.
+struct Plan {
+    group: usize,
+    groups: usize,
+    /// Threads inside each GEMM (when the groups alone cannot use them).
+    gemm_threads: usize,
+}
+
+const MIN_COLUMNS: usize = 256;
+
+fn plan(s: &Sizes) -> Plan {
+    let threads = rayon::current_num_threads().max(1);
+    let group = MIN_COLUMNS.div_ceil(s.positions()).clamp(1, s.n);
+    let groups = s.n.div_ceil(group);
+    Plan {
+        group,
+        groups,
+        gemm_threads: if groups >= threads { 1 } else { threads },
+    }
+}
+
+/// Runs `f(state, group index, that group's part of out)` for every group, in parallel when
+/// the plan says so; `per_image` is the length of one image's part of `out`.
+fn for_groups<T: Send>(
+    p: &Plan,
+    out: &mut [f32],
+    per_image: usize,
+    init: impl Fn() -> T + Sync + Send,
+    f: impl Fn(&mut T, usize, &mut [f32]) + Sync + Send,
+) {
+    let chunk = p.group * per_image;
+    if p.gemm_threads == 1 {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each_init(&init, |state, (gi, dst)| f(state, gi, dst));
+    } else {
+        let mut state = init();
+        out.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(gi, dst)| f(&mut state, gi, dst));
     }
 }
 
@@ -195,42 +245,54 @@ impl CustomOp2 for Conv2dOp {
         let w = contiguous_f32(self.name(), s2, l2)?;
         let g = self.geometry;
         let s = Sizes::new(self.name(), l1.dims(), l2.dims(), g)?;
-        let (in_len, out_len) = (s.c * s.h * s.w, s.o * s.positions());
-        let mut y = vec![0f32; s.n * out_len];
-        y.par_chunks_mut(out_len)
-            .zip(x.par_chunks(in_len))
-            .for_each_init(
-                || {
-                    vec![
-                        0f32;
-                        if s.pointwise(g) {
-                            0
-                        } else {
-                            s.rows() * s.positions()
-                        }
-                    ]
-                },
-                |col, (y_n, x_n)| {
-                    let cols: &[f32] = if s.pointwise(g) {
-                        x_n
-                    } else {
-                        im2col(x_n, &s, g, col);
-                        col
-                    };
-                    // [o, p] = [o, rows] . [rows, p]
-                    sgemm(
-                        s.o,
-                        s.positions(),
-                        s.rows(),
-                        w,
-                        false,
-                        cols,
-                        false,
-                        y_n,
-                        false,
+        let p = plan(&s);
+        let (in_len, pos, rows) = (s.c * s.h * s.w, s.positions(), s.rows());
+        let mut y = vec![0f32; s.n * s.o * pos];
+        for_groups(
+            &p,
+            &mut y,
+            s.o * pos,
+            || {
+                (
+                    vec![0f32; rows * p.group * pos],
+                    vec![0f32; s.o * p.group * pos],
+                )
+            },
+            |(col, out), gi, dst| {
+                let first = gi * p.group;
+                let count = p.group.min(s.n - first);
+                let ld = count * pos;
+                for j in 0..count {
+                    im2col(
+                        &x[(first + j) * in_len..][..in_len],
+                        &s,
+                        g,
+                        col,
+                        ld,
+                        j * pos,
                     );
-                },
-            );
+                }
+                // [o, count*pos] = [o, rows] . [rows, count*pos]
+                sgemm(
+                    s.o,
+                    ld,
+                    rows,
+                    w,
+                    false,
+                    col,
+                    false,
+                    out,
+                    false,
+                    p.gemm_threads,
+                );
+                for j in 0..count {
+                    for o in 0..s.o {
+                        dst[(j * s.o + o) * pos..][..pos]
+                            .copy_from_slice(&out[o * ld + j * pos..][..pos]);
+                    }
+                }
+            },
+        );
         Ok((CpuStorage::F32(y), Shape::from((s.n, s.o, s.oh, s.ow))))
     }
 
@@ -261,6 +323,18 @@ impl CustomOp2 for Conv2dOp {
     }
 }
 
+/// Gathers the output gradients of a group of images into `[o, count*pos]`.
+fn gather_dy(dy: &[f32], s: &Sizes, first: usize, count: usize, out: &mut [f32]) {
+    let pos = s.positions();
+    let ld = count * pos;
+    for j in 0..count {
+        for o in 0..s.o {
+            out[o * ld + j * pos..][..pos]
+                .copy_from_slice(&dy[((first + j) * s.o + o) * pos..][..pos]);
+        }
+    }
+}
+
 /// (w, dy) -> dx.
 struct Conv2dInputGradOp {
     geometry: ConvGeometry,
@@ -283,51 +357,42 @@ impl CustomOp2 for Conv2dInputGradOp {
         let dy = contiguous_f32(self.name(), s2, l2)?;
         let g = self.geometry;
         let s = Sizes::new(self.name(), &self.input, l1.dims(), g)?;
-        let (in_len, out_len) = (s.c * s.h * s.w, s.o * s.positions());
+        let p = plan(&s);
+        let (in_len, pos, rows) = (s.c * s.h * s.w, s.positions(), s.rows());
         let mut dx = vec![0f32; s.n * in_len];
-        dx.par_chunks_mut(in_len)
-            .zip(dy.par_chunks(out_len))
-            .for_each_init(
-                || {
-                    vec![
-                        0f32;
-                        if s.pointwise(g) {
-                            0
-                        } else {
-                            s.rows() * s.positions()
-                        }
-                    ]
-                },
-                |col, (dx_n, dy_n)| {
-                    if s.pointwise(g) {
-                        // [c, p] = [o, c]^T . [o, p]
-                        sgemm(
-                            s.rows(),
-                            s.positions(),
-                            s.o,
-                            w,
-                            true,
-                            dy_n,
-                            false,
-                            dx_n,
-                            false,
-                        );
-                    } else {
-                        sgemm(
-                            s.rows(),
-                            s.positions(),
-                            s.o,
-                            w,
-                            true,
-                            dy_n,
-                            false,
-                            col,
-                            false,
-                        );
-                        col2im(col, &s, g, dx_n);
-                    }
-                },
-            );
+        for_groups(
+            &p,
+            &mut dx,
+            in_len,
+            || {
+                (
+                    vec![0f32; rows * p.group * pos],
+                    vec![0f32; s.o * p.group * pos],
+                )
+            },
+            |(col, dy_group), gi, dst| {
+                let first = gi * p.group;
+                let count = p.group.min(s.n - first);
+                let ld = count * pos;
+                gather_dy(dy, &s, first, count, dy_group);
+                // [rows, count*pos] = [o, rows]^T . [o, count*pos]
+                sgemm(
+                    rows,
+                    ld,
+                    s.o,
+                    w,
+                    true,
+                    dy_group,
+                    false,
+                    col,
+                    false,
+                    p.gemm_threads,
+                );
+                for j in 0..count {
+                    col2im(col, &s, g, &mut dst[j * in_len..][..in_len], ld, j * pos);
+                }
+            },
+        );
         Ok((CpuStorage::F32(dx), Shape::from(self.input.as_slice())))
     }
 }
@@ -361,55 +426,64 @@ impl CustomOp2 for Conv2dWeightGradOp {
             &[self.out, c, self.kernel, self.kernel],
             g,
         )?;
-        let (in_len, out_len, w_len) = (s.c * s.h * s.w, s.o * s.positions(), s.o * s.rows());
-        let dw = x
-            .par_chunks(in_len)
-            .zip(dy.par_chunks(out_len))
-            .fold(
-                || {
-                    (
-                        vec![0f32; w_len],
-                        vec![
-                            0f32;
-                            if s.pointwise(g) {
-                                0
-                            } else {
-                                s.rows() * s.positions()
-                            }
-                        ],
-                    )
-                },
-                |(mut acc, mut col), (x_n, dy_n)| {
-                    let cols: &[f32] = if s.pointwise(g) {
-                        x_n
-                    } else {
-                        im2col(x_n, &s, g, &mut col);
-                        &col
-                    };
-                    // [o, rows] += [o, p] . [rows, p]^T
-                    sgemm(
-                        s.o,
-                        s.rows(),
-                        s.positions(),
-                        dy_n,
-                        false,
-                        cols,
-                        true,
-                        &mut acc,
-                        true,
-                    );
-                    (acc, col)
-                },
-            )
-            .map(|(acc, _)| acc)
-            .reduce(
-                || vec![0f32; w_len],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            );
+        let p = plan(&s);
+        let dw = weight_grad_reduce(x, dy, &s, g, &p);
         Ok((CpuStorage::F32(dw), Shape::from((s.o, s.c, s.k, s.k))))
+    }
+}
+
+/// `sum over groups of dy_group . col_group^T`, with per-thread partial sums reduced at the end.
+fn weight_grad_reduce(x: &[f32], dy: &[f32], s: &Sizes, g: ConvGeometry, p: &Plan) -> Vec<f32> {
+    let (in_len, pos, rows) = (s.c * s.h * s.w, s.positions(), s.rows());
+    let w_len = s.o * rows;
+    let one_group = |state: &mut (Vec<f32>, Vec<f32>, Vec<f32>, bool), gi: usize| {
+        let (col, dy_group, acc, used) = state;
+        let first = gi * p.group;
+        let count = p.group.min(s.n - first);
+        let ld = count * pos;
+        for j in 0..count {
+            im2col(&x[(first + j) * in_len..][..in_len], s, g, col, ld, j * pos);
+        }
+        gather_dy(dy, s, first, count, dy_group);
+        sgemm(
+            s.o,
+            rows,
+            ld,
+            dy_group,
+            false,
+            col,
+            true,
+            acc,
+            *used,
+            p.gemm_threads,
+        );
+        *used = true;
+    };
+    let init = || {
+        (
+            vec![0f32; rows * p.group * pos],
+            vec![0f32; s.o * p.group * pos],
+            vec![0f32; w_len],
+            false,
+        )
+    };
+    let add = |mut a: Vec<f32>, b: Vec<f32>| {
+        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+        a
+    };
+    if p.gemm_threads == 1 {
+        (0..p.groups)
+            .into_par_iter()
+            .fold(init, |mut state, gi| {
+                one_group(&mut state, gi);
+                state
+            })
+            .map(|state| if state.3 { state.2 } else { vec![0f32; w_len] })
+            .reduce(|| vec![0f32; w_len], add)
+    } else {
+        let mut state = init();
+        (0..p.groups).for_each(|gi| one_group(&mut state, gi));
+        state.2
     }
 }
 
@@ -453,6 +527,10 @@ mod tests {
             ([2, 8, 6, 6], 4, 1, 2, 0),
             ([1, 4, 4, 4], 2, 5, 1, 2),
             ([2, 3, 8, 8], 4, 3, 3, 0),
+            // Several groups of images per GEMM, with a partial last group.
+            ([10, 3, 8, 8], 4, 3, 1, 1),
+            ([9, 2, 16, 16], 3, 3, 2, 1),
+            ([300, 4, 1, 1], 3, 1, 1, 0),
         ] {
             let c = x_shape[1];
             let x = Var::from_tensor(&test_input(&x_shape, 1).unwrap()).unwrap();
