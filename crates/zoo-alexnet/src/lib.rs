@@ -22,13 +22,13 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
-use candle_core::{Result, Tensor};
-use candle_nn::{ModuleT, VarBuilder};
-use zoo_core::model::check_config;
+use candle_core::Result;
+use candle_nn::VarBuilder;
+use zoo_core::InputSpec;
+use zoo_core::model::{check_config, check_fits};
 use zoo_core::nn::{
-    Conv2dSpec, Dropout, Flatten, Layer, Linear, MaxPool2d, ReLU, SequentialT, push_conv_relu,
+    Conv2dSpec, Flatten, MaxPool2d, SequentialT, push_conv_relu, push_dropout_classifier,
 };
-use zoo_core::{InputSpec, Model};
 
 /// AlexNet's configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,24 +50,9 @@ impl AlexNetConfig {
             hidden: 4096,
         }
     }
-
-    pub fn with_num_classes(mut self, num_classes: usize) -> Self {
-        self.num_classes = num_classes;
-        self
-    }
-
-    pub fn with_input(mut self, input: InputSpec) -> Self {
-        self.input = input;
-        self
-    }
-
-    /// Square input of the same channel count.
-    pub fn with_input_size(mut self, size: usize) -> Self {
-        self.input.height = size;
-        self.input.width = size;
-        self
-    }
 }
+
+zoo_core::impl_input_config!(AlexNetConfig);
 
 /// AlexNet: one flat `Sequential` of 21 layers, weights named `0.weight` ... `20.bias`.
 pub struct AlexNet {
@@ -96,16 +81,8 @@ impl AlexNet {
         net.push(MaxPool2d::new(3, 2, 0));
         net.push(Flatten);
         // [b, 256, 5, 5] -> [b, 6400] at 224 px
-        let features = net.output_shape(&c.input.batched(1)).map_err(|e| {
-            candle_core::Error::Msg(format!("AlexNet: input {} is too small: {e}", c.input))
-        })?[1];
-        net.push_with(&vb, |vb| Linear::new(features, c.hidden, vb))?;
-        net.push(ReLU);
-        net.push(Dropout::new(c.dropout)?);
-        net.push_with(&vb, |vb| Linear::new(c.hidden, c.hidden, vb))?;
-        net.push(ReLU);
-        net.push(Dropout::new(c.dropout)?);
-        net.push_with(&vb, |vb| Linear::new(c.hidden, c.num_classes, vb))?;
+        let features = check_fits("AlexNet", &net, &c.input)?[1];
+        push_dropout_classifier(&mut net, &vb, features, c.hidden, c.num_classes, c.dropout)?;
         Ok(Self {
             config: config.clone(),
             net,
@@ -117,27 +94,13 @@ impl AlexNet {
     }
 }
 
-impl ModuleT for AlexNet {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.net.forward_t(xs, train)
-    }
-}
-
-impl Model for AlexNet {
-    fn body(&self) -> &SequentialT {
-        &self.net
-    }
-    fn input(&self) -> InputSpec {
-        self.config.input
-    }
-    fn num_classes(&self) -> usize {
-        self.config.num_classes
-    }
-}
+zoo_core::impl_model!(AlexNet);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_nn::ModuleT;
+    use zoo_core::Model;
     use zoo_core::testing::{
         check_backward_reaches_every_parameter, check_layer_shapes, test_store,
     };

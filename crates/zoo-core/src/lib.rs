@@ -39,3 +39,6 @@ pub mod testing;
 pub mod train;
 
 pub use model::{InputSpec, Model};
+// Re-exported for the macros the model crates use.
+pub use candle_core;
+pub use candle_nn;

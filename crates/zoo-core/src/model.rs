@@ -73,3 +73,64 @@ pub fn check_config(network: &str, input: &InputSpec, num_classes: usize) -> Res
     }
     Ok(())
 }
+
+/// Checks that `net` accepts `input`, naming the network and the first layer that does not.
+pub fn check_fits(network: &str, net: &SequentialT, input: &InputSpec) -> Result<Vec<usize>> {
+    net.output_shape(&input.batched(1))
+        .map_err(|e| candle_core::Error::Msg(format!("{network}: input {input} is too small: {e}")))
+}
+
+/// Implements `ModuleT` (through the top-level `net`) and [`Model`] for a network struct with
+/// fields `config` (holding `input` and `num_classes`) and `net: SequentialT`.
+#[macro_export]
+macro_rules! impl_model {
+    ($model:ty) => {
+        impl $crate::candle_nn::ModuleT for $model {
+            fn forward_t(
+                &self,
+                xs: &$crate::candle_core::Tensor,
+                train: bool,
+            ) -> $crate::candle_core::Result<$crate::candle_core::Tensor> {
+                $crate::candle_nn::ModuleT::forward_t(&self.net, xs, train)
+            }
+        }
+
+        impl $crate::Model for $model {
+            fn body(&self) -> &$crate::nn::SequentialT {
+                &self.net
+            }
+            fn input(&self) -> $crate::InputSpec {
+                self.config.input
+            }
+            fn num_classes(&self) -> usize {
+                self.config.num_classes
+            }
+        }
+    };
+}
+
+/// The builder methods every network configuration shares (`with_num_classes`, `with_input`,
+/// `with_input_size`), for a struct with fields `input: InputSpec` and `num_classes`.
+#[macro_export]
+macro_rules! impl_input_config {
+    ($config:ty) => {
+        impl $config {
+            pub fn with_num_classes(mut self, num_classes: usize) -> Self {
+                self.num_classes = num_classes;
+                self
+            }
+
+            pub fn with_input(mut self, input: $crate::InputSpec) -> Self {
+                self.input = input;
+                self
+            }
+
+            /// A square input with the same channel count.
+            pub fn with_input_size(mut self, size: usize) -> Self {
+                self.input.height = size;
+                self.input.width = size;
+                self
+            }
+        }
+    };
+}

@@ -23,12 +23,12 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
-use zoo_core::model::check_config;
+use zoo_core::InputSpec;
+use zoo_core::model::{check_config, check_fits};
 use zoo_core::nn::{
     AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Layer, Linear, ReLU,
     SequentialT, conv7_stem, expect_nchw,
 };
-use zoo_core::{InputSpec, Model};
 
 /// The notebook's `conv_block`: `BatchNorm2d(in)`, `ReLU`, `Conv2d(in, out, 3, padding 1)`.
 pub fn conv_block(
@@ -159,23 +159,9 @@ impl DenseNetConfig {
             input: InputSpec::square(3, 224),
         }
     }
-
-    pub fn with_num_classes(mut self, num_classes: usize) -> Self {
-        self.num_classes = num_classes;
-        self
-    }
-
-    pub fn with_input(mut self, input: InputSpec) -> Self {
-        self.input = input;
-        self
-    }
-
-    pub fn with_input_size(mut self, size: usize) -> Self {
-        self.input.height = size;
-        self.input.width = size;
-        self
-    }
 }
+
+zoo_core::impl_input_config!(DenseNetConfig);
 
 /// DenseNet: `0` stem, dense and transition blocks alternating, then `BatchNorm2d`, `ReLU`,
 /// `AdaptiveAvgPool2d`, `Flatten`, `Linear`.
@@ -214,9 +200,7 @@ impl DenseNet {
         net.push(AdaptiveAvgPool2d::new(1, 1));
         net.push(Flatten);
         net.push_with(&vb, |vb| Linear::new(channels, c.num_classes, vb))?;
-        net.output_shape(&c.input.batched(1)).map_err(|e| {
-            candle_core::Error::Msg(format!("DenseNet: input {} is too small: {e}", c.input))
-        })?;
+        check_fits("DenseNet", &net, &c.input)?;
         Ok(Self {
             config: config.clone(),
             net,
@@ -228,27 +212,13 @@ impl DenseNet {
     }
 }
 
-impl ModuleT for DenseNet {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.net.forward_t(xs, train)
-    }
-}
-
-impl Model for DenseNet {
-    fn body(&self) -> &SequentialT {
-        &self.net
-    }
-    fn input(&self) -> InputSpec {
-        self.config.input
-    }
-    fn num_classes(&self) -> usize {
-        self.config.num_classes
-    }
-}
+zoo_core::impl_model!(DenseNet);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_nn::ModuleT;
+    use zoo_core::Model;
     use zoo_core::testing::{
         check_backward_reaches_every_parameter, check_layer_shapes, test_input, test_store,
     };

@@ -23,12 +23,12 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
-use zoo_core::model::check_config;
+use zoo_core::InputSpec;
+use zoo_core::model::{check_config, check_fits};
 use zoo_core::nn::{
     AdaptiveAvgPool2d, Conv2d, Conv2dSpec, Flatten, Layer, Linear, MaxPool2d, SequentialT,
     conv7_stem, expect_nchw, push_conv_relu,
 };
-use zoo_core::{InputSpec, Model};
 
 /// Output channels of an Inception block's four paths: `c1`, `(c2_reduce, c2)`,
 /// `(c3_reduce, c3)`, `c4` (the notebook's `Inception(in, c1, c2, c3, c4)`).
@@ -165,23 +165,9 @@ impl GoogLeNetConfig {
             input: InputSpec::square(3, 96),
         }
     }
-
-    pub fn with_num_classes(mut self, num_classes: usize) -> Self {
-        self.num_classes = num_classes;
-        self
-    }
-
-    pub fn with_input(mut self, input: InputSpec) -> Self {
-        self.input = input;
-        self
-    }
-
-    pub fn with_input_size(mut self, size: usize) -> Self {
-        self.input.height = size;
-        self.input.width = size;
-        self
-    }
 }
+
+zoo_core::impl_input_config!(GoogLeNetConfig);
 
 fn inception_stage(
     in_channels: usize,
@@ -236,12 +222,7 @@ impl GoogLeNet {
             Ok(b5)
         })?;
         net.push_with(&vb, |vb| Linear::new(channels, config.num_classes, vb))?;
-        net.output_shape(&config.input.batched(1)).map_err(|e| {
-            candle_core::Error::Msg(format!(
-                "GoogLeNet: input {} is too small: {e}",
-                config.input
-            ))
-        })?;
+        check_fits("GoogLeNet", &net, &config.input)?;
         Ok(Self {
             config: config.clone(),
             net,
@@ -253,27 +234,14 @@ impl GoogLeNet {
     }
 }
 
-impl ModuleT for GoogLeNet {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.net.forward_t(xs, train)
-    }
-}
-
-impl Model for GoogLeNet {
-    fn body(&self) -> &SequentialT {
-        &self.net
-    }
-    fn input(&self) -> InputSpec {
-        self.config.input
-    }
-    fn num_classes(&self) -> usize {
-        self.config.num_classes
-    }
-}
+zoo_core::impl_model!(GoogLeNet);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_nn::ModuleT;
+    use zoo_core::Model;
+    use zoo_core::nn::Layer;
     use zoo_core::testing::{
         check_backward_reaches_every_parameter, check_layer_shapes, test_store,
     };

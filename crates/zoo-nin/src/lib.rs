@@ -22,13 +22,13 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
-use candle_core::{Result, Tensor};
-use candle_nn::{ModuleT, VarBuilder};
-use zoo_core::model::check_config;
+use candle_core::Result;
+use candle_nn::VarBuilder;
+use zoo_core::InputSpec;
+use zoo_core::model::{check_config, check_fits};
 use zoo_core::nn::{
-    AdaptiveAvgPool2d, Conv2dSpec, Dropout, Flatten, Layer, MaxPool2d, SequentialT, push_conv_relu,
+    AdaptiveAvgPool2d, Conv2dSpec, Dropout, Flatten, MaxPool2d, SequentialT, push_conv_relu,
 };
-use zoo_core::{InputSpec, Model};
 
 /// NiN's configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,23 +55,9 @@ impl NinConfig {
             ..Self::notebook()
         }
     }
-
-    pub fn with_num_classes(mut self, num_classes: usize) -> Self {
-        self.num_classes = num_classes;
-        self
-    }
-
-    pub fn with_input(mut self, input: InputSpec) -> Self {
-        self.input = input;
-        self
-    }
-
-    pub fn with_input_size(mut self, size: usize) -> Self {
-        self.input.height = size;
-        self.input.width = size;
-        self
-    }
 }
+
+zoo_core::impl_input_config!(NinConfig);
 
 /// `nin_block`: `Conv2d(in, out, k, s, p)`, `ReLU`, then twice `Conv2d(out, out, 1)`, `ReLU`.
 pub fn nin_block(spec: Conv2dSpec, vb: VarBuilder) -> Result<SequentialT> {
@@ -113,9 +99,7 @@ impl Nin {
         })?;
         net.push(AdaptiveAvgPool2d::new(1, 1));
         net.push(Flatten);
-        net.output_shape(&c.input.batched(1)).map_err(|e| {
-            candle_core::Error::Msg(format!("NiN: input {} is too small: {e}", c.input))
-        })?;
+        check_fits("NiN", &net, &c.input)?;
         Ok(Self {
             config: config.clone(),
             net,
@@ -127,27 +111,13 @@ impl Nin {
     }
 }
 
-impl ModuleT for Nin {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.net.forward_t(xs, train)
-    }
-}
-
-impl Model for Nin {
-    fn body(&self) -> &SequentialT {
-        &self.net
-    }
-    fn input(&self) -> InputSpec {
-        self.config.input
-    }
-    fn num_classes(&self) -> usize {
-        self.config.num_classes
-    }
-}
+zoo_core::impl_model!(Nin);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use zoo_core::Model;
     use zoo_core::testing::{
         check_backward_reaches_every_parameter, check_layer_shapes, test_store,
     };

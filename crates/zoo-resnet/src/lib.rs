@@ -25,12 +25,12 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
-use zoo_core::model::check_config;
+use zoo_core::InputSpec;
+use zoo_core::model::{check_config, check_fits};
 use zoo_core::nn::{
     AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Layer, Linear, SequentialT,
     conv7_stem,
 };
-use zoo_core::{InputSpec, Model};
 
 /// The notebook's `Residual(input_channels, num_channels, use_1x1conv, strides)`.
 /// Weights `conv1`, `conv2`, `conv3` (shortcut, optional), `bn1`, `bn2`.
@@ -158,23 +158,9 @@ impl ResNetConfig {
             ..Self::resnet18()
         }
     }
-
-    pub fn with_num_classes(mut self, num_classes: usize) -> Self {
-        self.num_classes = num_classes;
-        self
-    }
-
-    pub fn with_input(mut self, input: InputSpec) -> Self {
-        self.input = input;
-        self
-    }
-
-    pub fn with_input_size(mut self, size: usize) -> Self {
-        self.input.height = size;
-        self.input.width = size;
-        self
-    }
 }
+
+zoo_core::impl_input_config!(ResNetConfig);
 
 /// The notebook's `resnet_block`: a stage of residual blocks; all but the first stage start
 /// with a strided block that changes the channel count.
@@ -233,9 +219,7 @@ impl ResNet {
         net.push(AdaptiveAvgPool2d::new(1, 1));
         net.push(Flatten);
         net.push_with(&vb, |vb| Linear::new(channels, c.num_classes, vb))?;
-        net.output_shape(&c.input.batched(1)).map_err(|e| {
-            candle_core::Error::Msg(format!("ResNet: input {} is too small: {e}", c.input))
-        })?;
+        check_fits("ResNet", &net, &c.input)?;
         Ok(Self {
             config: config.clone(),
             net,
@@ -247,27 +231,14 @@ impl ResNet {
     }
 }
 
-impl ModuleT for ResNet {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.net.forward_t(xs, train)
-    }
-}
-
-impl Model for ResNet {
-    fn body(&self) -> &SequentialT {
-        &self.net
-    }
-    fn input(&self) -> InputSpec {
-        self.config.input
-    }
-    fn num_classes(&self) -> usize {
-        self.config.num_classes
-    }
-}
+zoo_core::impl_model!(ResNet);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_nn::ModuleT;
+    use zoo_core::Model;
+    use zoo_core::nn::Layer;
     use zoo_core::testing::{
         check_backward_reaches_every_parameter, check_layer_shapes, test_input, test_store,
     };

@@ -24,13 +24,13 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
-use candle_core::{Result, Tensor};
-use candle_nn::{ModuleT, VarBuilder};
-use zoo_core::model::check_config;
+use candle_core::Result;
+use candle_nn::VarBuilder;
+use zoo_core::InputSpec;
+use zoo_core::model::{check_config, check_fits};
 use zoo_core::nn::{
-    Conv2dSpec, Dropout, Flatten, Layer, Linear, MaxPool2d, ReLU, SequentialT, push_conv_relu,
+    Conv2dSpec, Flatten, MaxPool2d, SequentialT, push_conv_relu, push_dropout_classifier,
 };
-use zoo_core::{InputSpec, Model};
 
 /// The notebook's `conv_arch`: `(num_convs, out_channels)` per block (VGG-11).
 pub const VGG11_ARCH: [(usize, usize); 5] = [(1, 64), (1, 128), (2, 256), (2, 512), (2, 512)];
@@ -65,23 +65,9 @@ impl VggConfig {
         }
         self
     }
-
-    pub fn with_num_classes(mut self, num_classes: usize) -> Self {
-        self.num_classes = num_classes;
-        self
-    }
-
-    pub fn with_input(mut self, input: InputSpec) -> Self {
-        self.input = input;
-        self
-    }
-
-    pub fn with_input_size(mut self, size: usize) -> Self {
-        self.input.height = size;
-        self.input.width = size;
-        self
-    }
 }
+
+zoo_core::impl_input_config!(VggConfig);
 
 /// One VGG block: `num_convs` x (3x3 conv, ReLU), then `MaxPool2d(2, 2)`.
 pub fn vgg_block(
@@ -129,16 +115,8 @@ impl Vgg {
         }
         net.push(Flatten);
         // [b, 512, 7, 7] -> [b, 25088] at 224 px
-        let features = net.output_shape(&c.input.batched(1)).map_err(|e| {
-            candle_core::Error::Msg(format!("VGG: input {} is too small: {e}", c.input))
-        })?[1];
-        net.push_with(&vb, |vb| Linear::new(features, c.hidden, vb))?;
-        net.push(ReLU);
-        net.push(Dropout::new(c.dropout)?);
-        net.push_with(&vb, |vb| Linear::new(c.hidden, c.hidden, vb))?;
-        net.push(ReLU);
-        net.push(Dropout::new(c.dropout)?);
-        net.push_with(&vb, |vb| Linear::new(c.hidden, c.num_classes, vb))?;
+        let features = check_fits("VGG", &net, &c.input)?[1];
+        push_dropout_classifier(&mut net, &vb, features, c.hidden, c.num_classes, c.dropout)?;
         Ok(Self {
             config: config.clone(),
             net,
@@ -150,27 +128,13 @@ impl Vgg {
     }
 }
 
-impl ModuleT for Vgg {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.net.forward_t(xs, train)
-    }
-}
-
-impl Model for Vgg {
-    fn body(&self) -> &SequentialT {
-        &self.net
-    }
-    fn input(&self) -> InputSpec {
-        self.config.input
-    }
-    fn num_classes(&self) -> usize {
-        self.config.num_classes
-    }
-}
+zoo_core::impl_model!(Vgg);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use zoo_core::Model;
     use zoo_core::testing::{
         check_backward_reaches_every_parameter, check_layer_shapes, test_store,
     };

@@ -91,3 +91,23 @@ pub fn conv7_stem(
     stem.push(MaxPool2d::new(3, 2, 1));
     Ok(stem)
 }
+
+/// The classifier AlexNet and VGG share: `Linear(features, hidden)`, `ReLU`, `Dropout(p)`,
+/// `Linear(hidden, hidden)`, `ReLU`, `Dropout(p)`, `Linear(hidden, classes)`, appended to `seq`.
+pub fn push_dropout_classifier(
+    seq: &mut SequentialT,
+    vb: &candle_nn::VarBuilder,
+    features: usize,
+    hidden: usize,
+    classes: usize,
+    dropout: f32,
+) -> Result<()> {
+    seq.push_with(vb, |vb| Linear::new(features, hidden, vb))?;
+    seq.push(ReLU);
+    seq.push(Dropout::new(dropout)?);
+    seq.push_with(vb, |vb| Linear::new(hidden, hidden, vb))?;
+    seq.push(ReLU);
+    seq.push(Dropout::new(dropout)?);
+    seq.push_with(vb, |vb| Linear::new(hidden, classes, vb))?;
+    Ok(())
+}
