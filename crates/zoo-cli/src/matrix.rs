@@ -115,7 +115,7 @@ struct RunResult {
 
 /// Where a dataset is: the data root if it holds it, else the committed sample (loudly).
 fn data_for(dataset: &str, root: &Path, sample_root: &Path, notices: &mut Vec<String>) -> PathBuf {
-    if zoo_core::data::resolve::load_split(root, dataset, zoo_core::data::Split::Test).is_ok() {
+    if zoo_core::data::resolve::load_dataset(root, dataset).is_ok() {
         return root.to_path_buf();
     }
     let notice = format!(

@@ -107,9 +107,8 @@ pub fn load_data(root: &Path, config: &RunConfig) -> Result<(ImageDataset, Image
         Some(n) => ds.per_class_prefix(n),
         None => ds,
     };
-    let train = load_split(root, &config.dataset, Split::Train)
-        .with_context(|| format!("loading {}", config.dataset))?;
-    let test = load_split(root, &config.dataset, Split::Test)
+    // Any local format, else (with the `hub` feature) the Hugging Face hub.
+    let (train, test) = zoo_core::data::resolve::load_dataset(root, &config.dataset)
         .with_context(|| format!("loading {}", config.dataset))?;
     Ok((
         cut(train, config.train_per_class),

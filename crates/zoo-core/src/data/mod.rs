@@ -8,6 +8,7 @@
 pub mod augment;
 pub mod cifar;
 pub mod folder;
+pub mod hub;
 pub mod idx;
 pub mod loader;
 pub mod resolve;
