@@ -160,6 +160,13 @@ fn update_results_doc(report: &Path, preset: &str) -> Result<()> {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(project_root())
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
@@ -184,7 +191,7 @@ fn update_results_doc(report: &Path, preset: &str) -> Result<()> {
     }
     let doc = format!(
         "# Results\n\nLatest `cargo xtask train-all --matrix {preset}` on {date}, {cpu}, {cores} cores, CPU, \
-         stock candle kernels. Regenerate with `cargo xtask train-all --matrix {preset} --update-docs`.\n\n{body}"
+         zoo at commit {commit}. Regenerate with `cargo xtask train-all --matrix {preset} --update-docs`.\n\n{body}"
     );
     let path = project_root().join("docs/results.md");
     std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
