@@ -304,13 +304,18 @@ impl CustomOp2 for Conv2dOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = grad.contiguous()?;
-        let dx = w.apply_op2_no_bwd(
-            &dy,
-            &Conv2dInputGradOp {
-                geometry: self.geometry,
-                input: x.dims().to_vec(),
-            },
-        )?;
+        // The network's input (the first convolution's) needs no gradient: skip its col2im.
+        let dx = if x.track_op() {
+            Some(w.apply_op2_no_bwd(
+                &dy,
+                &Conv2dInputGradOp {
+                    geometry: self.geometry,
+                    input: x.dims().to_vec(),
+                },
+            )?)
+        } else {
+            None
+        };
         let dw = x.apply_op2_no_bwd(
             &dy,
             &Conv2dWeightGradOp {
@@ -319,7 +324,7 @@ impl CustomOp2 for Conv2dOp {
                 out: w.dim(0)?,
             },
         )?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 
@@ -513,6 +518,30 @@ mod tests {
             .fold(0f32, |m, (g, w)| m.max((g - w).abs()))
             / scale;
         assert!(err <= 1e-4, "{what}: relative error {err}");
+    }
+
+    #[test]
+    fn an_untracked_input_gets_no_gradient_and_the_weight_still_does() {
+        let x = test_input(&[2, 3, 6, 6], 1).unwrap();
+        let w = Var::from_tensor(&test_input(&[4, 3, 3, 3], 2).unwrap()).unwrap();
+        let y = conv2d(
+            &x,
+            w.as_tensor(),
+            ConvGeometry {
+                stride: 1,
+                padding: 1,
+            },
+        )
+        .unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&x).is_none());
+        let y_ref = x.conv2d(w.as_tensor(), 1, 1, 1, 1).unwrap();
+        let grads_ref = y_ref.sum_all().unwrap().backward().unwrap();
+        assert_close(
+            "dw",
+            &values(grads.get(w.as_tensor()).unwrap()),
+            &values(grads_ref.get(w.as_tensor()).unwrap()),
+        );
     }
 
     #[test]
