@@ -101,7 +101,10 @@ impl Optimizer {
             let Some(grad) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let p = var.as_tensor();
+            // Detached: the update and the optimiser state must not record a graph, or every
+            // step's state would keep the previous step's alive (memory grows without bound).
+            let grad = &grad.detach();
+            let p = &var.as_tensor().detach();
             match self.config {
                 OptimizerConfig::Sgd {
                     momentum,

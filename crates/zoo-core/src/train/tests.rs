@@ -57,6 +57,11 @@ fn optimisers_match_pytorch() -> Result<()> {
             let loss = (&c * p.as_tensor().sqr()?)?.sum_all()?;
             opt.step(&loss.backward()?, 0.1)?;
         }
+        // The state records no graph (it would chain every step's graph together).
+        assert!(
+            opt.state_tensors().iter().all(|(_, t)| !t.track_op()),
+            "{config:?}: tracked state"
+        );
         let got = p.as_tensor().to_vec1::<f32>()?;
         for (g, w) in got.iter().zip(want) {
             assert!(
