@@ -1,11 +1,11 @@
 //! Registry-wide model tests: every registered network builds, counts its parameters as the
 //! notebook does, runs forward and backward in both modes, and summarises from the CLI.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result};
 use zoo_cli::registry::registry;
 use zoo_core::InputSpec;
 use zoo_core::init::{InitScheme, ParamStore};
-use zoo_core::testing::{check_backward_reaches_every_parameter, test_input};
+use zoo_core::testing::{check_backward_reaches_every_parameter, max_abs_diff, test_input};
 
 fn store(seed: u64) -> ParamStore {
     ParamStore::new(seed, InitScheme::XavierUniform, DType::F32, &Device::Cpu)
@@ -72,7 +72,7 @@ fn training_and_evaluation_modes_differ() -> Result<()> {
         let eval_a = model.forward_t(&x, false)?;
         let eval_b = model.forward_t(&x, false)?;
         assert_eq!(
-            max_diff(&eval_a, &eval_b)?,
+            max_abs_diff(&eval_a, &eval_b)?,
             0.0,
             "{}: evaluation is deterministic",
             entry.name
@@ -81,11 +81,11 @@ fn training_and_evaluation_modes_differ() -> Result<()> {
         let train = model.forward_t(&x, true)?;
         if entry.name == "googlenet" {
             // The notebook's GoogLeNet has neither BatchNorm nor Dropout: the modes agree.
-            assert_eq!(max_diff(&train, &eval_a)?, 0.0, "googlenet");
+            assert_eq!(max_abs_diff(&train, &eval_a)?, 0.0, "googlenet");
         } else {
             // BatchNorm or Dropout: training mode computes something else.
             assert!(
-                max_diff(&train, &eval_a)? > 1e-6,
+                max_abs_diff(&train, &eval_a)? > 1e-6,
                 "{}: train and eval agree",
                 entry.name
             );
@@ -131,20 +131,16 @@ fn same_seed_same_weights_for_every_model() -> Result<()> {
             .iter()
             .zip(b.named_tensors().iter().zip(c.named_tensors().iter()))
         {
-            assert_eq!(max_diff(va.as_tensor(), vb.as_tensor())?, 0.0, "{name}");
+            assert_eq!(max_abs_diff(va.as_tensor(), vb.as_tensor())?, 0.0, "{name}");
             if name.ends_with("weight") && !name.contains("bn") && va.as_tensor().rank() > 1 {
                 assert!(
-                    max_diff(va.as_tensor(), vc.as_tensor())? > 0.0,
+                    max_abs_diff(va.as_tensor(), vc.as_tensor())? > 0.0,
                     "{name} ignores the seed"
                 );
             }
         }
     }
     Ok(())
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
 }
 
 #[test]

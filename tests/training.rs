@@ -163,16 +163,7 @@ fn resumed_cli_run_matches_an_uninterrupted_one() {
     )
     .unwrap();
     for (name, t) in &a.model {
-        let diff = (t - &b.model[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = zoo_core::testing::max_abs_diff(t, &b.model[name]).unwrap();
         assert_eq!(diff, 0.0, "{name}");
     }
     // Resuming with other settings is refused.

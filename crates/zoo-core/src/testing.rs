@@ -107,3 +107,8 @@ pub fn check_backward_reaches_every_parameter(
     }
     Ok(())
 }
+
+/// The largest absolute element-wise difference of two tensors of one shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+}

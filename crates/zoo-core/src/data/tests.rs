@@ -484,16 +484,7 @@ fn eval_transform_equals_scale_resize_normalize() {
     let fused = t.apply(&batch, &Device::Cpu).unwrap();
     let x = (batch.to_dtype(candle_core::DType::F32).unwrap() * (1.0 / 255.0)).unwrap();
     let reference = normalize(&resize_bilinear(&x, 9, 4).unwrap(), &t.mean, &t.std).unwrap();
-    let diff = (fused - reference)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = crate::testing::max_abs_diff(&fused, &reference).unwrap();
     assert!(diff < 1e-5, "{diff}");
 }
 
