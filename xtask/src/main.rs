@@ -13,6 +13,12 @@ use zoo_cli::summary_cmd::summarize;
 use zoo_core::summary::group_thousands;
 
 /// zoo's project tasks.
+
+/// mimalloc keeps freed tensor buffers mapped: glibc's malloc returns each large buffer to the
+/// OS and every training step page-faults it back in (1.3-1.6x slower steps for AlexNet and
+/// VGG, docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
 struct Cli {
@@ -588,6 +594,8 @@ fn models_doc() -> Result<String> {
 }
 
 fn main() -> Result<()> {
+    // SAFETY: first thing in main, before any thread is spawned.
+    unsafe { zoo_core::runtime::configure_cpu_threads() };
     match Cli::parse().command {
         Command::Docs => {
             let path = project_root().join("docs/models.md");

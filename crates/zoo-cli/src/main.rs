@@ -16,6 +16,12 @@ use zoo_core::train::schedule::Schedule;
 use zoo_core::train::trainer::Outcome;
 
 /// zoo: the classic CNNs (AlexNet, VGG, NiN, GoogLeNet, ResNet, DenseNet) on candle.
+
+/// mimalloc keeps freed tensor buffers mapped: glibc's malloc returns each large buffer to the
+/// OS and every training step page-faults it back in (1.3-1.6x slower steps for AlexNet and
+/// VGG, docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "zoo", version, about)]
 struct Cli {
@@ -213,6 +219,8 @@ fn run_config(a: &TrainArgs) -> Result<RunConfig> {
 }
 
 fn main() -> Result<()> {
+    // SAFETY: first thing in main, before any thread is spawned.
+    unsafe { zoo_core::runtime::configure_cpu_threads() };
     match Cli::parse().command {
         Command::List => print!("{}", list_table()),
         Command::Summary { model, input, json } => {

@@ -34,6 +34,7 @@ pub mod model;
 pub mod nn;
 pub mod ops;
 pub mod rng;
+pub mod runtime;
 pub mod summary;
 pub mod testing;
 pub mod train;
