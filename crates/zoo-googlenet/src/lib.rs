@@ -110,13 +110,14 @@ impl Inception {
 impl ModuleT for Inception {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.output_shape(x.dims())?;
-        let p1 = self.p1_1.forward_t(x, train)?.relu()?;
-        let p2 = self.p2_1.forward_t(x, train)?.relu()?;
-        let p2 = self.p2_2.forward_t(&p2, train)?.relu()?;
-        let p3 = self.p3_1.forward_t(x, train)?.relu()?;
-        let p3 = self.p3_2.forward_t(&p3, train)?.relu()?;
+        // Each convolution runs with its ReLU fused.
+        let p1 = self.p1_1.forward_relu_t(x, train)?;
+        let p2 = self.p2_1.forward_relu_t(x, train)?;
+        let p2 = self.p2_2.forward_relu_t(&p2, train)?;
+        let p3 = self.p3_1.forward_relu_t(x, train)?;
+        let p3 = self.p3_2.forward_relu_t(&p3, train)?;
         let p4 = self.p4_1.forward_t(x, train)?;
-        let p4 = self.p4_2.forward_t(&p4, train)?.relu()?;
+        let p4 = self.p4_2.forward_relu_t(&p4, train)?;
         // [b, c1 + c2 + c3 + c4, h, w]
         Tensor::cat(&[p1, p2, p3, p4], 1)
     }

@@ -29,7 +29,7 @@ use zoo_core::InputSpec;
 use zoo_core::model::{check_config, check_fits};
 use zoo_core::nn::{
     AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Layer, Linear, SequentialT,
-    conv7_stem,
+    add_relu, conv7_stem,
 };
 
 /// The notebook's `Residual(input_channels, num_channels, use_1x1conv, strides)`.
@@ -85,10 +85,10 @@ impl Residual {
 
 impl ModuleT for Residual {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        // BatchNorm + ReLU and the residual add + ReLU run as fused kernels.
         let y = self
             .bn1
-            .forward_t(&self.conv1.forward_t(x, train)?, train)?
-            .relu()?;
+            .forward_relu_t(&self.conv1.forward_t(x, train)?, train)?;
         let y = self
             .bn2
             .forward_t(&self.conv2.forward_t(&y, train)?, train)?;
@@ -96,7 +96,7 @@ impl ModuleT for Residual {
             Some(conv3) => conv3.forward_t(x, train)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        add_relu(&y, &shortcut)
     }
 }
 

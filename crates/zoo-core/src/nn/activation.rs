@@ -10,14 +10,20 @@ use crate::rng::with_thread_rng;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReLU;
 
-/// `F.relu`, as a function.
+/// `F.relu`, as a function (zoo's one-pass-backward kernel on the CPU).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    x.relu()
+    crate::ops::activation::relu(x)
+}
+
+/// `relu(a + b)` for tensors of one shape (the end of a residual block), as one kernel on the
+/// CPU.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    crate::ops::activation::add_relu(a, b)
 }
 
 impl ModuleT for ReLU {
     fn forward_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
-        x.relu()
+        relu(x)
     }
 }
 
@@ -30,6 +36,9 @@ impl Layer for ReLU {
     }
     fn num_params(&self) -> usize {
         0
+    }
+    fn is_relu(&self) -> bool {
+        true
     }
 }
 

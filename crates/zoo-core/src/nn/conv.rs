@@ -1,10 +1,11 @@
 //! Convolution and linear layers with PyTorch's initialisation hints and named shape errors.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, ModuleT, VarBuilder};
 
 use super::{Layer, count, expect_nchw};
 use crate::init::{pytorch_bias_hint, pytorch_weight_hint};
+use crate::ops::activation::cpu_f32;
 use crate::ops::conv::{ConvGeometry, conv2d};
 
 /// The arguments of `nn.Conv2d(in, out, kernel_size, stride, padding)` (square kernels).
@@ -102,22 +103,34 @@ impl Conv2d {
     }
 }
 
-impl ModuleT for Conv2d {
-    fn forward_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+impl Conv2d {
+    /// The convolution, plus bias, plus ReLU when `relu`: zoo's fused GEMM kernel for f32 on
+    /// the CPU, candle's (cuDNN) convolution elsewhere.
+    fn forward_fused(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         self.output_shape(x.dims())?;
-        if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
-            // zoo's GEMM kernel on the CPU; candle's (cuDNN) convolution elsewhere.
+        if cpu_f32(x) {
             let geometry = ConvGeometry {
                 stride: self.spec.stride,
                 padding: self.spec.padding,
             };
-            let y = conv2d(x, self.inner.weight(), geometry)?;
-            return match self.inner.bias() {
-                Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-                None => Ok(y),
+            let zeros;
+            let bias = match self.inner.bias() {
+                Some(b) => b,
+                None => {
+                    zeros = Tensor::zeros(self.spec.out_channels, DType::F32, x.device())?;
+                    &zeros
+                }
             };
+            return conv2d(x, self.inner.weight(), bias, geometry, relu);
         }
-        self.inner.forward(x)
+        let y = self.inner.forward(x)?;
+        if relu { y.relu() } else { Ok(y) }
+    }
+}
+
+impl ModuleT for Conv2d {
+    fn forward_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        self.forward_fused(x, false)
     }
 }
 
@@ -136,6 +149,10 @@ impl Layer for Conv2d {
 
     fn num_params(&self) -> usize {
         count(self.inner.weight()) + self.inner.bias().map_or(0, count)
+    }
+
+    fn forward_relu_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        self.forward_fused(x, true)
     }
 
     fn macs(&self, input: &[usize]) -> Result<u64> {

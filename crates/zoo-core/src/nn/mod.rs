@@ -12,7 +12,7 @@ mod norm;
 mod pool;
 mod sequential;
 
-pub use activation::{Dropout, Flatten, ReLU, relu};
+pub use activation::{Dropout, Flatten, ReLU, add_relu, relu};
 pub use conv::{Conv2d, Conv2dSpec, Linear};
 pub use norm::BatchNorm2d;
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};
@@ -36,6 +36,17 @@ pub trait Layer: ModuleT + Send + Sync {
     fn macs(&self, input: &[usize]) -> Result<u64> {
         let _ = input;
         Ok(0)
+    }
+
+    /// `relu(self.forward_t(x, train))`, as one fused kernel where the layer has one
+    /// (convolution, BatchNorm): [`SequentialT`] calls it for a layer followed by a [`ReLU`].
+    fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        relu(&self.forward_t(x, train)?)
+    }
+
+    /// Whether this layer is a ReLU, which [`SequentialT`] fuses into the layer before it.
+    fn is_relu(&self) -> bool {
+        false
     }
 }
 

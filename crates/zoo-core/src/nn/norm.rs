@@ -1,10 +1,12 @@
 //! `nn.BatchNorm2d`: batch statistics and running-statistics updates in training, running
 //! statistics in evaluation.
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 use candle_nn::{BatchNormConfig, ModuleT, VarBuilder};
 
 use super::{Layer, expect_nchw};
+use crate::ops::activation::cpu_f32;
+use crate::ops::batch_norm::{batch_norm_eval, batch_norm_train};
 
 /// `nn.BatchNorm2d(num_features)` with PyTorch's defaults (eps 1e-5, momentum 0.1, affine).
 /// Tensors: `weight`, `bias` (trainable), `running_mean`, `running_var` (state).
@@ -66,6 +68,14 @@ impl BatchNorm2d {
 
 impl ModuleT for BatchNorm2d {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_fused(x, train, false)
+    }
+}
+
+impl BatchNorm2d {
+    /// BatchNorm, then ReLU when `relu`: zoo's fused kernels for f32 on the CPU (batch
+    /// statistics in training, running ones in evaluation), candle's layer elsewhere.
+    fn forward_fused(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         self.output_shape(x.dims())?;
         if train && x.dim(0)? * x.dim(2)? * x.dim(3)? < 2 {
             candle_core::bail!(
@@ -74,18 +84,23 @@ impl ModuleT for BatchNorm2d {
                 x.dims()
             )
         }
-        if train && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
-            return self.forward_train_cpu(x);
+        if !cpu_f32(x) {
+            let y = self.inner.forward_t(x, train)?;
+            return if relu { y.relu() } else { Ok(y) };
         }
-        self.inner.forward_t(x, train)
-    }
-}
-
-impl BatchNorm2d {
-    /// The fused CPU kernel; running statistics updated as PyTorch does (momentum, unbiased
-    /// variance).
-    fn forward_train_cpu(&self, x: &Tensor) -> Result<Tensor> {
-        let stats = crate::ops::batch_norm::channel_mean_var(x)?;
+        if !train {
+            return batch_norm_eval(
+                x,
+                &self.weight,
+                &self.bias,
+                self.running_mean.as_tensor(),
+                self.running_var.as_tensor(),
+                self.eps,
+                relu,
+            );
+        }
+        let (y, stats) = batch_norm_train(x, &self.weight, &self.bias, self.eps, relu)?;
+        // Running statistics as PyTorch updates them: momentum, unbiased variance.
         let count = (x.elem_count() / self.num_features) as f64;
         let m = self.momentum;
         let mean = stats.get(0)?;
@@ -94,7 +109,7 @@ impl BatchNorm2d {
             .set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
         self.running_var
             .set(&((self.running_var.as_tensor() * (1.0 - m))? + (var * m)?)?)?;
-        crate::ops::batch_norm::batch_norm_train(x, &self.weight, &self.bias, self.eps)
+        Ok(y)
     }
 }
 
@@ -114,5 +129,9 @@ impl Layer for BatchNorm2d {
 
     fn num_params(&self) -> usize {
         2 * self.num_features
+    }
+
+    fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_fused(x, train, true)
     }
 }

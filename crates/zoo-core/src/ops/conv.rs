@@ -4,11 +4,13 @@
 //! the CPU, 4.7x slower than PyTorch) and copies a strided im2col of the whole batch. Here each
 //! image is one GEMM (`y = W . col`), the weight gradient is `sum_n dy_n . col_n^T` and the
 //! input gradient is `col2im(W^T . dy_n)`; images are spread over the rayon threads, each with
-//! its own column buffer, and a 1x1 stride-1 convolution uses the image itself as its columns.
+//! its own column buffer. The bias and an optional ReLU are applied while the GEMM result is
+//! copied out, and undone in one pass in the backward.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::activation::relu_backward;
 use super::contiguous_f32;
 
 /// Square-kernel convolution geometry (no dilation, one group).
@@ -227,9 +229,10 @@ fn for_groups<T: Send>(
 
 struct Conv2dOp {
     geometry: ConvGeometry,
+    relu: bool,
 }
 
-impl CustomOp2 for Conv2dOp {
+impl CustomOp3 for Conv2dOp {
     fn name(&self) -> &'static str {
         "zoo-conv2d"
     }
@@ -240,13 +243,25 @@ impl CustomOp2 for Conv2dOp {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(self.name(), s1, l1)?;
         let w = contiguous_f32(self.name(), s2, l2)?;
+        let bias = contiguous_f32(self.name(), s3, l3)?;
         let g = self.geometry;
         let s = Sizes::new(self.name(), l1.dims(), l2.dims(), g)?;
+        if bias.len() != s.o {
+            candle_core::bail!(
+                "{}: expected a bias of {} values, got shape {:?}",
+                self.name(),
+                s.o,
+                l3.dims()
+            )
+        }
         let p = plan(&s);
         let (in_len, pos, rows) = (s.c * s.h * s.w, s.positions(), s.rows());
+        let relu = self.relu;
         let mut y = vec![0f32; s.n * s.o * pos];
         for_groups(
             &p,
@@ -286,9 +301,18 @@ impl CustomOp2 for Conv2dOp {
                     p.gemm_threads,
                 );
                 for j in 0..count {
-                    for o in 0..s.o {
-                        dst[(j * s.o + o) * pos..][..pos]
-                            .copy_from_slice(&out[o * ld + j * pos..][..pos]);
+                    for (o, &b) in bias.iter().enumerate() {
+                        let src = &out[o * ld + j * pos..][..pos];
+                        let dst = &mut dst[(j * s.o + o) * pos..][..pos];
+                        if relu {
+                            for (d, &v) in dst.iter_mut().zip(src) {
+                                *d = (v + b).max(0.0);
+                            }
+                        } else {
+                            for (d, &v) in dst.iter_mut().zip(src) {
+                                *d = v + b;
+                            }
+                        }
                     }
                 }
             },
@@ -300,10 +324,15 @@ impl CustomOp2 for Conv2dOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _res: &Tensor,
+        _b: &Tensor,
+        y: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = grad.contiguous()?;
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = if self.relu {
+            relu_backward(grad, y)?
+        } else {
+            grad.contiguous()?
+        };
         // The network's input (the first convolution's) needs no gradient: skip its col2im.
         let dx = if x.track_op() {
             Some(w.apply_op2_no_bwd(
@@ -324,7 +353,40 @@ impl CustomOp2 for Conv2dOp {
                 out: w.dim(0)?,
             },
         )?;
-        Ok((dx, Some(dw)))
+        let db = dy.apply_op1_no_bwd(&ChannelSumOp)?;
+        Ok((dx, Some(dw), Some(db)))
+    }
+}
+
+/// `(N, C, ...) -> (C,)`: the sum over everything but the channel (a bias gradient).
+struct ChannelSumOp;
+
+impl CustomOp1 for ChannelSumOp {
+    fn name(&self) -> &'static str {
+        "zoo-channel-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(self.name(), s, l)?;
+        let (n, c) = match l.dims() {
+            [n, c, ..] => (*n, *c),
+            d => candle_core::bail!("{}: expected (N, C, ...), got {d:?}", self.name()),
+        };
+        let plane = if n * c == 0 { 0 } else { x.len() / (n * c) };
+        let sums = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                (0..n)
+                    .map(|i| {
+                        x[(i * c + ch) * plane..][..plane]
+                            .iter()
+                            .map(|&v| v as f64)
+                            .sum::<f64>()
+                    })
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        Ok((CpuStorage::F32(sums), Shape::from(c)))
     }
 }
 
@@ -492,11 +554,20 @@ fn weight_grad_reduce(x: &[f32], dy: &[f32], s: &Sizes, g: ConvGeometry, p: &Pla
     }
 }
 
-/// Convolution of a contiguous-or-not f32 CPU `(N, C, H, W)` input with `(O, C, k, k)` weights,
-/// differentiable in both. No bias (add it after).
-pub fn conv2d(x: &Tensor, weight: &Tensor, geometry: ConvGeometry) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op2(&weight.contiguous()?, Conv2dOp { geometry })
+/// `conv2d(x, weight) + bias`, then `relu` when asked, of an f32 CPU `(N, C, H, W)` input
+/// with `(O, C, k, k)` weights and `(O,)` bias, differentiable in all three.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    geometry: ConvGeometry,
+    relu: bool,
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        Conv2dOp { geometry, relu },
+    )
 }
 
 #[cfg(test)]
@@ -524,13 +595,16 @@ mod tests {
     fn an_untracked_input_gets_no_gradient_and_the_weight_still_does() {
         let x = test_input(&[2, 3, 6, 6], 1).unwrap();
         let w = Var::from_tensor(&test_input(&[4, 3, 3, 3], 2).unwrap()).unwrap();
+        let b = Tensor::zeros(4, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
         let y = conv2d(
             &x,
             w.as_tensor(),
+            &b,
             ConvGeometry {
                 stride: 1,
                 padding: 1,
             },
+            false,
         )
         .unwrap();
         let grads = y.sum_all().unwrap().backward().unwrap();
@@ -564,38 +638,42 @@ mod tests {
             let c = x_shape[1];
             let x = Var::from_tensor(&test_input(&x_shape, 1).unwrap()).unwrap();
             let w = Var::from_tensor(&test_input(&[o, c, k, k], 2).unwrap()).unwrap();
+            let b = Var::from_tensor(&test_input(&[o], 4).unwrap()).unwrap();
             let g = ConvGeometry { stride, padding };
-            let y = conv2d(x.as_tensor(), w.as_tensor(), g).unwrap();
-            let y_ref = x
-                .as_tensor()
-                .conv2d(w.as_tensor(), padding, stride, 1, 1)
-                .unwrap();
-            let what = format!("{x_shape:?} o{o} k{k} s{stride} p{padding}");
-            assert_eq!(y.dims(), y_ref.dims(), "{what}");
-            assert_close(&format!("{what} forward"), &values(&y), &values(&y_ref));
-            let upstream = test_input(y.dims(), 3).unwrap();
-            let grads = (&y * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let grads_ref = (&y_ref * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            assert_close(
-                &format!("{what} dx"),
-                &values(grads.get(x.as_tensor()).unwrap()),
-                &values(grads_ref.get(x.as_tensor()).unwrap()),
-            );
-            assert_close(
-                &format!("{what} dw"),
-                &values(grads.get(w.as_tensor()).unwrap()),
-                &values(grads_ref.get(w.as_tensor()).unwrap()),
-            );
+            // Without and with the fused ReLU, against candle's conv2d + bias (+ relu).
+            for relu in [false, true] {
+                let y = conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), g, relu).unwrap();
+                let y_ref = x
+                    .as_tensor()
+                    .conv2d(w.as_tensor(), padding, stride, 1, 1)
+                    .unwrap()
+                    .broadcast_add(&b.as_tensor().reshape((1, o, 1, 1)).unwrap())
+                    .unwrap();
+                let y_ref = if relu { y_ref.relu().unwrap() } else { y_ref };
+                let what = format!("{x_shape:?} o{o} k{k} s{stride} p{padding} relu {relu}");
+                assert_eq!(y.dims(), y_ref.dims(), "{what}");
+                assert_close(&format!("{what} forward"), &values(&y), &values(&y_ref));
+                let upstream = test_input(y.dims(), 3).unwrap();
+                let grads = (&y * &upstream)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let grads_ref = (&y_ref * &upstream)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                for (name, var) in [("dx", &x), ("dw", &w), ("db", &b)] {
+                    assert_close(
+                        &format!("{what} {name}"),
+                        &values(grads.get(var.as_tensor()).unwrap()),
+                        &values(grads_ref.get(var.as_tensor()).unwrap()),
+                    );
+                }
+            }
         }
     }
 }

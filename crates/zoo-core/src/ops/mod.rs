@@ -3,6 +3,7 @@
 //! Each op has one dispatch function: the CPU kernel for f32 tensors on the CPU, and a
 //! composition of candle's own ops (kept as the tested reference) everywhere else.
 
+pub mod activation;
 pub mod batch_norm;
 pub mod conv;
 pub mod pool;

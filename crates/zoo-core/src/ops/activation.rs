@@ -1,0 +1,210 @@
+//! ReLU and the residual `relu(a + b)` as CPU ops whose backward is one pass.
+//!
+//! candle 0.11.1 differentiates `relu` as `grad * (x >= 0).to_dtype()` with a fresh zeros
+//! tensor to compare against: five full-size tensors per ReLU in every backward. Here the
+//! backward masks the incoming gradient with the saved output (`y > 0`, PyTorch's
+//! `threshold_backward`: the gradient at exactly 0 is 0), in one pass over the data.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::contiguous_f32;
+
+/// Elements per parallel task of the element-wise kernels: below this, one thread.
+const CHUNK: usize = 1 << 15;
+
+/// `out[i] = f(a[i], b[i])` over equal-length slices, in parallel for large inputs.
+pub(crate) fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    let kernel = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = f(a, b);
+        }
+    };
+    if a.len() <= CHUNK {
+        kernel((&mut out, (a, b)));
+    } else {
+        out.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(kernel);
+    }
+    out
+}
+
+/// `out[i] = f(a[i])`, in parallel for large inputs.
+pub(crate) fn map(a: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    let kernel = |(o, a): (&mut [f32], &[f32])| {
+        for (o, &a) in o.iter_mut().zip(a) {
+            *o = f(a);
+        }
+    };
+    if a.len() <= CHUNK {
+        kernel((&mut out, a));
+    } else {
+        out.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK))
+            .for_each(kernel);
+    }
+    out
+}
+
+fn same_shape(op: &str, l1: &Layout, l2: &Layout) -> Result<()> {
+    if l1.dims() != l2.dims() {
+        candle_core::bail!(
+            "{op}: the two inputs differ in shape: {:?} and {:?}",
+            l1.dims(),
+            l2.dims()
+        )
+    }
+    Ok(())
+}
+
+/// Whether `x` takes the CPU kernels: f32 on the CPU.
+pub(crate) fn cpu_f32(x: &Tensor) -> bool {
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+}
+
+struct ReluOp;
+
+impl CustomOp1 for ReluOp {
+    fn name(&self) -> &'static str {
+        "zoo-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(self.name(), s, l)?;
+        Ok((CpuStorage::F32(map(x, |v| v.max(0.0))), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        relu_backward(grad, y).map(Some)
+    }
+}
+
+/// `relu(a + b)`: the end of a residual block.
+struct AddReluOp;
+
+impl CustomOp2 for AddReluOp {
+    fn name(&self) -> &'static str {
+        "zoo-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_shape(self.name(), l1, l2)?;
+        let a = contiguous_f32(self.name(), s1, l1)?;
+        let b = contiguous_f32(self.name(), s2, l2)?;
+        let y = zip_map(a, b, |a, b| (a + b).max(0.0));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = relu_backward(grad, y)?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+/// (dy, y) -> dy where y > 0, else 0.
+struct ReluMaskOp;
+
+impl CustomOp2 for ReluMaskOp {
+    fn name(&self) -> &'static str {
+        "zoo-relu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_shape(self.name(), l1, l2)?;
+        let dy = contiguous_f32(self.name(), s1, l1)?;
+        let y = contiguous_f32(self.name(), s2, l2)?;
+        let dx = zip_map(dy, y, |g, y| if y > 0.0 { g } else { 0.0 });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// The gradient of a ReLU with output `y` for the incoming gradient `grad` (not recorded).
+pub(crate) fn relu_backward(grad: &Tensor, y: &Tensor) -> Result<Tensor> {
+    if cpu_f32(grad) {
+        grad.contiguous()?
+            .apply_op2_no_bwd(&y.contiguous()?, &ReluMaskOp)
+    } else {
+        grad.detach() * y.detach().gt(0.0)?.to_dtype(grad.dtype())?
+    }
+}
+
+/// `max(x, 0)`; on the CPU with a one-pass backward, elsewhere candle's `relu`.
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if cpu_f32(x) {
+        x.contiguous()?.apply_op1(ReluOp)
+    } else {
+        x.relu()
+    }
+}
+
+/// `relu(a + b)` for two tensors of one shape (a residual connection and its activation).
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dims() != b.dims() {
+        candle_core::bail!(
+            "add_relu: the two inputs differ in shape: {:?} and {:?}",
+            a.dims(),
+            b.dims()
+        )
+    }
+    if cpu_f32(a) && cpu_f32(b) {
+        a.contiguous()?.apply_op2(&b.contiguous()?, AddReluOp)
+    } else {
+        (a + b)?.relu()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{max_abs_diff, test_input};
+    use candle_core::Var;
+
+    #[test]
+    fn relu_and_add_relu_match_candle_forward_and_gradients() -> Result<()> {
+        // Small (one thread) and large (parallel chunks with a partial last chunk).
+        for shape in [vec![2usize, 3, 5, 7], vec![3, 37, 19, 31]] {
+            let a = Var::from_tensor(&test_input(&shape, 1)?)?;
+            let b = Var::from_tensor(&test_input(&shape, 2)?)?;
+            let upstream = test_input(&shape, 3)?;
+
+            let y = relu(a.as_tensor())?;
+            assert_eq!(max_abs_diff(&y, &a.as_tensor().relu()?)?, 0.0);
+            let grads = (&y * &upstream)?.sum_all()?.backward()?;
+            let want = (&upstream * a.as_tensor().gt(0.0)?.to_dtype(DType::F32)?)?;
+            assert_eq!(max_abs_diff(grads.get(a.as_tensor()).unwrap(), &want)?, 0.0);
+
+            let y = add_relu(a.as_tensor(), b.as_tensor())?;
+            let sum = (a.as_tensor() + b.as_tensor())?;
+            assert_eq!(max_abs_diff(&y, &sum.relu()?)?, 0.0);
+            let grads = (&y * &upstream)?.sum_all()?.backward()?;
+            let want = (&upstream * sum.gt(0.0)?.to_dtype(DType::F32)?)?;
+            assert_eq!(max_abs_diff(grads.get(a.as_tensor()).unwrap(), &want)?, 0.0);
+            assert_eq!(max_abs_diff(grads.get(b.as_tensor()).unwrap(), &want)?, 0.0);
+        }
+        let a = test_input(&[2, 3], 1)?;
+        let err = add_relu(&a, &test_input(&[3, 2], 1)?).unwrap_err();
+        assert!(err.to_string().contains("differ in shape"), "{err}");
+        Ok(())
+    }
+}
