@@ -372,7 +372,7 @@ impl CustomOp1 for ChannelSumOp {
             [n, c, ..] => (*n, *c),
             d => candle_core::bail!("{}: expected (N, C, ...), got {d:?}", self.name()),
         };
-        let plane = if n * c == 0 { 0 } else { x.len() / (n * c) };
+        let plane = x.len().checked_div(n * c).unwrap_or(0);
         let sums = (0..c)
             .into_par_iter()
             .map(|ch| {
