@@ -12,13 +12,13 @@ use zoo_cli::registry::registry;
 use zoo_cli::summary_cmd::summarize;
 use zoo_core::summary::group_thousands;
 
-/// zoo's project tasks.
-
 /// mimalloc keeps freed tensor buffers mapped: glibc's malloc returns each large buffer to the
 /// OS and every training step page-faults it back in (1.3-1.6x slower steps for AlexNet and
 /// VGG, docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// zoo's project tasks.
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
 struct Cli {

@@ -15,13 +15,13 @@ use zoo_core::train::optim::OptimizerConfig;
 use zoo_core::train::schedule::Schedule;
 use zoo_core::train::trainer::Outcome;
 
-/// zoo: the classic CNNs (AlexNet, VGG, NiN, GoogLeNet, ResNet, DenseNet) on candle.
-
 /// mimalloc keeps freed tensor buffers mapped: glibc's malloc returns each large buffer to the
 /// OS and every training step page-faults it back in (1.3-1.6x slower steps for AlexNet and
 /// VGG, docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// zoo: the classic CNNs (AlexNet, VGG, NiN, GoogLeNet, ResNet, DenseNet) on candle.
 #[derive(Parser)]
 #[command(name = "zoo", version, about)]
 struct Cli {
