@@ -288,7 +288,6 @@ fn bench_models(
     reference: bool,
     torch: Option<&str>,
 ) -> Result<()> {
-    use candle_nn::Optimizer as _;
     let device = candle_core::Device::Cpu;
     println!(
         "batch {batch}, median of {steps} steps after 1 warm-up; RAYON_NUM_THREADS={}",
@@ -315,14 +314,17 @@ fn bench_models(
             let x = zoo_core::testing::test_input(&input.batched(batch), 1)?;
             let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
             let y = candle_core::Tensor::new(labels.as_slice(), &device)?;
-            let params = store.trainable().into_iter().map(|(_, v)| v).collect();
-            let mut sgd = candle_nn::SGD::new(params, 0.01)?;
+            // The optimiser zoo's trainer runs (plain SGD here, like the PyTorch side).
+            let mut sgd = zoo_core::train::optim::Optimizer::new(
+                zoo_core::train::optim::OptimizerConfig::plain_sgd(),
+                store.trainable(),
+            )?;
             let mut train = Vec::new();
             for i in 0..=steps {
                 let start = Instant::now();
                 let logits = model.forward_t(&x, true)?;
                 let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-                sgd.backward_step(&loss)?;
+                sgd.step(&loss.backward()?, 0.01)?;
                 if i > 0 {
                     train.push(start.elapsed().as_secs_f64());
                 }

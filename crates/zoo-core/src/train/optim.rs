@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Result, Tensor, Var, backprop::GradStore};
+use candle_core::{CpuStorage, InplaceOp3, Layout, Result, Tensor, Var, backprop::GradStore};
 use serde::{Deserialize, Serialize};
 
 /// Which optimiser, with its hyper-parameters (the learning rate comes from the schedule).
@@ -110,6 +110,36 @@ impl Optimizer {
                     momentum,
                     nesterov,
                     weight_decay,
+                } if in_place(var.as_tensor(), grad) => {
+                    // One pass over the parameter (and its momentum buffer), no allocation.
+                    let step = SgdInPlace {
+                        lr,
+                        momentum,
+                        nesterov,
+                        weight_decay,
+                    };
+                    if momentum != 0.0 {
+                        if !self.first.contains_key(name) {
+                            self.first.insert(name.clone(), p.zeros_like()?);
+                        }
+                        let buf = &self.first[name];
+                        buf.inplace_op3(
+                            grad,
+                            p,
+                            &MomentumInPlace {
+                                momentum,
+                                weight_decay,
+                            },
+                        )?;
+                        var.as_tensor().inplace_op3(grad, buf, &step)?;
+                    } else {
+                        var.as_tensor().inplace_op3(grad, grad, &step)?;
+                    }
+                }
+                OptimizerConfig::Sgd {
+                    momentum,
+                    nesterov,
+                    weight_decay,
                 } => {
                     let mut d = if weight_decay != 0.0 {
                         (grad + (p * weight_decay)?)?
@@ -205,6 +235,135 @@ impl Optimizer {
                 _ => candle_core::bail!("optimiser state `{key}`: unknown slot `{slot}`"),
             };
         }
+        Ok(())
+    }
+}
+
+/// Whether the fused in-place SGD kernels apply: contiguous f32 CPU parameter and gradient of
+/// one shape.
+fn in_place(p: &Tensor, grad: &Tensor) -> bool {
+    matches!(p.device(), candle_core::Device::Cpu)
+        && p.dtype() == candle_core::DType::F32
+        && grad.dtype() == candle_core::DType::F32
+        && p.dims() == grad.dims()
+        && p.is_contiguous()
+        && grad.is_contiguous()
+}
+
+/// The f32 slice of a contiguous CPU storage, or an error naming the optimiser kernel.
+fn slice_of<'a>(what: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+fn slice_of_mut<'a>(what: &str, s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+    match (l.contiguous_offsets(), s) {
+        (Some((a, b)), CpuStorage::F32(v)) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
+    }
+}
+
+/// `dst[i] = f(dst[i], a[i], b[i])` in parallel chunks.
+fn update3(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32, f32) -> f32 + Sync) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 15;
+    dst.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(d, (a, b))| {
+            for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
+                *d = f(*d, a, b);
+            }
+        });
+}
+
+/// `buf = momentum * buf + (grad + weight_decay * p)`, in place on `buf`: (buf; grad, p).
+struct MomentumInPlace {
+    momentum: f64,
+    weight_decay: f64,
+}
+
+impl InplaceOp3 for MomentumInPlace {
+    fn name(&self) -> &'static str {
+        "zoo-sgd-momentum"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let (mu, wd) = (self.momentum as f32, self.weight_decay as f32);
+        let grad = slice_of(self.name(), s2, l2)?;
+        let p = slice_of(self.name(), s3, l3)?;
+        let buf = slice_of_mut(self.name(), s1, l1)?;
+        if buf.len() != grad.len() || buf.len() != p.len() {
+            candle_core::bail!(
+                "{}: buffer, gradient and parameter differ in size",
+                self.name()
+            )
+        }
+        update3(buf, grad, p, |b, g, p| {
+            let d = if wd != 0.0 { g + wd * p } else { g };
+            mu * b + d
+        });
+        Ok(())
+    }
+}
+
+/// `p -= lr * update` in place on `p`: (p; grad, buf), where the update is
+/// `grad + weight_decay * p`, the momentum buffer, or (Nesterov) `d + momentum * buf`,
+/// exactly as `torch.optim.SGD` orders the arithmetic.
+struct SgdInPlace {
+    lr: f64,
+    momentum: f64,
+    nesterov: bool,
+    weight_decay: f64,
+}
+
+impl InplaceOp3 for SgdInPlace {
+    fn name(&self) -> &'static str {
+        "zoo-sgd-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let (lr, mu, wd) = (
+            self.lr as f32,
+            self.momentum as f32,
+            self.weight_decay as f32,
+        );
+        let (heavy_ball, nesterov) = (mu != 0.0 && !self.nesterov, mu != 0.0 && self.nesterov);
+        let grad = slice_of(self.name(), s2, l2)?;
+        let buf = slice_of(self.name(), s3, l3)?;
+        let p = slice_of_mut(self.name(), s1, l1)?;
+        if p.len() != grad.len() || p.len() != buf.len() {
+            candle_core::bail!(
+                "{}: parameter, gradient and buffer differ in size",
+                self.name()
+            )
+        }
+        update3(p, grad, buf, |p, g, b| {
+            let update = if heavy_ball {
+                b
+            } else {
+                let d = if wd != 0.0 { g + wd * p } else { g };
+                if nesterov { d + mu * b } else { d }
+            };
+            p - lr * update
+        });
         Ok(())
     }
 }
