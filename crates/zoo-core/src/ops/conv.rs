@@ -7,6 +7,8 @@
 //! its own column buffer. The bias and an optional ReLU are applied while the GEMM result is
 //! copied out, and undone in one pass in the backward.
 
+use std::borrow::Cow;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -20,7 +22,7 @@ pub struct ConvGeometry {
     pub padding: usize,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Sizes {
     n: usize,
     c: usize,
@@ -30,6 +32,10 @@ struct Sizes {
     k: usize,
     oh: usize,
     ow: usize,
+    /// The kernel taps `(ky, kx)` that see at least one input pixel (not only padding) at some
+    /// output position, row-major. On small feature maps the others multiply zeros only: a
+    /// 3x3 convolution of a 1x1 map with padding 1 needs its centre tap alone.
+    taps: Vec<(usize, usize)>,
 }
 
 impl Sizes {
@@ -44,6 +50,22 @@ impl Sizes {
         if ph < *kh || pw < *kw {
             candle_core::bail!("{op}: input {x:?} is smaller than the kernel {kh}x{kw}")
         }
+        let (oh, ow) = ((ph - kh) / g.stride + 1, (pw - kw) / g.stride + 1);
+        // Tap offset `t` sees the input at some output position along an axis of length `len`.
+        let sees_input = |t: usize, out: usize, len: usize| {
+            (0..out).any(|o| {
+                let i = (o * g.stride + t) as isize - g.padding as isize;
+                i >= 0 && i < len as isize
+            })
+        };
+        let taps = (0..*kh)
+            .filter(|&ky| sees_input(ky, oh, *h))
+            .flat_map(|ky| {
+                (0..*kw)
+                    .filter(|&kx| sees_input(kx, ow, *wd))
+                    .map(move |kx| (ky, kx))
+            })
+            .collect();
         Ok(Self {
             n: *n,
             c: *c,
@@ -51,13 +73,47 @@ impl Sizes {
             w: *wd,
             o: *o,
             k: *kh,
-            oh: (ph - kh) / g.stride + 1,
-            ow: (pw - kw) / g.stride + 1,
+            oh,
+            ow,
+            taps,
         })
     }
-    /// Rows of the column matrix: C * k * k.
+    /// Rows of the column matrix: C * (taps used).
     fn rows(&self) -> usize {
-        self.c * self.k * self.k
+        self.c * self.taps.len()
+    }
+    /// Whether every tap is used (the weights are the GEMM's matrix as they are).
+    fn all_taps(&self) -> bool {
+        self.taps.len() == self.k * self.k
+    }
+    /// The `(O, C * taps)` weight matrix of the used taps.
+    fn selected_weights<'a>(&self, w: &'a [f32]) -> Cow<'a, [f32]> {
+        if self.all_taps() {
+            return Cow::Borrowed(w);
+        }
+        let kk = self.k * self.k;
+        let mut out = Vec::with_capacity(self.o * self.rows());
+        for oc in 0..self.o * self.c {
+            let src = &w[oc * kk..][..kk];
+            out.extend(self.taps.iter().map(|&(ky, kx)| src[ky * self.k + kx]));
+        }
+        Cow::Owned(out)
+    }
+    /// The full `(O, C, k, k)` gradient from the used taps' `(O, C * taps)` one (zeros
+    /// elsewhere: those taps only ever multiplied padding).
+    fn full_weight_grad(&self, selected: Vec<f32>) -> Vec<f32> {
+        if self.all_taps() {
+            return selected;
+        }
+        let (kk, t) = (self.k * self.k, self.taps.len());
+        let mut out = vec![0f32; self.o * self.c * kk];
+        for oc in 0..self.o * self.c {
+            let dst = &mut out[oc * kk..][..kk];
+            for (&v, &(ky, kx)) in selected[oc * t..][..t].iter().zip(&self.taps) {
+                dst[ky * self.k + kx] = v;
+            }
+        }
+        out
     }
     /// Output positions per image.
     fn positions(&self) -> usize {
@@ -129,9 +185,9 @@ fn sgemm(
 /// Writes image `x`'s columns into `col` (C*k*k rows of row stride `ld`) from column `offset`.
 fn im2col(x: &[f32], s: &Sizes, g: ConvGeometry, col: &mut [f32], ld: usize, offset: usize) {
     for c in 0..s.c {
-        for ky in 0..s.k {
-            for kx in 0..s.k {
-                let row = &mut col[((c * s.k + ky) * s.k + kx) * ld + offset..][..s.positions()];
+        for (t, &(ky, kx)) in s.taps.iter().enumerate() {
+            {
+                let row = &mut col[(c * s.taps.len() + t) * ld + offset..][..s.positions()];
                 for oy in 0..s.oh {
                     let iy = (oy * g.stride + ky) as isize - g.padding as isize;
                     let out = &mut row[oy * s.ow..(oy + 1) * s.ow];
@@ -161,9 +217,9 @@ fn im2col(x: &[f32], s: &Sizes, g: ConvGeometry, col: &mut [f32], ld: usize, off
 /// Adds columns (row stride `ld`, from column `offset`) back into image `x` (adjoint of im2col).
 fn col2im(col: &[f32], s: &Sizes, g: ConvGeometry, x: &mut [f32], ld: usize, offset: usize) {
     for c in 0..s.c {
-        for ky in 0..s.k {
-            for kx in 0..s.k {
-                let row = &col[((c * s.k + ky) * s.k + kx) * ld + offset..][..s.positions()];
+        for (t, &(ky, kx)) in s.taps.iter().enumerate() {
+            {
+                let row = &col[(c * s.taps.len() + t) * ld + offset..][..s.positions()];
                 for oy in 0..s.oh {
                     let iy = (oy * g.stride + ky) as isize - g.padding as isize;
                     if iy < 0 || iy >= s.h as isize {
@@ -251,6 +307,7 @@ impl CustomOp3 for Conv2dOp {
         let bias = contiguous_f32(self.name(), s3, l3)?;
         let g = self.geometry;
         let s = Sizes::new(self.name(), l1.dims(), l2.dims(), g)?;
+        let w = &*s.selected_weights(w);
         if bias.len() != s.o {
             candle_core::bail!(
                 "{}: expected a bias of {} values, got shape {:?}",
@@ -424,6 +481,7 @@ impl CustomOp2 for Conv2dInputGradOp {
         let dy = contiguous_f32(self.name(), s2, l2)?;
         let g = self.geometry;
         let s = Sizes::new(self.name(), &self.input, l1.dims(), g)?;
+        let w = &*s.selected_weights(w);
         let p = plan(&s);
         let (in_len, pos, rows) = (s.c * s.h * s.w, s.positions(), s.rows());
         let mut dx = vec![0f32; s.n * in_len];
@@ -494,7 +552,7 @@ impl CustomOp2 for Conv2dWeightGradOp {
             g,
         )?;
         let p = plan(&s);
-        let dw = weight_grad_reduce(x, dy, &s, g, &p);
+        let dw = s.full_weight_grad(weight_grad_reduce(x, dy, &s, g, &p));
         Ok((CpuStorage::F32(dw), Shape::from((s.o, s.c, s.k, s.k))))
     }
 }
@@ -592,6 +650,24 @@ mod tests {
     }
 
     #[test]
+    fn only_taps_that_see_the_input_are_used() {
+        let taps = |x: [usize; 4], k: usize, stride: usize, padding: usize| {
+            Sizes::new("t", &x, &[1, x[1], k, k], ConvGeometry { stride, padding })
+                .unwrap()
+                .taps
+        };
+        assert_eq!(taps([1, 1, 1, 1], 3, 1, 1), vec![(1, 1)]);
+        assert_eq!(
+            taps([1, 1, 2, 2], 3, 2, 1),
+            vec![(1, 1), (1, 2), (2, 1), (2, 2)]
+        );
+        assert_eq!(taps([1, 1, 2, 2], 3, 1, 1).len(), 9);
+        assert_eq!(taps([1, 1, 8, 8], 3, 1, 1).len(), 9);
+        assert_eq!(taps([1, 1, 1, 1], 5, 1, 2), vec![(2, 2)]);
+        assert_eq!(taps([1, 1, 1, 3], 3, 1, 1), vec![(1, 0), (1, 1), (1, 2)]);
+    }
+
+    #[test]
     fn an_untracked_input_gets_no_gradient_and_the_weight_still_does() {
         let x = test_input(&[2, 3, 6, 6], 1).unwrap();
         let w = Var::from_tensor(&test_input(&[4, 3, 3, 3], 2).unwrap()).unwrap();
@@ -634,6 +710,12 @@ mod tests {
             ([10, 3, 8, 8], 4, 3, 1, 1),
             ([9, 2, 16, 16], 3, 3, 2, 1),
             ([300, 4, 1, 1], 3, 1, 1, 0),
+            // Taps that only ever see padding are skipped: a 1x1 map (centre tap only), a
+            // stride-2 3x3 on 2x2 (4 of 9 taps), a 5x5 on 1x1, a 3x3 on 1x3.
+            ([3, 8, 1, 1], 5, 3, 1, 1),
+            ([3, 4, 2, 2], 6, 3, 2, 1),
+            ([2, 3, 1, 1], 4, 5, 1, 2),
+            ([2, 3, 1, 3], 4, 3, 1, 1),
         ] {
             let c = x_shape[1];
             let x = Var::from_tensor(&test_input(&x_shape, 1).unwrap()).unwrap();
