@@ -597,7 +597,7 @@ fn models_doc() -> Result<String> {
 
 fn main() -> Result<()> {
     // SAFETY: first thing in main, before any thread is spawned.
-    unsafe { zoo_core::runtime::configure_cpu_threads() };
+    unsafe { zoo_cli::runtime::configure_process() };
     match Cli::parse().command {
         Command::Docs => {
             let path = project_root().join("docs/models.md");

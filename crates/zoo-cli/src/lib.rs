@@ -3,6 +3,7 @@
 pub mod convert;
 pub mod matrix;
 pub mod registry;
+pub mod runtime;
 pub mod show_batch;
 pub mod summary_cmd;
 pub mod train_cmd;

@@ -220,7 +220,7 @@ fn run_config(a: &TrainArgs) -> Result<RunConfig> {
 
 fn main() -> Result<()> {
     // SAFETY: first thing in main, before any thread is spawned.
-    unsafe { zoo_core::runtime::configure_cpu_threads() };
+    unsafe { zoo_cli::runtime::configure_process() };
     match Cli::parse().command {
         Command::List => print!("{}", list_table()),
         Command::Summary { model, input, json } => {

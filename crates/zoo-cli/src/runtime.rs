@@ -1,0 +1,23 @@
+//! Process set-up shared by the `zoo` binary and xtask: thread settings and the allocator.
+//!
+//! Both binaries use mimalloc as the global allocator. Its default returns freed memory to
+//! the OS after 10 ms, so every training step page-faulted its tensors back in (18,238 page
+//! faults against 665 for `bench models --only resnet18,alexnet --steps 8`, and 10-20% of
+//! the step time in the kernel's page clearing); freed memory is kept for reuse instead.
+
+/// `mi_option_purge_delay` in mimalloc v2's `mi_option_t` (`mimalloc.h`), the version the
+/// `mimalloc` crate builds by default.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Sets the thread environment ([`zoo_core::runtime::configure_cpu_threads`]) and tells
+/// mimalloc to keep freed memory. Returns the thread count.
+///
+/// # Safety
+/// Call it first thing in `main`, before any other thread exists (it sets environment
+/// variables).
+pub unsafe fn configure_process() -> usize {
+    // SAFETY: mi_option_set only stores the option's value.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // SAFETY: the caller guarantees that no other thread exists yet.
+    unsafe { zoo_core::runtime::configure_cpu_threads() }
+}
