@@ -182,31 +182,82 @@ fn sgemm(
     }
 }
 
-/// Writes image `x`'s columns into `col` (C*k*k rows of row stride `ld`) from column `offset`.
-fn im2col(x: &[f32], s: &Sizes, g: ConvGeometry, col: &mut [f32], ld: usize, offset: usize) {
+/// The output positions `lo..hi` along one axis at which kernel offset `t` reads inside the
+/// input (`0 <= o * stride + t - padding < len`); the others read padding.
+fn valid_outputs(t: usize, out: usize, len: usize, g: ConvGeometry) -> (usize, usize) {
+    let lo = g.padding.saturating_sub(t).div_ceil(g.stride).min(out);
+    let hi = if len + g.padding > t {
+        ((len - 1 + g.padding - t) / g.stride + 1).min(out)
+    } else {
+        0
+    };
+    (lo, hi.max(lo))
+}
+
+/// Per used tap: its valid output rows and columns, and the first input row and column they
+/// read.
+struct TapRange {
+    oy: (usize, usize),
+    ox: (usize, usize),
+    iy0: usize,
+    ix0: usize,
+}
+
+fn tap_ranges(s: &Sizes, g: ConvGeometry) -> Vec<TapRange> {
+    s.taps
+        .iter()
+        .map(|&(ky, kx)| {
+            let oy = valid_outputs(ky, s.oh, s.h, g);
+            let ox = valid_outputs(kx, s.ow, s.w, g);
+            TapRange {
+                oy,
+                ox,
+                // Only read when the range is non-empty, where these are >= 0.
+                iy0: (oy.0 * g.stride + ky).saturating_sub(g.padding),
+                ix0: (ox.0 * g.stride + kx).saturating_sub(g.padding),
+            }
+        })
+        .collect()
+}
+
+/// Writes image `x`'s columns into `col` (C*taps rows of row stride `ld`) from column
+/// `offset`: per row, zeros where the tap reads padding and a copy (a strided gather for
+/// stride > 1) of the input where it does not.
+fn im2col(
+    x: &[f32],
+    s: &Sizes,
+    g: ConvGeometry,
+    ranges: &[TapRange],
+    col: &mut [f32],
+    ld: usize,
+    offset: usize,
+) {
+    let (plane, taps) = (s.h * s.w, ranges.len());
     for c in 0..s.c {
-        for (t, &(ky, kx)) in s.taps.iter().enumerate() {
-            {
-                let row = &mut col[(c * s.taps.len() + t) * ld + offset..][..s.positions()];
-                for oy in 0..s.oh {
-                    let iy = (oy * g.stride + ky) as isize - g.padding as isize;
-                    let out = &mut row[oy * s.ow..(oy + 1) * s.ow];
-                    if iy < 0 || iy >= s.h as isize {
-                        out.fill(0.0);
-                        continue;
-                    }
-                    let src = &x[(c * s.h + iy as usize) * s.w..][..s.w];
-                    if g.stride == 1 && kx >= g.padding && kx - g.padding + s.ow <= s.w {
-                        out.copy_from_slice(&src[kx - g.padding..kx - g.padding + s.ow]);
-                        continue;
-                    }
-                    for (ox, o) in out.iter_mut().enumerate() {
-                        let ix = (ox * g.stride + kx) as isize - g.padding as isize;
-                        *o = if ix >= 0 && ix < s.w as isize {
-                            src[ix as usize]
-                        } else {
-                            0.0
-                        };
+        let src = &x[c * plane..][..plane];
+        for (t, r) in ranges.iter().enumerate() {
+            let row = &mut col[(c * taps + t) * ld + offset..][..s.positions()];
+            let (oy_lo, oy_hi) = r.oy;
+            let (ox_lo, ox_hi) = r.ox;
+            let width = ox_hi - ox_lo;
+            row[..oy_lo * s.ow].fill(0.0);
+            row[oy_hi * s.ow..].fill(0.0);
+            if g.stride == 1 && width == s.ow && s.ow == s.w {
+                // Whole rows of a stride-1 map: one block.
+                let rows = oy_hi - oy_lo;
+                row[oy_lo * s.ow..oy_hi * s.ow].copy_from_slice(&src[r.iy0 * s.w..][..rows * s.w]);
+                continue;
+            }
+            for (j, oy) in (oy_lo..oy_hi).enumerate() {
+                let out = &mut row[oy * s.ow..(oy + 1) * s.ow];
+                out[..ox_lo].fill(0.0);
+                out[ox_hi..].fill(0.0);
+                let line = &src[(r.iy0 + j * g.stride) * s.w..][..s.w];
+                if g.stride == 1 {
+                    out[ox_lo..ox_hi].copy_from_slice(&line[r.ix0..r.ix0 + width]);
+                } else {
+                    for (i, o) in out[ox_lo..ox_hi].iter_mut().enumerate() {
+                        *o = line[r.ix0 + i * g.stride];
                     }
                 }
             }
@@ -214,27 +265,99 @@ fn im2col(x: &[f32], s: &Sizes, g: ConvGeometry, col: &mut [f32], ld: usize, off
     }
 }
 
-/// Adds columns (row stride `ld`, from column `offset`) back into image `x` (adjoint of im2col).
-fn col2im(col: &[f32], s: &Sizes, g: ConvGeometry, x: &mut [f32], ld: usize, offset: usize) {
+/// Adds columns (row stride `ld`, from column `offset`) back into image `x` (adjoint of
+/// im2col).
+fn col2im(
+    col: &[f32],
+    s: &Sizes,
+    g: ConvGeometry,
+    ranges: &[TapRange],
+    x: &mut [f32],
+    ld: usize,
+    offset: usize,
+) {
+    let (plane, taps) = (s.h * s.w, ranges.len());
     for c in 0..s.c {
-        for (t, &(ky, kx)) in s.taps.iter().enumerate() {
-            {
-                let row = &col[(c * s.taps.len() + t) * ld + offset..][..s.positions()];
-                for oy in 0..s.oh {
-                    let iy = (oy * g.stride + ky) as isize - g.padding as isize;
-                    if iy < 0 || iy >= s.h as isize {
-                        continue;
+        let dst = &mut x[c * plane..][..plane];
+        for (t, r) in ranges.iter().enumerate() {
+            let row = &col[(c * taps + t) * ld + offset..][..s.positions()];
+            let (ox_lo, ox_hi) = r.ox;
+            for (j, oy) in (r.oy.0..r.oy.1).enumerate() {
+                let src = &row[oy * s.ow + ox_lo..oy * s.ow + ox_hi];
+                let line = &mut dst[(r.iy0 + j * g.stride) * s.w..][..s.w];
+                if g.stride == 1 {
+                    for (d, &v) in line[r.ix0..r.ix0 + src.len()].iter_mut().zip(src) {
+                        *d += v;
                     }
-                    let dst = &mut x[(c * s.h + iy as usize) * s.w..][..s.w];
-                    for (ox, &v) in row[oy * s.ow..(oy + 1) * s.ow].iter().enumerate() {
-                        let ix = (ox * g.stride + kx) as isize - g.padding as isize;
-                        if ix >= 0 && ix < s.w as isize {
-                            dst[ix as usize] += v;
-                        }
+                } else {
+                    for (i, &v) in src.iter().enumerate() {
+                        line[r.ix0 + i * g.stride] += v;
                     }
                 }
             }
         }
+    }
+}
+
+/// A per-thread working buffer (columns, gathered gradients) taken from, and on drop given back
+/// to, the thread's pool: convolutions run every step with the same sizes, so after the first
+/// step no buffer is allocated or zeroed. Its contents on taking are unspecified: every user
+/// writes each element it reads.
+struct Scratch(Vec<f32>);
+
+thread_local! {
+    static SCRATCH_POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers a thread keeps for reuse.
+const SCRATCH_KEPT: usize = 4;
+
+impl Scratch {
+    fn take(len: usize) -> Self {
+        let reused = SCRATCH_POOL
+            .try_with(|pool| {
+                let mut pool = pool.try_borrow_mut().ok()?;
+                let best = pool
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.capacity() >= len)
+                    .min_by_key(|(_, v)| v.capacity())
+                    .map(|(i, _)| i)
+                    .or_else(|| (!pool.is_empty()).then_some(0))?;
+                Some(pool.swap_remove(best))
+            })
+            .ok()
+            .flatten();
+        let mut v = reused.unwrap_or_default();
+        v.truncate(len);
+        v.resize(len, 0.0);
+        Self(v)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        let _ = SCRATCH_POOL.try_with(|pool| {
+            if let Ok(mut pool) = pool.try_borrow_mut()
+                && pool.len() < SCRATCH_KEPT
+            {
+                pool.push(v);
+            }
+        });
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
     }
 }
 
@@ -317,6 +440,7 @@ impl CustomOp3 for Conv2dOp {
             )
         }
         let p = plan(&s);
+        let ranges = tap_ranges(&s, g);
         let (in_len, pos, rows) = (s.c * s.h * s.w, s.positions(), s.rows());
         let relu = self.relu;
         let mut y = vec![0f32; s.n * s.o * pos];
@@ -326,8 +450,8 @@ impl CustomOp3 for Conv2dOp {
             s.o * pos,
             || {
                 (
-                    vec![0f32; rows * p.group * pos],
-                    vec![0f32; s.o * p.group * pos],
+                    Scratch::take(rows * p.group * pos),
+                    Scratch::take(s.o * p.group * pos),
                 )
             },
             |(col, out), gi, dst| {
@@ -339,6 +463,7 @@ impl CustomOp3 for Conv2dOp {
                         &x[(first + j) * in_len..][..in_len],
                         &s,
                         g,
+                        &ranges,
                         col,
                         ld,
                         j * pos,
@@ -483,6 +608,7 @@ impl CustomOp2 for Conv2dInputGradOp {
         let s = Sizes::new(self.name(), &self.input, l1.dims(), g)?;
         let w = &*s.selected_weights(w);
         let p = plan(&s);
+        let ranges = tap_ranges(&s, g);
         let (in_len, pos, rows) = (s.c * s.h * s.w, s.positions(), s.rows());
         let mut dx = vec![0f32; s.n * in_len];
         for_groups(
@@ -491,8 +617,8 @@ impl CustomOp2 for Conv2dInputGradOp {
             in_len,
             || {
                 (
-                    vec![0f32; rows * p.group * pos],
-                    vec![0f32; s.o * p.group * pos],
+                    Scratch::take(rows * p.group * pos),
+                    Scratch::take(s.o * p.group * pos),
                 )
             },
             |(col, dy_group), gi, dst| {
@@ -514,7 +640,15 @@ impl CustomOp2 for Conv2dInputGradOp {
                     p.gemm_threads,
                 );
                 for j in 0..count {
-                    col2im(col, &s, g, &mut dst[j * in_len..][..in_len], ld, j * pos);
+                    col2im(
+                        col,
+                        &s,
+                        g,
+                        &ranges,
+                        &mut dst[j * in_len..][..in_len],
+                        ld,
+                        j * pos,
+                    );
                 }
             },
         );
@@ -559,15 +693,24 @@ impl CustomOp2 for Conv2dWeightGradOp {
 
 /// `sum over groups of dy_group . col_group^T`, with per-thread partial sums reduced at the end.
 fn weight_grad_reduce(x: &[f32], dy: &[f32], s: &Sizes, g: ConvGeometry, p: &Plan) -> Vec<f32> {
+    let ranges = tap_ranges(s, g);
     let (in_len, pos, rows) = (s.c * s.h * s.w, s.positions(), s.rows());
     let w_len = s.o * rows;
-    let one_group = |state: &mut (Vec<f32>, Vec<f32>, Vec<f32>, bool), gi: usize| {
+    let one_group = |state: &mut (Scratch, Scratch, Vec<f32>, bool), gi: usize| {
         let (col, dy_group, acc, used) = state;
         let first = gi * p.group;
         let count = p.group.min(s.n - first);
         let ld = count * pos;
         for j in 0..count {
-            im2col(&x[(first + j) * in_len..][..in_len], s, g, col, ld, j * pos);
+            im2col(
+                &x[(first + j) * in_len..][..in_len],
+                s,
+                g,
+                &ranges,
+                col,
+                ld,
+                j * pos,
+            );
         }
         gather_dy(dy, s, first, count, dy_group);
         sgemm(
@@ -586,8 +729,8 @@ fn weight_grad_reduce(x: &[f32], dy: &[f32], s: &Sizes, g: ConvGeometry, p: &Pla
     };
     let init = || {
         (
-            vec![0f32; rows * p.group * pos],
-            vec![0f32; s.o * p.group * pos],
+            Scratch::take(rows * p.group * pos),
+            Scratch::take(s.o * p.group * pos),
             vec![0f32; w_len],
             false,
         )
