@@ -375,7 +375,12 @@ fn bench_models(
                 "bench_torch.py failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            String::from_utf8_lossy(&out.stdout)
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            // PyTorch's figures, as `RESULT torch ...` lines beside zoo's.
+            for line in stdout.lines().filter(|l| l.starts_with("RESULT")) {
+                println!("RESULT torch{}", &line["RESULT".len()..]);
+            }
+            stdout
                 .lines()
                 .filter_map(|l| {
                     let f: Vec<&str> = l.split_whitespace().collect();
