@@ -6,6 +6,8 @@
 //! the gradient of a window goes to its first maximum in row-major order, NaN propagates, and
 //! average pooling divides by `kernel * kernel` including padding (`count_include_pad=True`).
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -106,9 +108,15 @@ fn window_argmax(plane: &[f32], g: &Geometry, p: &Pool2dParams, oy: usize, ox: u
     best_idx
 }
 
+/// The window maxima's positions (index within the input plane, per output element), written
+/// by max pooling's forward for its backward.
+type SavedArgmax = Arc<Mutex<Vec<u32>>>;
+
 struct Pool2dOp {
     kind: PoolKind,
     params: Pool2dParams,
+    /// Max pooling: where the forward leaves its argmax.
+    argmax: Option<SavedArgmax>,
 }
 
 impl CustomOp1 for Pool2dOp {
@@ -126,14 +134,33 @@ impl CustomOp1 for Pool2dOp {
         let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
         let mut out = vec![0f32; g.planes * out_plane];
         let norm = 1.0 / (p.kernel * p.kernel) as f32;
-        out.par_chunks_mut(out_plane.max(1))
-            .zip(input.par_chunks(in_plane.max(1)))
-            .for_each(|(dst, plane)| {
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        dst[oy * g.ow + ox] = match self.kind {
-                            PoolKind::Max => plane[window_argmax(plane, &g, &p, oy, ox)],
-                            PoolKind::Avg => {
+        match self.kind {
+            PoolKind::Max => {
+                let mut argmax = vec![0u32; g.planes * out_plane];
+                out.par_chunks_mut(out_plane.max(1))
+                    .zip(argmax.par_chunks_mut(out_plane.max(1)))
+                    .zip(input.par_chunks(in_plane.max(1)))
+                    .for_each(|((dst, ids), plane)| {
+                        for oy in 0..g.oh {
+                            for ox in 0..g.ow {
+                                let i = window_argmax(plane, &g, &p, oy, ox);
+                                ids[oy * g.ow + ox] = i as u32;
+                                dst[oy * g.ow + ox] = plane[i];
+                            }
+                        }
+                    });
+                if let Some(slot) = &self.argmax
+                    && let Ok(mut saved) = slot.lock()
+                {
+                    *saved = argmax;
+                }
+            }
+            PoolKind::Avg => {
+                out.par_chunks_mut(out_plane.max(1))
+                    .zip(input.par_chunks(in_plane.max(1)))
+                    .for_each(|(dst, plane)| {
+                        for oy in 0..g.oh {
+                            for ox in 0..g.ow {
                                 let (y0, x0) = window_origin(&p, oy, ox);
                                 let mut sum = 0f32;
                                 for iy in clip(y0, p.kernel, g.h) {
@@ -141,12 +168,12 @@ impl CustomOp1 for Pool2dOp {
                                         sum += plane[iy * g.w + ix];
                                     }
                                 }
-                                sum * norm
+                                dst[oy * g.ow + ox] = sum * norm;
                             }
-                        };
-                    }
-                }
-            });
+                        }
+                    });
+            }
+        }
         let (b, c) = (layout.dims()[0], layout.dims()[1]);
         Ok((CpuStorage::F32(out), Shape::from((b, c, g.oh, g.ow))))
     }
@@ -158,6 +185,7 @@ impl CustomOp1 for Pool2dOp {
             &Pool2dBackwardOp {
                 kind: self.kind,
                 params: self.params,
+                argmax: self.argmax.clone(),
             },
         )?;
         Ok(Some(grad))
@@ -184,6 +212,8 @@ fn clip(start: isize, len: usize, size: usize) -> std::ops::Range<usize> {
 struct Pool2dBackwardOp {
     kind: PoolKind,
     params: Pool2dParams,
+    /// The forward's argmax, when it saved one (else it is recomputed from the input).
+    argmax: Option<SavedArgmax>,
 }
 
 impl CustomOp2 for Pool2dBackwardOp {
@@ -205,6 +235,22 @@ impl CustomOp2 for Pool2dBackwardOp {
         let (in_plane, out_plane) = (g.h * g.w, g.oh * g.ow);
         let mut grad_in = vec![0f32; g.planes * in_plane];
         let norm = 1.0 / (p.kernel * p.kernel) as f32;
+        // Max pooling with the forward's argmax: a scatter of the gradient, nothing recomputed.
+        if let (PoolKind::Max, Some(slot)) = (&self.kind, &self.argmax)
+            && let Ok(ids) = slot.lock()
+            && ids.len() == grad_out.len()
+        {
+            grad_in
+                .par_chunks_mut(in_plane.max(1))
+                .zip(ids.par_chunks(out_plane.max(1)))
+                .zip(grad_out.par_chunks(out_plane.max(1)))
+                .for_each(|((dst, ids), gout)| {
+                    for (&i, &gv) in ids.iter().zip(gout) {
+                        dst[i as usize] += gv;
+                    }
+                });
+            return Ok((CpuStorage::F32(grad_in), l1.shape().clone()));
+        }
         grad_in
             .par_chunks_mut(in_plane.max(1))
             .zip(input.par_chunks(in_plane.max(1)))
@@ -244,6 +290,7 @@ pub fn max_pool2d(x: &Tensor, params: Pool2dParams) -> Result<Tensor> {
         x.contiguous()?.apply_op1(Pool2dOp {
             kind: PoolKind::Max,
             params,
+            argmax: Some(Arc::new(Mutex::new(Vec::new()))),
         })
     } else {
         pool2d_composed(x, params, PoolKind::Max)
@@ -256,6 +303,7 @@ pub fn avg_pool2d(x: &Tensor, params: Pool2dParams) -> Result<Tensor> {
         x.contiguous()?.apply_op1(Pool2dOp {
             kind: PoolKind::Avg,
             params,
+            argmax: None,
         })
     } else {
         pool2d_composed(x, params, PoolKind::Avg)
