@@ -68,10 +68,16 @@ enum Command {
 #[derive(Subcommand)]
 enum Bench {
     /// zoo-core's CPU ops against candle's composition: training-mode BatchNorm forward +
-    /// backward (32x64x24x24), max pooling 3/2/1 forward + backward (32x64x48x48).
+    /// backward (32x64x24x24), max pooling 3/2/1 forward + backward (32x64x48x48); and 3x3
+    /// convolutions at the shapes of the `cpu` preset's ResNet-18 and VGG-11, against PyTorch
+    /// with `--torch`.
     Ops {
         #[arg(long, default_value_t = 10)]
         steps: usize,
+        /// A Python with torch: also time PyTorch's 3x3 convolutions on the same shapes
+        /// (scripts/bench_conv_torch.py) and print them beside zoo's.
+        #[arg(long)]
+        torch: Option<String>,
     },
     /// Training-step (forward, cross-entropy, backward, SGD update) and inference images/s of
     /// every registry model at its `cpu` preset input size: warm-up excluded, median of steps.
@@ -421,7 +427,7 @@ fn bench_models(
     Ok(())
 }
 
-fn bench_ops(steps: usize) -> Result<()> {
+fn bench_ops(steps: usize, torch: Option<&str>) -> Result<()> {
     use candle_core::{DType, Device, Var};
     use candle_nn::ModuleT;
     let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
@@ -487,6 +493,106 @@ fn bench_ops(steps: usize) -> Result<()> {
         "| MaxPool2d(3, 2, 1), 32x64x48x48 | {pool_zoo:.2} | {pool_ref:.2} | {:.1}x |",
         pool_ref / pool_zoo
     );
+    bench_conv(steps, torch)
+}
+
+/// 3x3 convolutions (padding 1, bias) of batch 32 at the `cpu` preset's sizes: zoo's kernel,
+/// forward and forward + backward, beside PyTorch's (oneDNN) when a Python with torch is given.
+fn bench_conv(steps: usize, torch: Option<&str>) -> Result<()> {
+    use candle_core::{DType, Device, Var};
+    const CASES: [([usize; 4], usize); 6] = [
+        ([32, 64, 8, 8], 64),
+        ([32, 128, 4, 4], 128),
+        ([32, 256, 2, 2], 256),
+        ([32, 512, 1, 1], 512),
+        ([32, 64, 32, 32], 128),
+        ([32, 256, 8, 8], 256),
+    ];
+    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        f()?;
+        let mut t = Vec::new();
+        for _ in 0..steps {
+            let start = Instant::now();
+            f()?;
+            t.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(median(t))
+    };
+    let geometry = zoo_core::ops::conv::ConvGeometry {
+        stride: 1,
+        padding: 1,
+    };
+    let name = |x: &[usize; 4]| format!("{}x{}x{}x{}", x[0], x[1], x[2], x[3]);
+    let mut zoo_rows = Vec::new();
+    for (i, (shape, out)) in CASES.iter().enumerate() {
+        let c = shape[1];
+        let x = Var::from_tensor(&zoo_core::testing::test_input(shape, i as u64)?)?;
+        let w = Var::from_tensor(&zoo_core::testing::test_input(&[*out, c, 3, 3], 7)?)?;
+        let b = Var::from_tensor(&candle_core::Tensor::zeros(*out, DType::F32, &Device::Cpu)?)?;
+        let run = || {
+            zoo_core::ops::conv::conv2d(
+                x.as_tensor(),
+                w.as_tensor(),
+                b.as_tensor(),
+                geometry,
+                false,
+            )
+        };
+        let forward = time(&mut || {
+            run()?;
+            Ok(())
+        })?;
+        let both = time(&mut || {
+            run()?.sum_all()?.backward()?;
+            Ok(())
+        })?;
+        zoo_rows.push((name(shape), *out, forward, both));
+    }
+    let torch_rows: Vec<(String, usize, f64, f64)> = match torch {
+        None => Vec::new(),
+        Some(python) => {
+            let cases: Vec<String> = CASES
+                .iter()
+                .map(|(shape, out)| format!("{}:{out}", name(shape)))
+                .collect();
+            let out = std::process::Command::new(python)
+                .arg(project_root().join("scripts/bench_conv_torch.py"))
+                .args(["--steps", &steps.to_string(), "--cases", &cases.join(",")])
+                .output()
+                .with_context(|| format!("running {python} scripts/bench_conv_torch.py"))?;
+            anyhow::ensure!(
+                out.status.success(),
+                "bench_conv_torch.py failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() == 6 && f[0] == "RESULT").then(|| {
+                        (
+                            f[2].to_string(),
+                            f[3].parse().unwrap_or(0),
+                            f[4].parse().unwrap_or(f64::NAN),
+                            f[5].parse().unwrap_or(f64::NAN),
+                        )
+                    })
+                })
+                .collect()
+        }
+    };
+    println!(
+        "\n| 3x3 convolution, padding 1 | out | zoo forward ms | PyTorch forward ms | zoo fwd+bwd ms | PyTorch fwd+bwd ms |\n|---|---:|---:|---:|---:|---:|"
+    );
+    for (shape, out, forward, both) in &zoo_rows {
+        let t = torch_rows.iter().find(|t| &t.0 == shape && t.1 == *out);
+        let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        println!(
+            "| {shape} | {out} | {forward:.2} | {} | {both:.2} | {} |",
+            fmt(t.map(|t| t.2)),
+            fmt(t.map(|t| t.3))
+        );
+    }
     Ok(())
 }
 
@@ -656,8 +762,8 @@ fn main() -> Result<()> {
             prepare_data(&zoo_core::data::resolve::data_root(data_dir.as_deref()))?
         }
         Command::Bench {
-            what: Bench::Ops { steps },
-        } => bench_ops(steps)?,
+            what: Bench::Ops { steps, torch },
+        } => bench_ops(steps, torch.as_deref())?,
         Command::Bench {
             what:
                 Bench::Models {
