@@ -5,8 +5,8 @@
 //! faults against 665 for `bench models --only resnet18,alexnet --steps 8`, and 10-20% of
 //! the step time in the kernel's page clearing); freed memory is kept for reuse instead.
 
-/// `mi_option_purge_delay` in mimalloc v2's `mi_option_t` (`mimalloc.h`), the version the
-/// `mimalloc` crate builds by default.
+/// `mi_option_purge_delay` in `mi_option_t` (`mimalloc.h`): 15 in both mimalloc v3 (what the
+/// `mimalloc` crate builds by default) and v2.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Sets the thread environment ([`zoo_core::runtime::configure_cpu_threads`]) and tells
