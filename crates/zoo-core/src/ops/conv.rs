@@ -311,6 +311,10 @@ thread_local! {
 
 /// Buffers a thread keeps for reuse.
 const SCRATCH_KEPT: usize = 4;
+/// Largest buffer kept (16 MiB of f32): the column matrices of large images (VGG at 224 px:
+/// 115 MB) are allocated per call, where the allocation is small next to the work, rather than
+/// held between ops.
+const SCRATCH_MAX_KEPT_LEN: usize = 1 << 22;
 
 impl Scratch {
     fn take(len: usize) -> Self {
@@ -341,6 +345,7 @@ impl Drop for Scratch {
         let _ = SCRATCH_POOL.try_with(|pool| {
             if let Ok(mut pool) = pool.try_borrow_mut()
                 && pool.len() < SCRATCH_KEPT
+                && v.capacity() <= SCRATCH_MAX_KEPT_LEN
             {
                 pool.push(v);
             }
