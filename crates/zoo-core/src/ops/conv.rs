@@ -201,6 +201,9 @@ struct TapRange {
     ox: (usize, usize),
     iy0: usize,
     ix0: usize,
+    /// For a "same" convolution (stride 1, output size = input size): input index minus output
+    /// index within a plane, `(ky - padding) * w + (kx - padding)`.
+    shift: isize,
 }
 
 fn tap_ranges(s: &Sizes, g: ConvGeometry) -> Vec<TapRange> {
@@ -215,9 +218,40 @@ fn tap_ranges(s: &Sizes, g: ConvGeometry) -> Vec<TapRange> {
                 // Only read when the range is non-empty, where these are >= 0.
                 iy0: (oy.0 * g.stride + ky).saturating_sub(g.padding),
                 ix0: (ox.0 * g.stride + kx).saturating_sub(g.padding),
+                shift: (ky as isize - g.padding as isize) * s.w as isize + kx as isize
+                    - g.padding as isize,
             }
         })
         .collect()
+}
+
+/// A stride-1 convolution whose output has the input's size (3x3 with padding 1, 1x1, ...).
+fn same_size(s: &Sizes, g: ConvGeometry) -> bool {
+    g.stride == 1 && s.oh == s.h && s.ow == s.w
+}
+
+/// The part of the output range `a..b` whose shifted input index `q + shift` lies in
+/// `0..plane` (the rest can only be padding columns).
+fn shifted_range(a: usize, b: usize, shift: isize, plane: usize) -> (usize, usize) {
+    let lo = a.max((-shift).max(0) as usize);
+    let hi = b.min((plane as isize - shift).max(0) as usize);
+    (lo.min(b), hi.max(lo.min(b)))
+}
+
+/// Zeros the columns of the valid rows at which tap `r` reads padding.
+fn zero_padding_columns(row: &mut [f32], s: &Sizes, r: &TapRange) {
+    let (ox_lo, ox_hi) = r.ox;
+    if ox_lo == 0 && ox_hi == s.ow {
+        return;
+    }
+    // Column by column, strided: one or two stores per row for the usual 3x3 (a per-row loop
+    // became a `memset` call per row).
+    let rows = &mut row[r.oy.0 * s.ow..r.oy.1 * s.ow];
+    for col in (0..ox_lo).chain(ox_hi..s.ow) {
+        for v in rows.iter_mut().skip(col).step_by(s.ow) {
+            *v = 0.0;
+        }
+    }
 }
 
 /// Writes image `x`'s columns into `col` (C*taps rows of row stride `ld`) from column
@@ -242,6 +276,18 @@ fn im2col(
             let width = ox_hi - ox_lo;
             row[..oy_lo * s.ow].fill(0.0);
             row[oy_hi * s.ow..].fill(0.0);
+            if same_size(s, g) {
+                // Every valid output position q reads input q + shift: one block copy of the
+                // valid rows, then zeros at the columns that read padding (on small maps this
+                // replaces a copy call per row).
+                let (a, b) = (oy_lo * s.ow, oy_hi * s.ow);
+                let (lo, hi) = shifted_range(a, b, r.shift, plane);
+                row[a..lo].fill(0.0);
+                row[hi..b].fill(0.0);
+                row[lo..hi].copy_from_slice(&src[lo.wrapping_add_signed(r.shift)..][..hi - lo]);
+                zero_padding_columns(row, s, r);
+                continue;
+            }
             if g.stride == 1 && width == s.ow && s.ow == s.w {
                 // Whole rows of a stride-1 map: one block.
                 let rows = oy_hi - oy_lo;
@@ -268,7 +314,7 @@ fn im2col(
 /// Adds columns (row stride `ld`, from column `offset`) back into image `x` (adjoint of
 /// im2col).
 fn col2im(
-    col: &[f32],
+    col: &mut [f32],
     s: &Sizes,
     g: ConvGeometry,
     ranges: &[TapRange],
@@ -280,7 +326,18 @@ fn col2im(
     for c in 0..s.c {
         let dst = &mut x[c * plane..][..plane];
         for (t, r) in ranges.iter().enumerate() {
-            let row = &col[(c * taps + t) * ld + offset..][..s.positions()];
+            let row = &mut col[(c * taps + t) * ld + offset..][..s.positions()];
+            if same_size(s, g) {
+                // The adjoint of im2col's block copy: drop the values at padding columns, then
+                // one shifted add over the valid rows.
+                zero_padding_columns(row, s, r);
+                let (lo, hi) = shifted_range(r.oy.0 * s.ow, r.oy.1 * s.ow, r.shift, plane);
+                let target = &mut dst[lo.wrapping_add_signed(r.shift)..][..hi - lo];
+                for (d, &v) in target.iter_mut().zip(&row[lo..hi]) {
+                    *d += v;
+                }
+                continue;
+            }
             let (ox_lo, ox_hi) = r.ox;
             for (j, oy) in (r.oy.0..r.oy.1).enumerate() {
                 let src = &row[oy * s.ow + ox_lo..oy * s.ow + ox_hi];
