@@ -199,10 +199,22 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `x W^T + b`, then ReLU when `relu`: zoo's GEMM kernel for f32 on the CPU (the weight's
+    /// gradient computed in its own layout), candle's layer elsewhere.
+    fn forward_fused(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        self.output_shape(x.dims())?;
+        if let (true, Some(bias)) = (cpu_f32(x), self.inner.bias()) {
+            return crate::ops::linear::linear(x, self.inner.weight(), bias, relu);
+        }
+        let y = self.inner.forward(x)?;
+        if relu { y.relu() } else { Ok(y) }
+    }
+}
+
 impl ModuleT for Linear {
     fn forward_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
-        self.output_shape(x.dims())?;
-        self.inner.forward(x)
+        self.forward_fused(x, false)
     }
 }
 
@@ -226,6 +238,10 @@ impl Layer for Linear {
 
     fn num_params(&self) -> usize {
         count(self.inner.weight()) + self.inner.bias().map_or(0, count)
+    }
+
+    fn forward_relu_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        self.forward_fused(x, true)
     }
 
     fn macs(&self, input: &[usize]) -> Result<u64> {

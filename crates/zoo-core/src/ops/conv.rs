@@ -124,7 +124,7 @@ impl Sizes {
 /// `c = a . b` (or `c += a . b`) for row-major slices, `a` and `b` optionally stored
 /// transposed; `ldc` is the row stride of `c`.
 #[allow(clippy::too_many_arguments)]
-fn sgemm(
+pub(crate) fn sgemm(
     m: usize,
     n: usize,
     k: usize,
@@ -603,9 +603,15 @@ impl CustomOp3 for Conv2dOp {
                 out: w.dim(0)?,
             },
         )?;
-        let db = dy.apply_op1_no_bwd(&ChannelSumOp)?;
+        let db = channel_sums(&dy)?;
         Ok((dx, Some(dw), Some(db)))
     }
+}
+
+/// `(N, C, ...) -> (C,)`: the sum over everything but the channel (a bias gradient), not
+/// recorded.
+pub(crate) fn channel_sums(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&ChannelSumOp)
 }
 
 /// `(N, C, ...) -> (C,)`: the sum over everything but the channel (a bias gradient).

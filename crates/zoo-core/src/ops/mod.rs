@@ -6,6 +6,7 @@
 pub mod activation;
 pub mod batch_norm;
 pub mod conv;
+pub mod linear;
 pub mod pool;
 
 use candle_core::{CpuStorage, Layout, Result};
