@@ -92,8 +92,9 @@ enum Bench {
         /// Also at the notebook's input size.
         #[arg(long)]
         reference: bool,
-        /// A Python with torch: run scripts/bench_torch.py on the same cases in this run and
-        /// print zoo, PyTorch and the ratio side by side.
+        /// A Python with torch: run scripts/bench_torch.py on each case right after zoo's
+        /// (interleaved, so both see the same machine) and print zoo, PyTorch and the ratio
+        /// side by side.
         #[arg(long)]
         torch: Option<String>,
     },
@@ -287,6 +288,48 @@ struct BenchRow {
     peak_mib: f64,
 }
 
+/// PyTorch's side of one case (scripts/bench_torch.py), printed as a `RESULT torch ...` line.
+fn torch_bench(
+    python: &str,
+    batch: usize,
+    steps: usize,
+    model: &str,
+    size: usize,
+) -> Result<BenchRow> {
+    let out = std::process::Command::new(python)
+        .arg(project_root().join("scripts/bench_torch.py"))
+        .args([
+            "--batch",
+            &batch.to_string(),
+            "--steps",
+            &steps.to_string(),
+            "--cases",
+            &format!("{model}:{size}"),
+        ])
+        .output()
+        .with_context(|| format!("running {python} scripts/bench_torch.py"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bench_torch.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT"))
+        .with_context(|| format!("bench_torch.py printed no RESULT line for {model}:{size}"))?;
+    println!("RESULT torch{}", &line["RESULT".len()..]);
+    let f: Vec<&str> = line.split_whitespace().collect();
+    anyhow::ensure!(f.len() == 6, "bench_torch.py: unexpected line {line:?}");
+    Ok(BenchRow {
+        model: f[1].to_string(),
+        size: f[2].parse().context("bench_torch.py: input size")?,
+        train: f[3].parse().context("bench_torch.py: train img/s")?,
+        infer: f[4].parse().context("bench_torch.py: infer img/s")?,
+        peak_mib: f[5].parse().context("bench_torch.py: peak MiB")?,
+    })
+}
+
 fn bench_models(
     batch: usize,
     steps: usize,
@@ -300,6 +343,7 @@ fn bench_models(
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
     );
     let mut rows = Vec::new();
+    let mut torch_rows: Vec<BenchRow> = Vec::new();
     for entry in registry() {
         if only.is_some_and(|o| !o.split(',').any(|m| m == entry.name)) {
             continue;
@@ -354,53 +398,14 @@ fn bench_models(
                 "RESULT zoo {} {} {:.1} {:.1} {:.0}",
                 row.model, row.size, row.train, row.infer, row.peak_mib
             );
+            // PyTorch right after zoo on the same case, so that both see the same machine
+            // (its speed drifts over minutes on this shared host).
+            if let Some(python) = torch {
+                torch_rows.push(torch_bench(python, batch, steps, entry.name, size)?);
+            }
             rows.push(row);
         }
     }
-    let torch_rows: Vec<BenchRow> = match torch {
-        None => Vec::new(),
-        Some(python) => {
-            let cases: Vec<String> = rows
-                .iter()
-                .map(|r| format!("{}:{}", r.model, r.size))
-                .collect();
-            let out = std::process::Command::new(python)
-                .arg(project_root().join("scripts/bench_torch.py"))
-                .args([
-                    "--batch",
-                    &batch.to_string(),
-                    "--steps",
-                    &steps.to_string(),
-                    "--cases",
-                    &cases.join(","),
-                ])
-                .output()
-                .with_context(|| format!("running {python} scripts/bench_torch.py"))?;
-            anyhow::ensure!(
-                out.status.success(),
-                "bench_torch.py failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            // PyTorch's figures, as `RESULT torch ...` lines beside zoo's.
-            for line in stdout.lines().filter(|l| l.starts_with("RESULT")) {
-                println!("RESULT torch{}", &line["RESULT".len()..]);
-            }
-            stdout
-                .lines()
-                .filter_map(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    (f.len() == 6 && f[0] == "RESULT").then(|| BenchRow {
-                        model: f[1].to_string(),
-                        size: f[2].parse().unwrap_or(0),
-                        train: f[3].parse().unwrap_or(0.0),
-                        infer: f[4].parse().unwrap_or(0.0),
-                        peak_mib: f[5].parse().unwrap_or(0.0),
-                    })
-                })
-                .collect()
-        }
-    };
     println!(
         "\n| model | input | zoo train img/s | PyTorch train img/s | train ratio | zoo infer img/s | PyTorch infer img/s | infer ratio | zoo peak MiB |"
     );
