@@ -432,19 +432,22 @@ fn bench_models(
     Ok(())
 }
 
+/// Milliseconds of `f`, the median of `steps` runs after one warm-up.
+fn median_ms(steps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut t = Vec::new();
+    for _ in 0..steps {
+        let start = Instant::now();
+        f()?;
+        t.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(t))
+}
+
 fn bench_ops(steps: usize, torch: Option<&str>) -> Result<()> {
     use candle_core::{DType, Device, Var};
     use candle_nn::ModuleT;
-    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-        f()?;
-        let mut t = Vec::new();
-        for _ in 0..steps {
-            let start = Instant::now();
-            f()?;
-            t.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-        Ok(median(t))
-    };
+    let time = |f: &mut dyn FnMut() -> Result<()>| median_ms(steps, f);
     let x = Var::from_tensor(&zoo_core::testing::test_input(&[32, 64, 24, 24], 1)?)?;
     let store = zoo_core::init::ParamStore::new(
         0,
@@ -513,16 +516,7 @@ fn bench_conv(steps: usize, torch: Option<&str>) -> Result<()> {
         ([32, 64, 32, 32], 128),
         ([32, 256, 8, 8], 256),
     ];
-    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-        f()?;
-        let mut t = Vec::new();
-        for _ in 0..steps {
-            let start = Instant::now();
-            f()?;
-            t.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-        Ok(median(t))
-    };
+    let time = |f: &mut dyn FnMut() -> Result<()>| median_ms(steps, f);
     let geometry = zoo_core::ops::conv::ConvGeometry {
         stride: 1,
         padding: 1,

@@ -848,23 +848,8 @@ pub fn conv2d(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::test_input;
+    use crate::testing::{assert_close, test_input, weighted_sum_grads};
     use candle_core::Var;
-
-    fn values(t: &Tensor) -> Vec<f32> {
-        t.flatten_all().unwrap().to_vec1().unwrap()
-    }
-
-    fn assert_close(what: &str, got: &[f32], want: &[f32]) {
-        assert_eq!(got.len(), want.len(), "{what}");
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        let err = got
-            .iter()
-            .zip(want)
-            .fold(0f32, |m, (g, w)| m.max((g - w).abs()))
-            / scale;
-        assert!(err <= 1e-4, "{what}: relative error {err}");
-    }
 
     #[test]
     fn only_taps_that_see_the_input_are_used() {
@@ -906,8 +891,9 @@ mod tests {
         let grads_ref = y_ref.sum_all().unwrap().backward().unwrap();
         assert_close(
             "dw",
-            &values(grads.get(w.as_tensor()).unwrap()),
-            &values(grads_ref.get(w.as_tensor()).unwrap()),
+            grads.get(w.as_tensor()).unwrap(),
+            grads_ref.get(w.as_tensor()).unwrap(),
+            1e-4,
         );
     }
 
@@ -951,25 +937,16 @@ mod tests {
                 let y_ref = if relu { y_ref.relu().unwrap() } else { y_ref };
                 let what = format!("{x_shape:?} o{o} k{k} s{stride} p{padding} relu {relu}");
                 assert_eq!(y.dims(), y_ref.dims(), "{what}");
-                assert_close(&format!("{what} forward"), &values(&y), &values(&y_ref));
+                assert_close(&format!("{what} forward"), &y, &y_ref, 1e-4);
                 let upstream = test_input(y.dims(), 3).unwrap();
-                let grads = (&y * &upstream)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                let grads_ref = (&y_ref * &upstream)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
+                let grads = weighted_sum_grads(&y, &upstream).unwrap();
+                let grads_ref = weighted_sum_grads(&y_ref, &upstream).unwrap();
                 for (name, var) in [("dx", &x), ("dw", &w), ("db", &b)] {
                     assert_close(
                         &format!("{what} {name}"),
-                        &values(grads.get(var.as_tensor()).unwrap()),
-                        &values(grads_ref.get(var.as_tensor()).unwrap()),
+                        grads.get(var.as_tensor()).unwrap(),
+                        grads_ref.get(var.as_tensor()).unwrap(),
+                        1e-4,
                     );
                 }
             }

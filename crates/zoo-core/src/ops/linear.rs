@@ -83,56 +83,29 @@ impl CustomOp3 for LinearOp {
             grad.contiguous()?
         };
         let dx = if x.track_op() {
-            Some(dy.apply_op2_no_bwd(w, &LinearInputGradOp)?)
+            Some(dy.apply_op2_no_bwd(w, &LinearGradOp::Input)?)
         } else {
             None
         };
-        let dw = dy.apply_op2_no_bwd(x, &LinearWeightGradOp)?;
+        let dw = dy.apply_op2_no_bwd(x, &LinearGradOp::Weight)?;
         let db = channel_sums(&dy)?;
         Ok((dx, Some(dw), Some(db)))
     }
 }
 
-/// (dy `[b, out]`, w `[out, in]`) -> dx = dy . w `[b, in]`.
-struct LinearInputGradOp;
-
-impl CustomOp2 for LinearInputGradOp {
-    fn name(&self) -> &'static str {
-        "zoo-linear-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let dy = contiguous_f32(self.name(), s1, l1)?;
-        let w = contiguous_f32(self.name(), s2, l2)?;
-        let (&[b, o], &[wo, i]) = (l1.dims(), l2.dims()) else {
-            candle_core::bail!("{}: expected 2-d tensors", self.name())
-        };
-        if o != wo {
-            candle_core::bail!(
-                "{}: {:?} does not fit {:?}",
-                self.name(),
-                l1.dims(),
-                l2.dims()
-            )
-        }
-        let mut dx = vec![0f32; b * i];
-        sgemm(b, i, o, dy, false, w, false, &mut dx, false, threads());
-        Ok((CpuStorage::F32(dx), Shape::from((b, i))))
-    }
+/// The two GEMMs of the backward: (dy `[b, out]`, w `[out, in]`) -> dx = dy . w `[b, in]`, or
+/// (dy `[b, out]`, x `[b, in]`) -> dw = dy^T . x `[out, in]`, in the weight's layout.
+enum LinearGradOp {
+    Input,
+    Weight,
 }
 
-/// (dy `[b, out]`, x `[b, in]`) -> dw = dy^T . x `[out, in]`, in the weight's layout.
-struct LinearWeightGradOp;
-
-impl CustomOp2 for LinearWeightGradOp {
+impl CustomOp2 for LinearGradOp {
     fn name(&self) -> &'static str {
-        "zoo-linear-weight-grad"
+        match self {
+            Self::Input => "zoo-linear-input-grad",
+            Self::Weight => "zoo-linear-weight-grad",
+        }
     }
 
     fn cpu_fwd(
@@ -143,11 +116,16 @@ impl CustomOp2 for LinearWeightGradOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dy = contiguous_f32(self.name(), s1, l1)?;
-        let x = contiguous_f32(self.name(), s2, l2)?;
-        let (&[b, o], &[xb, i]) = (l1.dims(), l2.dims()) else {
+        let other = contiguous_f32(self.name(), s2, l2)?;
+        let (&[b, o], &[r, i]) = (l1.dims(), l2.dims()) else {
             candle_core::bail!("{}: expected 2-d tensors", self.name())
         };
-        if b != xb {
+        // The dimension the product sums over must agree: out for dx, batch for dw.
+        let (fits, m, k, dy_t) = match self {
+            Self::Input => (o == r, b, o, false),
+            Self::Weight => (b == r, o, b, true),
+        };
+        if !fits {
             candle_core::bail!(
                 "{}: {:?} does not fit {:?}",
                 self.name(),
@@ -155,9 +133,9 @@ impl CustomOp2 for LinearWeightGradOp {
                 l2.dims()
             )
         }
-        let mut dw = vec![0f32; o * i];
-        sgemm(o, i, b, dy, true, x, false, &mut dw, false, threads());
-        Ok((CpuStorage::F32(dw), Shape::from((o, i))))
+        let mut out = vec![0f32; m * i];
+        sgemm(m, i, k, dy, dy_t, other, false, &mut out, false, threads());
+        Ok((CpuStorage::F32(out), Shape::from((m, i))))
     }
 }
 
