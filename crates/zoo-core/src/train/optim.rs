@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use candle_core::{CpuStorage, InplaceOp3, Layout, Result, Tensor, Var, backprop::GradStore};
+use candle_core::{
+    CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var, backprop::GradStore,
+};
 use serde::{Deserialize, Serialize};
 
 /// Which optimiser, with its hyper-parameters (the learning rate comes from the schedule).
@@ -133,7 +135,7 @@ impl Optimizer {
                         )?;
                         var.as_tensor().inplace_op3(grad, buf, &step)?;
                     } else {
-                        var.as_tensor().inplace_op3(grad, grad, &step)?;
+                        var.as_tensor().inplace_op2(grad, &step)?;
                     }
                 }
                 OptimizerConfig::Sgd {
@@ -326,9 +328,12 @@ struct SgdInPlace {
     weight_decay: f64,
 }
 
+/// The name of the SGD step kernels (with and without a momentum buffer).
+const SGD_STEP: &str = "zoo-sgd-step";
+
 impl InplaceOp3 for SgdInPlace {
     fn name(&self) -> &'static str {
-        "zoo-sgd-step"
+        SGD_STEP
     }
 
     fn cpu_fwd(
@@ -346,13 +351,13 @@ impl InplaceOp3 for SgdInPlace {
             self.weight_decay as f32,
         );
         let (heavy_ball, nesterov) = (mu != 0.0 && !self.nesterov, mu != 0.0 && self.nesterov);
-        let grad = slice_of(self.name(), s2, l2)?;
-        let buf = slice_of(self.name(), s3, l3)?;
-        let p = slice_of_mut(self.name(), s1, l1)?;
+        let grad = slice_of(SGD_STEP, s2, l2)?;
+        let buf = slice_of(SGD_STEP, s3, l3)?;
+        let p = slice_of_mut(SGD_STEP, s1, l1)?;
         if p.len() != grad.len() || p.len() != buf.len() {
             candle_core::bail!(
                 "{}: parameter, gradient and buffer differ in size",
-                self.name()
+                SGD_STEP
             )
         }
         update3(p, grad, buf, |p, g, b| {
@@ -363,6 +368,33 @@ impl InplaceOp3 for SgdInPlace {
                 if nesterov { d + mu * b } else { d }
             };
             p - lr * update
+        });
+        Ok(())
+    }
+}
+
+/// Without momentum: `p -= lr * (grad + weight_decay * p)`, in place on `p`: (p; grad).
+impl InplaceOp2 for SgdInPlace {
+    fn name(&self) -> &'static str {
+        SGD_STEP
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (lr, wd) = (self.lr as f32, self.weight_decay as f32);
+        let grad = slice_of(SGD_STEP, s2, l2)?;
+        let p = slice_of_mut(SGD_STEP, s1, l1)?;
+        if p.len() != grad.len() {
+            candle_core::bail!("{}: parameter and gradient differ in size", SGD_STEP)
+        }
+        update3(p, grad, grad, |p, g, _| {
+            let d = if wd != 0.0 { g + wd * p } else { g };
+            p - lr * d
         });
         Ok(())
     }
