@@ -140,12 +140,22 @@ impl CustomOp2 for ReluMaskOp {
 }
 
 /// The gradient of a ReLU with output `y` for the incoming gradient `grad` (not recorded).
-pub(crate) fn relu_backward(grad: &Tensor, y: &Tensor) -> Result<Tensor> {
+fn relu_backward(grad: &Tensor, y: &Tensor) -> Result<Tensor> {
     if cpu_f32(grad) {
         grad.contiguous()?
             .apply_op2_no_bwd(&y.contiguous()?, &ReluMaskOp)
     } else {
         grad.detach() * y.detach().gt(0.0)?.to_dtype(grad.dtype())?
+    }
+}
+
+/// The gradient arriving at a kernel with a fused ReLU (`relu`) or without one, as the
+/// contiguous tensor the kernel's backward reads: masked by the kernel's output `y` when fused.
+pub(crate) fn fused_relu_grad(grad: &Tensor, y: &Tensor, relu: bool) -> Result<Tensor> {
+    if relu {
+        relu_backward(grad, y)
+    } else {
+        grad.contiguous()
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::activation::relu_backward;
+use super::activation::fused_relu_grad;
 use super::contiguous_f32;
 
 struct Dims {
@@ -180,11 +180,7 @@ impl CustomOp3 for BatchNormOp {
         y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = if self.relu {
-            relu_backward(grad, y)?
-        } else {
-            grad.contiguous()?
-        };
+        let dy = fused_relu_grad(grad, y, self.relu)?;
         let stats = self.stats();
         // One pass for both parameter gradients: [sum(dy * xhat), sum(dy)].
         let sums = x.apply_op2_no_bwd(

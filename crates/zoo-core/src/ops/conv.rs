@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::activation::relu_backward;
+use super::activation::fused_relu_grad;
 use super::contiguous_f32;
 
 /// Square-kernel convolution geometry (no dilation, one group).
@@ -452,20 +452,29 @@ fn plan(s: &Sizes) -> Plan {
     }
 }
 
-/// Runs `f(state, group index, that group's part of out)` for every group, in parallel when
-/// the plan says so; `per_image` is the length of one image's part of `out`.
-fn for_groups<T: Send>(
+/// Runs `f((columns, gathered), group index, that group's part of out)` for every group, in
+/// parallel when the plan says so; `per_image` is the length of one image's part of `out`.
+/// Each task gets two scratch buffers: the group's columns (`rows x group * positions`) and
+/// its output channels (`o x group * positions`: the GEMM result, or the gathered gradient).
+fn for_groups(
     p: &Plan,
+    s: &Sizes,
     out: &mut [f32],
     per_image: usize,
-    init: impl Fn() -> T + Sync + Send,
-    f: impl Fn(&mut T, usize, &mut [f32]) + Sync + Send,
+    f: impl Fn(&mut (Scratch, Scratch), usize, &mut [f32]) + Sync + Send,
 ) {
+    let columns = p.group * s.positions();
+    let init = || {
+        (
+            Scratch::take(s.rows() * columns),
+            Scratch::take(s.o * columns),
+        )
+    };
     let chunk = p.group * per_image;
     if p.gemm_threads == 1 {
         out.par_chunks_mut(chunk)
             .enumerate()
-            .for_each_init(&init, |state, (gi, dst)| f(state, gi, dst));
+            .for_each_init(init, |state, (gi, dst)| f(state, gi, dst));
     } else {
         let mut state = init();
         out.chunks_mut(chunk)
@@ -512,61 +521,50 @@ impl CustomOp3 for Conv2dOp {
         let (in_len, pos, rows) = (s.c * s.h * s.w, s.positions(), s.rows());
         let relu = self.relu;
         let mut y = vec![0f32; s.n * s.o * pos];
-        for_groups(
-            &p,
-            &mut y,
-            s.o * pos,
-            || {
-                (
-                    Scratch::take(rows * p.group * pos),
-                    Scratch::take(s.o * p.group * pos),
-                )
-            },
-            |(col, out), gi, dst| {
-                let first = gi * p.group;
-                let count = p.group.min(s.n - first);
-                let ld = count * pos;
-                for j in 0..count {
-                    im2col(
-                        &x[(first + j) * in_len..][..in_len],
-                        &s,
-                        g,
-                        &ranges,
-                        col,
-                        ld,
-                        j * pos,
-                    );
-                }
-                // [o, count*pos] = [o, rows] . [rows, count*pos]
-                sgemm(
-                    s.o,
-                    ld,
-                    rows,
-                    w,
-                    false,
+        for_groups(&p, &s, &mut y, s.o * pos, |(col, out), gi, dst| {
+            let first = gi * p.group;
+            let count = p.group.min(s.n - first);
+            let ld = count * pos;
+            for j in 0..count {
+                im2col(
+                    &x[(first + j) * in_len..][..in_len],
+                    &s,
+                    g,
+                    &ranges,
                     col,
-                    false,
-                    out,
-                    false,
-                    p.gemm_threads,
+                    ld,
+                    j * pos,
                 );
-                for j in 0..count {
-                    for (o, &b) in bias.iter().enumerate() {
-                        let src = &out[o * ld + j * pos..][..pos];
-                        let dst = &mut dst[(j * s.o + o) * pos..][..pos];
-                        if relu {
-                            for (d, &v) in dst.iter_mut().zip(src) {
-                                *d = (v + b).max(0.0);
-                            }
-                        } else {
-                            for (d, &v) in dst.iter_mut().zip(src) {
-                                *d = v + b;
-                            }
+            }
+            // [o, count*pos] = [o, rows] . [rows, count*pos]
+            sgemm(
+                s.o,
+                ld,
+                rows,
+                w,
+                false,
+                col,
+                false,
+                out,
+                false,
+                p.gemm_threads,
+            );
+            for j in 0..count {
+                for (o, &b) in bias.iter().enumerate() {
+                    let src = &out[o * ld + j * pos..][..pos];
+                    let dst = &mut dst[(j * s.o + o) * pos..][..pos];
+                    if relu {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d = (v + b).max(0.0);
+                        }
+                    } else {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            *d = v + b;
                         }
                     }
                 }
-            },
-        );
+            }
+        });
         Ok((CpuStorage::F32(y), Shape::from((s.n, s.o, s.oh, s.ow))))
     }
 
@@ -578,11 +576,7 @@ impl CustomOp3 for Conv2dOp {
         y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = if self.relu {
-            relu_backward(grad, y)?
-        } else {
-            grad.contiguous()?
-        };
+        let dy = fused_relu_grad(grad, y, self.relu)?;
         // The network's input (the first convolution's) needs no gradient: skip its col2im.
         let dx = if x.track_op() {
             Some(w.apply_op2_no_bwd(
@@ -685,47 +679,36 @@ impl CustomOp2 for Conv2dInputGradOp {
         let ranges = tap_ranges(&s, g);
         let (in_len, pos, rows) = (s.c * s.h * s.w, s.positions(), s.rows());
         let mut dx = vec![0f32; s.n * in_len];
-        for_groups(
-            &p,
-            &mut dx,
-            in_len,
-            || {
-                (
-                    Scratch::take(rows * p.group * pos),
-                    Scratch::take(s.o * p.group * pos),
-                )
-            },
-            |(col, dy_group), gi, dst| {
-                let first = gi * p.group;
-                let count = p.group.min(s.n - first);
-                let ld = count * pos;
-                gather_dy(dy, &s, first, count, dy_group);
-                // [rows, count*pos] = [o, rows]^T . [o, count*pos]
-                sgemm(
-                    rows,
-                    ld,
-                    s.o,
-                    w,
-                    true,
-                    dy_group,
-                    false,
+        for_groups(&p, &s, &mut dx, in_len, |(col, dy_group), gi, dst| {
+            let first = gi * p.group;
+            let count = p.group.min(s.n - first);
+            let ld = count * pos;
+            gather_dy(dy, &s, first, count, dy_group);
+            // [rows, count*pos] = [o, rows]^T . [o, count*pos]
+            sgemm(
+                rows,
+                ld,
+                s.o,
+                w,
+                true,
+                dy_group,
+                false,
+                col,
+                false,
+                p.gemm_threads,
+            );
+            for j in 0..count {
+                col2im(
                     col,
-                    false,
-                    p.gemm_threads,
+                    &s,
+                    g,
+                    &ranges,
+                    &mut dst[j * in_len..][..in_len],
+                    ld,
+                    j * pos,
                 );
-                for j in 0..count {
-                    col2im(
-                        col,
-                        &s,
-                        g,
-                        &ranges,
-                        &mut dst[j * in_len..][..in_len],
-                        ld,
-                        j * pos,
-                    );
-                }
-            },
-        );
+            }
+        });
         Ok((CpuStorage::F32(dx), Shape::from(self.input.as_slice())))
     }
 }

@@ -8,7 +8,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::activation::relu_backward;
+use super::activation::fused_relu_grad;
 use super::contiguous_f32;
 use super::conv::{channel_sums, sgemm};
 
@@ -77,11 +77,7 @@ impl CustomOp3 for LinearOp {
         y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dy = if self.relu {
-            relu_backward(grad, y)?
-        } else {
-            grad.contiguous()?
-        };
+        let dy = fused_relu_grad(grad, y, self.relu)?;
         let dx = if x.track_op() {
             Some(dy.apply_op2_no_bwd(w, &LinearGradOp::Input)?)
         } else {
