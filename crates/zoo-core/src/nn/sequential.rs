@@ -104,3 +104,58 @@ impl Layer for SequentialT {
         Ok(total)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Linear, ReLU};
+    use crate::testing::{assert_close, test_input, test_store, weighted_sum_grads};
+
+    /// The children applied one at a time, each ReLU on its own: what the fused path must equal.
+    fn unfused(seq: &SequentialT, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = x.clone();
+        for layer in seq.layers() {
+            x = layer.forward_t(&x, train)?;
+        }
+        Ok(x)
+    }
+
+    #[test]
+    fn fused_relu_pairs_equal_the_layers_applied_one_by_one() -> Result<()> {
+        // Conv+ReLU, Conv+BN+ReLU, Linear+ReLU, and a ReLU after a ReLU.
+        for train in [true, false] {
+            let store = test_store(3);
+            let vb = store.var_builder();
+            let mut seq = SequentialT::new();
+            seq.push_with(&vb, |vb| {
+                Conv2d::new(Conv2dSpec::new(3, 4, 3).padding(1), vb)
+            })?;
+            seq.push(ReLU);
+            seq.push_with(&vb, |vb| Conv2d::new(Conv2dSpec::new(4, 5, 3), vb))?;
+            seq.push_with(&vb, |vb| BatchNorm2d::new(5, vb))?;
+            seq.push(ReLU);
+            seq.push(ReLU);
+            seq.push(Flatten);
+            seq.push_with(&vb, |vb| Linear::new(5 * 4 * 4, 7, vb))?;
+            seq.push(ReLU);
+            let x = test_input(&[3, 3, 6, 6], 1)?;
+            let upstream = test_input(&[3, 7], 2)?;
+
+            let fused = seq.forward_t(&x, train)?;
+            let grads = weighted_sum_grads(&fused, &upstream)?;
+            let reference = unfused(&seq, &x, train)?;
+            let grads_ref = weighted_sum_grads(&reference, &upstream)?;
+            assert_close(&format!("train {train}: output"), &fused, &reference, 1e-5);
+            for (name, var) in store.trainable() {
+                let (got, want) = (grads.get(var.as_tensor()), grads_ref.get(var.as_tensor()));
+                match (got, want) {
+                    (Some(got), Some(want)) => {
+                        assert_close(&format!("train {train}: d{name}"), got, want, 1e-5)
+                    }
+                    _ => panic!("train {train}: `{name}` has a gradient on one path only"),
+                }
+            }
+        }
+        Ok(())
+    }
+}
