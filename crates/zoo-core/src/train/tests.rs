@@ -31,6 +31,86 @@ const ADAMW: [f32; 4] = [0.6989112, -1.694945, 0.2037124, 2.691704];
 const CE_PLAIN: f32 = 1.575456;
 const CE_SMOOTH_01: f32 = 1.605456;
 
+/// `torch.optim.SGD`'s update written out on plain numbers (dampening 0), for any momentum,
+/// Nesterov flag and weight decay.
+fn sgd_by_hand(
+    p: &mut [f32],
+    buf: &mut Option<Vec<f32>>,
+    g: &[f32],
+    cfg: (f32, bool, f32),
+    lr: f32,
+) {
+    let (momentum, nesterov, wd) = cfg;
+    let d: Vec<f32> = g.iter().zip(p.iter()).map(|(g, p)| g + wd * p).collect();
+    let update = if momentum == 0.0 {
+        d
+    } else {
+        let b = match buf.take() {
+            None => d.clone(),
+            Some(b) => b.iter().zip(&d).map(|(b, d)| momentum * b + d).collect(),
+        };
+        let update = if nesterov {
+            d.iter().zip(&b).map(|(d, b)| d + momentum * b).collect()
+        } else {
+            b.clone()
+        };
+        *buf = Some(b);
+        update
+    };
+    for (p, u) in p.iter_mut().zip(update) {
+        *p -= lr * u;
+    }
+}
+
+#[test]
+fn in_place_sgd_follows_torchs_update_for_every_combination() -> Result<()> {
+    // Random gradients (not a function of p), five steps with a changing rate: every
+    // combination of momentum, Nesterov and weight decay against the update written out.
+    for (momentum, nesterov, wd) in [
+        (0.0, false, 0.0),
+        (0.0, false, 5e-4),
+        (0.9, false, 0.0),
+        (0.9, false, 5e-4),
+        (0.9, true, 0.0),
+        (0.9, true, 5e-4),
+    ] {
+        let start = crate::testing::test_input(&[3, 5], 1)?;
+        let p = Var::from_tensor(&start)?;
+        let mut opt = Optimizer::new(
+            OptimizerConfig::Sgd {
+                momentum: momentum as f64,
+                nesterov,
+                weight_decay: wd as f64,
+            },
+            vec![("p".into(), p.clone())],
+        )?;
+        let mut want = start.flatten_all()?.to_vec1::<f32>()?;
+        let mut buf = None;
+        for step in 0..5u64 {
+            let g = crate::testing::test_input(&[3, 5], 10 + step)?;
+            let lr = 0.1 / (step + 1) as f32;
+            // The gradient store of `sum(p * g)` holds exactly g for p.
+            let grads = (p.as_tensor() * &g)?.sum_all()?.backward()?;
+            opt.step(&grads, lr as f64)?;
+            sgd_by_hand(
+                &mut want,
+                &mut buf,
+                &g.flatten_all()?.to_vec1()?,
+                (momentum, nesterov, wd),
+                lr,
+            );
+        }
+        let got = p.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                "momentum {momentum} nesterov {nesterov} wd {wd}: {got:?} vs {want:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn optimisers_match_pytorch() -> Result<()> {
     let sgd = |momentum, nesterov, weight_decay| OptimizerConfig::Sgd {
