@@ -581,20 +581,26 @@ fn bench_conv(steps: usize, torch: Option<&str>) -> Result<()> {
                 "bench_conv_torch.py failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    (f.len() == 6 && f[0] == "RESULT").then(|| {
-                        (
-                            f[2].to_string(),
-                            f[3].parse().unwrap_or(0),
-                            f[4].parse().unwrap_or(f64::NAN),
-                            f[5].parse().unwrap_or(f64::NAN),
-                        )
-                    })
-                })
-                .collect()
+            let mut rows = Vec::new();
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() != 6 || f[0] != "RESULT" {
+                    continue;
+                }
+                let parse = |v: &str| {
+                    v.parse::<f64>()
+                        .with_context(|| format!("bench_conv_torch.py: bad number in {line:?}"))
+                };
+                rows.push((
+                    f[2].to_string(),
+                    f[3].parse().with_context(|| {
+                        format!("bench_conv_torch.py: bad channels in {line:?}")
+                    })?,
+                    parse(f[4])?,
+                    parse(f[5])?,
+                ));
+            }
+            rows
         }
     };
     println!(

@@ -1,9 +1,9 @@
 //! Process set-up shared by the `zoo` binary and xtask: thread settings and the allocator.
 //!
 //! Both binaries use mimalloc as the global allocator. Its default returns freed memory to
-//! the OS after 10 ms, so every training step page-faulted its tensors back in (18,238 page
-//! faults against 665 for `bench models --only resnet18,alexnet --steps 8`, and 10-20% of
-//! the step time in the kernel's page clearing); freed memory is kept for reuse instead.
+//! the OS after 10 ms, so training steps page-faulted their tensors back in (18,238 page faults
+//! against 665 for `cargo xtask bench models --only resnet18,alexnet --steps 8`, measured with
+//! `perf stat -e page-faults`); freed memory is kept for reuse instead.
 
 /// `mi_option_purge_delay` in `mi_option_t` (`mimalloc.h`): 15 in both mimalloc v3 (what the
 /// `mimalloc` crate builds by default) and v2.

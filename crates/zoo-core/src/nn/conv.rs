@@ -1,12 +1,12 @@
 //! Convolution and linear layers with PyTorch's initialisation hints and named shape errors.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, ModuleT, VarBuilder};
 
 use super::{Layer, count, expect_nchw};
 use crate::init::{pytorch_bias_hint, pytorch_weight_hint};
-use crate::ops::activation::cpu_f32;
 use crate::ops::conv::{ConvGeometry, conv2d};
+use crate::ops::cpu_f32;
 
 /// The arguments of `nn.Conv2d(in, out, kernel_size, stride, padding)` (square kernels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,14 +113,10 @@ impl Conv2d {
                 stride: self.spec.stride,
                 padding: self.spec.padding,
             };
-            let zeros;
-            let bias = match self.inner.bias() {
-                Some(b) => b,
-                None => {
-                    zeros = Tensor::zeros(self.spec.out_channels, DType::F32, x.device())?;
-                    &zeros
-                }
-            };
+            // `Conv2d::new` always creates the bias (PyTorch's default `bias=True`).
+            let bias = self.inner.bias().ok_or_else(|| {
+                candle_core::Error::Msg(format!("Conv2d `{}`: no bias tensor", self.name))
+            })?;
             return conv2d(x, self.inner.weight(), bias, geometry, relu);
         }
         let y = self.inner.forward(x)?;

@@ -5,8 +5,8 @@ use candle_core::{Result, Tensor, Var};
 use candle_nn::{BatchNormConfig, ModuleT, VarBuilder};
 
 use super::{Layer, expect_nchw};
-use crate::ops::activation::cpu_f32;
 use crate::ops::batch_norm::{batch_norm_eval, batch_norm_train};
+use crate::ops::cpu_f32;
 
 /// `nn.BatchNorm2d(num_features)` with PyTorch's defaults (eps 1e-5, momentum 0.1, affine).
 /// Tensors: `weight`, `bias` (trainable), `running_mean`, `running_var` (state).

@@ -5,16 +5,16 @@
 //! backward masks the incoming gradient with the saved output (`y > 0`, PyTorch's
 //! `threshold_backward`: the gradient at exactly 0 is 0), in one pass over the data.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
+use super::{contiguous_f32, cpu_f32};
 
 /// Elements per parallel task of the element-wise kernels: below this, one thread.
 const CHUNK: usize = 1 << 15;
 
 /// `out[i] = f(a[i], b[i])` over equal-length slices, in parallel for large inputs.
-pub(crate) fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = vec![0f32; a.len()];
     let kernel = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
         for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
@@ -32,7 +32,7 @@ pub(crate) fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) 
 }
 
 /// `out[i] = f(a[i])`, in parallel for large inputs.
-pub(crate) fn map(a: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+fn map(a: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = vec![0f32; a.len()];
     let kernel = |(o, a): (&mut [f32], &[f32])| {
         for (o, &a) in o.iter_mut().zip(a) {
@@ -49,7 +49,14 @@ pub(crate) fn map(a: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     out
 }
 
-fn same_shape(op: &str, l1: &Layout, l2: &Layout) -> Result<()> {
+/// `f` applied element-wise to two contiguous f32 CPU inputs of one shape: the forward of a
+/// binary element-wise op, or an error naming `op`.
+fn binary_kernel(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Result<(CpuStorage, Shape)> {
     if l1.dims() != l2.dims() {
         candle_core::bail!(
             "{op}: the two inputs differ in shape: {:?} and {:?}",
@@ -57,12 +64,8 @@ fn same_shape(op: &str, l1: &Layout, l2: &Layout) -> Result<()> {
             l2.dims()
         )
     }
-    Ok(())
-}
-
-/// Whether `x` takes the CPU kernels: f32 on the CPU.
-pub(crate) fn cpu_f32(x: &Tensor) -> bool {
-    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+    let (a, b) = (contiguous_f32(op, s1, l1)?, contiguous_f32(op, s2, l2)?);
+    Ok((CpuStorage::F32(zip_map(a, b, f)), l1.shape().clone()))
 }
 
 struct ReluOp;
@@ -97,11 +100,7 @@ impl CustomOp2 for AddReluOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        same_shape(self.name(), l1, l2)?;
-        let a = contiguous_f32(self.name(), s1, l1)?;
-        let b = contiguous_f32(self.name(), s2, l2)?;
-        let y = zip_map(a, b, |a, b| (a + b).max(0.0));
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        binary_kernel(self.name(), (s1, l1), (s2, l2), |a, b| (a + b).max(0.0))
     }
 
     fn bwd(
@@ -131,11 +130,10 @@ impl CustomOp2 for ReluMaskOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        same_shape(self.name(), l1, l2)?;
-        let dy = contiguous_f32(self.name(), s1, l1)?;
-        let y = contiguous_f32(self.name(), s2, l2)?;
-        let dx = zip_map(dy, y, |g, y| if y > 0.0 { g } else { 0.0 });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        // (dy, y)
+        binary_kernel(self.name(), (s1, l1), (s2, l2), |g, y| {
+            if y > 0.0 { g } else { 0.0 }
+        })
     }
 }
 
@@ -188,6 +186,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::testing::{max_abs_diff, test_input};
+    use candle_core::DType;
     use candle_core::Var;
 
     #[test]

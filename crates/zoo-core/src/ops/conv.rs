@@ -9,11 +9,12 @@
 
 use std::borrow::Cow;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::activation::fused_relu_grad;
 use super::contiguous_f32;
+use super::gemm::{channel_sums, sgemm};
 
 /// Square-kernel convolution geometry (no dilation, one group).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,67 +122,6 @@ impl Sizes {
     }
 }
 
-/// `c = a . b` (or `c += a . b`) for row-major slices, `a` and `b` optionally stored
-/// transposed; `ldc` is the row stride of `c`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn sgemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    a_t: bool,
-    b: &[f32],
-    b_t: bool,
-    c: &mut [f32],
-    accumulate: bool,
-    threads: usize,
-) {
-    assert!(
-        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
-        "sgemm: buffer too small"
-    );
-    // a is m x k: row-major (rs = k, cs = 1), or stored transposed as k x m (rs = 1, cs = m).
-    let (a_rs, a_cs) = if a_t {
-        (1, m as isize)
-    } else {
-        (k as isize, 1)
-    };
-    let (b_rs, b_cs) = if b_t {
-        (1, k as isize)
-    } else {
-        (n as isize, 1)
-    };
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above keep every index the strides describe inside the slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
-
 /// The output positions `lo..hi` along one axis at which kernel offset `t` reads inside the
 /// input (`0 <= o * stride + t - padding < len`); the others read padding.
 fn valid_outputs(t: usize, out: usize, len: usize, g: ConvGeometry) -> (usize, usize) {
@@ -286,12 +226,6 @@ fn im2col(
                 row[hi..b].fill(0.0);
                 row[lo..hi].copy_from_slice(&src[lo.wrapping_add_signed(r.shift)..][..hi - lo]);
                 zero_padding_columns(row, s, r);
-                continue;
-            }
-            if g.stride == 1 && width == s.ow && s.ow == s.w {
-                // Whole rows of a stride-1 map: one block.
-                let rows = oy_hi - oy_lo;
-                row[oy_lo * s.ow..oy_hi * s.ow].copy_from_slice(&src[r.iy0 * s.w..][..rows * s.w]);
                 continue;
             }
             for (j, oy) in (oy_lo..oy_hi).enumerate() {
@@ -599,44 +533,6 @@ impl CustomOp3 for Conv2dOp {
         )?;
         let db = channel_sums(&dy)?;
         Ok((dx, Some(dw), Some(db)))
-    }
-}
-
-/// `(N, C, ...) -> (C,)`: the sum over everything but the channel (a bias gradient), not
-/// recorded.
-pub(crate) fn channel_sums(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&ChannelSumOp)
-}
-
-/// `(N, C, ...) -> (C,)`: the sum over everything but the channel (a bias gradient).
-struct ChannelSumOp;
-
-impl CustomOp1 for ChannelSumOp {
-    fn name(&self) -> &'static str {
-        "zoo-channel-sum"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(self.name(), s, l)?;
-        let (n, c) = match l.dims() {
-            [n, c, ..] => (*n, *c),
-            d => candle_core::bail!("{}: expected (N, C, ...), got {d:?}", self.name()),
-        };
-        let plane = x.len().checked_div(n * c).unwrap_or(0);
-        let sums = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                (0..n)
-                    .map(|i| {
-                        x[(i * c + ch) * plane..][..plane]
-                            .iter()
-                            .map(|&v| v as f64)
-                            .sum::<f64>()
-                    })
-                    .sum::<f64>() as f32
-            })
-            .collect();
-        Ok((CpuStorage::F32(sums), Shape::from(c)))
     }
 }
 

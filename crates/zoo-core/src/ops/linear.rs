@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 
 use super::activation::fused_relu_grad;
 use super::contiguous_f32;
-use super::conv::{channel_sums, sgemm};
+use super::gemm::{channel_sums, sgemm};
 
 /// (x `[b, in]`, w `[out, in]`, bias `[out]`) -> `[b, out]`.
 struct LinearOp {

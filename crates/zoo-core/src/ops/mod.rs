@@ -6,10 +6,16 @@
 pub mod activation;
 pub mod batch_norm;
 pub mod conv;
+mod gemm;
 pub mod linear;
 pub mod pool;
 
-use candle_core::{CpuStorage, Layout, Result};
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Tensor};
+
+/// Whether `x` takes zoo's CPU kernels: f32 on the CPU.
+pub(crate) fn cpu_f32(x: &Tensor) -> bool {
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+}
 
 /// The f32 data of a contiguous CPU tensor, or an error naming the op.
 pub(crate) fn contiguous_f32<'a>(

@@ -8,10 +8,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
+use super::{contiguous_f32, cpu_f32};
 
 /// Square pooling window: kernel, stride and zero/-inf padding, as `nn.MaxPool2d(k, s, p)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,16 +277,12 @@ impl CustomOp2 for Pool2dBackwardOp {
     }
 }
 
-fn use_cpu_kernel(x: &Tensor) -> bool {
-    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
-}
-
 /// Max pooling with padding; trainable for any kernel, stride and padding.
 ///
 /// # Shapes
 /// `(b, c, h, w) -> (b, c, (h + 2p - k) / s + 1, (w + 2p - k) / s + 1)`
 pub fn max_pool2d(x: &Tensor, params: Pool2dParams) -> Result<Tensor> {
-    if use_cpu_kernel(x) {
+    if cpu_f32(x) {
         x.contiguous()?.apply_op1(Pool2dOp {
             kind: PoolKind::Max,
             params,
@@ -299,7 +295,7 @@ pub fn max_pool2d(x: &Tensor, params: Pool2dParams) -> Result<Tensor> {
 
 /// Average pooling with zero padding counted in the divisor (PyTorch's default).
 pub fn avg_pool2d(x: &Tensor, params: Pool2dParams) -> Result<Tensor> {
-    if use_cpu_kernel(x) {
+    if cpu_f32(x) {
         x.contiguous()?.apply_op1(Pool2dOp {
             kind: PoolKind::Avg,
             params,
@@ -421,6 +417,7 @@ pub fn adaptive_avg_pool2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Ten
 mod tests {
     use super::*;
     use crate::testing::test_input;
+    use candle_core::{DType, Device};
 
     // Expected values from PyTorch, produced by `scripts/pool_reference.py`:
     // x[i] = ((i * 37) % 23) / 7 - 1.5, upstream gradient g[j] = 0.1 * (j + 1).

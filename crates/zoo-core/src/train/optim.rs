@@ -267,10 +267,27 @@ fn slice_of_mut<'a>(what: &str, s: &'a mut CpuStorage, l: &Layout) -> Result<&'a
     }
 }
 
-/// `dst[i] = f(dst[i], a[i], b[i])` in parallel chunks.
-fn update3(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32, f32) -> f32 + Sync) {
+/// `dst[i] = f(dst[i], a[i], b[i])` over three contiguous f32 CPU tensors of one size, in
+/// parallel chunks; an error naming `op` when a tensor is not contiguous f32 or sizes differ.
+fn update_in_place(
+    op: &str,
+    (dst, dst_l): (&mut CpuStorage, &Layout),
+    (a, a_l): (&CpuStorage, &Layout),
+    (b, b_l): (&CpuStorage, &Layout),
+    f: impl Fn(f32, f32, f32) -> f32 + Sync,
+) -> Result<()> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 15;
+    let (a, b) = (slice_of(op, a, a_l)?, slice_of(op, b, b_l)?);
+    let dst = slice_of_mut(op, dst, dst_l)?;
+    if dst.len() != a.len() || dst.len() != b.len() {
+        candle_core::bail!(
+            "{op}: tensors of {}, {} and {} elements",
+            dst.len(),
+            a.len(),
+            b.len()
+        )
+    }
     dst.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(d, (a, b))| {
@@ -278,6 +295,7 @@ fn update3(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32, f32) -> f
                 *d = f(*d, a, b);
             }
         });
+    Ok(())
 }
 
 /// `buf = momentum * buf + (grad + weight_decay * p)`, in place on `buf`: (buf; grad, p).
@@ -301,20 +319,11 @@ impl InplaceOp3 for MomentumInPlace {
         l3: &Layout,
     ) -> Result<()> {
         let (mu, wd) = (self.momentum as f32, self.weight_decay as f32);
-        let grad = slice_of(self.name(), s2, l2)?;
-        let p = slice_of(self.name(), s3, l3)?;
-        let buf = slice_of_mut(self.name(), s1, l1)?;
-        if buf.len() != grad.len() || buf.len() != p.len() {
-            candle_core::bail!(
-                "{}: buffer, gradient and parameter differ in size",
-                self.name()
-            )
-        }
-        update3(buf, grad, p, |b, g, p| {
+        // (buf; grad, p)
+        update_in_place(self.name(), (s1, l1), (s2, l2), (s3, l3), |b, g, p| {
             let d = if wd != 0.0 { g + wd * p } else { g };
             mu * b + d
-        });
-        Ok(())
+        })
     }
 }
 
@@ -351,16 +360,8 @@ impl InplaceOp3 for SgdInPlace {
             self.weight_decay as f32,
         );
         let (heavy_ball, nesterov) = (mu != 0.0 && !self.nesterov, mu != 0.0 && self.nesterov);
-        let grad = slice_of(SGD_STEP, s2, l2)?;
-        let buf = slice_of(SGD_STEP, s3, l3)?;
-        let p = slice_of_mut(SGD_STEP, s1, l1)?;
-        if p.len() != grad.len() || p.len() != buf.len() {
-            candle_core::bail!(
-                "{}: parameter, gradient and buffer differ in size",
-                SGD_STEP
-            )
-        }
-        update3(p, grad, buf, |p, g, b| {
+        // (p; grad, buf)
+        update_in_place(SGD_STEP, (s1, l1), (s2, l2), (s3, l3), |p, g, b| {
             let update = if heavy_ball {
                 b
             } else {
@@ -368,8 +369,7 @@ impl InplaceOp3 for SgdInPlace {
                 if nesterov { d + mu * b } else { d }
             };
             p - lr * update
-        });
-        Ok(())
+        })
     }
 }
 
@@ -387,16 +387,11 @@ impl InplaceOp2 for SgdInPlace {
         l2: &Layout,
     ) -> Result<()> {
         let (lr, wd) = (self.lr as f32, self.weight_decay as f32);
-        let grad = slice_of(SGD_STEP, s2, l2)?;
-        let p = slice_of_mut(SGD_STEP, s1, l1)?;
-        if p.len() != grad.len() {
-            candle_core::bail!("{}: parameter and gradient differ in size", SGD_STEP)
-        }
-        update3(p, grad, grad, |p, g, _| {
+        // (p; grad), the gradient read as both sources
+        update_in_place(SGD_STEP, (s1, l1), (s2, l2), (s2, l2), |p, g, _| {
             let d = if wd != 0.0 { g + wd * p } else { g };
             p - lr * d
-        });
-        Ok(())
+        })
     }
 }
 
