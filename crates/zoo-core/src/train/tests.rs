@@ -111,6 +111,42 @@ fn in_place_sgd_follows_torchs_update_for_every_combination() -> Result<()> {
     Ok(())
 }
 
+/// The workspace's candle-core stores a tensor's first gradient as it is instead of adding it
+/// to zeros (vendor/candle-core/ZOO-PATCH.md): reused tensors must still sum every
+/// contribution, strided gradients come back contiguous, and a second backward pass over the
+/// same graph gives the same numbers (no gradient was modified through shared storage).
+#[test]
+fn backward_accumulates_gradients_of_reused_tensors() -> Result<()> {
+    let dev = Device::Cpu;
+    let a_values = [1f32, -2., 0.5, 3., -1.5, 2.];
+    let a = Var::from_tensor(&Tensor::new(&a_values, &dev)?.reshape((2, 3))?)?;
+    let b = Var::from_tensor(&Tensor::new(&[0.5f32, -1., 2.], &dev)?)?;
+    let w_values = [0.25f32, -0.5, 1., 2., -3., 0.75];
+    let w = Tensor::new(&w_values, &dev)?.reshape((3, 2))?;
+    let (av, bv) = (a.as_tensor(), b.as_tensor());
+    // sum((a + a) * a) + sum(a^T * w) + sum(a + b): a is used five times (twice in one add),
+    // reaches one term through a transpose and b through a broadcast.
+    let loss = ((av + av)? * av)?.sum_all()?;
+    let loss = (loss + (av.t()? * &w)?.sum_all()?)?;
+    let loss = (loss + av.broadcast_add(bv)?.sum_all()?)?;
+    for pass in 0..2 {
+        let grads = loss.backward()?;
+        let da = grads.get(av).expect("gradient of a");
+        let db = grads.get(bv).expect("gradient of b");
+        assert!(da.is_contiguous() && db.is_contiguous(), "pass {pass}");
+        // d/da = 4a + w^T + 1, d/db = number of rows (2), computed by hand.
+        let want: Vec<f32> = (0..6)
+            .map(|i| {
+                let (r, c) = (i / 3, i % 3);
+                4.0 * a_values[i] + w_values[c * 2 + r] + 1.0
+            })
+            .collect();
+        assert_eq!(da.flatten_all()?.to_vec1::<f32>()?, want, "pass {pass}");
+        assert_eq!(db.to_vec1::<f32>()?, vec![2f32; 3], "pass {pass}");
+    }
+    Ok(())
+}
+
 #[test]
 fn optimisers_match_pytorch() -> Result<()> {
     let sgd = |momentum, nesterov, weight_decay| OptimizerConfig::Sgd {
