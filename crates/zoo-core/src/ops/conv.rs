@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::activation::fused_relu_grad;
 use super::contiguous_f32;
-use super::gemm::{channel_sums, sgemm};
+use super::gemm::{channel_sums, sgemm, sgemm_new};
 
 /// Square-kernel convolution geometry (no dilation, one group).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -420,7 +420,12 @@ fn for_groups(
 struct Conv2dOp {
     geometry: ConvGeometry,
     relu: bool,
+    /// The forward's used-tap weights when it pruned taps, for the input gradient (on a 1x1
+    /// map a 512x512 3x3 kernel's centre taps are gathered from all of its 9.4 MB).
+    selected: SelectedWeights,
 }
+
+type SelectedWeights = std::sync::Mutex<Option<std::sync::Arc<Vec<f32>>>>;
 
 impl CustomOp3 for Conv2dOp {
     fn name(&self) -> &'static str {
@@ -441,7 +446,12 @@ impl CustomOp3 for Conv2dOp {
         let bias = contiguous_f32(self.name(), s3, l3)?;
         let g = self.geometry;
         let s = Sizes::new(self.name(), l1.dims(), l2.dims(), g)?;
-        let w = &*s.selected_weights(w);
+        let selected =
+            (!s.all_taps()).then(|| std::sync::Arc::new(s.selected_weights(w).into_owned()));
+        if let (Some(selected), Ok(mut slot)) = (&selected, self.selected.lock()) {
+            *slot = Some(selected.clone());
+        }
+        let w = selected.as_deref().map_or(w, Vec::as_slice);
         if bias.len() != s.o {
             candle_core::bail!(
                 "{}: expected a bias of {} values, got shape {:?}",
@@ -516,6 +526,7 @@ impl CustomOp3 for Conv2dOp {
             Some(w.apply_op2_no_bwd(
                 &dy,
                 &Conv2dInputGradOp {
+                    selected: self.selected.lock().ok().and_then(|s| s.clone()),
                     geometry: self.geometry,
                     input: x.dims().to_vec(),
                 },
@@ -550,6 +561,8 @@ fn gather_dy(dy: &[f32], s: &Sizes, first: usize, count: usize, out: &mut [f32])
 
 /// (w, dy) -> dx.
 struct Conv2dInputGradOp {
+    /// The forward's used-tap weights, when it computed them.
+    selected: Option<std::sync::Arc<Vec<f32>>>,
     geometry: ConvGeometry,
     input: Vec<usize>,
 }
@@ -570,7 +583,13 @@ impl CustomOp2 for Conv2dInputGradOp {
         let dy = contiguous_f32(self.name(), s2, l2)?;
         let g = self.geometry;
         let s = Sizes::new(self.name(), &self.input, l1.dims(), g)?;
-        let w = &*s.selected_weights(w);
+        let w = match &self.selected {
+            Some(selected) if !s.all_taps() && selected.len() == s.o * s.rows() => {
+                Cow::Borrowed(selected.as_slice())
+            }
+            _ => s.selected_weights(w),
+        };
+        let w = &*w;
         let p = plan(&s);
         let ranges = tap_ranges(&s, g);
         let (in_len, pos, rows) = (s.c * s.h * s.w, s.positions(), s.rows());
@@ -644,13 +663,13 @@ impl CustomOp2 for Conv2dWeightGradOp {
     }
 }
 
-/// `sum over groups of dy_group . col_group^T`, with per-thread partial sums reduced at the end.
+/// `sum over groups of dy_group . col_group^T`: each thread's first GEMM writes its partial sum
+/// (no zero-filled accumulator), later ones add into it, and the partials are added at the end.
 fn weight_grad_reduce(x: &[f32], dy: &[f32], s: &Sizes, g: ConvGeometry, p: &Plan) -> Vec<f32> {
     let ranges = tap_ranges(s, g);
     let (in_len, pos, rows) = (s.c * s.h * s.w, s.positions(), s.rows());
-    let w_len = s.o * rows;
-    let one_group = |state: &mut (Scratch, Scratch, Vec<f32>, bool), gi: usize| {
-        let (col, dy_group, acc, used) = state;
+    let one_group = |state: &mut (Scratch, Scratch, Option<Vec<f32>>), gi: usize| {
+        let (col, dy_group, acc) = state;
         let first = gi * p.group;
         let count = p.group.min(s.n - first);
         let ld = count * pos;
@@ -666,46 +685,41 @@ fn weight_grad_reduce(x: &[f32], dy: &[f32], s: &Sizes, g: ConvGeometry, p: &Pla
             );
         }
         gather_dy(dy, s, first, count, dy_group);
-        sgemm(
-            s.o,
-            rows,
-            ld,
-            dy_group,
-            false,
-            col,
-            true,
-            acc,
-            *used,
-            p.gemm_threads,
-        );
-        *used = true;
+        let (a, b) = (&dy_group[..s.o * ld], &col[..rows * ld]);
+        match acc {
+            Some(acc) => sgemm(s.o, rows, ld, a, false, b, true, acc, true, p.gemm_threads),
+            None => *acc = Some(sgemm_new(s.o, rows, ld, a, false, b, true, p.gemm_threads)),
+        }
     };
     let init = || {
         (
             Scratch::take(rows * p.group * pos),
             Scratch::take(s.o * p.group * pos),
-            vec![0f32; w_len],
-            false,
+            None,
         )
     };
-    let add = |mut a: Vec<f32>, b: Vec<f32>| {
-        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-        a
-    };
-    if p.gemm_threads == 1 {
+    let partials: Vec<Vec<f32>> = if p.gemm_threads == 1 {
         (0..p.groups)
             .into_par_iter()
             .fold(init, |mut state, gi| {
                 one_group(&mut state, gi);
                 state
             })
-            .map(|state| if state.3 { state.2 } else { vec![0f32; w_len] })
-            .reduce(|| vec![0f32; w_len], add)
+            .filter_map(|state| state.2)
+            .collect()
     } else {
         let mut state = init();
         (0..p.groups).for_each(|gi| one_group(&mut state, gi));
-        state.2
+        state.2.into_iter().collect()
+    };
+    let mut partials = partials.into_iter();
+    let mut sum = partials.next().unwrap_or_else(|| vec![0f32; s.o * rows]);
+    for partial in partials {
+        sum.par_iter_mut()
+            .zip(partial.par_iter())
+            .for_each(|(a, &b)| *a += b);
     }
+    sum
 }
 
 /// `conv2d(x, weight) + bias`, then `relu` when asked, of an f32 CPU `(N, C, H, W)` input
@@ -720,7 +734,11 @@ pub fn conv2d(
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
-        Conv2dOp { geometry, relu },
+        Conv2dOp {
+            geometry,
+            relu,
+            selected: SelectedWeights::default(),
+        },
     )
 }
 

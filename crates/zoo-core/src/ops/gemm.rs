@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::contiguous_f32;
 
 /// `c = a . b` (or `c += a . b`) for row-major slices, `a` and `b` optionally stored
-/// transposed; `ldc` is the row stride of `c`.
+/// transposed.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sgemm(
     m: usize,
@@ -20,9 +20,52 @@ pub(crate) fn sgemm(
     accumulate: bool,
     threads: usize,
 ) {
+    assert!(c.len() >= m * n, "sgemm: output buffer too small");
+    // SAFETY: c holds m * n elements (checked above).
+    unsafe { sgemm_raw(m, n, k, a, a_t, b, b_t, c.as_mut_ptr(), accumulate, threads) }
+}
+
+/// `a . b` as a new `m x n` vector, written by the GEMM without zero-filling it first (for the
+/// large weight gradients, the fill was a full extra pass over memory).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm_new(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    threads: usize,
+) -> Vec<f32> {
+    let mut c = Vec::<f32>::with_capacity(m * n);
+    // SAFETY: the capacity holds m * n elements; without `accumulate` the GEMM writes every
+    // one of them and reads none, so all are initialised when the length is set.
+    unsafe {
+        sgemm_raw(m, n, k, a, a_t, b, b_t, c.as_mut_ptr(), false, threads);
+        c.set_len(m * n);
+    }
+    c
+}
+
+/// The GEMM call both share. Safety: `c` is valid for `m * n` writes (and reads when
+/// `accumulate`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    c: *mut f32,
+    accumulate: bool,
+    threads: usize,
+) {
     assert!(
-        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
-        "sgemm: buffer too small"
+        a.len() >= m * k && b.len() >= k * n,
+        "sgemm: input buffer too small"
     );
     // a is m x k: row-major (rs = k, cs = 1), or stored transposed as k x m (rs = 1, cs = m).
     let (a_rs, a_cs) = if a_t {
@@ -40,13 +83,14 @@ pub(crate) fn sgemm(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the asserts above keep every index the strides describe inside the slices.
+    // SAFETY: the assert above keeps every index the strides describe inside `a` and `b`; the
+    // caller vouches for `c`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
             n as isize,
             accumulate,

@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 
 use super::activation::fused_relu_grad;
 use super::contiguous_f32;
-use super::gemm::{channel_sums, sgemm};
+use super::gemm::{channel_sums, sgemm_new};
 
 /// (x `[b, in]`, w `[out, in]`, bias `[out]`) -> `[b, out]`.
 struct LinearOp {
@@ -55,9 +55,8 @@ impl CustomOp3 for LinearOp {
                 l3.dims()
             )
         }
-        let mut y = vec![0f32; b * o];
         // [b, out] = [b, in] . [out, in]^T
-        sgemm(b, o, i, x, false, w, true, &mut y, false, threads());
+        let mut y = sgemm_new(b, o, i, x, false, w, true, threads());
         for row in y.chunks_mut(o.max(1)) {
             for (v, &bv) in row.iter_mut().zip(bias) {
                 *v += bv;
@@ -129,8 +128,7 @@ impl CustomOp2 for LinearGradOp {
                 l2.dims()
             )
         }
-        let mut out = vec![0f32; m * i];
-        sgemm(m, i, k, dy, dy_t, other, false, &mut out, false, threads());
+        let out = sgemm_new(m, i, k, dy, dy_t, other, false, threads());
         Ok((CpuStorage::F32(out), Shape::from((m, i))))
     }
 }
