@@ -8,45 +8,55 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, cpu_f32};
+use std::mem::MaybeUninit;
+
+use super::{contiguous_f32, cpu_f32, new_filled};
 
 /// Elements per parallel task of the element-wise kernels: below this, one thread.
 const CHUNK: usize = 1 << 15;
 
 /// `out[i] = f(a[i], b[i])` over equal-length slices, in parallel for large inputs.
 fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    let kernel = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
+    assert_eq!(a.len(), b.len(), "zip_map: lengths differ");
+    let kernel = |(o, (a, b)): (&mut [MaybeUninit<f32>], (&[f32], &[f32]))| {
         for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-            *o = f(a, b);
+            o.write(f(a, b));
         }
     };
-    if a.len() <= CHUNK {
-        kernel((&mut out, (a, b)));
-    } else {
-        out.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(kernel);
+    // SAFETY: the chunks of `out`, `a` and `b` line up one to one (equal lengths), so every
+    // element of `out` is written.
+    unsafe {
+        new_filled(a.len(), |out| {
+            if a.len() <= CHUNK {
+                kernel((out, (a, b)));
+            } else {
+                out.par_chunks_mut(CHUNK)
+                    .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+                    .for_each(kernel);
+            }
+        })
     }
-    out
 }
 
 /// `out[i] = f(a[i])`, in parallel for large inputs.
 fn map(a: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    let kernel = |(o, a): (&mut [f32], &[f32])| {
+    let kernel = |(o, a): (&mut [MaybeUninit<f32>], &[f32])| {
         for (o, &a) in o.iter_mut().zip(a) {
-            *o = f(a);
+            o.write(f(a));
         }
     };
-    if a.len() <= CHUNK {
-        kernel((&mut out, a));
-    } else {
-        out.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK))
-            .for_each(kernel);
+    // SAFETY: `out` and `a` have one length and their chunks line up: every element is written.
+    unsafe {
+        new_filled(a.len(), |out| {
+            if a.len() <= CHUNK {
+                kernel((out, a));
+            } else {
+                out.par_chunks_mut(CHUNK)
+                    .zip(a.par_chunks(CHUNK))
+                    .for_each(kernel);
+            }
+        })
     }
-    out
 }
 
 /// `f` applied element-wise to two contiguous f32 CPU inputs of one shape: the forward of a

@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use super::activation::fused_relu_grad;
-use super::contiguous_f32;
+use super::{contiguous_f32, new_filled};
 
 struct Dims {
     n: usize,
@@ -152,23 +152,27 @@ impl CustomOp3 for BatchNormOp {
                 (scale as f32, (b[c] as f64 - mean * scale) as f32)
             })
             .collect();
-        let mut y = vec![0f32; x.len()];
         let relu = self.relu;
-        y.par_chunks_mut(d.plane)
-            .zip(x.par_chunks(d.plane))
-            .enumerate()
-            .for_each(|(p, (dst, src))| {
-                let (scale, shift) = coeffs[p % d.c];
-                if relu {
-                    for (o, &v) in dst.iter_mut().zip(src) {
-                        *o = (v * scale + shift).max(0.0);
-                    }
-                } else {
-                    for (o, &v) in dst.iter_mut().zip(src) {
-                        *o = v * scale + shift;
-                    }
-                }
-            });
+        // SAFETY: the planes of y and x line up one to one: every element of y is written.
+        let y = unsafe {
+            new_filled(x.len(), |y| {
+                y.par_chunks_mut(d.plane)
+                    .zip(x.par_chunks(d.plane))
+                    .enumerate()
+                    .for_each(|(p, (dst, src))| {
+                        let (scale, shift) = coeffs[p % d.c];
+                        if relu {
+                            for (o, &v) in dst.iter_mut().zip(src) {
+                                o.write((v * scale + shift).max(0.0));
+                            }
+                        } else {
+                            for (o, &v) in dst.iter_mut().zip(src) {
+                                o.write(v * scale + shift);
+                            }
+                        }
+                    })
+            })
+        };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -244,8 +248,18 @@ impl CustomOp3 for BatchNormInputGradOp {
         let (w, rest) = w_and_sums.split_at(d.c);
         let (sum_dy_xhat, sum_dy) = rest.split_at(d.c);
         let count = (d.n * d.plane) as f64;
-        // dx = k * (dy - a - xhat * m2), xhat = (x - mean) * inv_std
-        let coeffs: Vec<(f64, f64, f64, f64, f64)> = (0..d.c)
+        if dy.len() != x.len() {
+            candle_core::bail!(
+                "{}: gradient {:?} does not fit input {:?}",
+                self.name(),
+                l3.dims(),
+                l1.dims()
+            )
+        }
+        // dx = k * (dy - a - xhat * m2), xhat = (x - mean) * inv_std, with the per-channel
+        // factors folded in f64 and the element-wise part in f32:
+        // dx = k * dy + slope * (x - mean) + offset.
+        let coeffs: Vec<(f32, f32, f32, f32)> = (0..d.c)
             .map(|c| {
                 let (mean, var) = self.stats[c];
                 let inv_std = 1.0 / (var + self.eps).sqrt();
@@ -254,20 +268,26 @@ impl CustomOp3 for BatchNormInputGradOp {
                 } else {
                     (0.0, 0.0)
                 };
-                (w[c] as f64 * inv_std, a, m2, mean, inv_std)
+                let k = w[c] as f64 * inv_std;
+                let slope = -k * m2 * inv_std;
+                (k as f32, slope as f32, mean as f32, (-k * a) as f32)
             })
             .collect();
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(d.plane)
-            .zip(x.par_chunks(d.plane).zip(dy.par_chunks(d.plane)))
-            .enumerate()
-            .for_each(|(p, (dst, (xs, gs)))| {
-                let (k, mean_dy, mean_dy_xhat, mean, inv_std) = coeffs[p % d.c];
-                for ((o, &xv), &g) in dst.iter_mut().zip(xs).zip(gs) {
-                    let xhat = (xv as f64 - mean) * inv_std;
-                    *o = (k * (g as f64 - mean_dy - xhat * mean_dy_xhat)) as f32;
-                }
-            });
+        // SAFETY: dx, x and dy have one length (checked above) and their planes line up: every
+        // element of dx is written.
+        let dx = unsafe {
+            new_filled(x.len(), |dx| {
+                dx.par_chunks_mut(d.plane)
+                    .zip(x.par_chunks(d.plane).zip(dy.par_chunks(d.plane)))
+                    .enumerate()
+                    .for_each(|(p, (dst, (xs, gs)))| {
+                        let (k, slope, mean, offset) = coeffs[p % d.c];
+                        for ((o, &xv), &g) in dst.iter_mut().zip(xs).zip(gs) {
+                            o.write(k * g + slope * (xv - mean) + offset);
+                        }
+                    })
+            })
+        };
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

@@ -13,8 +13,8 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::activation::fused_relu_grad;
-use super::contiguous_f32;
 use super::gemm::{channel_sums, sgemm, sgemm_new};
+use super::{contiguous_f32, new_filled};
 
 /// Square-kernel convolution geometry (no dilation, one group).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -390,12 +390,12 @@ fn plan(s: &Sizes) -> Plan {
 /// parallel when the plan says so; `per_image` is the length of one image's part of `out`.
 /// Each task gets two scratch buffers: the group's columns (`rows x group * positions`) and
 /// its output channels (`o x group * positions`: the GEMM result, or the gathered gradient).
-fn for_groups(
+fn for_groups<T: Send>(
     p: &Plan,
     s: &Sizes,
-    out: &mut [f32],
+    out: &mut [T],
     per_image: usize,
-    f: impl Fn(&mut (Scratch, Scratch), usize, &mut [f32]) + Sync + Send,
+    f: impl Fn(&mut (Scratch, Scratch), usize, &mut [T]) + Sync + Send,
 ) {
     let columns = p.group * s.positions();
     let init = || {
@@ -464,51 +464,56 @@ impl CustomOp3 for Conv2dOp {
         let ranges = tap_ranges(&s, g);
         let (in_len, pos, rows) = (s.c * s.h * s.w, s.positions(), s.rows());
         let relu = self.relu;
-        let mut y = vec![0f32; s.n * s.o * pos];
-        for_groups(&p, &s, &mut y, s.o * pos, |(col, out), gi, dst| {
-            let first = gi * p.group;
-            let count = p.group.min(s.n - first);
-            let ld = count * pos;
-            for j in 0..count {
-                im2col(
-                    &x[(first + j) * in_len..][..in_len],
-                    &s,
-                    g,
-                    &ranges,
-                    col,
-                    ld,
-                    j * pos,
-                );
-            }
-            // [o, count*pos] = [o, rows] . [rows, count*pos]
-            sgemm(
-                s.o,
-                ld,
-                rows,
-                w,
-                false,
-                col,
-                false,
-                out,
-                false,
-                p.gemm_threads,
-            );
-            for j in 0..count {
-                for (o, &b) in bias.iter().enumerate() {
-                    let src = &out[o * ld + j * pos..][..pos];
-                    let dst = &mut dst[(j * s.o + o) * pos..][..pos];
-                    if relu {
-                        for (d, &v) in dst.iter_mut().zip(src) {
-                            *d = (v + b).max(0.0);
-                        }
-                    } else {
-                        for (d, &v) in dst.iter_mut().zip(src) {
-                            *d = v + b;
+        // SAFETY: for_groups hands out every group's part of y, and the copy-out below writes
+        // all of it (each of its `count` images, channels and positions).
+        let y = unsafe {
+            new_filled(s.n * s.o * pos, |y| {
+                for_groups(&p, &s, y, s.o * pos, |(col, out), gi, dst| {
+                    let first = gi * p.group;
+                    let count = p.group.min(s.n - first);
+                    let ld = count * pos;
+                    for j in 0..count {
+                        im2col(
+                            &x[(first + j) * in_len..][..in_len],
+                            &s,
+                            g,
+                            &ranges,
+                            col,
+                            ld,
+                            j * pos,
+                        );
+                    }
+                    // [o, count*pos] = [o, rows] . [rows, count*pos]
+                    sgemm(
+                        s.o,
+                        ld,
+                        rows,
+                        w,
+                        false,
+                        col,
+                        false,
+                        out,
+                        false,
+                        p.gemm_threads,
+                    );
+                    for j in 0..count {
+                        for (o, &b) in bias.iter().enumerate() {
+                            let src = &out[o * ld + j * pos..][..pos];
+                            let dst = &mut dst[(j * s.o + o) * pos..][..pos];
+                            if relu {
+                                for (d, &v) in dst.iter_mut().zip(src) {
+                                    d.write((v + b).max(0.0));
+                                }
+                            } else {
+                                for (d, &v) in dst.iter_mut().zip(src) {
+                                    d.write(v + b);
+                                }
+                            }
                         }
                     }
-                }
-            }
-        });
+                });
+            })
+        };
         Ok((CpuStorage::F32(y), Shape::from((s.n, s.o, s.oh, s.ow))))
     }
 

@@ -10,7 +10,25 @@ mod gemm;
 pub mod linear;
 pub mod pool;
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Tensor};
+
+/// A new vector of `len` floats written by `fill`, without zero-filling it first (a kernel's
+/// output: the fill was one more pass over memory per op).
+///
+/// # Safety
+/// `fill` must write every element of the slice it is given.
+pub(crate) unsafe fn new_filled(
+    len: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]),
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: the capacity holds `len` elements, and the caller's `fill` wrote all of them.
+    unsafe { out.set_len(len) };
+    out
+}
 
 /// Whether `x` takes zoo's CPU kernels: f32 on the CPU.
 pub(crate) fn cpu_f32(x: &Tensor) -> bool {
