@@ -18,7 +18,8 @@ const CHUNK: usize = 1 << 15;
 /// `out[i] = f(a[i], b[i])` over equal-length slices, in parallel for large inputs.
 fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     assert_eq!(a.len(), b.len(), "zip_map: lengths differ");
-    let kernel = |(o, (a, b)): (&mut [MaybeUninit<f32>], (&[f32], &[f32]))| {
+    type Chunk<'a> = (&'a mut [MaybeUninit<f32>], (&'a [f32], &'a [f32]));
+    let kernel = |(o, (a, b)): Chunk| {
         for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
             o.write(f(a, b));
         }
