@@ -731,7 +731,12 @@ fn models_doc() -> Result<String> {
 fn main() -> Result<()> {
     // SAFETY: first thing in main, before any thread is spawned.
     unsafe { zoo_cli::runtime::configure_process() };
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    zoo_core::runtime::on_compute_thread(|| run(cli))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::Docs => {
             let path = project_root().join("docs/models.md");
             std::fs::write(&path, models_doc()?)

@@ -221,7 +221,12 @@ fn run_config(a: &TrainArgs) -> Result<RunConfig> {
 fn main() -> Result<()> {
     // SAFETY: first thing in main, before any thread is spawned.
     unsafe { zoo_cli::runtime::configure_process() };
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    zoo_core::runtime::on_compute_thread(|| run(cli))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::List => print!("{}", list_table()),
         Command::Summary { model, input, json } => {
             let input = input.as_deref().map(parse_input).transpose()?;

@@ -9,8 +9,10 @@
 /// `mimalloc` crate builds by default) and v2.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Sets the thread environment ([`zoo_core::runtime::configure_cpu_threads`]) and tells
-/// mimalloc to keep freed memory. Returns the thread count.
+/// Sets the thread environment ([`zoo_core::runtime::configure_cpu_threads`]), builds rayon's
+/// pool with main-thread-sized stacks (the binaries run their work on it:
+/// [`zoo_core::runtime::on_compute_thread`]) and tells mimalloc to keep freed memory. Returns
+/// the thread count.
 ///
 /// # Safety
 /// Call it first thing in `main`, before any other thread exists (it sets environment
@@ -19,5 +21,15 @@ pub unsafe fn configure_process() -> usize {
     // SAFETY: mi_option_set only stores the option's value.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     // SAFETY: the caller guarantees that no other thread exists yet.
-    unsafe { zoo_core::runtime::configure_cpu_threads() }
+    let threads = unsafe { zoo_core::runtime::configure_cpu_threads() };
+    // 8 MiB like a main thread (rayon's default is the 2 MiB of spawned threads); an error
+    // means the pool exists already, which only costs the larger stacks.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .stack_size(MAIN_STACK_BYTES)
+        .build_global();
+    threads
 }
+
+/// Stack size of rayon's threads, which run the binaries' whole work.
+const MAIN_STACK_BYTES: usize = 8 << 20;
