@@ -35,6 +35,43 @@ fn dims(op: &str, layout: &Layout) -> Result<Dims> {
     }
 }
 
+/// Lanes of the f64 sums below: independent running sums the compiler keeps in vector
+/// registers (one running sum is a chain of dependent additions, four cycles per element).
+const LANES: usize = 8;
+
+/// `sum(f(x))` over a slice in [`LANES`] f64 lanes.
+#[inline]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f64>() + chunks.remainder().iter().map(|&v| f(v)).sum::<f64>()
+}
+
+/// `(sum(dy), sum(dy * (x - mean)))` over two equal slices in [`LANES`] f64 lanes.
+#[inline]
+fn lane_grad_sums(x: &[f32], dy: &[f32], mean: f64) -> (f64, f64) {
+    let (mut sum_dy, mut sum_dy_dev) = ([0f64; LANES], [0f64; LANES]);
+    let (mut xs, mut gs) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
+    for (xc, gc) in (&mut xs).zip(&mut gs) {
+        for i in 0..LANES {
+            let g = gc[i] as f64;
+            sum_dy[i] += g;
+            sum_dy_dev[i] += g * (xc[i] as f64 - mean);
+        }
+    }
+    let (mut a, mut b) = (sum_dy.iter().sum::<f64>(), sum_dy_dev.iter().sum::<f64>());
+    for (&xv, &g) in xs.remainder().iter().zip(gs.remainder()) {
+        a += g as f64;
+        b += g as f64 * (xv as f64 - mean);
+    }
+    (a, b)
+}
+
 /// Per-channel mean and biased variance (two passes, f64 accumulation).
 fn channel_stats(x: &[f32], d: &Dims) -> Vec<(f64, f64)> {
     let count = (d.n * d.plane) as f64;
@@ -43,12 +80,9 @@ fn channel_stats(x: &[f32], d: &Dims) -> Vec<(f64, f64)> {
         .map(|c| {
             let planes =
                 || (0..d.n).map(move |n| &x[(n * d.c + c) * d.plane..(n * d.c + c + 1) * d.plane]);
-            let mean = planes()
-                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
-                .sum::<f64>()
-                / count;
+            let mean = planes().map(|p| lane_sum(p, |v| v as f64)).sum::<f64>() / count;
             let var = planes()
-                .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+                .map(|p| lane_sum(p, |v| (v as f64 - mean).powi(2)))
                 .sum::<f64>()
                 / count;
             (mean, var)
@@ -63,15 +97,14 @@ fn grad_sums(x: &[f32], dy: &[f32], stats: &[(f64, f64)], eps: f64, d: &Dims) ->
         .map(|c| {
             let (mean, var) = stats[c];
             let inv_std = 1.0 / (var + eps).sqrt();
-            let (mut sum_dy, mut sum_dy_xhat) = (0f64, 0f64);
+            let (mut sum_dy, mut sum_dy_dev) = (0f64, 0f64);
             for n in 0..d.n {
                 let range = (n * d.c + c) * d.plane..(n * d.c + c + 1) * d.plane;
-                for (&xv, &g) in x[range.clone()].iter().zip(&dy[range]) {
-                    sum_dy += g as f64;
-                    sum_dy_xhat += g as f64 * (xv as f64 - mean) * inv_std;
-                }
+                let (a, b) = lane_grad_sums(&x[range.clone()], &dy[range], mean);
+                sum_dy += a;
+                sum_dy_dev += b;
             }
-            (sum_dy, sum_dy_xhat)
+            (sum_dy, sum_dy_dev * inv_std)
         })
         .collect()
 }
