@@ -94,14 +94,16 @@ fn window_argmax(plane: &[f32], g: &Geometry, p: &Pool2dParams, oy: usize, ox: u
     let mut best = f32::NEG_INFINITY;
     let mut best_idx = y_lo * g.w + x_lo;
     for iy in y_lo..y_hi {
-        let row = &plane[iy * g.w..(iy + 1) * g.w];
-        for (ix, &v) in row.iter().enumerate().take(x_hi).skip(x_lo) {
-            if v > best || v.is_nan() {
-                best = v;
-                best_idx = iy * g.w + ix;
+        // The window's part of the row as one slice: no per-element skip/take bookkeeping.
+        let start = iy * g.w + x_lo;
+        for (j, &v) in plane[start..iy * g.w + x_hi.max(x_lo)].iter().enumerate() {
+            // `!(v <= best)`: greater, or NaN (which wins at once).
+            if !(v <= best) {
                 if v.is_nan() {
-                    return best_idx;
+                    return start + j;
                 }
+                best = v;
+                best_idx = start + j;
             }
         }
     }
