@@ -97,8 +97,8 @@ fn window_argmax(plane: &[f32], g: &Geometry, p: &Pool2dParams, oy: usize, ox: u
         // The window's part of the row as one slice: no per-element skip/take bookkeeping.
         let start = iy * g.w + x_lo;
         for (j, &v) in plane[start..iy * g.w + x_hi.max(x_lo)].iter().enumerate() {
-            // `!(v <= best)`: greater, or NaN (which wins at once).
-            if !(v <= best) {
+            // Greater, or NaN (which wins at once).
+            if v > best || v.is_nan() {
                 if v.is_nan() {
                     return start + j;
                 }
