@@ -97,6 +97,11 @@ enum Bench {
         /// side by side.
         #[arg(long)]
         torch: Option<String>,
+        /// Rounds over all cases: the table gives each round's ratio and the medians (this
+        /// VM's speed moves 10-30% over minutes, so one round can land in a slow phase on
+        /// either side).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
     },
     /// Loader images/s with and without augmentation, and the device transform (resize 32->224,
     /// normalise) images/s, on CIFAR-10 from the data root.
@@ -279,9 +284,15 @@ fn make_sample(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The median (the mean of the two middle values for an even count).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let mid = v.len() / 2;
+    if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    }
 }
 
 /// Peak resident memory of this process so far, in MiB (Linux `VmHWM`).
@@ -353,7 +364,9 @@ fn bench_models(
     only: Option<&str>,
     reference: bool,
     torch: Option<&str>,
+    repeat: usize,
 ) -> Result<()> {
+    anyhow::ensure!(steps > 0, "bench models: --steps must be at least 1");
     let device = candle_core::Device::Cpu;
     println!(
         "batch {batch}, median of {steps} steps after 1 warm-up; RAYON_NUM_THREADS={}",
@@ -361,9 +374,15 @@ fn bench_models(
     );
     let mut rows = Vec::new();
     let mut torch_rows: Vec<BenchRow> = Vec::new();
-    for entry in registry() {
-        if only.is_some_and(|o| !o.split(',').any(|m| m == entry.name)) {
-            continue;
+    let rounds = repeat.max(1);
+    let entries: Vec<_> = registry()
+        .iter()
+        .filter(|e| only.is_none_or(|o| o.split(',').any(|m| m == e.name)))
+        .collect();
+    let cases = (0..rounds).flat_map(|round| entries.iter().map(move |e| (round, *e)));
+    for (round, entry) in cases {
+        if rounds > 1 && std::ptr::eq(entry, entries[0]) {
+            println!("-- round {} of {rounds}", round + 1);
         }
         let mut sizes = vec![entry.cpu_input_size()];
         if reference {
@@ -423,27 +442,58 @@ fn bench_models(
             rows.push(row);
         }
     }
+    // One line per case, medians over the rounds; the ratio column lists each round's.
+    let mut keys: Vec<(String, usize)> = Vec::new();
+    for r in &rows {
+        if !keys.contains(&(r.model.clone(), r.size)) {
+            keys.push((r.model.clone(), r.size));
+        }
+    }
+    let of = |list: &[BenchRow], key: &(String, usize)| -> Vec<(f64, f64, f64)> {
+        list.iter()
+            .filter(|r| r.model == key.0 && r.size == key.1)
+            .map(|r| (r.train, r.infer, r.peak_mib))
+            .collect()
+    };
     println!(
         "\n| model | input | zoo train img/s | PyTorch train img/s | train ratio | zoo infer img/s | PyTorch infer img/s | infer ratio | zoo peak MiB |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &rows {
-        let t = torch_rows
-            .iter()
-            .find(|t| t.model == r.model && t.size == r.size);
-        let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
-        let ratio = |a: f64, b: Option<f64>| b.map_or("-".to_string(), |b| format!("{:.2}", a / b));
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    let med = |v: Vec<f64>| (!v.is_empty()).then(|| median(v));
+    for key in &keys {
+        let (zoo, torch) = (of(&rows, key), of(&torch_rows, key));
+        // Ratios of the rounds that measured both sides; with several, "each; median".
+        let ratio = |pick: fn(&(f64, f64, f64)) -> f64| {
+            let each: Vec<f64> = zoo
+                .iter()
+                .zip(&torch)
+                .map(|(z, t)| pick(z) / pick(t))
+                .collect();
+            match each.len() {
+                0 => "-".to_string(),
+                1 => format!("{:.2}", each[0]),
+                _ => format!(
+                    "{}; **{:.2}**",
+                    each.iter()
+                        .map(|r| format!("{r:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    median(each.clone())
+                ),
+            }
+        };
         println!(
-            "| `{}` | {} | {:.1} | {} | {} | {:.1} | {} | {} | {:.0} |",
-            r.model,
-            r.size,
-            r.train,
-            fmt(t.map(|t| t.train)),
-            ratio(r.train, t.map(|t| t.train)),
-            r.infer,
-            fmt(t.map(|t| t.infer)),
-            ratio(r.infer, t.map(|t| t.infer)),
-            r.peak_mib
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            key.0,
+            key.1,
+            fmt(med(zoo.iter().map(|r| r.0).collect())),
+            fmt(med(torch.iter().map(|r| r.0).collect())),
+            ratio(|r| r.0),
+            fmt(med(zoo.iter().map(|r| r.1).collect())),
+            fmt(med(torch.iter().map(|r| r.1).collect())),
+            ratio(|r| r.1),
+            zoo.iter().map(|r| r.2).fold(0.0, f64::max)
         );
     }
     Ok(())
@@ -451,6 +501,7 @@ fn bench_models(
 
 /// Milliseconds of `f`, the median of `steps` runs after one warm-up.
 fn median_ms(steps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    anyhow::ensure!(steps > 0, "--steps must be at least 1");
     f()?;
     let mut t = Vec::new();
     for _ in 0..steps {
@@ -799,6 +850,7 @@ fn run(cli: Cli) -> Result<()> {
                     only,
                     reference,
                     torch,
+                    repeat,
                 },
         } => bench_models(
             batch_size,
@@ -806,6 +858,7 @@ fn run(cli: Cli) -> Result<()> {
             only.as_deref(),
             reference,
             torch.as_deref(),
+            repeat,
         )?,
         Command::Bench {
             what: Bench::Data {
