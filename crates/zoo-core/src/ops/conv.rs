@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::activation::fused_relu_grad;
 use super::gemm::{channel_sums, sgemm, sgemm_new};
-use super::{contiguous_f32, new_filled};
+use super::{contiguous_f32, new_filled, zeroed};
 
 /// Square-kernel convolution geometry (no dilation, one group).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -598,37 +598,37 @@ impl CustomOp2 for Conv2dInputGradOp {
         let p = plan(&s);
         let ranges = tap_ranges(&s, g);
         let (in_len, pos, rows) = (s.c * s.h * s.w, s.positions(), s.rows());
-        let mut dx = vec![0f32; s.n * in_len];
-        for_groups(&p, &s, &mut dx, in_len, |(col, dy_group), gi, dst| {
-            let first = gi * p.group;
-            let count = p.group.min(s.n - first);
-            let ld = count * pos;
-            gather_dy(dy, &s, first, count, dy_group);
-            // [rows, count*pos] = [o, rows]^T . [o, count*pos]
-            sgemm(
-                rows,
-                ld,
-                s.o,
-                w,
-                true,
-                dy_group,
-                false,
-                col,
-                false,
-                p.gemm_threads,
-            );
-            for j in 0..count {
-                col2im(
-                    col,
-                    &s,
-                    g,
-                    &ranges,
-                    &mut dst[j * in_len..][..in_len],
-                    ld,
-                    j * pos,
-                );
-            }
-        });
+        // Each image's gradient is zeroed by its own task right before col2im adds into it
+        // (in cache), not by one zero-filled allocation of the whole batch up front.
+        // SAFETY: for_groups hands out every group's part of dx, and each of its `count`
+        // images is zeroed whole below.
+        let dx = unsafe {
+            new_filled(s.n * in_len, |dx| {
+                for_groups(&p, &s, dx, in_len, |(col, dy_group), gi, dst| {
+                    let first = gi * p.group;
+                    let count = p.group.min(s.n - first);
+                    let ld = count * pos;
+                    gather_dy(dy, &s, first, count, dy_group);
+                    // [rows, count*pos] = [o, rows]^T . [o, count*pos]
+                    sgemm(
+                        rows,
+                        ld,
+                        s.o,
+                        w,
+                        true,
+                        dy_group,
+                        false,
+                        col,
+                        false,
+                        p.gemm_threads,
+                    );
+                    for j in 0..count {
+                        let image = zeroed(&mut dst[j * in_len..][..in_len]);
+                        col2im(col, &s, g, &ranges, image, ld, j * pos);
+                    }
+                });
+            })
+        };
         Ok((CpuStorage::F32(dx), Shape::from(self.input.as_slice())))
     }
 }

@@ -30,6 +30,15 @@ pub(crate) unsafe fn new_filled(
     out
 }
 
+/// Writes zeros into `buf` and returns it as the initialised slice it now is.
+pub(crate) fn zeroed(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    for v in buf.iter_mut() {
+        v.write(0.0);
+    }
+    // SAFETY: every element was just written; MaybeUninit<f32> has f32's layout.
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<f32>(), buf.len()) }
+}
+
 /// Whether `x` takes zoo's CPU kernels: f32 on the CPU.
 pub(crate) fn cpu_f32(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
