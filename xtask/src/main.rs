@@ -473,14 +473,10 @@ fn bench_models(
             match each.len() {
                 0 => "-".to_string(),
                 1 => format!("{:.2}", each[0]),
-                _ => format!(
-                    "{}; **{:.2}**",
-                    each.iter()
-                        .map(|r| format!("{r:.2}"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    median(each.clone())
-                ),
+                _ => {
+                    let listed: Vec<String> = each.iter().map(|r| format!("{r:.2}")).collect();
+                    format!("{}; **{:.2}**", listed.join(", "), median(each))
+                }
             }
         };
         println!(
