@@ -1,9 +1,10 @@
-"""PyTorch side of `cargo xtask bench ops --torch PYTHON`: 3x3 convolutions (padding 1, with
-bias) on the given shapes, forward and forward + backward (`y.sum().backward()`, gradients of
-input, weight and bias), median of the steps after one warm-up, in milliseconds.
+"""PyTorch side of `cargo xtask bench ops --torch PYTHON`: convolutions with bias on the given
+shapes, forward and forward + backward (`y.sum().backward()`, gradients of input, weight and
+bias), median of the steps after one warm-up, in milliseconds.
 
-Prints one line per case: RESULT conv <n>x<c>x<h>x<w> <out> <forward ms> <forward+backward ms>.
-Usage: python scripts/bench_conv_torch.py --steps 10 --cases 32x64x8x8:64,32x128x4x4:128
+A case is NxCxHxW:OUT[:KERNEL:STRIDE:PADDING] (default 3:1:1). Prints one line per case:
+RESULT conv <case as given> <forward ms> <forward+backward ms>.
+Usage: python scripts/bench_conv_torch.py --steps 10 --cases 32x64x8x8:64,32x3x67x67:96:11:4:0
 """
 import argparse
 import statistics
@@ -26,14 +27,15 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--cases", required=True, help="NxCxHxW:OUT,...")
+    p.add_argument("--cases", required=True, help="NxCxHxW:OUT[:K:S:P],...")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     for case in a.cases.split(","):
-        shape, out = case.split(":")
+        shape, out, *geometry = case.split(":")
+        k, stride, padding = map(int, geometry) if geometry else (3, 1, 1)
         n, c, h, w = map(int, shape.split("x"))
-        conv = torch.nn.Conv2d(c, int(out), 3, padding=1)
+        conv = torch.nn.Conv2d(c, int(out), k, stride=stride, padding=padding)
         x = torch.randn(n, c, h, w, requires_grad=True)
 
         def forward():
@@ -45,7 +47,7 @@ def main():
 
         fwd = median_ms(forward, a.steps)
         both = median_ms(train, a.steps)
-        print(f"RESULT conv {shape} {out} {fwd:.3f} {both:.3f}", flush=True)
+        print(f"RESULT conv {case} {fwd:.3f} {both:.3f}", flush=True)
 
 
 if __name__ == "__main__":

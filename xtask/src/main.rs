@@ -68,13 +68,13 @@ enum Command {
 #[derive(Subcommand)]
 enum Bench {
     /// zoo-core's CPU ops against candle's composition: training-mode BatchNorm forward +
-    /// backward (32x64x24x24), max pooling 3/2/1 forward + backward (32x64x48x48); and 3x3
-    /// convolutions at the shapes of the `cpu` preset's ResNet-18 and VGG-11, against PyTorch
-    /// with `--torch`.
+    /// backward (32x64x24x24), max pooling 3/2/1 forward + backward (32x64x48x48); and the
+    /// convolutions of the `cpu` preset's ResNet-18, VGG-11 (3x3) and NiN (all), against
+    /// PyTorch with `--torch`.
     Ops {
         #[arg(long, default_value_t = 10)]
         steps: usize,
-        /// A Python with torch: also time PyTorch's 3x3 convolutions on the same shapes
+        /// A Python with torch: also time PyTorch's convolutions on the same shapes
         /// (scripts/bench_conv_torch.py) and print them beside zoo's.
         #[arg(long)]
         torch: Option<String>,
@@ -570,28 +570,45 @@ fn bench_ops(steps: usize, torch: Option<&str>) -> Result<()> {
 
 /// 3x3 convolutions (padding 1, bias) of batch 32 at the `cpu` preset's sizes: zoo's kernel,
 /// forward and forward + backward, beside PyTorch's (oneDNN) when a Python with torch is given.
+/// A convolution case of `bench ops`: input shape, output channels, kernel, stride, padding.
+type ConvCase = ([usize; 4], usize, usize, usize, usize);
+
+/// The convolutions `bench ops` times: the 3x3s of the `cpu` preset's ResNet-18 and VGG-11,
+/// and every convolution of its NiN (11x11 stride 4, 5x5, 3x3 and the 1x1s), batch 32.
+const CONV_CASES: [ConvCase; 12] = [
+    ([32, 64, 8, 8], 64, 3, 1, 1),
+    ([32, 128, 4, 4], 128, 3, 1, 1),
+    ([32, 256, 2, 2], 256, 3, 1, 1),
+    ([32, 512, 1, 1], 512, 3, 1, 1),
+    ([32, 64, 32, 32], 128, 3, 1, 1),
+    ([32, 256, 8, 8], 256, 3, 1, 1),
+    ([32, 3, 67, 67], 96, 11, 4, 0),
+    ([32, 96, 15, 15], 96, 1, 1, 0),
+    ([32, 96, 7, 7], 256, 5, 1, 2),
+    ([32, 256, 7, 7], 256, 1, 1, 0),
+    ([32, 256, 3, 3], 384, 3, 1, 1),
+    ([32, 384, 3, 3], 384, 1, 1, 0),
+];
+
+/// A case as `bench_conv_torch.py` takes it: `NxCxHxW:OUT:K:S:P`.
+fn conv_case_name((x, out, k, stride, padding): &ConvCase) -> String {
+    format!(
+        "{}x{}x{}x{}:{out}:{k}:{stride}:{padding}",
+        x[0], x[1], x[2], x[3]
+    )
+}
+
 fn bench_conv(steps: usize, torch: Option<&str>) -> Result<()> {
     use candle_core::{DType, Device, Var};
-    const CASES: [([usize; 4], usize); 6] = [
-        ([32, 64, 8, 8], 64),
-        ([32, 128, 4, 4], 128),
-        ([32, 256, 2, 2], 256),
-        ([32, 512, 1, 1], 512),
-        ([32, 64, 32, 32], 128),
-        ([32, 256, 8, 8], 256),
-    ];
     let time = |f: &mut dyn FnMut() -> Result<()>| median_ms(steps, f);
-    let geometry = zoo_core::ops::conv::ConvGeometry {
-        stride: 1,
-        padding: 1,
-    };
-    let name = |x: &[usize; 4]| format!("{}x{}x{}x{}", x[0], x[1], x[2], x[3]);
     let mut zoo_rows = Vec::new();
-    for (i, (shape, out)) in CASES.iter().enumerate() {
+    for (i, case) in CONV_CASES.iter().enumerate() {
+        let (shape, out, k, stride, padding) = *case;
         let c = shape[1];
-        let x = Var::from_tensor(&zoo_core::testing::test_input(shape, i as u64)?)?;
-        let w = Var::from_tensor(&zoo_core::testing::test_input(&[*out, c, 3, 3], 7)?)?;
-        let b = Var::from_tensor(&candle_core::Tensor::zeros(*out, DType::F32, &Device::Cpu)?)?;
+        let x = Var::from_tensor(&zoo_core::testing::test_input(&shape, i as u64)?)?;
+        let w = Var::from_tensor(&zoo_core::testing::test_input(&[out, c, k, k], 7)?)?;
+        let b = Var::from_tensor(&candle_core::Tensor::zeros(out, DType::F32, &Device::Cpu)?)?;
+        let geometry = zoo_core::ops::conv::ConvGeometry { stride, padding };
         let run = || {
             zoo_core::ops::conv::conv2d(
                 x.as_tensor(),
@@ -609,15 +626,12 @@ fn bench_conv(steps: usize, torch: Option<&str>) -> Result<()> {
             run()?.sum_all()?.backward()?;
             Ok(())
         })?;
-        zoo_rows.push((name(shape), *out, forward, both));
+        zoo_rows.push((conv_case_name(case), forward, both));
     }
-    let torch_rows: Vec<(String, usize, f64, f64)> = match torch {
+    let torch_rows: Vec<(String, f64, f64)> = match torch {
         None => Vec::new(),
         Some(python) => {
-            let cases: Vec<String> = CASES
-                .iter()
-                .map(|(shape, out)| format!("{}:{out}", name(shape)))
-                .collect();
+            let cases: Vec<String> = CONV_CASES.iter().map(conv_case_name).collect();
             let out = std::process::Command::new(python)
                 .arg(project_root().join("scripts/bench_conv_torch.py"))
                 .args(["--steps", &steps.to_string(), "--cases", &cases.join(",")])
@@ -631,35 +645,29 @@ fn bench_conv(steps: usize, torch: Option<&str>) -> Result<()> {
             let mut rows = Vec::new();
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 let f: Vec<&str> = line.split_whitespace().collect();
-                if f.len() != 6 || f[0] != "RESULT" {
+                if f.len() != 5 || f[0] != "RESULT" {
                     continue;
                 }
                 let parse = |v: &str| {
                     v.parse::<f64>()
                         .with_context(|| format!("bench_conv_torch.py: bad number in {line:?}"))
                 };
-                rows.push((
-                    f[2].to_string(),
-                    f[3].parse().with_context(|| {
-                        format!("bench_conv_torch.py: bad channels in {line:?}")
-                    })?,
-                    parse(f[4])?,
-                    parse(f[5])?,
-                ));
+                rows.push((f[2].to_string(), parse(f[3])?, parse(f[4])?));
             }
             rows
         }
     };
     println!(
-        "\n| 3x3 convolution, padding 1 | out | zoo forward ms | PyTorch forward ms | zoo fwd+bwd ms | PyTorch fwd+bwd ms |\n|---|---:|---:|---:|---:|---:|"
+        "\n| convolution (input:out:kernel:stride:padding) | zoo forward ms | PyTorch forward ms | zoo fwd+bwd ms | PyTorch fwd+bwd ms | fwd+bwd speed ratio |\n|---|---:|---:|---:|---:|---:|"
     );
-    for (shape, out, forward, both) in &zoo_rows {
-        let t = torch_rows.iter().find(|t| &t.0 == shape && t.1 == *out);
+    for (case, forward, both) in &zoo_rows {
+        let t = torch_rows.iter().find(|t| &t.0 == case);
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
         println!(
-            "| {shape} | {out} | {forward:.2} | {} | {both:.2} | {} |",
+            "| {case} | {forward:.2} | {} | {both:.2} | {} | {} |",
+            fmt(t.map(|t| t.1)),
             fmt(t.map(|t| t.2)),
-            fmt(t.map(|t| t.3))
+            fmt(t.map(|t| t.2 / both))
         );
     }
     Ok(())

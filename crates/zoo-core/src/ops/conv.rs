@@ -236,8 +236,9 @@ fn im2col(
                 if g.stride == 1 {
                     out[ox_lo..ox_hi].copy_from_slice(&line[r.ix0..r.ix0 + width]);
                 } else {
-                    for (i, o) in out[ox_lo..ox_hi].iter_mut().enumerate() {
-                        *o = line[r.ix0 + i * g.stride];
+                    let taken = line[r.ix0..].iter().step_by(g.stride);
+                    for (o, &v) in out[ox_lo..ox_hi].iter_mut().zip(taken) {
+                        *o = v;
                     }
                 }
             }
@@ -281,8 +282,9 @@ fn col2im(
                         *d += v;
                     }
                 } else {
-                    for (i, &v) in src.iter().enumerate() {
-                        line[r.ix0 + i * g.stride] += v;
+                    let targets = line[r.ix0..].iter_mut().step_by(g.stride);
+                    for (d, &v) in targets.zip(src) {
+                        *d += v;
                     }
                 }
             }
