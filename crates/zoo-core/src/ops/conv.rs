@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::activation::fused_relu_grad;
 use super::gemm::{channel_sums, sgemm, sgemm_new};
-use super::{contiguous_f32, new_filled, zeroed};
+use super::{contiguous_f32, new_filled, tiled, zeroed};
 
 /// Square-kernel convolution geometry (no dilation, one group).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -419,6 +419,59 @@ fn for_groups<T: Send>(
     }
 }
 
+/// The tile micro-kernels when this CPU has them and the forward takes the tiled path: a
+/// kernel larger than 1x1 (a 1x1's im2col is a plain copy) that reaches padding in at least
+/// `MIN_TILED_PADDING` of its multiply-adds, with every tap used (where only some are, as on
+/// 1x1 maps, the GEMM path already drops the others). Measured with `bench ops`: NiN's 5x5 on
+/// 7x7 (31% padding) forward 11.3 -> 7.9 ms, 3x3s on 2x2 (56%) 1.20 -> 1.01 ms; on 32x32 maps
+/// (4%) the GEMM path was faster (26 against 32 ms). Not too many weights either
+/// (`MAX_TILED_WEIGHTS`).
+fn tiled_kernels(s: &Sizes, g: ConvGeometry) -> Option<tiled::TileKernels> {
+    static KERNELS: std::sync::OnceLock<Option<tiled::TileKernels>> = std::sync::OnceLock::new();
+    if s.k == 1 || !s.all_taps() || s.o * s.c * s.k * s.k > MAX_TILED_WEIGHTS {
+        return None;
+    }
+    let shape = tiled_shape(s, g);
+    let reached: usize = shape
+        .classes()
+        .iter()
+        .map(|cl| {
+            (cl.oy.1 - cl.oy.0) * (cl.ox.1 - cl.ox.0) * (cl.ky.1 - cl.ky.0) * (cl.kx.1 - cl.kx.0)
+        })
+        .sum();
+    let all = s.positions() * s.k * s.k;
+    if (reached as f64) > (1.0 - MIN_TILED_PADDING) * all as f64 {
+        return None;
+    }
+    *KERNELS.get_or_init(tiled::TileKernels::detect)
+}
+
+/// Share of a convolution's im2col multiply-adds that must be with padding for the tiled
+/// forward.
+const MIN_TILED_PADDING: f64 = 0.2;
+/// The most weights the tiled forward takes: they are read again for every chunk of panels,
+/// and VGG-11's 512-channel 3x3s (2.4M weights, on 4x4 and 2x2 maps) ran slower tiled (`bench
+/// models --only vgg11` inference 431 -> 388 img/s, best of three).
+const MAX_TILED_WEIGHTS: usize = 1 << 20;
+
+fn tiled_shape(s: &Sizes, g: ConvGeometry) -> tiled::Shape {
+    tiled::Shape {
+        c: s.c,
+        h: s.h,
+        w: s.w,
+        o: s.o,
+        k: s.k,
+        oh: s.oh,
+        ow: s.ow,
+        g,
+    }
+}
+
+/// Images per task on the tiled path: the batch split evenly over the threads.
+fn tiled_group(s: &Sizes) -> usize {
+    s.n.div_ceil(rayon::current_num_threads().max(1)).max(1)
+}
+
 struct Conv2dOp {
     geometry: ConvGeometry,
     relu: bool,
@@ -448,12 +501,6 @@ impl CustomOp3 for Conv2dOp {
         let bias = contiguous_f32(self.name(), s3, l3)?;
         let g = self.geometry;
         let s = Sizes::new(self.name(), l1.dims(), l2.dims(), g)?;
-        let selected =
-            (!s.all_taps()).then(|| std::sync::Arc::new(s.selected_weights(w).into_owned()));
-        if let (Some(selected), Ok(mut slot)) = (&selected, self.selected.lock()) {
-            *slot = Some(selected.clone());
-        }
-        let w = selected.as_deref().map_or(w, Vec::as_slice);
         if bias.len() != s.o {
             candle_core::bail!(
                 "{}: expected a bias of {} values, got shape {:?}",
@@ -462,6 +509,34 @@ impl CustomOp3 for Conv2dOp {
                 l3.dims()
             )
         }
+        if let Some(kernels) = tiled_kernels(&s, g) {
+            let shape = tiled_shape(&s, g);
+            let wt = tiled::pack_weights_by_tile(w, &shape);
+            let classes = shape.classes();
+            let (group, per_image) = (tiled_group(&s), s.o * s.positions());
+            let relu = self.relu;
+            // SAFETY: forward_group writes every element of its images' part of y.
+            let y = unsafe {
+                new_filled(s.n * per_image, |y| {
+                    y.par_chunks_mut(group * per_image)
+                        .enumerate()
+                        .for_each(|(gi, dst)| {
+                            let first = gi * group;
+                            let count = group.min(s.n - first);
+                            tiled::forward_group(
+                                kernels, &shape, &classes, x, &wt, bias, relu, first, count, dst,
+                            )
+                        })
+                })
+            };
+            return Ok((CpuStorage::F32(y), Shape::from((s.n, s.o, s.oh, s.ow))));
+        }
+        let selected =
+            (!s.all_taps()).then(|| std::sync::Arc::new(s.selected_weights(w).into_owned()));
+        if let (Some(selected), Ok(mut slot)) = (&selected, self.selected.lock()) {
+            *slot = Some(selected.clone());
+        }
+        let w = selected.as_deref().map_or(w, Vec::as_slice);
         let p = plan(&s);
         let ranges = tap_ranges(&s, g);
         let (in_len, pos, rows) = (s.c * s.h * s.w, s.positions(), s.rows());
@@ -823,6 +898,17 @@ mod tests {
             ([3, 4, 2, 2], 6, 3, 2, 1),
             ([2, 3, 1, 1], 4, 5, 1, 2),
             ([2, 3, 1, 3], 4, 3, 1, 1),
+            // The tiled forward (a fifth or more of the multiply-adds on padding): 2x2 and 3x3
+            // maps, NiN's 5x5 on 7x7, stride 2, padding 2 (border outputs read only padding),
+            // a partial last panel, more images than threads.
+            ([2, 3, 2, 2], 4, 3, 1, 1),
+            ([3, 5, 3, 3], 7, 3, 1, 1),
+            ([2, 4, 7, 7], 5, 5, 1, 2),
+            ([2, 3, 7, 7], 4, 3, 2, 1),
+            ([2, 2, 5, 6], 3, 3, 1, 2),
+            ([11, 3, 4, 4], 5, 3, 1, 1),
+            ([2, 3, 2, 2], 3, 3, 1, 2),
+            ([2, 3, 2, 2], 3, 3, 1, 3),
         ] {
             let c = x_shape[1];
             let x = Var::from_tensor(&test_input(&x_shape, 1).unwrap()).unwrap();

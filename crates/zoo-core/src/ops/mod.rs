@@ -9,6 +9,7 @@ pub mod conv;
 mod gemm;
 pub mod linear;
 pub mod pool;
+mod tiled;
 
 use std::mem::MaybeUninit;
 

@@ -1,0 +1,386 @@
+//! Convolution forward as register-tile products over packed panels, with no multiply-add on padding.
+//!
+//! The im2col + GEMM path multiplies every kernel tap at every output position, padding
+//! included (a 5x5 kernel with padding 2 on a 7x7 map: 31% of the multiply-adds are with
+//! zeros), and the gemm crate packs both operands again on every call. Here the output positions
+//! of a group of images are sorted into classes, the rectangles of positions that reach the
+//! input through the same kernel rows and columns; positions are packed 16 (the tile height) at
+//! a time with only their class's taps, the weights are packed once per op as `(ky, kx, c, o)`,
+//! and the gemm crate's FMA micro-kernels multiply a panel by the weights one kernel row at a
+//! time, accumulating in the output tile.
+
+use gemm_common::microkernel::MicroKernelFn;
+
+use super::conv::ConvGeometry;
+
+/// The micro-kernels: AVX2 + FMA on x86-64 (16 x 6 tiles); `None` elsewhere, where the
+/// convolution keeps its im2col + GEMM path.
+#[derive(Clone, Copy)]
+pub(crate) struct TileKernels {
+    /// `[rows / 8 - 1][columns - 1]`.
+    table: &'static [[MicroKernelFn<f32>; NR]; 2],
+}
+
+/// Tile height (output positions, two 8-lane vectors) and width (output channels).
+pub(crate) const MR: usize = 16;
+const NR: usize = 6;
+
+impl TileKernels {
+    /// The kernels this CPU runs, if any.
+    pub(crate) fn detect() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Some(Self {
+                    table: &gemm_f32::microkernel::fma::f32::UKR,
+                });
+            }
+        }
+        None
+    }
+
+    /// `dst (m x n) = a . b` or `dst += a . b`, for `a` an `m x k` packed panel (column `k` at
+    /// `a + k * MR`, `m <= MR`) and `b` a `k x n` matrix at `b + k * b_rs + j * b_cs`
+    /// (`n <= NR`); `dst` is column-major with column stride `dst_cs`.
+    ///
+    /// # Safety
+    /// `a` must be valid for `k * MR` reads, `b` for reads of all `k x NR` elements its strides
+    /// describe (the kernel reads whole tiles), `dst` for `m x n` reads and writes.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        dst_cs: usize,
+        a: *const f32,
+        b: *const f32,
+        b_rs: usize,
+        b_cs: usize,
+        accumulate: bool,
+    ) {
+        let f = self.table[m.div_ceil(8) - 1][n - 1];
+        // SAFETY: the caller's guarantees; the table holds kernels for this CPU (detect).
+        unsafe {
+            f(
+                m,
+                n,
+                k,
+                dst,
+                a,
+                b,
+                dst_cs as isize,
+                1,
+                MR as isize,
+                b_rs as isize,
+                b_cs as isize,
+                if accumulate { 1.0 } else { 0.0 },
+                1.0,
+                u8::from(accumulate),
+                false,
+                false,
+                false,
+                a,
+            )
+        }
+    }
+}
+
+/// A rectangle of output positions that reach the input through kernel rows `ky` and columns
+/// `kx` (half-open ranges), and only those.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Class {
+    pub oy: (usize, usize),
+    pub ox: (usize, usize),
+    pub ky: (usize, usize),
+    pub kx: (usize, usize),
+}
+
+/// Geometry of one convolution: `(c, h, w)` input images, `o` channels out, `k x k` kernel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub k: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub g: ConvGeometry,
+}
+
+/// Runs of outputs along one axis that reach the input through the same kernel offsets: for
+/// output `i`, offsets `padding - i * stride <= t < len + padding - i * stride`, within `k`.
+fn runs(
+    out: usize,
+    len: usize,
+    k: usize,
+    g: ConvGeometry,
+) -> Vec<((usize, usize), (usize, usize))> {
+    let mut runs: Vec<((usize, usize), (usize, usize))> = Vec::new();
+    for i in 0..out {
+        let top = i * g.stride;
+        let lo = g.padding.saturating_sub(top).min(k);
+        let hi = (len + g.padding).saturating_sub(top).min(k).max(lo);
+        match runs.last_mut() {
+            Some((outs, taps)) if *taps == (lo, hi) => outs.1 = i + 1,
+            _ => runs.push(((i, i + 1), (lo, hi))),
+        }
+    }
+    runs
+}
+
+impl Shape {
+    /// The classes, row runs times column runs (classes that reach no input are left out: their
+    /// outputs are the bias alone).
+    pub(crate) fn classes(&self) -> Vec<Class> {
+        let rows = runs(self.oh, self.h, self.k, self.g);
+        let cols = runs(self.ow, self.w, self.k, self.g);
+        let mut out = Vec::new();
+        for &(oy, ky) in &rows {
+            for &(ox, kx) in &cols {
+                if ky.0 < ky.1 && kx.0 < kx.1 {
+                    out.push(Class { oy, ox, ky, kx });
+                }
+            }
+        }
+        out
+    }
+    fn positions(&self) -> usize {
+        self.oh * self.ow
+    }
+    fn in_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+}
+
+/// The weights as the forward reads them: per tile of `NR` output channels, `(ky, kx, c)` rows
+/// of `NR` values (zeros past the last channel).
+pub(crate) fn pack_weights_by_tile(w: &[f32], s: &Shape) -> Vec<f32> {
+    let (o, c, kk) = (s.o, s.c, s.k * s.k);
+    let rows = kk * c;
+    let mut out = vec![0f32; o.div_ceil(NR) * rows * NR];
+    for (ti, tile) in out.chunks_mut(rows * NR).enumerate() {
+        for (j, oi) in (ti * NR..(ti * NR + NR).min(o)).enumerate() {
+            for ci in 0..c {
+                let src = &w[(oi * c + ci) * kk..][..kk];
+                for (t, &v) in src.iter().enumerate() {
+                    tile[(t * c + ci) * NR + j] = v;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One panel: up to `MR` positions of one class, as `(image within the group, oy, ox)`, with the
+/// input offset each reads at tap (0, 0) of channel 0 (may be negative: padding).
+struct Panel {
+    class: usize,
+    len: usize,
+    origin: [isize; MR],
+    image: [usize; MR],
+    out_pos: [usize; MR],
+}
+
+/// The panels of `count` images: class by class, image by image, row-major in a class.
+fn panels(s: &Shape, classes: &[Class], first: usize, count: usize) -> Vec<Panel> {
+    let mut out = Vec::new();
+    for (ci, cl) in classes.iter().enumerate() {
+        let mut cur: Option<Panel> = None;
+        for j in first..first + count {
+            for oy in cl.oy.0..cl.oy.1 {
+                for ox in cl.ox.0..cl.ox.1 {
+                    let p = cur.get_or_insert(Panel {
+                        class: ci,
+                        len: 0,
+                        origin: [0; MR],
+                        image: [0; MR],
+                        out_pos: [0; MR],
+                    });
+                    let iy = (oy * s.g.stride) as isize - s.g.padding as isize;
+                    let ix = (ox * s.g.stride) as isize - s.g.padding as isize;
+                    p.origin[p.len] = (j * s.in_len()) as isize + iy * s.w as isize + ix;
+                    p.image[p.len] = j;
+                    p.out_pos[p.len] = oy * s.ow + ox;
+                    p.len += 1;
+                    if p.len == MR {
+                        out.extend(cur.take());
+                    }
+                }
+            }
+        }
+        out.extend(cur.take());
+    }
+    out
+}
+
+/// Packs a panel's columns: `dst[r * MR + i]` for row `r = (ky, kx, c)` of its class, zero in
+/// the lanes past its length.
+fn pack_panel(x: &[f32], s: &Shape, cl: &Class, p: &Panel, dst: &mut [f32]) {
+    let plane = s.h * s.w;
+    let mut r = 0;
+    for ky in cl.ky.0..cl.ky.1 {
+        for kx in cl.kx.0..cl.kx.1 {
+            let tap = (ky * s.w + kx) as isize;
+            for c in 0..s.c {
+                let base = tap + (c * plane) as isize;
+                let lanes = &mut dst[r * MR..][..MR];
+                for (i, v) in lanes.iter_mut().enumerate().take(p.len) {
+                    // In the input by the class: every position of it reads the input here.
+                    *v = x[(p.origin[i] + base) as usize];
+                }
+                lanes[p.len..].fill(0.0);
+                r += 1;
+            }
+        }
+    }
+}
+
+/// Packed columns kept per chunk of panels (a chunk's panels are multiplied by each weight
+/// tile in turn while they stay in the L2 cache).
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// The forward `y = conv(x, w) + bias` (ReLU'd when asked) of images `first..first + count`
+/// into `y` (those images' part of the output), with weights packed by tile (`wt`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_group(
+    kernels: TileKernels,
+    s: &Shape,
+    classes: &[Class],
+    x: &[f32],
+    wt: &[f32],
+    bias: &[f32],
+    relu: bool,
+    first: usize,
+    count: usize,
+    y: &mut [std::mem::MaybeUninit<f32>],
+) {
+    let pos = s.positions();
+    // Positions no class covers read only padding: their output is the bias.
+    if classes
+        .iter()
+        .map(|cl| (cl.oy.1 - cl.oy.0) * (cl.ox.1 - cl.ox.0))
+        .sum::<usize>()
+        < pos
+    {
+        for j in 0..count {
+            for (o, &b) in bias.iter().enumerate() {
+                let v = if relu { b.max(0.0) } else { b };
+                for d in &mut y[(j * s.o + o) * pos..][..pos] {
+                    d.write(v);
+                }
+            }
+        }
+    }
+    let panels = panels(s, classes, first, count);
+    let rows = s.k * s.k * s.c;
+    // A panel's slot holds its class's rows; the chunk is as many panels as the budget holds
+    // at the largest class.
+    let class_rows = |cl: &Class| (cl.ky.1 - cl.ky.0) * (cl.kx.1 - cl.kx.0) * s.c;
+    let slot = classes.iter().map(class_rows).max().unwrap_or(0).max(1) * MR;
+    let chunk = (CHUNK_BYTES / (slot * 4)).clamp(1, 64);
+    let mut packed = vec![0f32; chunk.min(panels.len()) * slot];
+    let mut tiles = vec![0f32; chunk.min(panels.len()) * s.o.div_ceil(NR) * NR * MR];
+    let tile_len = s.o.div_ceil(NR) * NR * MR;
+    for ch in panels.chunks(chunk) {
+        for (pi, p) in ch.iter().enumerate() {
+            pack_panel(x, s, &classes[p.class], p, &mut packed[pi * slot..][..slot]);
+        }
+        for (ti, w_tile) in wt.chunks(rows * NR).enumerate() {
+            let n = NR.min(s.o - ti * NR);
+            for (pi, p) in ch.iter().enumerate() {
+                let cl = &classes[p.class];
+                let seg = (cl.kx.1 - cl.kx.0) * s.c;
+                for (t, ky) in (cl.ky.0..cl.ky.1).enumerate() {
+                    let k_first = (ky * s.k + cl.kx.0) * s.c;
+                    // SAFETY: the panel's slot holds its class's rows (seg per kernel row) of
+                    // MR values; the weight tile holds rows * NR values and reads rows
+                    // k_first..k_first + seg; the tile buffer holds tile_len per panel.
+                    unsafe {
+                        kernels.tile(
+                            p.len,
+                            n,
+                            seg,
+                            tiles.as_mut_ptr().add(pi * tile_len + ti * NR * MR),
+                            MR,
+                            packed.as_ptr().add(pi * slot + t * seg * MR),
+                            w_tile.as_ptr().add(k_first * NR),
+                            NR,
+                            1,
+                            t > 0,
+                        )
+                    }
+                }
+            }
+        }
+        for (pi, p) in ch.iter().enumerate() {
+            let tile = &tiles[pi * tile_len..][..tile_len];
+            for (o, &b) in bias.iter().enumerate() {
+                let lanes = &tile[o * MR..][..p.len];
+                let at = |i: usize| ((p.image[i] - first) * s.o + o) * pos + p.out_pos[i];
+                for (i, &v) in lanes.iter().enumerate() {
+                    let v = v + b;
+                    y[at(i)].write(if relu { v.max(0.0) } else { v });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_are_the_rectangles_that_reach_the_same_taps() {
+        let shape = |h: usize, k: usize, stride: usize, padding: usize| {
+            let out = (h + 2 * padding - k) / stride + 1;
+            Shape {
+                c: 1,
+                h,
+                w: h,
+                o: 1,
+                k,
+                oh: out,
+                ow: out,
+                g: ConvGeometry { stride, padding },
+            }
+        };
+        // 3x3 with padding 1 on 2x2: four corners, each reaching 2x2 taps.
+        let classes = shape(2, 3, 1, 1).classes();
+        assert_eq!(classes.len(), 4);
+        assert_eq!(
+            classes[0],
+            Class {
+                oy: (0, 1),
+                ox: (0, 1),
+                ky: (1, 3),
+                kx: (1, 3)
+            }
+        );
+        // NiN's 5x5 with padding 2 on 7x7: 5 row runs x 5 column runs, the centre 3x3 reaching
+        // every tap; 29 of 35 taps per axis on average.
+        let classes = shape(7, 5, 1, 2).classes();
+        assert_eq!(classes.len(), 25);
+        assert!(classes.contains(&Class {
+            oy: (2, 5),
+            ox: (2, 5),
+            ky: (0, 5),
+            kx: (0, 5)
+        }));
+        let reached: usize = classes
+            .iter()
+            .map(|c| (c.oy.1 - c.oy.0) * (c.ox.1 - c.ox.0) * (c.ky.1 - c.ky.0) * (c.kx.1 - c.kx.0))
+            .sum();
+        assert_eq!(reached, 29 * 29);
+        // Padding 3 with a 3x3 on 2x2 (6x6 outputs): the border outputs read only padding and
+        // are left out.
+        let classes = shape(2, 3, 1, 3).classes();
+        assert!(classes.iter().all(|c| c.oy.0 >= 1 && c.oy.1 <= 5));
+        assert_eq!(classes.iter().map(|c| c.oy.0).min(), Some(1));
+    }
+}
