@@ -419,13 +419,13 @@ fn for_groups<T: Send>(
     }
 }
 
-/// The tile micro-kernels when this CPU has them and the forward takes the tiled path: a
-/// kernel larger than 1x1 (a 1x1's im2col is a plain copy) that reaches padding in at least
-/// `MIN_TILED_PADDING` of its multiply-adds, with every tap used (where only some are, as on
-/// 1x1 maps, the GEMM path already drops the others). Measured with `bench ops`: NiN's 5x5 on
-/// 7x7 (31% padding) forward 11.3 -> 7.9 ms, 3x3s on 2x2 (56%) 1.20 -> 1.01 ms; on 32x32 maps
-/// (4%) the GEMM path was faster (26 against 32 ms). Not too many weights either
-/// (`MAX_TILED_WEIGHTS`).
+/// The tile micro-kernels when this CPU has them and the forward and input gradient take the
+/// tiled path: a kernel larger than 1x1 (a 1x1's im2col is a plain copy) that reaches padding
+/// in at least `MIN_TILED_PADDING` of its multiply-adds, with every tap used (where only some
+/// are, as on 1x1 maps, the GEMM path already drops the others) and not too many weights
+/// (`MAX_TILED_WEIGHTS`). Measured with `bench ops`: NiN's 5x5 on 7x7 (31% padding) forward
+/// 11.3 -> 7.9 ms, forward + backward 35.6 -> 28.7; 3x3s on 2x2 (56%) forward 1.20 -> 0.85;
+/// on 32x32 maps (4%) the GEMM path was faster (26 against 32 ms forward).
 fn tiled_kernels(s: &Sizes, g: ConvGeometry) -> Option<tiled::TileKernels> {
     static KERNELS: std::sync::OnceLock<Option<tiled::TileKernels>> = std::sync::OnceLock::new();
     if s.k == 1 || !s.all_taps() || s.o * s.c * s.k * s.k > MAX_TILED_WEIGHTS {
@@ -665,6 +665,21 @@ impl CustomOp2 for Conv2dInputGradOp {
         let dy = contiguous_f32(self.name(), s2, l2)?;
         let g = self.geometry;
         let s = Sizes::new(self.name(), &self.input, l1.dims(), g)?;
+        if let Some(kernels) = tiled_kernels(&s, g) {
+            let shape = tiled_shape(&s, g);
+            let wr = tiled::pack_weights_by_row(w, &shape);
+            let classes = shape.classes();
+            let (group, in_len) = (tiled_group(&s), s.c * s.h * s.w);
+            let mut dx = vec![0f32; s.n * in_len];
+            dx.par_chunks_mut(group * in_len)
+                .enumerate()
+                .for_each(|(gi, dst)| {
+                    let first = gi * group;
+                    let count = group.min(s.n - first);
+                    tiled::input_grad_group(kernels, &shape, &classes, dy, &wr, first, count, dst)
+                });
+            return Ok((CpuStorage::F32(dx), Shape::from(self.input.as_slice())));
+        }
         let w = match &self.selected {
             Some(selected) if !s.all_taps() && selected.len() == s.o * s.rows() => {
                 Cow::Borrowed(selected.as_slice())

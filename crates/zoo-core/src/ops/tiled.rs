@@ -1,13 +1,15 @@
-//! Convolution forward as register-tile products over packed panels, with no multiply-add on padding.
+//! Convolution forward and input gradient as register-tile products over packed panels, with no multiply-add on padding.
 //!
 //! The im2col + GEMM path multiplies every kernel tap at every output position, padding
 //! included (a 5x5 kernel with padding 2 on a 7x7 map: 31% of the multiply-adds are with
 //! zeros), and the gemm crate packs both operands again on every call. Here the output positions
 //! of a group of images are sorted into classes, the rectangles of positions that reach the
 //! input through the same kernel rows and columns; positions are packed 16 (the tile height) at
-//! a time with only their class's taps, the weights are packed once per op as `(ky, kx, c, o)`,
-//! and the gemm crate's FMA micro-kernels multiply a panel by the weights one kernel row at a
-//! time, accumulating in the output tile.
+//! a time with only their class's taps, the weights are packed once per op, and the gemm
+//! crate's FMA micro-kernels multiply a panel by the weights one kernel row at a time,
+//! accumulating in the output tile. The input gradient runs the same panels backwards: `W^T .
+//! dy` per panel and kernel row, added back into the input through the panel's offsets. The
+//! weight gradient stays on the GEMM path.
 
 use gemm_common::microkernel::MicroKernelFn;
 
@@ -155,6 +157,27 @@ impl Shape {
     fn in_len(&self) -> usize {
         self.c * self.h * self.w
     }
+}
+
+/// The weights `(o, c, ky, kx)` as the input gradient reads them: `(ky, kx, c, o)` (output
+/// channels contiguous), plus `NR` rows of slack for the micro-kernel's whole-tile reads.
+/// Filled 16 output channels at a time, so that both the reads (16 kernels) and the writes (16
+/// contiguous values) stay in cache.
+pub(crate) fn pack_weights_by_row(w: &[f32], s: &Shape) -> Vec<f32> {
+    let (o, c, kk) = (s.o, s.c, s.k * s.k);
+    let mut out = vec![0f32; (kk * c + NR) * o];
+    for o0 in (0..o).step_by(16) {
+        let o1 = (o0 + 16).min(o);
+        for ci in 0..c {
+            for t in 0..kk {
+                let dst = &mut out[(t * c + ci) * o..][o0..o1];
+                for (oi, d) in (o0..o1).zip(dst) {
+                    *d = w[(oi * c + ci) * kk + t];
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The weights as the forward reads them: per tile of `NR` output channels, `(ky, kx, c)` rows
@@ -325,6 +348,78 @@ pub(crate) fn forward_group(
                 for (i, &v) in lanes.iter().enumerate() {
                     let v = v + b;
                     y[at(i)].write(if relu { v.max(0.0) } else { v });
+                }
+            }
+        }
+    }
+}
+
+/// The input gradient of images `first..first + count` added into `dx` (those images' part,
+/// zeros on entry), from the output gradient `dy` (the whole batch's) and weights packed by row (`wr`):
+/// per kernel row (its weights stay in the L2 cache), every panel whose class reaches it gets
+/// `W^T . dy` for that row's taps, added back into the input through the panel's offsets.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn input_grad_group(
+    kernels: TileKernels,
+    s: &Shape,
+    classes: &[Class],
+    dy: &[f32],
+    wr: &[f32],
+    first: usize,
+    count: usize,
+    dx: &mut [f32],
+) {
+    let (pos, plane, in_len) = (s.positions(), s.h * s.w, s.in_len());
+    let panels = panels(s, classes, first, count);
+    let panel_len = s.o * MR;
+    let mut dy_panels = vec![0f32; panels.len() * panel_len];
+    for (p, dst) in panels.iter().zip(dy_panels.chunks_mut(panel_len)) {
+        for o in 0..s.o {
+            let lanes = &mut dst[o * MR..][..MR];
+            for (i, v) in lanes.iter_mut().enumerate().take(p.len) {
+                *v = dy[(p.image[i] * s.o + o) * pos + p.out_pos[i]];
+            }
+        }
+    }
+    let mut cols = vec![0f32; s.k * s.c * MR];
+    for ky in 0..s.k {
+        for (p, dy_panel) in panels.iter().zip(dy_panels.chunks(panel_len)) {
+            let cl = &classes[p.class];
+            if !(cl.ky.0..cl.ky.1).contains(&ky) {
+                continue;
+            }
+            let seg = (cl.kx.1 - cl.kx.0) * s.c;
+            let k_first = (ky * s.k + cl.kx.0) * s.c;
+            for r0 in (0..seg).step_by(NR) {
+                let n = NR.min(seg - r0);
+                // cols[r][i] = sum_o dy[o][i] * w[o][k_first + r]. SAFETY: the dy panel holds
+                // o * MR values; wr has NR slack rows for the whole-tile reads of rows
+                // k_first + r0..+NR over all o; cols holds seg * MR values.
+                unsafe {
+                    kernels.tile(
+                        p.len,
+                        n,
+                        s.o,
+                        cols.as_mut_ptr().add(r0 * MR),
+                        MR,
+                        dy_panel.as_ptr(),
+                        wr.as_ptr().add((k_first + r0) * s.o),
+                        1,
+                        s.o,
+                        false,
+                    )
+                }
+            }
+            let mut r = 0;
+            for kx in cl.kx.0..cl.kx.1 {
+                let tap = (ky * s.w + kx) as isize;
+                for c in 0..s.c {
+                    let base = tap + (c * plane) as isize - (first * in_len) as isize;
+                    for (i, &v) in cols[r * MR..][..p.len].iter().enumerate() {
+                        // In the input by the class, and in this group's images.
+                        dx[(p.origin[i] + base) as usize] += v;
+                    }
+                    r += 1;
                 }
             }
         }
