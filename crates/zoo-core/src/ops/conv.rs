@@ -5,7 +5,9 @@
 //! image is one GEMM (`y = W . col`), the weight gradient is `sum_n dy_n . col_n^T` and the
 //! input gradient is `col2im(W^T . dy_n)`; images are spread over the rayon threads, each with
 //! its own column buffer. The bias and an optional ReLU are applied while the GEMM result is
-//! copied out, and undone in one pass in the backward.
+//! copied out, and undone in one pass in the backward. Convolutions that would multiply padding
+//! in a fifth or more of their multiply-adds (small maps) compute the forward and the input
+//! gradient with [`super::tiled`] instead, which skips those.
 
 use std::borrow::Cow;
 
@@ -428,7 +430,13 @@ fn for_groups<T: Send>(
 /// on 32x32 maps (4%) the GEMM path was faster (26 against 32 ms forward).
 fn tiled_kernels(s: &Sizes, g: ConvGeometry) -> Option<tiled::TileKernels> {
     static KERNELS: std::sync::OnceLock<Option<tiled::TileKernels>> = std::sync::OnceLock::new();
-    if s.k == 1 || !s.all_taps() || s.o * s.c * s.k * s.k > MAX_TILED_WEIGHTS {
+    // The tiled path splits the batch over the threads; with fewer images than threads (batch-1
+    // inference) the GEMM path, which splits each product, keeps them all busy.
+    if s.k == 1
+        || !s.all_taps()
+        || s.o * s.c * s.k * s.k > MAX_TILED_WEIGHTS
+        || s.n < rayon::current_num_threads()
+    {
         return None;
     }
     let shape = tiled_shape(s, g);
@@ -864,6 +872,24 @@ mod tests {
     }
 
     #[test]
+    fn small_maps_take_the_tiled_path_where_the_cpu_has_its_kernels() {
+        let tiled = |x: [usize; 4], o: usize, k: usize, padding: usize| {
+            let g = ConvGeometry { stride: 1, padding };
+            tiled_kernels(&Sizes::new("t", &x, &[o, x[1], k, k], g).unwrap(), g).is_some()
+        };
+        let has_kernels = tiled::TileKernels::detect().is_some();
+        // NiN's 5x5 on 7x7 (31% of the im2col work on padding) and the test case above.
+        assert_eq!(tiled([64, 96, 7, 7], 256, 5, 2), has_kernels);
+        assert_eq!(tiled([64, 2, 3, 3], 3, 3, 1), has_kernels);
+        // 32x32 maps (4%), a 1x1 kernel, a 1x1 map (taps pruned), too many weights, one image.
+        assert!(!tiled([64, 64, 32, 32], 128, 3, 1));
+        assert!(!tiled([64, 96, 7, 7], 96, 1, 0));
+        assert!(!tiled([64, 512, 1, 1], 512, 3, 1));
+        assert!(!tiled([64, 512, 2, 2], 512, 3, 1));
+        assert!(!tiled([1, 96, 7, 7], 256, 5, 2));
+    }
+
+    #[test]
     fn an_untracked_input_gets_no_gradient_and_the_weight_still_does() {
         let x = test_input(&[2, 3, 6, 6], 1).unwrap();
         let w = Var::from_tensor(&test_input(&[4, 3, 3, 3], 2).unwrap()).unwrap();
@@ -924,6 +950,9 @@ mod tests {
             ([11, 3, 4, 4], 5, 3, 1, 1),
             ([2, 3, 2, 2], 3, 3, 1, 2),
             ([2, 3, 2, 2], 3, 3, 1, 3),
+            // More images than any machine has threads: the tiled path wherever the CPU has
+            // its kernels (see the test below).
+            ([64, 2, 3, 3], 3, 3, 1, 1),
         ] {
             let c = x_shape[1];
             let x = Var::from_tensor(&test_input(&x_shape, 1).unwrap()).unwrap();
