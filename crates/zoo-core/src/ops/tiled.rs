@@ -9,7 +9,8 @@
 //! crate's FMA micro-kernels multiply a panel by the weights one kernel row at a time,
 //! accumulating in the output tile. The input gradient runs the same panels backwards: `W^T .
 //! dy` per panel and kernel row, added back into the input through the panel's offsets. The
-//! weight gradient stays on the GEMM path.
+//! weight gradient sums, per tap, the products of the output gradient and the columns of the
+//! positions that reach the input through that tap.
 
 use gemm_common::microkernel::MicroKernelFn;
 
@@ -424,6 +425,124 @@ pub(crate) fn input_grad_group(
             }
         }
     }
+}
+
+/// The weight gradient's share of images `first..first + count`, as `(ky, kx, c)` rows of
+/// `o.div_ceil(MR) * MR` values (output channels contiguous; rows of taps no position reaches
+/// are zero). The output gradient is transposed once into tiles of 16 channels, positions
+/// class by class; per tap, the columns of the positions that reach the input through it are
+/// gathered (`(c, position)`, class by class). The classes that reach a tap within one run of
+/// output rows are consecutive, so each 16 x 6 tile of the gradient is one micro-kernel call
+/// per row run, over all of the run's positions.
+pub(crate) fn weight_grad_group(
+    kernels: TileKernels,
+    s: &Shape,
+    classes: &[Class],
+    x: &[f32],
+    dy: &[f32],
+    first: usize,
+    count: usize,
+) -> Vec<f32> {
+    let (pos, plane, o16) = (s.positions(), s.h * s.w, s.o.div_ceil(MR) * MR);
+    let class_len = |cl: &Class| count * (cl.oy.1 - cl.oy.0) * (cl.ox.1 - cl.ox.0);
+    // Where each class's positions start (class-major, image by image, row-major).
+    let mut starts = Vec::with_capacity(classes.len());
+    let mut total = 0;
+    for cl in classes {
+        starts.push(total);
+        total += class_len(cl);
+    }
+    let mut dy_t = vec![0f32; o16 * total];
+    for (ci, cl) in classes.iter().enumerate() {
+        let mut at = starts[ci];
+        for j in first..first + count {
+            for oy in cl.oy.0..cl.oy.1 {
+                for ox in cl.ox.0..cl.ox.1 {
+                    let p = oy * s.ow + ox;
+                    for o in 0..s.o {
+                        dy_t[((o / MR) * total + at) * MR + o % MR] = dy[(j * s.o + o) * pos + p];
+                    }
+                    at += 1;
+                }
+            }
+        }
+    }
+    let mut dw = vec![0f32; s.k * s.k * s.c * o16];
+    // NR rows of slack: the micro-kernel reads whole tiles of 6 channels.
+    let mut cols: Vec<f32> = Vec::new();
+    for ky in 0..s.k {
+        for kx in 0..s.k {
+            let reaches =
+                |cl: &Class| (cl.ky.0..cl.ky.1).contains(&ky) && (cl.kx.0..cl.kx.1).contains(&kx);
+            // Runs of consecutive reaching classes (one per run of output rows): (first
+            // position in dy_t, first position in cols, length).
+            let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+            let mut reached = 0;
+            for (ci, cl) in classes.iter().enumerate() {
+                if !reaches(cl) {
+                    continue;
+                }
+                let len = class_len(cl);
+                match runs.last_mut() {
+                    Some(run) if run.0 + run.2 == starts[ci] => run.2 += len,
+                    _ => runs.push((starts[ci], reached, len)),
+                }
+                reached += len;
+            }
+            if reached == 0 {
+                continue;
+            }
+            cols.clear();
+            cols.resize((s.c + NR) * reached, 0.0);
+            for c in 0..s.c {
+                let row = &mut cols[c * reached..][..reached];
+                let mut i = 0;
+                for cl in classes.iter().filter(|cl| reaches(cl)) {
+                    for j in first..first + count {
+                        let src = &x[(j * s.c + c) * plane..][..plane];
+                        for oy in cl.oy.0..cl.oy.1 {
+                            let iy = oy * s.g.stride + ky - s.g.padding;
+                            let line = &src[iy * s.w..][..s.w];
+                            let ix0 = cl.ox.0 * s.g.stride + kx - s.g.padding;
+                            let width = cl.ox.1 - cl.ox.0;
+                            let taken = line[ix0..].iter().step_by(s.g.stride);
+                            for (d, &v) in row[i..i + width].iter_mut().zip(taken) {
+                                *d = v;
+                            }
+                            i += width;
+                        }
+                    }
+                }
+            }
+            let tap = ky * s.k + kx;
+            for ot in 0..o16 / MR {
+                for c0 in (0..s.c).step_by(NR) {
+                    let n = NR.min(s.c - c0);
+                    for (nth, &(dy_at, col_at, len)) in runs.iter().enumerate() {
+                        // SAFETY: dw holds rows tap * c + c0..+n of o16 values, this tile's at
+                        // columns ot * MR..+MR; dy_t holds positions dy_at..+len of MR values
+                        // in tile ot; cols holds rows c0..c0 + NR (NR rows of slack) of
+                        // `reached` values, this run's at col_at..+len.
+                        unsafe {
+                            kernels.tile(
+                                MR,
+                                n,
+                                len,
+                                dw.as_mut_ptr().add((tap * s.c + c0) * o16 + ot * MR),
+                                o16,
+                                dy_t.as_ptr().add((ot * total + dy_at) * MR),
+                                cols.as_ptr().add(c0 * reached + col_at),
+                                1,
+                                reached,
+                                nth > 0,
+                            )
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dw
 }
 
 #[cfg(test)]
