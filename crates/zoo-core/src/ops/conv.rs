@@ -6,8 +6,8 @@
 //! input gradient is `col2im(W^T . dy_n)`; images are spread over the rayon threads, each with
 //! its own column buffer. The bias and an optional ReLU are applied while the GEMM result is
 //! copied out, and undone in one pass in the backward. Convolutions that would multiply padding
-//! in a fifth or more of their multiply-adds (small maps) compute the forward and the input
-//! gradient with [`super::tiled`] instead, which skips those.
+//! in a fifth or more of their multiply-adds (small maps) compute the forward and both
+//! gradients with [`super::tiled`] instead, which skips those.
 
 use std::borrow::Cow;
 
@@ -457,9 +457,9 @@ fn tiled_kernels(s: &Sizes, g: ConvGeometry) -> Option<tiled::TileKernels> {
 }
 
 /// Share of a convolution's im2col multiply-adds that must be with padding for the tiled
-/// forward.
+/// path.
 const MIN_TILED_PADDING: f64 = 0.2;
-/// The most weights the tiled forward takes: they are read again for every chunk of panels,
+/// The most weights the tiled path takes: they are read again for every chunk of panels,
 /// and VGG-11's 512-channel 3x3s (2.4M weights, on 4x4 and 2x2 maps) ran slower tiled (`bench
 /// models --only vgg11` inference 431 -> 388 img/s, best of three).
 const MAX_TILED_WEIGHTS: usize = 1 << 20;
@@ -969,7 +969,7 @@ mod tests {
             ([3, 4, 2, 2], 6, 3, 2, 1),
             ([2, 3, 1, 1], 4, 5, 1, 2),
             ([2, 3, 1, 3], 4, 3, 1, 1),
-            // The tiled forward (a fifth or more of the multiply-adds on padding): 2x2 and 3x3
+            // The tiled path (a fifth or more of the multiply-adds on padding): 2x2 and 3x3
             // maps, NiN's 5x5 on 7x7, stride 2, padding 2 (border outputs read only padding),
             // a partial last panel, more images than threads.
             ([2, 3, 2, 2], 4, 3, 1, 1),

@@ -1,4 +1,4 @@
-//! Convolution forward and input gradient as register-tile products over packed panels, with no multiply-add on padding.
+//! Convolution forward and gradients as register-tile products that skip multiply-adds on padding.
 //!
 //! The im2col + GEMM path multiplies every kernel tap at every output position, padding
 //! included (a 5x5 kernel with padding 2 on a 7x7 map: 31% of the multiply-adds are with
