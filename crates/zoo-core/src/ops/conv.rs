@@ -425,35 +425,41 @@ fn for_groups<T: Send>(
 /// tiled path: a kernel larger than 1x1 (a 1x1's im2col is a plain copy) that reaches padding
 /// in at least `MIN_TILED_PADDING` of its multiply-adds, with every tap used (where only some
 /// are, as on 1x1 maps, the GEMM path already drops the others) and not too many weights
-/// (`MAX_TILED_WEIGHTS`). Measured with `bench ops`: NiN's 5x5 on 7x7 (31% padding) forward
+/// (`MAX_TILED_WEIGHTS`), with as many images as threads. Measured with `bench ops`: NiN's 5x5 on 7x7 (31% padding) forward
 /// 11.3 -> 7.9 ms, forward + backward 35.6 -> 28.7; 3x3s on 2x2 (56%) forward 1.20 -> 0.85;
 /// on 32x32 maps (4%) the GEMM path was faster (26 against 32 ms forward). The weight
 /// gradient alone, one thread, 16 images: 11.0 against 14.2 ms for the 5x5, 0.65 against 1.17
 /// for the 3x3 on 2x2.
-fn tiled_kernels(s: &Sizes, g: ConvGeometry) -> Option<tiled::TileKernels> {
+fn tiled_plan(s: &Sizes, g: ConvGeometry) -> Option<TiledPlan> {
     static KERNELS: std::sync::OnceLock<Option<tiled::TileKernels>> = std::sync::OnceLock::new();
     // The tiled path splits the batch over the threads; with fewer images than threads (batch-1
     // inference) the GEMM path, which splits each product, keeps them all busy.
-    if s.k == 1
-        || !s.all_taps()
-        || s.o * s.c * s.k * s.k > MAX_TILED_WEIGHTS
-        || s.n < rayon::current_num_threads()
-    {
+    let threads = rayon::current_num_threads().max(1);
+    if s.k == 1 || !s.all_taps() || s.o * s.c * s.k * s.k > MAX_TILED_WEIGHTS || s.n < threads {
         return None;
     }
-    let shape = tiled_shape(s, g);
-    let reached: usize = shape
-        .classes()
-        .iter()
-        .map(|cl| {
-            (cl.oy.1 - cl.oy.0) * (cl.ox.1 - cl.ox.0) * (cl.ky.1 - cl.ky.0) * (cl.kx.1 - cl.kx.0)
-        })
-        .sum();
-    let all = s.positions() * s.k * s.k;
-    if (reached as f64) > (1.0 - MIN_TILED_PADDING) * all as f64 {
+    let shape = tiled::Shape {
+        c: s.c,
+        h: s.h,
+        w: s.w,
+        o: s.o,
+        k: s.k,
+        oh: s.oh,
+        ow: s.ow,
+        g,
+    };
+    let classes = shape.classes();
+    let reached: usize = classes.iter().map(tiled::Class::multiply_adds).sum();
+    if (reached as f64) > (1.0 - MIN_TILED_PADDING) * (s.positions() * s.k * s.k) as f64 {
         return None;
     }
-    *KERNELS.get_or_init(tiled::TileKernels::detect)
+    Some(TiledPlan {
+        kernels: (*KERNELS.get_or_init(tiled::TileKernels::detect))?,
+        shape,
+        classes,
+        group: s.n.div_ceil(threads),
+        n: s.n,
+    })
 }
 
 /// Share of a convolution's im2col multiply-adds that must be with padding for the tiled
@@ -464,22 +470,22 @@ const MIN_TILED_PADDING: f64 = 0.2;
 /// models --only vgg11` inference 431 -> 388 img/s, best of three).
 const MAX_TILED_WEIGHTS: usize = 1 << 20;
 
-fn tiled_shape(s: &Sizes, g: ConvGeometry) -> tiled::Shape {
-    tiled::Shape {
-        c: s.c,
-        h: s.h,
-        w: s.w,
-        o: s.o,
-        k: s.k,
-        oh: s.oh,
-        ow: s.ow,
-        g,
-    }
+/// A convolution on the tiled path: its micro-kernels, geometry and classes, and the batch split
+/// into one group of images per thread.
+struct TiledPlan {
+    kernels: tiled::TileKernels,
+    shape: tiled::Shape,
+    classes: Vec<tiled::Class>,
+    group: usize,
+    n: usize,
 }
 
-/// Images per task on the tiled path: the batch split evenly over the threads.
-fn tiled_group(s: &Sizes) -> usize {
-    s.n.div_ceil(rayon::current_num_threads().max(1)).max(1)
+impl TiledPlan {
+    /// The first image and the image count of group `gi`.
+    fn images(&self, gi: usize) -> (usize, usize) {
+        let first = gi * self.group;
+        (first, self.group.min(self.n - first))
+    }
 }
 
 struct Conv2dOp {
@@ -519,22 +525,19 @@ impl CustomOp3 for Conv2dOp {
                 l3.dims()
             )
         }
-        if let Some(kernels) = tiled_kernels(&s, g) {
-            let shape = tiled_shape(&s, g);
-            let wt = tiled::pack_weights_by_tile(w, &shape);
-            let classes = shape.classes();
-            let (group, per_image) = (tiled_group(&s), s.o * s.positions());
-            let relu = self.relu;
+        if let Some(t) = tiled_plan(&s, g) {
+            let wt = tiled::pack_weights_by_tile(w, &t.shape);
+            let (per_image, relu) = (s.o * s.positions(), self.relu);
             // SAFETY: forward_group writes every element of its images' part of y.
             let y = unsafe {
                 new_filled(s.n * per_image, |y| {
-                    y.par_chunks_mut(group * per_image)
+                    y.par_chunks_mut(t.group * per_image)
                         .enumerate()
                         .for_each(|(gi, dst)| {
-                            let first = gi * group;
-                            let count = group.min(s.n - first);
+                            let (first, count) = t.images(gi);
+                            let (shape, classes) = (&t.shape, &t.classes);
                             tiled::forward_group(
-                                kernels, &shape, &classes, x, &wt, bias, relu, first, count, dst,
+                                t.kernels, shape, classes, x, &wt, bias, relu, first, count, dst,
                             )
                         })
                 })
@@ -675,18 +678,16 @@ impl CustomOp2 for Conv2dInputGradOp {
         let dy = contiguous_f32(self.name(), s2, l2)?;
         let g = self.geometry;
         let s = Sizes::new(self.name(), &self.input, l1.dims(), g)?;
-        if let Some(kernels) = tiled_kernels(&s, g) {
-            let shape = tiled_shape(&s, g);
-            let wr = tiled::pack_weights_by_row(w, &shape);
-            let classes = shape.classes();
-            let (group, in_len) = (tiled_group(&s), s.c * s.h * s.w);
+        if let Some(t) = tiled_plan(&s, g) {
+            let wr = tiled::pack_weights_by_row(w, &t.shape);
+            let in_len = s.c * s.h * s.w;
             let mut dx = vec![0f32; s.n * in_len];
-            dx.par_chunks_mut(group * in_len)
+            dx.par_chunks_mut(t.group * in_len)
                 .enumerate()
                 .for_each(|(gi, dst)| {
-                    let first = gi * group;
-                    let count = group.min(s.n - first);
-                    tiled::input_grad_group(kernels, &shape, &classes, dy, &wr, first, count, dst)
+                    let (first, count) = t.images(gi);
+                    let (shape, classes) = (&t.shape, &t.classes);
+                    tiled::input_grad_group(t.kernels, shape, classes, dy, &wr, first, count, dst)
                 });
             return Ok((CpuStorage::F32(dx), Shape::from(self.input.as_slice())));
         }
@@ -764,32 +765,16 @@ impl CustomOp2 for Conv2dWeightGradOp {
             &[self.out, c, self.kernel, self.kernel],
             g,
         )?;
-        if let Some(kernels) = tiled_kernels(&s, g) {
-            let shape = tiled_shape(&s, g);
-            let classes = shape.classes();
-            let group = tiled_group(&s);
-            let partials: Vec<Vec<f32>> = (0..s.n.div_ceil(group))
+        if let Some(t) = tiled_plan(&s, g) {
+            let partials = (0..s.n.div_ceil(t.group))
                 .into_par_iter()
                 .map(|gi| {
-                    let first = gi * group;
-                    let count = group.min(s.n - first);
-                    tiled::weight_grad_group(kernels, &shape, &classes, x, dy, first, count)
+                    let (first, count) = t.images(gi);
+                    tiled::weight_grad_group(t.kernels, &t.shape, &t.classes, x, dy, first, count)
                 })
                 .collect();
-            // Sum the partials, then (ky, kx, c, o padded) -> (o, c, ky, kx).
-            let mut partials = partials.into_iter();
-            let mut sum = partials.next().unwrap_or_default();
-            for partial in partials {
-                sum.iter_mut().zip(&partial).for_each(|(a, &b)| *a += b);
-            }
-            let (kk, o16) = (s.k * s.k, s.o.div_ceil(tiled::MR) * tiled::MR);
-            let mut dw = vec![0f32; s.o * s.c * kk];
-            for (row, src) in sum.chunks(o16).enumerate() {
-                let (tap, c) = (row / s.c, row % s.c);
-                for (o, &v) in src[..s.o].iter().enumerate() {
-                    dw[(o * s.c + c) * kk + tap] = v;
-                }
-            }
+            let sum = add_partials(partials);
+            let dw = tiled::unpack_weight_grad(&sum, &t.shape);
             return Ok((CpuStorage::F32(dw), Shape::from((s.o, s.c, s.k, s.k))));
         }
         let p = plan(&s);
@@ -847,8 +832,17 @@ fn weight_grad_reduce(x: &[f32], dy: &[f32], s: &Sizes, g: ConvGeometry, p: &Pla
         (0..p.groups).for_each(|gi| one_group(&mut state, gi));
         state.2.into_iter().collect()
     };
+    let sum = add_partials(partials);
+    if sum.is_empty() {
+        return vec![0f32; s.o * rows];
+    }
+    sum
+}
+
+/// The element-wise sum of the threads' partial gradients (empty when there are none).
+fn add_partials(partials: Vec<Vec<f32>>) -> Vec<f32> {
     let mut partials = partials.into_iter();
-    let mut sum = partials.next().unwrap_or_else(|| vec![0f32; s.o * rows]);
+    let mut sum = partials.next().unwrap_or_default();
     for partial in partials {
         sum.par_iter_mut()
             .zip(partial.par_iter())
@@ -905,7 +899,7 @@ mod tests {
     fn small_maps_take_the_tiled_path_where_the_cpu_has_its_kernels() {
         let tiled = |x: [usize; 4], o: usize, k: usize, padding: usize| {
             let g = ConvGeometry { stride: 1, padding };
-            tiled_kernels(&Sizes::new("t", &x, &[o, x[1], k, k], g).unwrap(), g).is_some()
+            tiled_plan(&Sizes::new("t", &x, &[o, x[1], k, k], g).unwrap(), g).is_some()
         };
         let has_kernels = tiled::TileKernels::detect().is_some();
         // NiN's 5x5 on 7x7 (31% of the im2col work on padding) and the test case above.

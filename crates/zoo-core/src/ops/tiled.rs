@@ -25,7 +25,7 @@ pub(crate) struct TileKernels {
 }
 
 /// Tile height (output positions, two 8-lane vectors) and width (output channels).
-pub(crate) const MR: usize = 16;
+const MR: usize = 16;
 const NR: usize = 6;
 
 impl TileKernels {
@@ -100,6 +100,16 @@ pub(crate) struct Class {
     pub ox: (usize, usize),
     pub ky: (usize, usize),
     pub kx: (usize, usize),
+}
+
+impl Class {
+    /// Multiply-adds per input and output channel: positions times the taps they reach.
+    pub(crate) fn multiply_adds(&self) -> usize {
+        (self.oy.1 - self.oy.0)
+            * (self.ox.1 - self.ox.0)
+            * (self.ky.1 - self.ky.0)
+            * (self.kx.1 - self.kx.0)
+    }
 }
 
 /// Geometry of one convolution: `(c, h, w)` input images, `o` channels out, `k x k` kernel.
@@ -262,6 +272,20 @@ fn pack_panel(x: &[f32], s: &Shape, cl: &Class, p: &Panel, dst: &mut [f32]) {
             }
         }
     }
+}
+
+/// The `(o, c, ky, kx)` weight gradient from [`weight_grad_group`]'s `(ky, kx, c)` rows of
+/// output channels padded to a multiple of `MR`.
+pub(crate) fn unpack_weight_grad(rows: &[f32], s: &Shape) -> Vec<f32> {
+    let (kk, o16) = (s.k * s.k, s.o.div_ceil(MR) * MR);
+    let mut dw = vec![0f32; s.o * s.c * kk];
+    for (row, src) in rows.chunks(o16).enumerate() {
+        let (tap, c) = (row / s.c, row % s.c);
+        for (o, &v) in src[..s.o].iter().enumerate() {
+            dw[(o * s.c + c) * kk + tap] = v;
+        }
+    }
+    dw
 }
 
 /// Packed columns kept per chunk of panels (a chunk's panels are multiplied by each weight
@@ -586,10 +610,7 @@ mod tests {
             ky: (0, 5),
             kx: (0, 5)
         }));
-        let reached: usize = classes
-            .iter()
-            .map(|c| (c.oy.1 - c.oy.0) * (c.ox.1 - c.ox.0) * (c.ky.1 - c.ky.0) * (c.kx.1 - c.kx.0))
-            .sum();
+        let reached: usize = classes.iter().map(Class::multiply_adds).sum();
         assert_eq!(reached, 29 * 29);
         // Padding 3 with a 3x3 on 2x2 (6x6 outputs): the border outputs read only padding and
         // are left out.
