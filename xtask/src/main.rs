@@ -573,21 +573,27 @@ fn bench_ops(steps: usize, torch: Option<&str>) -> Result<()> {
 /// A convolution case of `bench ops`: input shape, output channels, kernel, stride, padding.
 type ConvCase = ([usize; 4], usize, usize, usize, usize);
 
-/// The convolutions `bench ops` times: the 3x3s of the `cpu` preset's ResNet-18 and VGG-11,
-/// and every convolution of its NiN (11x11 stride 4, 5x5, 3x3 and the 1x1s), batch 32.
-const CONV_CASES: [ConvCase; 12] = [
+/// The convolutions `bench ops` times at the `cpu` preset's sizes, batch 32: the 3x3s of
+/// ResNet-18 (8x8 down to 1x1 maps), those of VGG-11 (16x16 down to 2x2), and every
+/// convolution of NiN (11x11 stride 4, 5x5, 3x3 and the 1x1s).
+const CONV_CASES: [ConvCase; 17] = [
     ([32, 64, 8, 8], 64, 3, 1, 1),
     ([32, 128, 4, 4], 128, 3, 1, 1),
     ([32, 256, 2, 2], 256, 3, 1, 1),
     ([32, 512, 1, 1], 512, 3, 1, 1),
-    ([32, 64, 32, 32], 128, 3, 1, 1),
+    ([32, 64, 16, 16], 128, 3, 1, 1),
+    ([32, 128, 8, 8], 256, 3, 1, 1),
     ([32, 256, 8, 8], 256, 3, 1, 1),
+    ([32, 256, 4, 4], 512, 3, 1, 1),
+    ([32, 512, 4, 4], 512, 3, 1, 1),
+    ([32, 512, 2, 2], 512, 3, 1, 1),
     ([32, 3, 67, 67], 96, 11, 4, 0),
     ([32, 96, 15, 15], 96, 1, 1, 0),
     ([32, 96, 7, 7], 256, 5, 1, 2),
     ([32, 256, 7, 7], 256, 1, 1, 0),
     ([32, 256, 3, 3], 384, 3, 1, 1),
     ([32, 384, 3, 3], 384, 1, 1, 0),
+    ([32, 64, 32, 32], 128, 3, 1, 1),
 ];
 
 /// A case as `bench_conv_torch.py` takes it: `NxCxHxW:OUT:K:S:P`.

@@ -10,6 +10,7 @@ mod gemm;
 pub mod linear;
 pub mod pool;
 mod tiled;
+mod winograd;
 
 use std::mem::MaybeUninit;
 
