@@ -78,6 +78,10 @@ enum Bench {
         /// (scripts/bench_conv_torch.py) and print them beside zoo's.
         #[arg(long)]
         torch: Option<String>,
+        /// Only the convolutions whose case name (`NxCxHxW:OUT:K:S:P`) contains one of these
+        /// (comma-separated); the BatchNorm and pooling rows are then left out.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Training-step (forward, cross-entropy, backward, SGD update) and inference images/s of
     /// every registry model at its `cpu` preset input size: warm-up excluded, median of steps.
@@ -508,7 +512,10 @@ fn median_ms(steps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
     Ok(median(t))
 }
 
-fn bench_ops(steps: usize, torch: Option<&str>) -> Result<()> {
+fn bench_ops(steps: usize, torch: Option<&str>, only: Option<&str>) -> Result<()> {
+    if only.is_some() {
+        return bench_conv(steps, torch, only);
+    }
     use candle_core::{DType, Device, Var};
     use candle_nn::ModuleT;
     let time = |f: &mut dyn FnMut() -> Result<()>| median_ms(steps, f);
@@ -565,7 +572,7 @@ fn bench_ops(steps: usize, torch: Option<&str>) -> Result<()> {
         "| MaxPool2d(3, 2, 1), 32x64x48x48 | {pool_zoo:.2} | {pool_ref:.2} | {:.1}x |",
         pool_ref / pool_zoo
     );
-    bench_conv(steps, torch)
+    bench_conv(steps, torch, None)
 }
 
 /// 3x3 convolutions (padding 1, bias) of batch 32 at the `cpu` preset's sizes: zoo's kernel,
@@ -604,11 +611,22 @@ fn conv_case_name((x, out, k, stride, padding): &ConvCase) -> String {
     )
 }
 
-fn bench_conv(steps: usize, torch: Option<&str>) -> Result<()> {
+fn bench_conv(steps: usize, torch: Option<&str>, only: Option<&str>) -> Result<()> {
     use candle_core::{DType, Device, Var};
     let time = |f: &mut dyn FnMut() -> Result<()>| median_ms(steps, f);
     let mut zoo_rows = Vec::new();
-    for (i, case) in CONV_CASES.iter().enumerate() {
+    let chosen: Vec<(usize, &ConvCase)> = CONV_CASES
+        .iter()
+        .enumerate()
+        .filter(|(_, case)| {
+            only.is_none_or(|o| o.split(',').any(|part| conv_case_name(case).contains(part)))
+        })
+        .collect();
+    anyhow::ensure!(
+        !chosen.is_empty(),
+        "bench ops: no convolution case matches --only"
+    );
+    for &(i, case) in &chosen {
         let (shape, out, k, stride, padding) = *case;
         let c = shape[1];
         let x = Var::from_tensor(&zoo_core::testing::test_input(&shape, i as u64)?)?;
@@ -637,7 +655,10 @@ fn bench_conv(steps: usize, torch: Option<&str>) -> Result<()> {
     let torch_rows: Vec<(String, f64, f64)> = match torch {
         None => Vec::new(),
         Some(python) => {
-            let cases: Vec<String> = CONV_CASES.iter().map(conv_case_name).collect();
+            let cases: Vec<String> = chosen
+                .iter()
+                .map(|(_, case)| conv_case_name(case))
+                .collect();
             let out = std::process::Command::new(python)
                 .arg(project_root().join("scripts/bench_conv_torch.py"))
                 .args(["--steps", &steps.to_string(), "--cases", &cases.join(",")])
@@ -850,8 +871,8 @@ fn run(cli: Cli) -> Result<()> {
             prepare_data(&zoo_core::data::resolve::data_root(data_dir.as_deref()))?
         }
         Command::Bench {
-            what: Bench::Ops { steps, torch },
-        } => bench_ops(steps, torch.as_deref())?,
+            what: Bench::Ops { steps, torch, only },
+        } => bench_ops(steps, torch.as_deref(), only.as_deref())?,
         Command::Bench {
             what:
                 Bench::Models {

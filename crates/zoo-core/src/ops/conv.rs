@@ -478,32 +478,27 @@ impl WinogradPlan {
     }
 }
 
-/// The smallest map side the Winograd path takes: on 4x4 maps (a fifth of the direct
-/// multiply-adds on padding, which the tiled path skips) it was slower for every channel count.
-const MIN_WINOGRAD_MAP: usize = 8;
-/// The fewer of the channels in and out from which it takes maps of `MIN_WINOGRAD_MAP`: its
-/// transforms cost per channel and tile, its products per channel pair (`bench ops`: 8x8
-/// maps 256 -> 256 forward + backward 43.2 -> 36.2 ms; 128 -> 256 20.2 -> 23.7; 64 -> 64
-/// 3.8 -> 3.9).
-const WINOGRAD_MIN_CHANNELS: usize = 256;
-/// The map side from which it takes any channel count (32x32, 64 -> 128: 92.1 -> 68.7 ms;
-/// 16x16, 64 -> 128: 21.8 -> 22.1).
-const WINOGRAD_ANY_CHANNELS_MAP: usize = 32;
+/// The smallest map side the Winograd path takes: on 2x2 and 3x3 maps its tiles are mostly
+/// padding (the tiled path skips it).
+const MIN_WINOGRAD_MAP: usize = 4;
+/// The fewest channels in and out it takes: its transforms cost per channel and tile, its
+/// products per channel pair, and network inputs (3 channels) stay on the im2col path.
+const WINOGRAD_MIN_CHANNELS: usize = 16;
 
-/// The Winograd path: a 3x3 kernel with stride 1 and padding 1, maps and channels as the
-/// constants above say, at least as many images as threads.
+/// The Winograd path: a 3x3 kernel with stride 1 and padding 1 on maps and channel counts as
+/// the constants above say, at least as many images as threads. Measured by alternating builds
+/// (`bench ops`, best of four, forward + backward): 8x8 maps 64 -> 64 4.39 -> 2.76 ms, 256 -> 256
+/// 49.1 -> 41.4; 4x4 maps 128 -> 128 4.73 -> 2.69, 512 -> 512 58.4 -> 55.6; 16x16 64 -> 128
+/// 26.6 -> 24.0.
 fn winograd_plan(s: &Sizes, g: ConvGeometry) -> Option<WinogradPlan> {
     let threads = rayon::current_num_threads().max(1);
     if s.k != 3
         || g.stride != 1
         || g.padding != 1
         || s.h.min(s.w) < MIN_WINOGRAD_MAP
+        || s.c.min(s.o) < WINOGRAD_MIN_CHANNELS
         || s.n < threads
     {
-        return None;
-    }
-    let wide_channels = s.c.min(s.o) >= WINOGRAD_MIN_CHANNELS;
-    if !wide_channels && s.h.min(s.w) < WINOGRAD_ANY_CHANNELS_MAP {
         return None;
     }
     Some(WinogradPlan {
@@ -1028,21 +1023,27 @@ mod tests {
     }
 
     #[test]
-    fn winograd_takes_same_3x3s_with_wide_channels_or_large_maps() {
-        let winograd = |x: [usize; 4], o: usize, stride: usize, padding: usize| {
+    fn winograd_takes_same_3x3s_on_maps_of_4_and_more() {
+        let winograd = |x: [usize; 4], o: usize, k: usize, stride: usize, padding: usize| {
             let g = ConvGeometry { stride, padding };
-            winograd_plan(&Sizes::new("w", &x, &[o, x[1], 3, 3], g).unwrap(), g).is_some()
+            winograd_plan(&Sizes::new("w", &x, &[o, x[1], k, k], g).unwrap(), g).is_some()
         };
-        // VGG-11's 8x8 256 -> 256, and the conv test's odd 33x35 map with 3 channels.
-        assert!(winograd([64, 256, 8, 8], 256, 1, 1));
-        assert!(winograd([64, 3, 33, 35], 4, 1, 1));
-        // Fewer channels on 8x8 or 16x16, 4x4 maps, stride 2, padding 0, one image.
-        assert!(!winograd([64, 128, 8, 8], 256, 1, 1));
-        assert!(!winograd([64, 64, 16, 16], 128, 1, 1));
-        assert!(!winograd([64, 512, 4, 4], 512, 1, 1));
-        assert!(!winograd([64, 256, 32, 32], 256, 2, 1));
-        assert!(!winograd([64, 256, 32, 32], 256, 1, 0));
-        assert!(!winograd([1, 256, 32, 32], 256, 1, 1));
+        // ResNet's 8x8 and 4x4, VGG-11's 8x8, DenseNet's 3x3 to 32 channels, the conv test's
+        // odd 9x11 map.
+        assert!(winograd([64, 64, 8, 8], 64, 3, 1, 1));
+        assert!(winograd([64, 128, 4, 4], 128, 3, 1, 1));
+        assert!(winograd([64, 256, 8, 8], 256, 3, 1, 1));
+        assert!(winograd([64, 128, 8, 8], 32, 3, 1, 1));
+        assert!(winograd([64, 16, 9, 11], 16, 3, 1, 1));
+        // A network's 3-channel input, 2x2 and 3x3 maps (the tiled path), stride 2, padding 0,
+        // a 5x5 kernel, one image.
+        assert!(!winograd([64, 3, 32, 32], 64, 3, 1, 1));
+        assert!(!winograd([64, 256, 2, 2], 256, 3, 1, 1));
+        assert!(!winograd([64, 256, 3, 3], 384, 3, 1, 1));
+        assert!(!winograd([64, 64, 8, 8], 64, 3, 2, 1));
+        assert!(!winograd([64, 64, 8, 8], 64, 3, 1, 0));
+        assert!(!winograd([64, 64, 8, 8], 64, 5, 1, 2));
+        assert!(!winograd([1, 64, 8, 8], 64, 3, 1, 1));
     }
 
     #[test]
@@ -1109,8 +1110,9 @@ mod tests {
             // More images than any machine has threads: the tiled path wherever the CPU has
             // its kernels (see the test below).
             ([64, 2, 3, 3], 3, 3, 1, 1),
-            // The Winograd path (odd sizes: partial tiles on both edges).
-            ([64, 3, 33, 35], 4, 3, 1, 1),
+            // The Winograd path (odd sizes: partial tiles on both edges; several chunks of
+            // images per thread).
+            ([64, 16, 9, 11], 16, 3, 1, 1),
         ] {
             let c = x_shape[1];
             let x = Var::from_tensor(&test_input(&x_shape, 1).unwrap()).unwrap();

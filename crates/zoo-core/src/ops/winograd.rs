@@ -3,14 +3,17 @@
 //! Each 2x2 block of outputs (a tile) is computed from the 4x4 input patch around it: the patch
 //! and the kernel are transformed into 4x4 (`B^T d B`, `G g G^T`), multiplied element by element
 //! and summed over the input channels, and the 4x4 result transformed back (`A^T m A`). Summing
-//! over channels is, for each of the 16 elements, one matrix product `[o, c] . [c, tiles]`: 16
-//! products of 16 multiply-adds per tile and channel pair instead of 36 for the four outputs
-//! (2.25x fewer), on maps where tiles are not mostly padding.
+//! over channels is, for each of the 16 elements, one matrix product `[tiles, c] . [c, o]`: 16
+//! multiply-adds per tile and channel pair instead of 36 for the four outputs (2.25x fewer;
+//! against the direct convolution without its multiply-adds on padding, 1.9x on 8x8 maps and
+//! 1.6x on 4x4). The transforms run 8 channels at a time, one per vector lane, on tiles of
+//! pixels copied channel-innermost; per chunk of images, the transformed inputs and products
+//! stay in the L2 cache.
 //!
 //! - Input gradient: with stride 1, the forward convolution of the output gradient with the
 //!   kernels flipped and transposed (`c` outputs from `o` inputs), padding `3 - 1 - 1 = 1`.
 //! - Weight gradient (the same algebra transposed): `dW = G^T [sum over tiles (A dy A^T) o
-//!   (B^T d B)] G`, per element the product `[o, tiles] . [tiles, c]`.
+//!   (B^T d B)] G`, per element the product `[tiles, o]^T . [tiles, c]`.
 
 use rayon::prelude::*;
 
@@ -61,20 +64,6 @@ impl Geometry {
             o: self.c,
         }
     }
-}
-
-/// `dst[i] = f(i)` for every element (a loop the compiler vectorises).
-#[inline(always)]
-fn fill_with(dst: &mut [f32], f: impl Fn(usize) -> f32) {
-    for (i, d) in dst.iter_mut().enumerate() {
-        *d = f(i);
-    }
-}
-
-/// `B^T d` along one axis.
-#[inline(always)]
-fn input_1d(d: [f32; 4]) -> [f32; 4] {
-    [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
 }
 
 /// `G g` along one axis.
@@ -152,46 +141,137 @@ pub(crate) fn transform_weights(w: &[f32], o: usize, c: usize, flipped: bool) ->
     u
 }
 
+/// Channels transformed together, one per vector lane.
+const LANES: usize = 8;
+/// One value for each of `LANES` channels.
+type Lanes = [f32; LANES];
+
+#[inline(always)]
+fn lanes(f: impl Fn(usize) -> f32) -> Lanes {
+    std::array::from_fn(f)
+}
+
+/// `B^T d` along one axis, lane by lane.
+#[inline(always)]
+fn input_lanes(d: [&Lanes; 4]) -> [Lanes; 4] {
+    [
+        lanes(|l| d[0][l] - d[2][l]),
+        lanes(|l| d[1][l] + d[2][l]),
+        lanes(|l| d[2][l] - d[1][l]),
+        lanes(|l| d[1][l] - d[3][l]),
+    ]
+}
+
+/// `A^T m` along one axis, lane by lane.
+#[inline(always)]
+fn output_lanes(m: [&Lanes; 4]) -> [Lanes; 2] {
+    [
+        lanes(|l| m[0][l] + m[1][l] + m[2][l]),
+        lanes(|l| m[1][l] - m[2][l] - m[3][l]),
+    ]
+}
+
+/// `A y` along one axis (the output transform transposed, for the output gradient).
+#[inline(always)]
+fn output_grad_lanes(y: [&Lanes; 2]) -> [Lanes; 4] {
+    [
+        y[0].to_owned(),
+        lanes(|l| y[0][l] + y[1][l]),
+        lanes(|l| y[0][l] - y[1][l]),
+        lanes(|l| -y[1][l]),
+    ]
+}
+
+/// Copies channels `c0..c0 + LANES` (fewer at the end: zeros in the other lanes) of one image's
+/// `(channels, h, w)` planes into `dst`, `(rows, cols)` pixels of `LANES` channels with the
+/// image at `(top, left)`; the rest of `dst` is left as it is (zeros: padding).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gather_lanes(
+    image: &[f32],
+    channels: usize,
+    c0: usize,
+    s: &Geometry,
+    cols: usize,
+    top: usize,
+    left: usize,
+    dst: &mut [Lanes],
+) {
+    let plane = s.plane();
+    for l in 0..LANES {
+        let ci = c0 + l;
+        if ci >= channels {
+            for y in 0..s.h {
+                for px in &mut dst[(top + y) * cols + left..][..s.w] {
+                    px[l] = 0.0;
+                }
+            }
+            continue;
+        }
+        let src = &image[ci * plane..][..plane];
+        for (y, row) in src.chunks_exact(s.w).enumerate() {
+            for (px, &v) in dst[(top + y) * cols + left..][..s.w].iter_mut().zip(row) {
+                px[l] = v;
+            }
+        }
+    }
+}
+
+/// Stores `LANES` values (fewer at the end) at `dst`.
+#[inline(always)]
+fn store_lanes(dst: &mut [f32], v: &Lanes) {
+    if let Ok(full) = <&mut Lanes>::try_from(&mut *dst) {
+        *full = *v;
+    } else {
+        for (d, &x) in dst.iter_mut().zip(v) {
+            *d = x;
+        }
+    }
+}
+
+/// Loads `LANES` values (fewer at the end: zeros in the other lanes) from `src`.
+#[inline(always)]
+fn load_lanes(src: &[f32]) -> Lanes {
+    if let Ok(full) = <&Lanes>::try_from(src) {
+        return *full;
+    }
+    let mut v = [0f32; LANES];
+    for (d, &x) in v.iter_mut().zip(src) {
+        *d = x;
+    }
+    v
+}
+
 /// `B^T d B` of every tile of images `first..first + count` of `x` (`(n, c, h, w)`) into `v`,
-/// as 16 `[c, count * tiles]` matrices. Row band by row band: the 4 input rows of a row of
-/// tiles (zero-padded) are combined column-wise first, then each tile's 4 columns.
+/// as 16 `[count * tiles, c]` matrices, `LANES` channels at a time: their planes are copied
+/// into a zero-padded buffer of pixels of `LANES` channels, and each tile's 4x4 patch is
+/// transformed with one vector per pixel.
+// Rows of the column-transformed tile are read across its columns: index loops read best.
+#[allow(clippy::needless_range_loop)]
 fn transform_input(x: &[f32], s: &Geometry, first: usize, count: usize, v: &mut [f32]) {
-    let (tn, txn, plane) = (count * s.tiles(), s.tiles_x(), s.plane());
-    // Padding 1 on the left, 1 or 2 on the right (odd widths).
-    let wide = 2 * txn + 2;
-    let mut rows = vec![0f32; 4 * wide];
-    let mut band = vec![0f32; 4 * wide];
+    let (tn, txn, tyn) = (count * s.tiles(), s.tiles_x(), s.tiles_y());
+    // Padding 1 on the top and left, 1 or 2 on the bottom and right (odd sizes).
+    let (rows, cols) = (2 * tyn + 2, 2 * txn + 2);
+    let mut padded = vec![[0f32; LANES]; rows * cols];
     for j in 0..count {
-        for ci in 0..s.c {
-            let src = &x[((first + j) * s.c + ci) * plane..][..plane];
-            for ty in 0..s.tiles_y() {
-                for (r, row) in rows.chunks_exact_mut(wide).enumerate() {
-                    let iy = (2 * ty + r) as isize - 1;
-                    if iy >= 0 && (iy as usize) < s.h {
-                        row[1..1 + s.w].copy_from_slice(&src[iy as usize * s.w..][..s.w]);
-                    } else {
-                        row.fill(0.0);
+        let image = &x[(first + j) * s.c * s.plane()..][..s.c * s.plane()];
+        for c0 in (0..s.c).step_by(LANES) {
+            gather_lanes(image, s.c, c0, s, cols, 1, 1, &mut padded);
+            let width = LANES.min(s.c - c0);
+            for ty in 0..tyn {
+                for tx in 0..txn {
+                    let d = |r: usize, q: usize| &padded[(2 * ty + r) * cols + 2 * tx + q];
+                    // B^T down the columns, then along the rows.
+                    let t: [[Lanes; 4]; 4] =
+                        std::array::from_fn(|q| input_lanes([d(0, q), d(1, q), d(2, q), d(3, q)]));
+                    let tile = j * s.tiles() + ty * txn + tx;
+                    for r in 0..4 {
+                        let row = input_lanes([&t[0][r], &t[1][r], &t[2][r], &t[3][r]]);
+                        for (q, val) in row.iter().enumerate() {
+                            let at = ((r * 4 + q) * tn + tile) * s.c + c0;
+                            store_lanes(&mut v[at..at + width], val);
+                        }
                     }
-                }
-                let (r0, rest) = rows.split_at(wide);
-                let (r1, rest) = rest.split_at(wide);
-                let (r2, r3) = rest.split_at(wide);
-                let (b0, rest) = band.split_at_mut(wide);
-                let (b1, rest) = rest.split_at_mut(wide);
-                let (b2, b3) = rest.split_at_mut(wide);
-                for i in 0..wide {
-                    let d = input_1d([r0[i], r1[i], r2[i], r3[i]]);
-                    (b0[i], b1[i], b2[i], b3[i]) = (d[0], d[1], d[2], d[3]);
-                }
-                let tile0 = j * s.tiles() + ty * txn;
-                for (r, b) in band.chunks_exact(wide).enumerate() {
-                    // Element (r, q) of tile tx from columns 2 tx..2 tx + 4 of band row r.
-                    let (even, odd) = (&b[0..], &b[1..]);
-                    let at = |q: usize| ((r * 4 + q) * s.c + ci) * tn + tile0;
-                    fill_with(&mut v[at(0)..][..txn], |tx| even[2 * tx] - even[2 * tx + 2]);
-                    fill_with(&mut v[at(1)..][..txn], |tx| odd[2 * tx] + even[2 * tx + 2]);
-                    fill_with(&mut v[at(2)..][..txn], |tx| even[2 * tx + 2] - odd[2 * tx]);
-                    fill_with(&mut v[at(3)..][..txn], |tx| odd[2 * tx] - odd[2 * tx + 2]);
                 }
             }
         }
@@ -211,70 +291,64 @@ pub(crate) fn forward_group(
     count: usize,
     y: &mut [std::mem::MaybeUninit<f32>],
 ) {
-    let (txn, plane) = (s.tiles_x(), s.plane());
+    let (txn, tyn, plane) = (s.tiles_x(), s.tiles_y(), s.plane());
     let per_chunk = s.chunk().min(count);
     let mut v = Scratch::take(XI * s.c * per_chunk * s.tiles());
     let mut m = Scratch::take(XI * s.o * per_chunk * s.tiles());
-    // A row of tiles after A^T down the columns: per output row (2) and column (4), per tile;
-    // then one output row.
-    let mut cols = vec![0f32; 2 * 4 * txn];
-    let mut line = vec![0f32; 2 * txn];
+    // One image's outputs for LANES channels, pixel by pixel (2 tyn x 2 txn: even sizes).
+    let ow = 2 * txn;
+    let mut out = vec![[0f32; LANES]; 2 * tyn * ow];
     for c0 in (0..count).step_by(per_chunk) {
         let cc = per_chunk.min(count - c0);
         let tn = cc * s.tiles();
         transform_input(x, s, first + c0, cc, &mut v);
+        // [tiles, o] = [tiles, c] . [o, c]^T per element.
         for xi in 0..XI {
             sgemm(
-                s.o,
                 tn,
+                s.o,
                 s.c,
+                &v[xi * tn * s.c..][..tn * s.c],
+                false,
                 &u[xi * s.o * s.c..][..s.o * s.c],
-                false,
-                &v[xi * s.c * tn..][..s.c * tn],
-                false,
-                &mut m[xi * s.o * tn..][..s.o * tn],
+                true,
+                &mut m[xi * tn * s.o..][..tn * s.o],
                 false,
                 1,
             );
         }
         for j in 0..cc {
-            for (oi, &b) in bias.iter().enumerate() {
-                let dst = &mut y[((c0 + j) * s.o + oi) * plane..][..plane];
-                for ty in 0..s.tiles_y() {
-                    let tile0 = j * s.tiles() + ty * txn;
-                    let e = |xi: usize| &m[(xi * s.o + oi) * tn + tile0..][..txn];
-                    for q in 0..4 {
-                        let (m0, m1, m2, m3) = (e(q), e(4 + q), e(8 + q), e(12 + q));
-                        // A^T down the columns.
-                        let (top, bottom) = cols.split_at_mut(4 * txn);
-                        fill_with(&mut top[q * txn..][..txn], |tx| m0[tx] + m1[tx] + m2[tx]);
-                        fill_with(&mut bottom[q * txn..][..txn], |tx| m1[tx] - m2[tx] - m3[tx]);
+            for o0 in (0..s.o).step_by(LANES) {
+                let width = LANES.min(s.o - o0);
+                let b = lanes(|l| bias.get(o0 + l).copied().unwrap_or(0.0));
+                for ty in 0..tyn {
+                    for tx in 0..txn {
+                        let tile = j * s.tiles() + ty * txn + tx;
+                        let e = |xi: usize| {
+                            let at = (xi * tn + tile) * s.o + o0;
+                            load_lanes(&m[at..at + width])
+                        };
+                        let mt: [Lanes; 16] = std::array::from_fn(e);
+                        // A^T down the columns, then along the rows.
+                        let t: [[Lanes; 2]; 4] = std::array::from_fn(|q| {
+                            output_lanes([&mt[q], &mt[4 + q], &mt[8 + q], &mt[12 + q]])
+                        });
+                        for a in 0..2 {
+                            let row = output_lanes([&t[0][a], &t[1][a], &t[2][a], &t[3][a]]);
+                            for (bx, val) in row.iter().enumerate() {
+                                out[(2 * ty + a) * ow + 2 * tx + bx] = lanes(|l| {
+                                    let v = val[l] + b[l];
+                                    if relu { v.max(0.0) } else { v }
+                                });
+                            }
+                        }
                     }
-                    for (a, t) in cols.chunks_exact(4 * txn).enumerate() {
-                        let oy = 2 * ty + a;
-                        if oy >= s.h {
-                            continue;
-                        }
-                        // Then along the row: outputs 2 tx and 2 tx + 1.
-                        let (t0, t1, t2, t3) = (
-                            &t[..txn],
-                            &t[txn..][..txn],
-                            &t[2 * txn..][..txn],
-                            &t[3 * txn..][..txn],
-                        );
-                        for (tx, pair) in line.chunks_exact_mut(2).enumerate() {
-                            pair[0] = t0[tx] + t1[tx] + t2[tx] + b;
-                            pair[1] = t1[tx] - t2[tx] - t3[tx] + b;
-                        }
-                        let out = &mut dst[oy * s.w..][..s.w];
-                        if relu {
-                            for (d, &val) in out.iter_mut().zip(&line) {
-                                d.write(val.max(0.0));
-                            }
-                        } else {
-                            for (d, &val) in out.iter_mut().zip(&line) {
-                                d.write(val);
-                            }
+                }
+                for l in 0..width {
+                    let dst = &mut y[((c0 + j) * s.o + o0 + l) * plane..][..plane];
+                    for (oy, line) in dst.chunks_exact_mut(s.w).enumerate() {
+                        for (d, px) in line.iter_mut().zip(&out[oy * ow..]) {
+                            d.write(px[l]);
                         }
                     }
                 }
@@ -285,6 +359,8 @@ pub(crate) fn forward_group(
 
 /// The weight gradient's share of images `first..first + count`, as 16 `[o, c]` matrices
 /// (still to go through [`finish_weight_grad`]), from the input `x` and output gradient `dy`.
+// As in transform_input, rows of the column-transformed tile are read across its columns.
+#[allow(clippy::needless_range_loop)]
 pub(crate) fn weight_grad_group(
     s: &Geometry,
     x: &[f32],
@@ -292,58 +368,52 @@ pub(crate) fn weight_grad_group(
     first: usize,
     count: usize,
 ) -> Vec<f32> {
-    let (txn, plane) = (s.tiles_x(), s.plane());
+    let (txn, tyn, plane) = (s.tiles_x(), s.tiles_y(), s.plane());
     let per_chunk = s.chunk().min(count);
     let mut v = Scratch::take(XI * s.c * per_chunk * s.tiles());
     let mut d = Scratch::take(XI * s.o * per_chunk * s.tiles());
     let mut p = vec![0f32; XI * s.o * s.c];
-    // Two output-gradient rows, zero-padded to 2 * txn.
-    let mut rows = vec![0f32; 2 * 2 * txn];
-    let mut vertical = vec![0f32; 2 * txn];
+    // One image's output gradient for LANES channels, zero past odd edges.
+    let ow = 2 * txn;
+    let mut grad = vec![[0f32; LANES]; 2 * tyn * ow];
     for (nth, c0) in (0..count).step_by(per_chunk).enumerate() {
         let cc = per_chunk.min(count - c0);
         let tn = cc * s.tiles();
         transform_input(x, s, first + c0, cc, &mut v);
-        // A dy A^T of every output-gradient tile (zeros past odd edges).
+        // A dy A^T of every output-gradient tile.
         for j in 0..cc {
-            for oi in 0..s.o {
-                let src = &dy[((first + c0 + j) * s.o + oi) * plane..][..plane];
-                for ty in 0..s.tiles_y() {
-                    for (a, row) in rows.chunks_exact_mut(2 * txn).enumerate() {
-                        let oy = 2 * ty + a;
-                        if oy < s.h {
-                            row[..s.w].copy_from_slice(&src[oy * s.w..][..s.w]);
-                        } else {
-                            row.fill(0.0);
+            let image = &dy[(first + c0 + j) * s.o * plane..][..s.o * plane];
+            for o0 in (0..s.o).step_by(LANES) {
+                gather_lanes(image, s.o, o0, s, ow, 0, 0, &mut grad);
+                let width = LANES.min(s.o - o0);
+                for ty in 0..tyn {
+                    for tx in 0..txn {
+                        let g = |a: usize, b: usize| &grad[(2 * ty + a) * ow + 2 * tx + b];
+                        // A down the columns, then along the rows.
+                        let t: [[Lanes; 4]; 2] =
+                            std::array::from_fn(|b| output_grad_lanes([g(0, b), g(1, b)]));
+                        let tile = j * s.tiles() + ty * txn + tx;
+                        for r in 0..4 {
+                            let row = output_grad_lanes([&t[0][r], &t[1][r]]);
+                            for (q, val) in row.iter().enumerate() {
+                                let at = ((r * 4 + q) * tn + tile) * s.o + o0;
+                                store_lanes(&mut d[at..at + width], val);
+                            }
                         }
-                    }
-                    let (top, bottom) = rows.split_at(2 * txn);
-                    let tile0 = j * s.tiles() + ty * txn;
-                    for r in 0..4 {
-                        // A down the columns (row r of it), then along the rows.
-                        fill_with(&mut vertical, |col| {
-                            let (t, b) = (top[col], bottom[col]);
-                            [t, t + b, t - b, -b][r]
-                        });
-                        let at = |q: usize| ((r * 4 + q) * s.o + oi) * tn + tile0;
-                        let (l, rt) = (&vertical[0..], &vertical[1..]);
-                        fill_with(&mut d[at(0)..][..txn], |tx| l[2 * tx]);
-                        fill_with(&mut d[at(1)..][..txn], |tx| l[2 * tx] + rt[2 * tx]);
-                        fill_with(&mut d[at(2)..][..txn], |tx| l[2 * tx] - rt[2 * tx]);
-                        fill_with(&mut d[at(3)..][..txn], |tx| -rt[2 * tx]);
                     }
                 }
             }
         }
+        // [o, c] += [tiles, o]^T . [tiles, c] per element.
         for xi in 0..XI {
             sgemm(
                 s.o,
                 s.c,
                 tn,
-                &d[xi * s.o * tn..][..s.o * tn],
-                false,
-                &v[xi * s.c * tn..][..s.c * tn],
+                &d[xi * tn * s.o..][..tn * s.o],
                 true,
+                &v[xi * tn * s.c..][..tn * s.c],
+                false,
                 &mut p[xi * s.o * s.c..][..s.o * s.c],
                 nth > 0,
                 1,
