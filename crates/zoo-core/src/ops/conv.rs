@@ -481,6 +481,12 @@ impl WinogradPlan {
 /// The smallest map side the Winograd path takes: on 2x2 and 3x3 maps its tiles are mostly
 /// padding (the tiled path skips it).
 const MIN_WINOGRAD_MAP: usize = 4;
+/// The smallest map side that takes F(4x4, 3x3) (36 products per 16 outputs) rather than F(2x2,
+/// 3x3) (16 per 4): on 4x4 maps each image is one tile, and the products' 16-row matrices
+/// re-read the transformed kernels for every 16 tiles (`bench ops`, forward + backward, F(4x4)
+/// against F(2x2): 8x8 maps 64 -> 64 2.33 against 3.36 ms, 128 -> 256 15.1 against 17.9,
+/// 16x16 64 -> 128 14.6 against 18.7; 4x4 maps 512 -> 512 82.7 against 40.5).
+const MIN_F43_MAP: usize = 8;
 /// The fewest channels in and out it takes: its transforms cost per channel and tile, its
 /// products per channel pair, and network inputs (3 channels) stay on the im2col path.
 const WINOGRAD_MIN_CHANNELS: usize = 16;
@@ -507,6 +513,7 @@ fn winograd_plan(s: &Sizes, g: ConvGeometry) -> Option<WinogradPlan> {
             h: s.h,
             w: s.w,
             o: s.o,
+            m: if s.h.min(s.w) >= MIN_F43_MAP { 4 } else { 2 },
         },
         group: s.n.div_ceil(threads),
         n: s.n,
@@ -577,7 +584,7 @@ impl CustomOp3 for Conv2dOp {
             )
         }
         if let Some(p) = winograd_plan(&s, g) {
-            let u = winograd::transform_weights(w, s.o, s.c, false);
+            let u = winograd::transform_weights(&p.geometry, w, false);
             let (per_image, relu) = (s.o * s.positions(), self.relu);
             // SAFETY: forward_group writes every element of its images' part of y.
             let y = unsafe {
@@ -756,7 +763,7 @@ impl CustomOp2 for Conv2dInputGradOp {
         let s = Sizes::new(self.name(), &self.input, l1.dims(), g)?;
         if let Some(p) = winograd_plan(&s, g) {
             // Stride 1: the forward convolution of dy with the flipped, transposed kernels.
-            let u = winograd::transform_weights(w, s.o, s.c, true);
+            let u = winograd::transform_weights(&p.geometry, w, true);
             let geometry = p.geometry.transposed();
             let in_len = s.c * s.h * s.w;
             let zeros = vec![0f32; s.c];
@@ -871,7 +878,7 @@ impl CustomOp2 for Conv2dWeightGradOp {
                 })
                 .collect();
             let sum = add_partials(partials);
-            let dw = winograd::finish_weight_grad(&sum, s.o, s.c);
+            let dw = winograd::finish_weight_grad(&p.geometry, &sum);
             return Ok((CpuStorage::F32(dw), Shape::from((s.o, s.c, s.k, s.k))));
         }
         if let Some(t) = tiled_plan(&s, g) {

@@ -1,17 +1,23 @@
-//! 3x3 stride-1 convolutions with padding 1 by Winograd's F(2x2, 3x3): forward and both gradients.
+//! 3x3 stride-1 convolutions with padding 1 by Winograd's F(4x4, 3x3) and F(2x2, 3x3): forward
+//! and both gradients.
 //!
-//! Each 2x2 block of outputs (a tile) is computed from the 4x4 input patch around it: the patch
-//! and the kernel are transformed into 4x4 (`B^T d B`, `G g G^T`), multiplied element by element
-//! and summed over the input channels, and the 4x4 result transformed back (`A^T m A`). Summing
-//! over channels is, for each of the 16 elements, one matrix product `[tiles, c] . [c, o]`: 16
-//! multiply-adds per tile and channel pair instead of 36 for the four outputs (2.25x fewer;
-//! against the direct convolution without its multiply-adds on padding, 1.9x on 8x8 maps and
-//! 1.6x on 4x4). The transforms run 8 channels at a time, one per vector lane, on tiles of
-//! pixels copied channel-innermost; per chunk of images, the transformed inputs and products
-//! stay in the L2 cache.
+//! Each `m x m` block of outputs (a tile) is computed from the `(m + 2) x (m + 2)` input patch
+//! around it: the patch and the kernel are transformed (`B^T d B`, `G g G^T`), multiplied
+//! element by element and summed over the input channels, and the result transformed back
+//! (`A^T m A`). Summing over channels is, for each element, one matrix product `[tiles, c] .
+//! [c, o]`: per output and channel pair, 36 / 16 = 2.25 multiply-adds with F(4x4) and 16 / 4 = 4
+//! with F(2x2), instead of 9 (on 8x8 maps, 7.6 without the ones on padding). F(4x4) takes maps
+//! of 8 and more; on 4x4 maps (one tile per image) F(2x2) gives the products more rows. The
+//! transforms run 8 channels at a time, one per vector lane, on tiles of pixels copied
+//! channel-innermost.
+//!
+//! F(2, 3) interpolates at 0, 1, -1 and infinity, F(4, 3) at 0, 1, -1, 2, -2 and infinity (as in
+//! Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", and oneDNN and cuDNN),
+//! with the fractions in the kernel transform so that the data transforms are small integers;
+//! both match a direct f64 convolution to a relative 1e-5 in the tests below.
 //!
 //! - Input gradient: with stride 1, the forward convolution of the output gradient with the
-//!   kernels flipped and transposed (`c` outputs from `o` inputs), padding `3 - 1 - 1 = 1`.
+//!   kernels flipped and transposed (`c` outputs from `o` inputs), padding 1.
 //! - Weight gradient (the same algebra transposed): `dW = G^T [sum over tiles (A dy A^T) o
 //!   (B^T d B)] G`, per element the product `[tiles, o]^T . [tiles, c]`.
 
@@ -28,21 +34,20 @@ pub(crate) struct Geometry {
     pub h: usize,
     pub w: usize,
     pub o: usize,
+    /// Outputs per tile side: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)).
+    pub m: usize,
 }
 
-/// Elements of a transformed tile.
-const XI: usize = 16;
-
-/// Tiles per chunk of images: the transformed inputs and products of a chunk stay in the L2
-/// cache, and the matrix products still have enough columns.
+/// Tiles per chunk of images: the matrix products get enough rows while the transformed
+/// inputs and products stay a few MB.
 const CHUNK_TILES: usize = 256;
 
 impl Geometry {
     fn tiles_y(&self) -> usize {
-        self.h.div_ceil(2)
+        self.h.div_ceil(self.m)
     }
     fn tiles_x(&self) -> usize {
-        self.w.div_ceil(2)
+        self.w.div_ceil(self.m)
     }
     /// Tiles per image.
     fn tiles(&self) -> usize {
@@ -59,86 +64,10 @@ impl Geometry {
     pub(crate) fn transposed(&self) -> Self {
         Self {
             c: self.o,
-            h: self.h,
-            w: self.w,
             o: self.c,
+            ..*self
         }
     }
-}
-
-/// `G g` along one axis.
-#[inline(always)]
-fn kernel_1d(g: [f32; 3]) -> [f32; 4] {
-    [
-        g[0],
-        0.5 * (g[0] + g[1] + g[2]),
-        0.5 * (g[0] - g[1] + g[2]),
-        g[2],
-    ]
-}
-
-/// `G^T p` along one axis (the kernel transform transposed, for the weight gradient).
-#[inline(always)]
-fn kernel_grad_1d(p: [f32; 4]) -> [f32; 3] {
-    [
-        p[0] + 0.5 * (p[1] + p[2]),
-        0.5 * (p[1] - p[2]),
-        0.5 * (p[1] + p[2]) + p[3],
-    ]
-}
-
-/// The transformed kernels `G g G^T` as 16 `[o, c]` matrices, from `(o, c, 3, 3)` weights; with
-/// `flipped`, of the flipped, transposed kernels for the input gradient (`[c, o]` matrices of
-/// `g'[ky][kx] = w[o][c][2 - ky][2 - kx]`).
-pub(crate) fn transform_weights(w: &[f32], o: usize, c: usize, flipped: bool) -> Vec<f32> {
-    let (rows, cols) = if flipped { (c, o) } else { (o, c) };
-    // Per output channel, its 16 x c transformed kernels; laid out as 16 [rows, cols] matrices
-    // below (in parallel per element).
-    let mut by_channel = vec![0f32; o * XI * c];
-    by_channel
-        .par_chunks_mut(XI * c)
-        .enumerate()
-        .for_each(|(oi, dst)| {
-            for ci in 0..c {
-                let src = &w[(oi * c + ci) * 9..][..9];
-                let g = |ky: usize, kx: usize| {
-                    if flipped {
-                        src[(2 - ky) * 3 + (2 - kx)]
-                    } else {
-                        src[ky * 3 + kx]
-                    }
-                };
-                // Columns first (G g: 4 x 3), then rows ((G g) G^T: 4 x 4).
-                let mut t = [[0f32; 3]; 4];
-                for kx in 0..3 {
-                    let col = kernel_1d([g(0, kx), g(1, kx), g(2, kx)]);
-                    for (t_row, &v) in t.iter_mut().zip(&col) {
-                        t_row[kx] = v;
-                    }
-                }
-                for (r, t_row) in t.iter().enumerate() {
-                    for (q, &v) in kernel_1d(*t_row).iter().enumerate() {
-                        dst[(r * 4 + q) * c + ci] = v;
-                    }
-                }
-            }
-        });
-    let mut u = vec![0f32; XI * o * c];
-    u.par_chunks_mut(rows * cols)
-        .enumerate()
-        .for_each(|(xi, plane)| {
-            for oi in 0..o {
-                let src = &by_channel[(oi * XI + xi) * c..][..c];
-                if flipped {
-                    for (ci, &v) in src.iter().enumerate() {
-                        plane[ci * o + oi] = v;
-                    }
-                } else {
-                    plane[oi * c..][..c].copy_from_slice(src);
-                }
-            }
-        });
-    u
 }
 
 /// Channels transformed together, one per vector lane.
@@ -151,39 +80,207 @@ fn lanes(f: impl Fn(usize) -> f32) -> Lanes {
     std::array::from_fn(f)
 }
 
-/// `B^T d` along one axis, lane by lane.
-#[inline(always)]
-fn input_lanes(d: [&Lanes; 4]) -> [Lanes; 4] {
-    [
-        lanes(|l| d[0][l] - d[2][l]),
-        lanes(|l| d[1][l] + d[2][l]),
-        lanes(|l| d[2][l] - d[1][l]),
-        lanes(|l| d[1][l] - d[3][l]),
-    ]
+/// The one-axis transforms of F(m, r): `M = m` outputs per tile side from `A = m + r - 1`
+/// inputs, `R = r` kernel taps.
+trait Transform<const A: usize, const R: usize, const M: usize> {
+    /// `B^T d`, of `d(0..A)`.
+    fn input(d: impl Fn(usize) -> Lanes) -> [Lanes; A];
+    /// `A^T m`, of `m(0..A)`.
+    fn output(m: impl Fn(usize) -> Lanes) -> [Lanes; M];
+    /// `A y`, of `y(0..M)` (the output transform transposed, for the output gradient).
+    fn output_grad(y: impl Fn(usize) -> Lanes) -> [Lanes; A];
+    /// `G g`.
+    fn kernel(g: [f32; R]) -> [f32; A];
+    /// `G^T p` (the kernel transform transposed, for the weight gradient).
+    fn kernel_grad(p: [f32; A]) -> [f32; R];
 }
 
-/// `A^T m` along one axis, lane by lane.
-#[inline(always)]
-fn output_lanes(m: [&Lanes; 4]) -> [Lanes; 2] {
-    [
-        lanes(|l| m[0][l] + m[1][l] + m[2][l]),
-        lanes(|l| m[1][l] - m[2][l] - m[3][l]),
-    ]
+/// F(2, 3).
+struct F3;
+
+impl Transform<4, 3, 2> for F3 {
+    #[inline(always)]
+    fn input(d: impl Fn(usize) -> Lanes) -> [Lanes; 4] {
+        let d = [d(0), d(1), d(2), d(3)];
+        [
+            lanes(|l| d[0][l] - d[2][l]),
+            lanes(|l| d[1][l] + d[2][l]),
+            lanes(|l| d[2][l] - d[1][l]),
+            lanes(|l| d[1][l] - d[3][l]),
+        ]
+    }
+    #[inline(always)]
+    fn output(m: impl Fn(usize) -> Lanes) -> [Lanes; 2] {
+        let m = [m(0), m(1), m(2), m(3)];
+        [
+            lanes(|l| m[0][l] + m[1][l] + m[2][l]),
+            lanes(|l| m[1][l] - m[2][l] - m[3][l]),
+        ]
+    }
+    #[inline(always)]
+    fn output_grad(y: impl Fn(usize) -> Lanes) -> [Lanes; 4] {
+        let y = [y(0), y(1)];
+        [
+            y[0],
+            lanes(|l| y[0][l] + y[1][l]),
+            lanes(|l| y[0][l] - y[1][l]),
+            lanes(|l| -y[1][l]),
+        ]
+    }
+    #[inline(always)]
+    fn kernel(g: [f32; 3]) -> [f32; 4] {
+        [
+            g[0],
+            0.5 * (g[0] + g[1] + g[2]),
+            0.5 * (g[0] - g[1] + g[2]),
+            g[2],
+        ]
+    }
+    #[inline(always)]
+    fn kernel_grad(p: [f32; 4]) -> [f32; 3] {
+        [
+            p[0] + 0.5 * (p[1] + p[2]),
+            0.5 * (p[1] - p[2]),
+            0.5 * (p[1] + p[2]) + p[3],
+        ]
+    }
 }
 
-/// `A y` along one axis (the output transform transposed, for the output gradient).
-#[inline(always)]
-fn output_grad_lanes(y: [&Lanes; 2]) -> [Lanes; 4] {
-    [
-        y[0].to_owned(),
-        lanes(|l| y[0][l] + y[1][l]),
-        lanes(|l| y[0][l] - y[1][l]),
-        lanes(|l| -y[1][l]),
-    ]
+/// F(4, 3).
+struct F43;
+
+impl Transform<6, 3, 4> for F43 {
+    #[inline(always)]
+    fn input(d: impl Fn(usize) -> Lanes) -> [Lanes; 6] {
+        let d = [d(0), d(1), d(2), d(3), d(4), d(5)];
+        [
+            lanes(|l| 4.0 * d[0][l] - 5.0 * d[2][l] + d[4][l]),
+            lanes(|l| 4.0 * (d[1][l] + d[2][l]) - d[3][l] - d[4][l]),
+            lanes(|l| 4.0 * (d[2][l] - d[1][l]) + d[3][l] - d[4][l]),
+            lanes(|l| 2.0 * (d[3][l] - d[1][l]) - d[2][l] + d[4][l]),
+            lanes(|l| 2.0 * (d[1][l] - d[3][l]) - d[2][l] + d[4][l]),
+            lanes(|l| 4.0 * d[1][l] - 5.0 * d[3][l] + d[5][l]),
+        ]
+    }
+    #[inline(always)]
+    fn output(m: impl Fn(usize) -> Lanes) -> [Lanes; 4] {
+        let m = [m(0), m(1), m(2), m(3), m(4), m(5)];
+        let s12 = lanes(|l| m[1][l] + m[2][l]);
+        let d12 = lanes(|l| m[1][l] - m[2][l]);
+        let s34 = lanes(|l| m[3][l] + m[4][l]);
+        let d34 = lanes(|l| m[3][l] - m[4][l]);
+        [
+            lanes(|l| m[0][l] + s12[l] + s34[l]),
+            lanes(|l| d12[l] + 2.0 * d34[l]),
+            lanes(|l| s12[l] + 4.0 * s34[l]),
+            lanes(|l| d12[l] + 8.0 * d34[l] + m[5][l]),
+        ]
+    }
+    #[inline(always)]
+    fn output_grad(y: impl Fn(usize) -> Lanes) -> [Lanes; 6] {
+        let y = [y(0), y(1), y(2), y(3)];
+        let even = lanes(|l| y[0][l] + y[2][l]);
+        let odd = lanes(|l| y[1][l] + y[3][l]);
+        let even4 = lanes(|l| y[0][l] + 4.0 * y[2][l]);
+        let odd4 = lanes(|l| 2.0 * y[1][l] + 8.0 * y[3][l]);
+        [
+            y[0],
+            lanes(|l| even[l] + odd[l]),
+            lanes(|l| even[l] - odd[l]),
+            lanes(|l| even4[l] + odd4[l]),
+            lanes(|l| even4[l] - odd4[l]),
+            y[3],
+        ]
+    }
+    #[inline(always)]
+    fn kernel(g: [f32; 3]) -> [f32; 6] {
+        let (even, odd) = (g[0] + g[2], g[1]);
+        let (even_w, odd_w) = (g[0] / 24.0 + g[2] / 6.0, g[1] / 12.0);
+        [
+            g[0] / 4.0,
+            (even + odd) / 6.0,
+            (even - odd) / 6.0,
+            even_w + odd_w,
+            even_w - odd_w,
+            g[2],
+        ]
+    }
+    #[inline(always)]
+    fn kernel_grad(p: [f32; 6]) -> [f32; 3] {
+        let (s12, d12, s34, d34) = (p[1] + p[2], p[1] - p[2], p[3] + p[4], p[3] - p[4]);
+        [
+            p[0] / 4.0 + s12 / 6.0 + s34 / 24.0,
+            d12 / 6.0 + d34 / 12.0,
+            (s12 + s34) / 6.0 + p[5],
+        ]
+    }
+}
+
+/// The transformed kernels `G g G^T` as `(m + 2)^2` `[o, c]` matrices, from `(o, c, 3, 3)`
+/// weights; with `flipped`, of the flipped, transposed kernels for the input gradient (`[c, o]`
+/// matrices of `g'[ky][kx] = w[o][c][2 - ky][2 - kx]`).
+pub(crate) fn transform_weights(s: &Geometry, w: &[f32], flipped: bool) -> Vec<f32> {
+    match s.m {
+        2 => weights_by::<4, 3, 2, F3>(w, s.o, s.c, flipped),
+        _ => weights_by::<6, 3, 4, F43>(w, s.o, s.c, flipped),
+    }
+}
+
+fn weights_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R, M>>(
+    w: &[f32],
+    o: usize,
+    c: usize,
+    flipped: bool,
+) -> Vec<f32> {
+    let xi = A * A;
+    let (rows, cols) = if flipped { (c, o) } else { (o, c) };
+    // Per output channel, its xi x c transformed kernels; laid out as xi [rows, cols]
+    // matrices below (in parallel per element).
+    let mut by_channel = vec![0f32; o * xi * c];
+    by_channel
+        .par_chunks_mut(xi * c)
+        .enumerate()
+        .for_each(|(oi, dst)| {
+            for ci in 0..c {
+                let src = &w[(oi * c + ci) * R * R..][..R * R];
+                let g = |ky: usize, kx: usize| {
+                    if flipped {
+                        src[(R - 1 - ky) * R + (R - 1 - kx)]
+                    } else {
+                        src[ky * R + kx]
+                    }
+                };
+                // Columns first (G g: A x R), then rows ((G g) G^T: A x A).
+                let cols: [[f32; A]; R] =
+                    std::array::from_fn(|kx| T::kernel(std::array::from_fn(|ky| g(ky, kx))));
+                for ri in 0..A {
+                    let row = T::kernel(std::array::from_fn(|kx| cols[kx][ri]));
+                    for (q, &v) in row.iter().enumerate() {
+                        dst[(ri * A + q) * c + ci] = v;
+                    }
+                }
+            }
+        });
+    let mut u = vec![0f32; xi * o * c];
+    u.par_chunks_mut(rows * cols)
+        .enumerate()
+        .for_each(|(e, plane)| {
+            for oi in 0..o {
+                let src = &by_channel[(oi * xi + e) * c..][..c];
+                if flipped {
+                    for (ci, &v) in src.iter().enumerate() {
+                        plane[ci * o + oi] = v;
+                    }
+                } else {
+                    plane[oi * c..][..c].copy_from_slice(src);
+                }
+            }
+        });
+    u
 }
 
 /// Copies channels `c0..c0 + LANES` (fewer at the end: zeros in the other lanes) of one image's
-/// `(channels, h, w)` planes into `dst`, `(rows, cols)` pixels of `LANES` channels with the
+/// `(channels, h, w)` planes into `dst`, pixels of `LANES` channels in rows of `cols`, with the
 /// image at `(top, left)`; the rest of `dst` is left as it is (zeros: padding).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -243,32 +340,40 @@ fn load_lanes(src: &[f32]) -> Lanes {
 }
 
 /// `B^T d B` of every tile of images `first..first + count` of `x` (`(n, c, h, w)`) into `v`,
-/// as 16 `[count * tiles, c]` matrices, `LANES` channels at a time: their planes are copied
-/// into a zero-padded buffer of pixels of `LANES` channels, and each tile's 4x4 patch is
+/// as `(m + 2)^2` `[count * tiles, c]` matrices, `LANES` channels at a time: their planes are
+/// copied into a zero-padded buffer of pixels of `LANES` channels, and each tile's patch is
 /// transformed with one vector per pixel.
 // Rows of the column-transformed tile are read across its columns: index loops read best.
 #[allow(clippy::needless_range_loop)]
-fn transform_input(x: &[f32], s: &Geometry, first: usize, count: usize, v: &mut [f32]) {
+fn transform_input<const A: usize, const R: usize, const M: usize, T: Transform<A, R, M>>(
+    x: &[f32],
+    s: &Geometry,
+    first: usize,
+    count: usize,
+    v: &mut [f32],
+) {
+    let pad = (R - 1) / 2;
     let (tn, txn, tyn) = (count * s.tiles(), s.tiles_x(), s.tiles_y());
-    // Padding 1 on the top and left, 1 or 2 on the bottom and right (odd sizes).
-    let (rows, cols) = (2 * tyn + 2, 2 * txn + 2);
+    let (rows, cols) = (M * tyn + A - M, M * txn + A - M);
     let mut padded = vec![[0f32; LANES]; rows * cols];
     for j in 0..count {
         let image = &x[(first + j) * s.c * s.plane()..][..s.c * s.plane()];
         for c0 in (0..s.c).step_by(LANES) {
-            gather_lanes(image, s.c, c0, s, cols, 1, 1, &mut padded);
+            gather_lanes(image, s.c, c0, s, cols, pad, pad, &mut padded);
             let width = LANES.min(s.c - c0);
             for ty in 0..tyn {
                 for tx in 0..txn {
-                    let d = |r: usize, q: usize| &padded[(2 * ty + r) * cols + 2 * tx + q];
+                    let d = |r: usize, q: usize| padded[(M * ty + r) * cols + M * tx + q];
                     // B^T down the columns, then along the rows.
-                    let t: [[Lanes; 4]; 4] =
-                        std::array::from_fn(|q| input_lanes([d(0, q), d(1, q), d(2, q), d(3, q)]));
+                    let mut t = [[[0f32; LANES]; A]; A];
+                    for (q, col) in t.iter_mut().enumerate() {
+                        *col = T::input(|r| d(r, q));
+                    }
                     let tile = j * s.tiles() + ty * txn + tx;
-                    for r in 0..4 {
-                        let row = input_lanes([&t[0][r], &t[1][r], &t[2][r], &t[3][r]]);
+                    for r in 0..A {
+                        let row = T::input(|q| t[q][r]);
                         for (q, val) in row.iter().enumerate() {
-                            let at = ((r * 4 + q) * tn + tile) * s.c + c0;
+                            let at = ((r * A + q) * tn + tile) * s.c + c0;
                             store_lanes(&mut v[at..at + width], val);
                         }
                     }
@@ -291,28 +396,46 @@ pub(crate) fn forward_group(
     count: usize,
     y: &mut [std::mem::MaybeUninit<f32>],
 ) {
+    match s.m {
+        2 => forward_by::<4, 3, 2, F3>(s, x, u, bias, relu, first, count, y),
+        _ => forward_by::<6, 3, 4, F43>(s, x, u, bias, relu, first, count, y),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R, M>>(
+    s: &Geometry,
+    x: &[f32],
+    u: &[f32],
+    bias: &[f32],
+    relu: bool,
+    first: usize,
+    count: usize,
+    y: &mut [std::mem::MaybeUninit<f32>],
+) {
+    let xi = A * A;
     let (txn, tyn, plane) = (s.tiles_x(), s.tiles_y(), s.plane());
     let per_chunk = s.chunk().min(count);
-    let mut v = Scratch::take(XI * s.c * per_chunk * s.tiles());
-    let mut m = Scratch::take(XI * s.o * per_chunk * s.tiles());
+    let mut v = Scratch::take(xi * s.c * per_chunk * s.tiles());
+    let mut m = Scratch::take(xi * s.o * per_chunk * s.tiles());
     // One image's outputs for LANES channels, pixel by pixel (2 tyn x 2 txn: even sizes).
-    let ow = 2 * txn;
-    let mut out = vec![[0f32; LANES]; 2 * tyn * ow];
+    let ow = M * txn;
+    let mut out = vec![[0f32; LANES]; M * tyn * ow];
     for c0 in (0..count).step_by(per_chunk) {
         let cc = per_chunk.min(count - c0);
         let tn = cc * s.tiles();
-        transform_input(x, s, first + c0, cc, &mut v);
+        transform_input::<A, R, M, T>(x, s, first + c0, cc, &mut v);
         // [tiles, o] = [tiles, c] . [o, c]^T per element.
-        for xi in 0..XI {
+        for e in 0..xi {
             sgemm(
                 tn,
                 s.o,
                 s.c,
-                &v[xi * tn * s.c..][..tn * s.c],
+                &v[e * tn * s.c..][..tn * s.c],
                 false,
-                &u[xi * s.o * s.c..][..s.o * s.c],
+                &u[e * s.o * s.c..][..s.o * s.c],
                 true,
-                &mut m[xi * tn * s.o..][..tn * s.o],
+                &mut m[e * tn * s.o..][..tn * s.o],
                 false,
                 1,
             );
@@ -324,19 +447,19 @@ pub(crate) fn forward_group(
                 for ty in 0..tyn {
                     for tx in 0..txn {
                         let tile = j * s.tiles() + ty * txn + tx;
-                        let e = |xi: usize| {
-                            let at = (xi * tn + tile) * s.o + o0;
+                        let e = |e: usize| {
+                            let at = (e * tn + tile) * s.o + o0;
                             load_lanes(&m[at..at + width])
                         };
-                        let mt: [Lanes; 16] = std::array::from_fn(e);
                         // A^T down the columns, then along the rows.
-                        let t: [[Lanes; 2]; 4] = std::array::from_fn(|q| {
-                            output_lanes([&mt[q], &mt[4 + q], &mt[8 + q], &mt[12 + q]])
-                        });
-                        for a in 0..2 {
-                            let row = output_lanes([&t[0][a], &t[1][a], &t[2][a], &t[3][a]]);
+                        let mut t = [[[0f32; LANES]; M]; A];
+                        for (q, col) in t.iter_mut().enumerate() {
+                            *col = T::output(|r| e(r * A + q));
+                        }
+                        for a in 0..M {
+                            let row = T::output(|q| t[q][a]);
                             for (bx, val) in row.iter().enumerate() {
-                                out[(2 * ty + a) * ow + 2 * tx + bx] = lanes(|l| {
+                                out[(M * ty + a) * ow + M * tx + bx] = lanes(|l| {
                                     let v = val[l] + b[l];
                                     if relu { v.max(0.0) } else { v }
                                 });
@@ -357,10 +480,9 @@ pub(crate) fn forward_group(
     }
 }
 
-/// The weight gradient's share of images `first..first + count`, as 16 `[o, c]` matrices
-/// (still to go through [`finish_weight_grad`]), from the input `x` and output gradient `dy`.
-// As in transform_input, rows of the column-transformed tile are read across its columns.
-#[allow(clippy::needless_range_loop)]
+/// The weight gradient's share of images `first..first + count`, as `(m + 2)^2` `[o, c]`
+/// matrices (still to go through [`finish_weight_grad`]), from the input `x` and output
+/// gradient `dy`.
 pub(crate) fn weight_grad_group(
     s: &Geometry,
     x: &[f32],
@@ -368,18 +490,34 @@ pub(crate) fn weight_grad_group(
     first: usize,
     count: usize,
 ) -> Vec<f32> {
+    match s.m {
+        2 => weight_grad_by::<4, 3, 2, F3>(s, x, dy, first, count),
+        _ => weight_grad_by::<6, 3, 4, F43>(s, x, dy, first, count),
+    }
+}
+
+// As in transform_input, rows of the column-transformed tile are read across its columns.
+#[allow(clippy::needless_range_loop)]
+fn weight_grad_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R, M>>(
+    s: &Geometry,
+    x: &[f32],
+    dy: &[f32],
+    first: usize,
+    count: usize,
+) -> Vec<f32> {
+    let xi = A * A;
     let (txn, tyn, plane) = (s.tiles_x(), s.tiles_y(), s.plane());
     let per_chunk = s.chunk().min(count);
-    let mut v = Scratch::take(XI * s.c * per_chunk * s.tiles());
-    let mut d = Scratch::take(XI * s.o * per_chunk * s.tiles());
-    let mut p = vec![0f32; XI * s.o * s.c];
+    let mut v = Scratch::take(xi * s.c * per_chunk * s.tiles());
+    let mut d = Scratch::take(xi * s.o * per_chunk * s.tiles());
+    let mut p = vec![0f32; xi * s.o * s.c];
     // One image's output gradient for LANES channels, zero past odd edges.
-    let ow = 2 * txn;
-    let mut grad = vec![[0f32; LANES]; 2 * tyn * ow];
+    let ow = M * txn;
+    let mut grad = vec![[0f32; LANES]; M * tyn * ow];
     for (nth, c0) in (0..count).step_by(per_chunk).enumerate() {
         let cc = per_chunk.min(count - c0);
         let tn = cc * s.tiles();
-        transform_input(x, s, first + c0, cc, &mut v);
+        transform_input::<A, R, M, T>(x, s, first + c0, cc, &mut v);
         // A dy A^T of every output-gradient tile.
         for j in 0..cc {
             let image = &dy[(first + c0 + j) * s.o * plane..][..s.o * plane];
@@ -388,15 +526,17 @@ pub(crate) fn weight_grad_group(
                 let width = LANES.min(s.o - o0);
                 for ty in 0..tyn {
                     for tx in 0..txn {
-                        let g = |a: usize, b: usize| &grad[(2 * ty + a) * ow + 2 * tx + b];
+                        let g = |a: usize, b: usize| grad[(M * ty + a) * ow + M * tx + b];
                         // A down the columns, then along the rows.
-                        let t: [[Lanes; 4]; 2] =
-                            std::array::from_fn(|b| output_grad_lanes([g(0, b), g(1, b)]));
+                        let mut t = [[[0f32; LANES]; A]; M];
+                        for (b, col) in t.iter_mut().enumerate() {
+                            *col = T::output_grad(|a| g(a, b));
+                        }
                         let tile = j * s.tiles() + ty * txn + tx;
-                        for r in 0..4 {
-                            let row = output_grad_lanes([&t[0][r], &t[1][r]]);
+                        for r in 0..A {
+                            let row = T::output_grad(|b| t[b][r]);
                             for (q, val) in row.iter().enumerate() {
-                                let at = ((r * 4 + q) * tn + tile) * s.o + o0;
+                                let at = ((r * A + q) * tn + tile) * s.o + o0;
                                 store_lanes(&mut d[at..at + width], val);
                             }
                         }
@@ -405,16 +545,16 @@ pub(crate) fn weight_grad_group(
             }
         }
         // [o, c] += [tiles, o]^T . [tiles, c] per element.
-        for xi in 0..XI {
+        for e in 0..xi {
             sgemm(
                 s.o,
                 s.c,
                 tn,
-                &d[xi * tn * s.o..][..tn * s.o],
+                &d[e * tn * s.o..][..tn * s.o],
                 true,
-                &v[xi * tn * s.c..][..tn * s.c],
+                &v[e * tn * s.c..][..tn * s.c],
                 false,
-                &mut p[xi * s.o * s.c..][..s.o * s.c],
+                &mut p[e * s.o * s.c..][..s.o * s.c],
                 nth > 0,
                 1,
             );
@@ -423,22 +563,28 @@ pub(crate) fn weight_grad_group(
     p
 }
 
-/// The `(o, c, 3, 3)` weight gradient `G^T P G` from the 16 summed `[o, c]` matrices `p`.
-pub(crate) fn finish_weight_grad(p: &[f32], o: usize, c: usize) -> Vec<f32> {
-    let mut dw = vec![0f32; o * c * 9];
-    dw.par_chunks_mut(9).enumerate().for_each(|(oc, dst)| {
-        let e = |xi: usize| p[xi * o * c + oc];
-        let mut t = [[0f32; 4]; 3];
-        for q in 0..4 {
-            let col = kernel_grad_1d([e(q), e(4 + q), e(8 + q), e(12 + q)]);
-            for (t_row, &val) in t.iter_mut().zip(&col) {
-                t_row[q] = val;
-            }
-        }
-        for (ky, t_row) in t.iter().enumerate() {
-            for (kx, &val) in kernel_grad_1d(*t_row).iter().enumerate() {
-                dst[ky * 3 + kx] = val;
-            }
+/// The `(o, c, 3, 3)` weight gradient `G^T P G` from the summed `[o, c]` matrices `p`.
+pub(crate) fn finish_weight_grad(s: &Geometry, p: &[f32]) -> Vec<f32> {
+    match s.m {
+        2 => finish_weight_grad_by::<4, 3, 2, F3>(p, s.o, s.c),
+        _ => finish_weight_grad_by::<6, 3, 4, F43>(p, s.o, s.c),
+    }
+}
+
+fn finish_weight_grad_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R, M>>(
+    p: &[f32],
+    o: usize,
+    c: usize,
+) -> Vec<f32> {
+    let mut dw = vec![0f32; o * c * R * R];
+    dw.par_chunks_mut(R * R).enumerate().for_each(|(oc, dst)| {
+        let e = |ri: usize, q: usize| p[(ri * A + q) * o * c + oc];
+        // G^T down the columns, then along the rows.
+        let cols: [[f32; R]; A] =
+            std::array::from_fn(|q| T::kernel_grad(std::array::from_fn(|ri| e(ri, q))));
+        for ky in 0..R {
+            let row = T::kernel_grad(std::array::from_fn(|q| cols[q][ky]));
+            dst[ky * R..][..R].copy_from_slice(&row);
         }
     });
     dw
@@ -476,15 +622,25 @@ mod tests {
     }
 
     #[test]
+    fn f23_forward_and_gradients_match_the_direct_convolution() {
+        matches_the_direct_convolution(2);
+    }
+
+    #[test]
+    fn f43_forward_and_gradients_match_the_direct_convolution() {
+        matches_the_direct_convolution(4);
+    }
+
     #[allow(clippy::needless_range_loop)] // the direct sums read best as index loops
-    fn forward_and_gradients_match_the_direct_convolution() {
+    fn matches_the_direct_convolution(m: usize) {
         // Odd sizes (partial tiles on the right and bottom), and enough images for three chunks
-        // of 9 (30 tiles each, CHUNK_TILES 256), the last one partial.
-        let (n, c, h, w, o) = (20, 5, 9, 11, 7);
-        let s = Geometry { c, h, w, o };
-        assert_eq!(s.chunk(), 9);
+        // of 9 (30 tiles each, CHUNK_TILES 256), the last one partial; 9 input channels (a
+        // partial group of lanes) and 11 outputs.
+        let (n, c, h, w, o) = (20, 9, 9, 11, 11);
+        let s = Geometry { c, h, w, o, m };
+        let (k, kk, pad) = (3, 9, 1);
         let x = values(n * c * h * w, 1);
-        let wt = values(o * c * 9, 2);
+        let wt = values(o * c * kk, 2);
         let bias = values(o, 3);
         let dy = values(n * o * h * w, 4);
         // Direct sums in f64: y[j][oi][p] and the gradients of sum(y * dy).
@@ -497,7 +653,7 @@ mod tests {
         };
         let mut y = vec![0f64; n * o * h * w];
         let mut dx = vec![0f64; n * c * h * w];
-        let mut dw = vec![0f64; o * c * 9];
+        let mut dw = vec![0f64; o * c * kk];
         for j in 0..n {
             for oi in 0..o {
                 for oy in 0..h {
@@ -505,18 +661,18 @@ mod tests {
                         let at = ((j * o + oi) * h + oy) * w + ox;
                         let mut sum = bias[oi] as f64;
                         for ci in 0..c {
-                            for ky in 0..3 {
-                                for kx in 0..3 {
+                            for ky in 0..k {
+                                for kx in 0..k {
                                     let (iy, ix) = (
-                                        oy as isize + ky as isize - 1,
-                                        ox as isize + kx as isize - 1,
+                                        oy as isize + ky as isize - pad,
+                                        ox as isize + kx as isize - pad,
                                     );
-                                    let k = (oi * c + ci) * 9 + ky * 3 + kx;
-                                    sum += wt[k] as f64 * input(j, ci, iy, ix);
-                                    dw[k] += dy[at] as f64 * input(j, ci, iy, ix);
+                                    let at_w = (oi * c + ci) * kk + ky * k + kx;
+                                    sum += wt[at_w] as f64 * input(j, ci, iy, ix);
+                                    dw[at_w] += dy[at] as f64 * input(j, ci, iy, ix);
                                     if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
                                         dx[((j * c + ci) * h + iy as usize) * w + ix as usize] +=
-                                            dy[at] as f64 * wt[k] as f64;
+                                            dy[at] as f64 * wt[at_w] as f64;
                                     }
                                 }
                             }
@@ -528,7 +684,7 @@ mod tests {
         }
         // Two groups of images, as two threads would run them.
         let groups = [(0, 13), (13, 7)];
-        let u = transform_weights(&wt, o, c, false);
+        let u = transform_weights(&s, &wt, false);
         let mut got = vec![std::mem::MaybeUninit::new(f32::NAN); n * o * h * w];
         for (first, count) in groups {
             let per_image = o * h * w;
@@ -540,7 +696,7 @@ mod tests {
         assert_close("forward", &got, &y);
 
         let t = s.transposed();
-        let u = transform_weights(&wt, o, c, true);
+        let u = transform_weights(&s, &wt, true);
         let zeros = vec![0f32; c];
         let mut got = vec![std::mem::MaybeUninit::new(f32::NAN); n * c * h * w];
         for (first, count) in groups {
@@ -552,7 +708,7 @@ mod tests {
         let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
         assert_close("input gradient", &got, &dx);
 
-        let mut sum = vec![0f32; XI * o * c];
+        let mut sum = vec![0f32; (m + 2) * (m + 2) * o * c];
         for (first, count) in groups {
             for (a, b) in sum
                 .iter_mut()
@@ -561,6 +717,6 @@ mod tests {
                 *a += b;
             }
         }
-        assert_close("weight gradient", &finish_weight_grad(&sum, o, c), &dw);
+        assert_close("weight gradient", &finish_weight_grad(&s, &sum), &dw);
     }
 }
