@@ -24,7 +24,8 @@
 use rayon::prelude::*;
 
 use super::conv::Scratch;
-use super::gemm::sgemm;
+use super::gemm::{sgemm, sgemm_raw};
+use super::new_filled;
 
 /// `n` images of `c x h x w` (and their `o x h x w` outputs) through a 3x3 kernel with stride 1
 /// and padding 1.
@@ -75,9 +76,20 @@ const LANES: usize = 8;
 /// One value for each of `LANES` channels.
 type Lanes = [f32; LANES];
 
+/// `[f(0), f(1), ..]`: a plain loop, which the compiler unrolls and vectorises (through
+/// `std::array::from_fn` the closures were not always inlined).
+#[inline(always)]
+fn array<const N: usize>(f: impl Fn(usize) -> f32) -> [f32; N] {
+    let mut out = [0f32; N];
+    for (i, v) in out.iter_mut().enumerate() {
+        *v = f(i);
+    }
+    out
+}
+
 #[inline(always)]
 fn lanes(f: impl Fn(usize) -> f32) -> Lanes {
-    std::array::from_fn(f)
+    array(f)
 }
 
 /// The one-axis transforms of F(m, r): `M = m` outputs per tile side from `A = m + r - 1`
@@ -236,47 +248,58 @@ fn weights_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R,
     let (rows, cols) = if flipped { (c, o) } else { (o, c) };
     // Per output channel, its xi x c transformed kernels; laid out as xi [rows, cols]
     // matrices below (in parallel per element).
-    let mut by_channel = vec![0f32; o * xi * c];
-    by_channel
-        .par_chunks_mut(xi * c)
-        .enumerate()
-        .for_each(|(oi, dst)| {
-            for ci in 0..c {
-                let src = &w[(oi * c + ci) * R * R..][..R * R];
-                let g = |ky: usize, kx: usize| {
-                    if flipped {
-                        src[(R - 1 - ky) * R + (R - 1 - kx)]
-                    } else {
-                        src[ky * R + kx]
+    // SAFETY: each task writes, for its output channel, every element (all ci, ri, q).
+    let by_channel = unsafe {
+        new_filled(o * xi * c, |by_channel| {
+            by_channel
+                .par_chunks_mut(xi * c)
+                .enumerate()
+                .for_each(|(oi, dst)| {
+                    for ci in 0..c {
+                        let src = &w[(oi * c + ci) * R * R..][..R * R];
+                        let g = |ky: usize, kx: usize| {
+                            if flipped {
+                                src[(R - 1 - ky) * R + (R - 1 - kx)]
+                            } else {
+                                src[ky * R + kx]
+                            }
+                        };
+                        // Columns first (G g: A x R), then rows ((G g) G^T: A x A).
+                        let mut cols = [[0f32; A]; R];
+                        for (kx, col) in cols.iter_mut().enumerate() {
+                            *col = T::kernel(array(|ky| g(ky, kx)));
+                        }
+                        for ri in 0..A {
+                            let row = T::kernel(array(|kx| cols[kx][ri]));
+                            for (q, &v) in row.iter().enumerate() {
+                                dst[(ri * A + q) * c + ci].write(v);
+                            }
+                        }
                     }
-                };
-                // Columns first (G g: A x R), then rows ((G g) G^T: A x A).
-                let cols: [[f32; A]; R] =
-                    std::array::from_fn(|kx| T::kernel(std::array::from_fn(|ky| g(ky, kx))));
-                for ri in 0..A {
-                    let row = T::kernel(std::array::from_fn(|kx| cols[kx][ri]));
-                    for (q, &v) in row.iter().enumerate() {
-                        dst[(ri * A + q) * c + ci] = v;
+                });
+        })
+    };
+    // SAFETY: each task writes its whole plane (all oi and ci).
+    unsafe {
+        new_filled(xi * o * c, |u| {
+            u.par_chunks_mut(rows * cols)
+                .enumerate()
+                .for_each(|(e, plane)| {
+                    for oi in 0..o {
+                        let src = &by_channel[(oi * xi + e) * c..][..c];
+                        if flipped {
+                            for (ci, &v) in src.iter().enumerate() {
+                                plane[ci * o + oi].write(v);
+                            }
+                        } else {
+                            for (d, &v) in plane[oi * c..][..c].iter_mut().zip(src) {
+                                d.write(v);
+                            }
+                        }
                     }
-                }
-            }
-        });
-    let mut u = vec![0f32; xi * o * c];
-    u.par_chunks_mut(rows * cols)
-        .enumerate()
-        .for_each(|(e, plane)| {
-            for oi in 0..o {
-                let src = &by_channel[(oi * xi + e) * c..][..c];
-                if flipped {
-                    for (ci, &v) in src.iter().enumerate() {
-                        plane[ci * o + oi] = v;
-                    }
-                } else {
-                    plane[oi * c..][..c].copy_from_slice(src);
-                }
-            }
-        });
-    u
+                });
+        })
+    }
 }
 
 /// Copies channels `c0..c0 + LANES` (fewer at the end: zeros in the other lanes) of one image's
@@ -510,7 +533,8 @@ fn weight_grad_by<const A: usize, const R: usize, const M: usize, T: Transform<A
     let per_chunk = s.chunk().min(count);
     let mut v = Scratch::take(xi * s.c * per_chunk * s.tiles());
     let mut d = Scratch::take(xi * s.o * per_chunk * s.tiles());
-    let mut p = vec![0f32; xi * s.o * s.c];
+    // Written by the first chunk's products, added into by the others.
+    let mut p: Vec<f32> = Vec::with_capacity(xi * s.o * s.c);
     // One image's output gradient for LANES channels, zero past odd edges.
     let ow = M * txn;
     let mut grad = vec![[0f32; LANES]; M * tyn * ow];
@@ -544,20 +568,22 @@ fn weight_grad_by<const A: usize, const R: usize, const M: usize, T: Transform<A
                 }
             }
         }
-        // [o, c] += [tiles, o]^T . [tiles, c] per element.
+        // [o, c] (+)= [tiles, o]^T . [tiles, c] per element.
         for e in 0..xi {
-            sgemm(
-                s.o,
-                s.c,
-                tn,
+            let (a, b) = (
                 &d[e * tn * s.o..][..tn * s.o],
-                true,
                 &v[e * tn * s.c..][..tn * s.c],
-                false,
-                &mut p[e * s.o * s.c..][..s.o * s.c],
-                nth > 0,
-                1,
             );
+            // SAFETY: p's capacity holds xi planes of o * c; the first chunk writes each
+            // plane whole (no accumulation) before the length covers it, later chunks add.
+            unsafe {
+                let plane = p.as_mut_ptr().add(e * s.o * s.c);
+                sgemm_raw(s.o, s.c, tn, a, true, b, false, plane, nth > 0, 1);
+            }
+        }
+        if nth == 0 {
+            // SAFETY: the first chunk's products wrote all xi * o * c elements.
+            unsafe { p.set_len(xi * s.o * s.c) };
         }
     }
     p
@@ -576,18 +602,25 @@ fn finish_weight_grad_by<const A: usize, const R: usize, const M: usize, T: Tran
     o: usize,
     c: usize,
 ) -> Vec<f32> {
-    let mut dw = vec![0f32; o * c * R * R];
-    dw.par_chunks_mut(R * R).enumerate().for_each(|(oc, dst)| {
-        let e = |ri: usize, q: usize| p[(ri * A + q) * o * c + oc];
-        // G^T down the columns, then along the rows.
-        let cols: [[f32; R]; A] =
-            std::array::from_fn(|q| T::kernel_grad(std::array::from_fn(|ri| e(ri, q))));
-        for ky in 0..R {
-            let row = T::kernel_grad(std::array::from_fn(|q| cols[q][ky]));
-            dst[ky * R..][..R].copy_from_slice(&row);
-        }
-    });
-    dw
+    // SAFETY: each task writes its kernel's R * R values.
+    unsafe {
+        new_filled(o * c * R * R, |dw| {
+            dw.par_chunks_mut(R * R).enumerate().for_each(|(oc, dst)| {
+                let e = |ri: usize, q: usize| p[(ri * A + q) * o * c + oc];
+                // G^T down the columns, then along the rows.
+                let mut cols = [[0f32; R]; A];
+                for (q, col) in cols.iter_mut().enumerate() {
+                    *col = T::kernel_grad(array(|ri| e(ri, q)));
+                }
+                for ky in 0..R {
+                    let row = T::kernel_grad(array(|q| cols[q][ky]));
+                    for (d, &v) in dst[ky * R..][..R].iter_mut().zip(&row) {
+                        d.write(v);
+                    }
+                }
+            });
+        })
+    }
 }
 
 #[cfg(test)]
