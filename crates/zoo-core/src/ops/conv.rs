@@ -487,6 +487,8 @@ const MIN_WINOGRAD_MAP: usize = 4;
 /// against F(2x2): 8x8 maps 64 -> 64 2.33 against 3.36 ms, 128 -> 256 15.1 against 17.9,
 /// 16x16 64 -> 128 14.6 against 18.7; 4x4 maps 512 -> 512 82.7 against 40.5).
 const MIN_F43_MAP: usize = 8;
+/// The smallest map side that takes F(4x4, 5x5).
+const MIN_F45_MAP: usize = 6;
 /// The fewest channels in and out it takes: its transforms cost per channel and tile, its
 /// products per channel pair, and network inputs (3 channels) stay on the im2col path.
 const WINOGRAD_MIN_CHANNELS: usize = 16;
@@ -498,10 +500,15 @@ const WINOGRAD_MIN_CHANNELS: usize = 16;
 /// 26.6 -> 24.0.
 fn winograd_plan(s: &Sizes, g: ConvGeometry) -> Option<WinogradPlan> {
     let threads = rayon::current_num_threads().max(1);
-    if s.k != 3
+    if !matches!(s.k, 3 | 5)
         || g.stride != 1
-        || g.padding != 1
-        || s.h.min(s.w) < MIN_WINOGRAD_MAP
+        || g.padding != s.k / 2
+        || s.h.min(s.w)
+            < if s.k == 3 {
+                MIN_WINOGRAD_MAP
+            } else {
+                MIN_F45_MAP
+            }
         || s.c.min(s.o) < WINOGRAD_MIN_CHANNELS
         || s.n < threads
     {
@@ -513,7 +520,12 @@ fn winograd_plan(s: &Sizes, g: ConvGeometry) -> Option<WinogradPlan> {
             h: s.h,
             w: s.w,
             o: s.o,
-            m: if s.h.min(s.w) >= MIN_F43_MAP { 4 } else { 2 },
+            k: s.k,
+            m: if s.k == 5 || s.h.min(s.w) >= MIN_F43_MAP {
+                4
+            } else {
+                2
+            },
         },
         group: s.n.div_ceil(threads),
         n: s.n,
@@ -1030,7 +1042,7 @@ mod tests {
     }
 
     #[test]
-    fn winograd_takes_same_3x3s_on_maps_of_4_and_more() {
+    fn winograd_takes_same_3x3s_on_maps_of_4_and_5x5s_on_maps_of_6() {
         let winograd = |x: [usize; 4], o: usize, k: usize, stride: usize, padding: usize| {
             let g = ConvGeometry { stride, padding };
             winograd_plan(&Sizes::new("w", &x, &[o, x[1], k, k], g).unwrap(), g).is_some()
@@ -1042,14 +1054,21 @@ mod tests {
         assert!(winograd([64, 256, 8, 8], 256, 3, 1, 1));
         assert!(winograd([64, 128, 8, 8], 32, 3, 1, 1));
         assert!(winograd([64, 16, 9, 11], 16, 3, 1, 1));
-        // A network's 3-channel input, 2x2 and 3x3 maps (the tiled path), stride 2, padding 0,
-        // a 5x5 kernel, one image.
+        // NiN's and AlexNet's 5x5 on 7x7 (padding 2), the conv test's 5x5 case.
+        assert!(winograd([64, 96, 7, 7], 256, 5, 1, 2));
+        assert!(winograd([64, 16, 7, 7], 16, 5, 1, 2));
+        // A network's 3-channel input, 2x2 and 3x3 maps (the tiled path), stride 2, padding 0.
         assert!(!winograd([64, 3, 32, 32], 64, 3, 1, 1));
         assert!(!winograd([64, 256, 2, 2], 256, 3, 1, 1));
         assert!(!winograd([64, 256, 3, 3], 384, 3, 1, 1));
         assert!(!winograd([64, 64, 8, 8], 64, 3, 2, 1));
         assert!(!winograd([64, 64, 8, 8], 64, 3, 1, 0));
-        assert!(!winograd([64, 64, 8, 8], 64, 5, 1, 2));
+        // GoogLeNet's 5x5 on 4x4, a 5x5 with padding 1, 7x7 and 1x1 kernels.
+        assert!(!winograd([64, 16, 4, 4], 32, 5, 1, 2));
+        assert!(!winograd([64, 64, 8, 8], 64, 5, 1, 1));
+        assert!(!winograd([64, 64, 8, 8], 64, 7, 1, 3));
+        assert!(!winograd([64, 64, 8, 8], 64, 1, 1, 0));
+        // One image: fewer than the threads.
         assert!(!winograd([1, 64, 8, 8], 64, 3, 1, 1));
     }
 
@@ -1117,9 +1136,11 @@ mod tests {
             // More images than any machine has threads: the tiled path wherever the CPU has
             // its kernels (see the test below).
             ([64, 2, 3, 3], 3, 3, 1, 1),
-            // The Winograd path (odd sizes: partial tiles on both edges; several chunks of
-            // images per thread).
+            // The Winograd paths (odd sizes: partial tiles on both edges; several chunks of
+            // images per thread): F(4x4, 3x3), F(2x2, 3x3) on 4x4 maps, F(4x4, 5x5).
             ([64, 16, 9, 11], 16, 3, 1, 1),
+            ([64, 16, 4, 5], 17, 3, 1, 1),
+            ([64, 16, 7, 7], 16, 5, 1, 2),
         ] {
             let c = x_shape[1];
             let x = Var::from_tensor(&test_input(&x_shape, 1).unwrap()).unwrap();

@@ -35,7 +35,9 @@ pub(crate) struct Geometry {
     pub h: usize,
     pub w: usize,
     pub o: usize,
-    /// Outputs per tile side: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)).
+    /// Kernel side: 3 (padding 1) or 5 (padding 2).
+    pub k: usize,
+    /// Outputs per tile side: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3), F(4x4, 5x5)).
     pub m: usize,
 }
 
@@ -101,10 +103,10 @@ trait Transform<const A: usize, const R: usize, const M: usize> {
     fn output(m: impl Fn(usize) -> Lanes) -> [Lanes; M];
     /// `A y`, of `y(0..M)` (the output transform transposed, for the output gradient).
     fn output_grad(y: impl Fn(usize) -> Lanes) -> [Lanes; A];
-    /// `G g`.
-    fn kernel(g: [f32; R]) -> [f32; A];
-    /// `G^T p` (the kernel transform transposed, for the weight gradient).
-    fn kernel_grad(p: [f32; A]) -> [f32; R];
+    /// `G g`, of `g(0..R)`.
+    fn kernel(g: impl Fn(usize) -> Lanes) -> [Lanes; A];
+    /// `G^T p`, of `p(0..A)` (the kernel transform transposed, for the weight gradient).
+    fn kernel_grad(p: impl Fn(usize) -> Lanes) -> [Lanes; R];
 }
 
 /// F(2, 3).
@@ -140,20 +142,22 @@ impl Transform<4, 3, 2> for F3 {
         ]
     }
     #[inline(always)]
-    fn kernel(g: [f32; 3]) -> [f32; 4] {
+    fn kernel(g: impl Fn(usize) -> Lanes) -> [Lanes; 4] {
+        let g = [g(0), g(1), g(2)];
         [
             g[0],
-            0.5 * (g[0] + g[1] + g[2]),
-            0.5 * (g[0] - g[1] + g[2]),
+            lanes(|l| 0.5 * (g[0][l] + g[1][l] + g[2][l])),
+            lanes(|l| 0.5 * (g[0][l] - g[1][l] + g[2][l])),
             g[2],
         ]
     }
     #[inline(always)]
-    fn kernel_grad(p: [f32; 4]) -> [f32; 3] {
+    fn kernel_grad(p: impl Fn(usize) -> Lanes) -> [Lanes; 3] {
+        let p = [p(0), p(1), p(2), p(3)];
         [
-            p[0] + 0.5 * (p[1] + p[2]),
-            0.5 * (p[1] - p[2]),
-            0.5 * (p[1] + p[2]) + p[3],
+            lanes(|l| p[0][l] + 0.5 * (p[1][l] + p[2][l])),
+            lanes(|l| 0.5 * (p[1][l] - p[2][l])),
+            lanes(|l| 0.5 * (p[1][l] + p[2][l]) + p[3][l]),
         ]
     }
 }
@@ -205,25 +209,149 @@ impl Transform<6, 3, 4> for F43 {
         ]
     }
     #[inline(always)]
-    fn kernel(g: [f32; 3]) -> [f32; 6] {
-        let (even, odd) = (g[0] + g[2], g[1]);
-        let (even_w, odd_w) = (g[0] / 24.0 + g[2] / 6.0, g[1] / 12.0);
+    fn kernel(g: impl Fn(usize) -> Lanes) -> [Lanes; 6] {
+        let g = [g(0), g(1), g(2)];
+        let even = lanes(|l| g[0][l] + g[2][l]);
+        let even_w = lanes(|l| g[0][l] / 24.0 + g[2][l] / 6.0);
         [
-            g[0] / 4.0,
-            (even + odd) / 6.0,
-            (even - odd) / 6.0,
-            even_w + odd_w,
-            even_w - odd_w,
+            lanes(|l| g[0][l] / 4.0),
+            lanes(|l| (even[l] + g[1][l]) / 6.0),
+            lanes(|l| (even[l] - g[1][l]) / 6.0),
+            lanes(|l| even_w[l] + g[1][l] / 12.0),
+            lanes(|l| even_w[l] - g[1][l] / 12.0),
             g[2],
         ]
     }
     #[inline(always)]
-    fn kernel_grad(p: [f32; 6]) -> [f32; 3] {
-        let (s12, d12, s34, d34) = (p[1] + p[2], p[1] - p[2], p[3] + p[4], p[3] - p[4]);
+    fn kernel_grad(p: impl Fn(usize) -> Lanes) -> [Lanes; 3] {
+        let p = [p(0), p(1), p(2), p(3), p(4), p(5)];
+        let (s12, d12) = (lanes(|l| p[1][l] + p[2][l]), lanes(|l| p[1][l] - p[2][l]));
+        let (s34, d34) = (lanes(|l| p[3][l] + p[4][l]), lanes(|l| p[3][l] - p[4][l]));
         [
-            p[0] / 4.0 + s12 / 6.0 + s34 / 24.0,
-            d12 / 6.0 + d34 / 12.0,
-            (s12 + s34) / 6.0 + p[5],
+            lanes(|l| p[0][l] / 4.0 + s12[l] / 6.0 + s34[l] / 24.0),
+            lanes(|l| d12[l] / 6.0 + d34[l] / 12.0),
+            lanes(|l| (s12[l] + s34[l]) / 6.0 + p[5][l]),
+        ]
+    }
+}
+
+/// F(4, 5): interpolation at 0, 1, -1, 2, -2, 1/2, -1/2 and infinity (`B^T` rows scaled to
+/// integers).
+struct F45;
+
+impl Transform<8, 5, 4> for F45 {
+    #[inline(always)]
+    fn input(d: impl Fn(usize) -> Lanes) -> [Lanes; 8] {
+        let d: [Lanes; 8] = [d(0), d(1), d(2), d(3), d(4), d(5), d(6), d(7)];
+        [
+            lanes(|l| 4.0 * d[0][l] - 21.0 * d[2][l] + 21.0 * d[4][l] - 4.0 * d[6][l]),
+            lanes(|l| {
+                -4.0 * (d[1][l] + d[2][l]) + 17.0 * (d[3][l] + d[4][l]) - 4.0 * (d[5][l] + d[6][l])
+            }),
+            lanes(|l| {
+                4.0 * (d[1][l] - d[2][l]) - 17.0 * (d[3][l] - d[4][l]) + 4.0 * (d[5][l] - d[6][l])
+            }),
+            lanes(|l| {
+                2.0 * d[1][l] + d[2][l] - 10.0 * d[3][l] - 5.0 * d[4][l]
+                    + 8.0 * d[5][l]
+                    + 4.0 * d[6][l]
+            }),
+            lanes(|l| {
+                -2.0 * d[1][l] + d[2][l] + 10.0 * d[3][l] - 5.0 * d[4][l] - 8.0 * d[5][l]
+                    + 4.0 * d[6][l]
+            }),
+            lanes(|l| {
+                64.0 * d[1][l] + 128.0 * d[2][l] - 80.0 * d[3][l] - 160.0 * d[4][l]
+                    + 16.0 * d[5][l]
+                    + 32.0 * d[6][l]
+            }),
+            lanes(|l| {
+                -64.0 * d[1][l] + 128.0 * d[2][l] + 80.0 * d[3][l]
+                    - 160.0 * d[4][l]
+                    - 16.0 * d[5][l]
+                    + 32.0 * d[6][l]
+            }),
+            lanes(|l| -4.0 * d[1][l] + 21.0 * d[3][l] - 21.0 * d[5][l] + 4.0 * d[7][l]),
+        ]
+    }
+    #[inline(always)]
+    fn output(m: impl Fn(usize) -> Lanes) -> [Lanes; 4] {
+        let m: [Lanes; 8] = [m(0), m(1), m(2), m(3), m(4), m(5), m(6), m(7)];
+        let s12 = lanes(|l| m[1][l] + m[2][l]);
+        let d12 = lanes(|l| m[1][l] - m[2][l]);
+        let s34 = lanes(|l| m[3][l] + m[4][l]);
+        let d34 = lanes(|l| m[3][l] - m[4][l]);
+        let s56 = lanes(|l| m[5][l] + m[6][l]);
+        let d56 = lanes(|l| m[5][l] - m[6][l]);
+        [
+            lanes(|l| m[0][l] + s12[l] + s34[l] + s56[l]),
+            lanes(|l| d12[l] + 2.0 * d34[l] + 0.5 * d56[l]),
+            lanes(|l| s12[l] + 4.0 * s34[l] + 0.25 * s56[l]),
+            lanes(|l| d12[l] + 8.0 * d34[l] + 0.125 * d56[l] + m[7][l]),
+        ]
+    }
+    #[inline(always)]
+    fn output_grad(y: impl Fn(usize) -> Lanes) -> [Lanes; 8] {
+        let y = [y(0), y(1), y(2), y(3)];
+        let at = |a: f32| {
+            let (a2, a3) = (a * a, a * a * a);
+            lanes(|l| y[0][l] + a * y[1][l] + a2 * y[2][l] + a3 * y[3][l])
+        };
+        [
+            y[0],
+            at(1.0),
+            at(-1.0),
+            at(2.0),
+            at(-2.0),
+            at(0.5),
+            at(-0.5),
+            y[3],
+        ]
+    }
+    #[inline(always)]
+    fn kernel(g: impl Fn(usize) -> Lanes) -> [Lanes; 8] {
+        let g = [g(0), g(1), g(2), g(3), g(4)];
+        // Row x: the kernel polynomial at point a, over the row's scale.
+        let at = |a: f32, scale: f32| {
+            lanes(|l| {
+                (g[0][l] + a * (g[1][l] + a * (g[2][l] + a * (g[3][l] + a * g[4][l])))) / scale
+            })
+        };
+        // At -+1/2: (16 g0 -+ 8 g1 + 4 g2 -+ 2 g3 + g4) / 720.
+        let half = |sign: f32| {
+            lanes(|l| {
+                (16.0 * g[0][l]
+                    + sign * 8.0 * g[1][l]
+                    + 4.0 * g[2][l]
+                    + sign * 2.0 * g[3][l]
+                    + g[4][l])
+                    / 720.0
+            })
+        };
+        [
+            lanes(|l| g[0][l] / 4.0),
+            at(1.0, 18.0),
+            at(-1.0, 18.0),
+            at(2.0, 360.0),
+            at(-2.0, 360.0),
+            half(1.0),
+            half(-1.0),
+            lanes(|l| g[4][l] / 4.0),
+        ]
+    }
+    #[inline(always)]
+    fn kernel_grad(p: impl Fn(usize) -> Lanes) -> [Lanes; 5] {
+        let p: [Lanes; 8] = [p(0), p(1), p(2), p(3), p(4), p(5), p(6), p(7)];
+        // Tap k: sum over rows x of G[x][k] p[x].
+        let (s1, d1) = (lanes(|l| p[1][l] + p[2][l]), lanes(|l| p[1][l] - p[2][l]));
+        let (s2, d2) = (lanes(|l| p[3][l] + p[4][l]), lanes(|l| p[3][l] - p[4][l]));
+        let (s3, d3) = (lanes(|l| p[5][l] + p[6][l]), lanes(|l| p[5][l] - p[6][l]));
+        [
+            lanes(|l| p[0][l] / 4.0 + s1[l] / 18.0 + s2[l] / 360.0 + s3[l] / 45.0),
+            lanes(|l| d1[l] / 18.0 + d2[l] / 180.0 + d3[l] / 90.0),
+            lanes(|l| s1[l] / 18.0 + s2[l] / 90.0 + s3[l] / 180.0),
+            lanes(|l| d1[l] / 18.0 + d2[l] / 45.0 + d3[l] / 360.0),
+            lanes(|l| s1[l] / 18.0 + s2[l] * (2.0 / 45.0) + s3[l] / 720.0 + p[7][l] / 4.0),
         ]
     }
 }
@@ -232,12 +360,15 @@ impl Transform<6, 3, 4> for F43 {
 /// weights; with `flipped`, of the flipped, transposed kernels for the input gradient (`[c, o]`
 /// matrices of `g'[ky][kx] = w[o][c][2 - ky][2 - kx]`).
 pub(crate) fn transform_weights(s: &Geometry, w: &[f32], flipped: bool) -> Vec<f32> {
-    match s.m {
-        2 => weights_by::<4, 3, 2, F3>(w, s.o, s.c, flipped),
-        _ => weights_by::<6, 3, 4, F43>(w, s.o, s.c, flipped),
+    match (s.k, s.m) {
+        (3, 2) => weights_by::<4, 3, 2, F3>(w, s.o, s.c, flipped),
+        (3, _) => weights_by::<6, 3, 4, F43>(w, s.o, s.c, flipped),
+        _ => weights_by::<8, 5, 4, F45>(w, s.o, s.c, flipped),
     }
 }
 
+// The column-transformed kernels are read across their columns: index loops read best.
+#[allow(clippy::needless_range_loop)]
 fn weights_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R, M>>(
     w: &[f32],
     o: usize,
@@ -255,24 +386,30 @@ fn weights_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R,
                 .par_chunks_mut(xi * c)
                 .enumerate()
                 .for_each(|(oi, dst)| {
-                    for ci in 0..c {
-                        let src = &w[(oi * c + ci) * R * R..][..R * R];
+                    // LANES input channels at a time, one per lane.
+                    for c0 in (0..c).step_by(LANES) {
+                        let width = LANES.min(c - c0);
+                        let src = &w[(oi * c + c0) * R * R..][..width * R * R];
                         let g = |ky: usize, kx: usize| {
-                            if flipped {
-                                src[(R - 1 - ky) * R + (R - 1 - kx)]
+                            let tap = if flipped {
+                                (R - 1 - ky) * R + (R - 1 - kx)
                             } else {
-                                src[ky * R + kx]
-                            }
+                                ky * R + kx
+                            };
+                            lanes(|l| if l < width { src[l * R * R + tap] } else { 0.0 })
                         };
                         // Columns first (G g: A x R), then rows ((G g) G^T: A x A).
-                        let mut cols = [[0f32; A]; R];
+                        let mut cols = [[[0f32; LANES]; A]; R];
                         for (kx, col) in cols.iter_mut().enumerate() {
-                            *col = T::kernel(array(|ky| g(ky, kx)));
+                            *col = T::kernel(|ky| g(ky, kx));
                         }
                         for ri in 0..A {
-                            let row = T::kernel(array(|kx| cols[kx][ri]));
-                            for (q, &v) in row.iter().enumerate() {
-                                dst[(ri * A + q) * c + ci].write(v);
+                            let row = T::kernel(|kx| cols[kx][ri]);
+                            for (q, val) in row.iter().enumerate() {
+                                let at = (ri * A + q) * c + c0;
+                                for (d, &v) in dst[at..at + width].iter_mut().zip(val) {
+                                    d.write(v);
+                                }
                             }
                         }
                     }
@@ -419,9 +556,10 @@ pub(crate) fn forward_group(
     count: usize,
     y: &mut [std::mem::MaybeUninit<f32>],
 ) {
-    match s.m {
-        2 => forward_by::<4, 3, 2, F3>(s, x, u, bias, relu, first, count, y),
-        _ => forward_by::<6, 3, 4, F43>(s, x, u, bias, relu, first, count, y),
+    match (s.k, s.m) {
+        (3, 2) => forward_by::<4, 3, 2, F3>(s, x, u, bias, relu, first, count, y),
+        (3, _) => forward_by::<6, 3, 4, F43>(s, x, u, bias, relu, first, count, y),
+        _ => forward_by::<8, 5, 4, F45>(s, x, u, bias, relu, first, count, y),
     }
 }
 
@@ -513,9 +651,10 @@ pub(crate) fn weight_grad_group(
     first: usize,
     count: usize,
 ) -> Vec<f32> {
-    match s.m {
-        2 => weight_grad_by::<4, 3, 2, F3>(s, x, dy, first, count),
-        _ => weight_grad_by::<6, 3, 4, F43>(s, x, dy, first, count),
+    match (s.k, s.m) {
+        (3, 2) => weight_grad_by::<4, 3, 2, F3>(s, x, dy, first, count),
+        (3, _) => weight_grad_by::<6, 3, 4, F43>(s, x, dy, first, count),
+        _ => weight_grad_by::<8, 5, 4, F45>(s, x, dy, first, count),
     }
 }
 
@@ -591,9 +730,10 @@ fn weight_grad_by<const A: usize, const R: usize, const M: usize, T: Transform<A
 
 /// The `(o, c, 3, 3)` weight gradient `G^T P G` from the summed `[o, c]` matrices `p`.
 pub(crate) fn finish_weight_grad(s: &Geometry, p: &[f32]) -> Vec<f32> {
-    match s.m {
-        2 => finish_weight_grad_by::<4, 3, 2, F3>(p, s.o, s.c),
-        _ => finish_weight_grad_by::<6, 3, 4, F43>(p, s.o, s.c),
+    match (s.k, s.m) {
+        (3, 2) => finish_weight_grad_by::<4, 3, 2, F3>(p, s.o, s.c),
+        (3, _) => finish_weight_grad_by::<6, 3, 4, F43>(p, s.o, s.c),
+        _ => finish_weight_grad_by::<8, 5, 4, F45>(p, s.o, s.c),
     }
 }
 
@@ -605,20 +745,29 @@ fn finish_weight_grad_by<const A: usize, const R: usize, const M: usize, T: Tran
     // SAFETY: each task writes its kernel's R * R values.
     unsafe {
         new_filled(o * c * R * R, |dw| {
-            dw.par_chunks_mut(R * R).enumerate().for_each(|(oc, dst)| {
-                let e = |ri: usize, q: usize| p[(ri * A + q) * o * c + oc];
-                // G^T down the columns, then along the rows.
-                let mut cols = [[0f32; R]; A];
-                for (q, col) in cols.iter_mut().enumerate() {
-                    *col = T::kernel_grad(array(|ri| e(ri, q)));
-                }
-                for ky in 0..R {
-                    let row = T::kernel_grad(array(|q| cols[q][ky]));
-                    for (d, &v) in dst[ky * R..][..R].iter_mut().zip(&row) {
-                        d.write(v);
+            // LANES kernels (consecutive (o, c) pairs) at a time, one per lane.
+            dw.par_chunks_mut(LANES * R * R)
+                .enumerate()
+                .for_each(|(chunk, dst)| {
+                    let (oc0, width) = (chunk * LANES, dst.len() / (R * R));
+                    let e = |ri: usize, q: usize| {
+                        let at = (ri * A + q) * o * c + oc0;
+                        load_lanes(&p[at..at + width])
+                    };
+                    // G^T down the columns, then along the rows.
+                    let mut cols = [[[0f32; LANES]; R]; A];
+                    for (q, col) in cols.iter_mut().enumerate() {
+                        *col = T::kernel_grad(|ri| e(ri, q));
                     }
-                }
-            });
+                    for ky in 0..R {
+                        let row = T::kernel_grad(|q| cols[q][ky]);
+                        for (kx, val) in row.iter().enumerate() {
+                            for (l, &v) in val.iter().take(width).enumerate() {
+                                dst[l * R * R + ky * R + kx].write(v);
+                            }
+                        }
+                    }
+                });
         })
     }
 }
@@ -656,22 +805,27 @@ mod tests {
 
     #[test]
     fn f23_forward_and_gradients_match_the_direct_convolution() {
-        matches_the_direct_convolution(2);
+        matches_the_direct_convolution(3, 2);
     }
 
     #[test]
     fn f43_forward_and_gradients_match_the_direct_convolution() {
-        matches_the_direct_convolution(4);
+        matches_the_direct_convolution(3, 4);
+    }
+
+    #[test]
+    fn f45_forward_and_gradients_match_the_direct_convolution() {
+        matches_the_direct_convolution(5, 4);
     }
 
     #[allow(clippy::needless_range_loop)] // the direct sums read best as index loops
-    fn matches_the_direct_convolution(m: usize) {
+    fn matches_the_direct_convolution(k: usize, m: usize) {
         // Odd sizes (partial tiles on the right and bottom), and enough images for three chunks
         // of 9 (30 tiles each, CHUNK_TILES 256), the last one partial; 9 input channels (a
         // partial group of lanes) and 11 outputs.
         let (n, c, h, w, o) = (20, 9, 9, 11, 11);
-        let s = Geometry { c, h, w, o, m };
-        let (k, kk, pad) = (3, 9, 1);
+        let s = Geometry { c, h, w, o, k, m };
+        let (kk, pad) = (k * k, (k / 2) as isize);
         let x = values(n * c * h * w, 1);
         let wt = values(o * c * kk, 2);
         let bias = values(o, 3);
@@ -741,7 +895,7 @@ mod tests {
         let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
         assert_close("input gradient", &got, &dx);
 
-        let mut sum = vec![0f32; (m + 2) * (m + 2) * o * c];
+        let mut sum = vec![0f32; (m + k - 1) * (m + k - 1) * o * c];
         for (first, count) in groups {
             for (a, b) in sum
                 .iter_mut()
