@@ -5,9 +5,12 @@
 //! image is one GEMM (`y = W . col`), the weight gradient is `sum_n dy_n . col_n^T` and the
 //! input gradient is `col2im(W^T . dy_n)`; images are spread over the rayon threads, each with
 //! its own column buffer. The bias and an optional ReLU are applied while the GEMM result is
-//! copied out, and undone in one pass in the backward. Convolutions that would multiply padding
-//! in a fifth or more of their multiply-adds (small maps) compute the forward and both
-//! gradients with [`super::tiled`] instead, which skips those.
+//! copied out, and undone in one pass in the backward. Two other paths take the forward and both
+//! gradients where they are faster: 3x3 and 5x5 'same' convolutions with stride 1 on maps of
+//! 4 (3x3) or 6 (5x5) and more go through Winograd's algorithm ([`super::winograd`]: 2.25x to
+//! 6.25x fewer multiply-adds per output), and other convolutions that would multiply padding in a fifth or more
+//! of their multiply-adds (small maps) through [`super::tiled`], which skips those. The order:
+//! Winograd, then tiled, then the GEMMs.
 
 use std::borrow::Cow;
 
@@ -422,7 +425,8 @@ fn for_groups<T: Send>(
 }
 
 /// The tile micro-kernels when this CPU has them and the forward and both gradients take the
-/// tiled path: a kernel larger than 1x1 (a 1x1's im2col is a plain copy) that reaches padding
+/// tiled path (when the Winograd path does not take it): a kernel larger than 1x1 (a 1x1's
+/// im2col is a plain copy) that reaches padding
 /// in at least `MIN_TILED_PADDING` of its multiply-adds, with every tap used (where only some
 /// are, as on 1x1 maps, the GEMM path already drops the others) and not too many weights
 /// (`MAX_TILED_WEIGHTS`), with as many images as threads. Measured with `bench ops`: NiN's 5x5 on 7x7 (31% padding) forward
