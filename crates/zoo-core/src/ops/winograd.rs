@@ -1,23 +1,27 @@
-//! 3x3 stride-1 convolutions with padding 1 by Winograd's F(4x4, 3x3) and F(2x2, 3x3): forward
-//! and both gradients.
+//! 'Same' convolutions with stride 1 by Winograd's algorithm: F(4x4, 3x3) and F(2x2, 3x3) for 3x3
+//! kernels (padding 1), F(4x4, 5x5) for 5x5 kernels (padding 2); forward and both gradients.
 //!
-//! Each `m x m` block of outputs (a tile) is computed from the `(m + 2) x (m + 2)` input patch
+//! Each `m x m` block of outputs (a tile) is computed from the `(m + k - 1)`-square input patch
 //! around it: the patch and the kernel are transformed (`B^T d B`, `G g G^T`), multiplied
 //! element by element and summed over the input channels, and the result transformed back
 //! (`A^T m A`). Summing over channels is, for each element, one matrix product `[tiles, c] .
-//! [c, o]`: per output and channel pair, 36 / 16 = 2.25 multiply-adds with F(4x4) and 16 / 4 = 4
-//! with F(2x2), instead of 9 (on 8x8 maps, 7.6 without the ones on padding). F(4x4) takes maps
-//! of 8 and more; on 4x4 maps (one tile per image) F(2x2) gives the products more rows. The
-//! transforms run 8 channels at a time, one per vector lane, on tiles of pixels copied
+//! [c, o]`. Multiply-adds per output and channel pair: 36 / 16 = 2.25 with F(4x4, 3x3) and 16 /
+//! 4 = 4 with F(2x2, 3x3) instead of 9 (7.6 on 8x8 maps without the ones on padding); 64 / 16 =
+//! 4 with F(4x4, 5x5) instead of 25 (17.2 on 7x7 maps without padding). F(4x4, 3x3) takes maps
+//! of 8 and more; on 4x4 maps (one tile per image) F(2x2, 3x3) gives the products more rows.
+//! The transforms run 8 channels at a time, one per vector lane, on tiles of pixels copied
 //! channel-innermost.
 //!
-//! F(2, 3) interpolates at 0, 1, -1 and infinity, F(4, 3) at 0, 1, -1, 2, -2 and infinity (as in
-//! Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", and oneDNN and cuDNN),
-//! with the fractions in the kernel transform so that the data transforms are small integers;
-//! both match a direct f64 convolution to a relative 1e-5 in the tests below.
+//! The interpolation points: 0, 1, -1 and infinity for F(2, 3); 0, 1, -1, 2, -2 and infinity
+//! for F(4, 3) (as in Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", and
+//! oneDNN and cuDNN); those and 1/2, -1/2 for F(4, 5). The fractions sit in the kernel
+//! transform, the data transforms are integer (`scripts/winograd_matrices.py` derives and checks
+//! them). Summing 256 channels in f32, that script puts the largest error at 2.5e-6 (F(2, 3)),
+//! 1.5e-5 (F(4, 3)) and 2.1e-5 (F(4, 5)) of the largest output; the tests below hold all three
+//! to 1e-5 against a direct f64 convolution.
 //!
 //! - Input gradient: with stride 1, the forward convolution of the output gradient with the
-//!   kernels flipped and transposed (`c` outputs from `o` inputs), padding 1.
+//!   kernels flipped and transposed (`c` outputs from `o` inputs), the same padding.
 //! - Weight gradient (the same algebra transposed): `dW = G^T [sum over tiles (A dy A^T) o
 //!   (B^T d B)] G`, per element the product `[tiles, o]^T . [tiles, c]`.
 
@@ -27,8 +31,8 @@ use super::conv::Scratch;
 use super::gemm::{sgemm, sgemm_raw};
 use super::new_filled;
 
-/// `n` images of `c x h x w` (and their `o x h x w` outputs) through a 3x3 kernel with stride 1
-/// and padding 1.
+/// `n` images of `c x h x w` (and their `o x h x w` outputs) through a `k x k` kernel with
+/// stride 1 and padding `k / 2`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Geometry {
     pub c: usize,
@@ -356,9 +360,9 @@ impl Transform<8, 5, 4> for F45 {
     }
 }
 
-/// The transformed kernels `G g G^T` as `(m + 2)^2` `[o, c]` matrices, from `(o, c, 3, 3)`
+/// The transformed kernels `G g G^T` as `(m + k - 1)^2` `[o, c]` matrices, from `(o, c, k, k)`
 /// weights; with `flipped`, of the flipped, transposed kernels for the input gradient (`[c, o]`
-/// matrices of `g'[ky][kx] = w[o][c][2 - ky][2 - kx]`).
+/// matrices of `g'[ky][kx] = w[o][c][k - 1 - ky][k - 1 - kx]`).
 pub(crate) fn transform_weights(s: &Geometry, w: &[f32], flipped: bool) -> Vec<f32> {
     match (s.k, s.m) {
         (3, 2) => weights_by::<4, 3, 2, F3>(w, s.o, s.c, flipped),
@@ -500,7 +504,7 @@ fn load_lanes(src: &[f32]) -> Lanes {
 }
 
 /// `B^T d B` of every tile of images `first..first + count` of `x` (`(n, c, h, w)`) into `v`,
-/// as `(m + 2)^2` `[count * tiles, c]` matrices, `LANES` channels at a time: their planes are
+/// as `(m + k - 1)^2` `[count * tiles, c]` matrices, `LANES` channels at a time: their planes are
 /// copied into a zero-padded buffer of pixels of `LANES` channels, and each tile's patch is
 /// transformed with one vector per pixel.
 // Rows of the column-transformed tile are read across its columns: index loops read best.
@@ -514,6 +518,7 @@ fn transform_input<const A: usize, const R: usize, const M: usize, T: Transform<
 ) {
     let pad = (R - 1) / 2;
     let (tn, txn, tyn) = (count * s.tiles(), s.tiles_x(), s.tiles_y());
+    // Padding k / 2 on the top and left, and on the bottom and right to the last tile's patch.
     let (rows, cols) = (M * tyn + A - M, M * txn + A - M);
     let mut padded = vec![[0f32; LANES]; rows * cols];
     for j in 0..count {
@@ -641,7 +646,7 @@ fn forward_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R,
     }
 }
 
-/// The weight gradient's share of images `first..first + count`, as `(m + 2)^2` `[o, c]`
+/// The weight gradient's share of images `first..first + count`, as `(m + k - 1)^2` `[o, c]`
 /// matrices (still to go through [`finish_weight_grad`]), from the input `x` and output
 /// gradient `dy`.
 pub(crate) fn weight_grad_group(
@@ -728,7 +733,7 @@ fn weight_grad_by<const A: usize, const R: usize, const M: usize, T: Transform<A
     p
 }
 
-/// The `(o, c, 3, 3)` weight gradient `G^T P G` from the summed `[o, c]` matrices `p`.
+/// The `(o, c, k, k)` weight gradient `G^T P G` from the summed `[o, c]` matrices `p`.
 pub(crate) fn finish_weight_grad(s: &Geometry, p: &[f32]) -> Vec<f32> {
     match (s.k, s.m) {
         (3, 2) => finish_weight_grad_by::<4, 3, 2, F3>(p, s.o, s.c),
