@@ -575,8 +575,6 @@ fn bench_ops(steps: usize, torch: Option<&str>, only: Option<&str>) -> Result<()
     bench_conv(steps, torch, None)
 }
 
-/// 3x3 convolutions (padding 1, bias) of batch 32 at the `cpu` preset's sizes: zoo's kernel,
-/// forward and forward + backward, beside PyTorch's (oneDNN) when a Python with torch is given.
 /// A convolution case of `bench ops`: input shape, output channels, kernel, stride, padding.
 type ConvCase = ([usize; 4], usize, usize, usize, usize);
 
@@ -611,6 +609,8 @@ fn conv_case_name((x, out, k, stride, padding): &ConvCase) -> String {
     )
 }
 
+/// The convolutions of [`CONV_CASES`] (those `only` names), with bias: zoo's kernel, forward and
+/// forward + backward, beside PyTorch's (oneDNN) when a Python with torch is given.
 fn bench_conv(steps: usize, torch: Option<&str>, only: Option<&str>) -> Result<()> {
     use candle_core::{DType, Device, Var};
     let time = |f: &mut dyn FnMut() -> Result<()>| median_ms(steps, f);

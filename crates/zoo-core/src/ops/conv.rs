@@ -461,25 +461,40 @@ fn tiled_plan(s: &Sizes, g: ConvGeometry) -> Option<TiledPlan> {
         kernels: (*KERNELS.get_or_init(tiled::TileKernels::detect))?,
         shape,
         classes,
-        group: s.n.div_ceil(threads),
-        n: s.n,
+        split: BatchSplit::per_thread(s.n),
     })
 }
 
-/// A 3x3 convolution on the Winograd path ([`winograd_plan`]), its batch split into one group
-/// of images per thread.
-struct WinogradPlan {
-    geometry: winograd::Geometry,
+/// A batch of `n` images split into groups of `group` (one per thread) for the Winograd and
+/// tiled paths.
+#[derive(Debug, Clone, Copy)]
+struct BatchSplit {
     group: usize,
     n: usize,
 }
 
-impl WinogradPlan {
+impl BatchSplit {
+    fn per_thread(n: usize) -> Self {
+        let threads = rayon::current_num_threads().max(1);
+        Self {
+            group: n.div_ceil(threads),
+            n,
+        }
+    }
     /// The first image and the image count of group `gi`.
     fn images(&self, gi: usize) -> (usize, usize) {
         let first = gi * self.group;
         (first, self.group.min(self.n - first))
     }
+    fn groups(&self) -> usize {
+        self.n.div_ceil(self.group)
+    }
+}
+
+/// A convolution on the Winograd path ([`winograd_plan`]).
+struct WinogradPlan {
+    geometry: winograd::Geometry,
+    split: BatchSplit,
 }
 
 /// The smallest map side the Winograd path takes: on 2x2 and 3x3 maps its tiles are mostly
@@ -531,8 +546,7 @@ fn winograd_plan(s: &Sizes, g: ConvGeometry) -> Option<WinogradPlan> {
                 2
             },
         },
-        group: s.n.div_ceil(threads),
-        n: s.n,
+        split: BatchSplit::per_thread(s.n),
     })
 }
 
@@ -544,22 +558,12 @@ const MIN_TILED_PADDING: f64 = 0.2;
 /// models --only vgg11` inference 431 -> 388 img/s, best of three).
 const MAX_TILED_WEIGHTS: usize = 1 << 20;
 
-/// A convolution on the tiled path: its micro-kernels, geometry and classes, and the batch split
-/// into one group of images per thread.
+/// A convolution on the tiled path: its micro-kernels, geometry and classes.
 struct TiledPlan {
     kernels: tiled::TileKernels,
     shape: tiled::Shape,
     classes: Vec<tiled::Class>,
-    group: usize,
-    n: usize,
-}
-
-impl TiledPlan {
-    /// The first image and the image count of group `gi`.
-    fn images(&self, gi: usize) -> (usize, usize) {
-        let first = gi * self.group;
-        (first, self.group.min(self.n - first))
-    }
+    split: BatchSplit,
 }
 
 struct Conv2dOp {
@@ -605,10 +609,10 @@ impl CustomOp3 for Conv2dOp {
             // SAFETY: forward_group writes every element of its images' part of y.
             let y = unsafe {
                 new_filled(s.n * per_image, |y| {
-                    y.par_chunks_mut(p.group * per_image)
+                    y.par_chunks_mut(p.split.group * per_image)
                         .enumerate()
                         .for_each(|(gi, dst)| {
-                            let (first, count) = p.images(gi);
+                            let (first, count) = p.split.images(gi);
                             winograd::forward_group(
                                 &p.geometry,
                                 x,
@@ -630,10 +634,10 @@ impl CustomOp3 for Conv2dOp {
             // SAFETY: forward_group writes every element of its images' part of y.
             let y = unsafe {
                 new_filled(s.n * per_image, |y| {
-                    y.par_chunks_mut(t.group * per_image)
+                    y.par_chunks_mut(t.split.group * per_image)
                         .enumerate()
                         .for_each(|(gi, dst)| {
-                            let (first, count) = t.images(gi);
+                            let (first, count) = t.split.images(gi);
                             let (shape, classes) = (&t.shape, &t.classes);
                             tiled::forward_group(
                                 t.kernels, shape, classes, x, &wt, bias, relu, first, count, dst,
@@ -786,10 +790,10 @@ impl CustomOp2 for Conv2dInputGradOp {
             // SAFETY: forward_group writes every element of its images' part of dx.
             let dx = unsafe {
                 new_filled(s.n * in_len, |dx| {
-                    dx.par_chunks_mut(p.group * in_len)
+                    dx.par_chunks_mut(p.split.group * in_len)
                         .enumerate()
                         .for_each(|(gi, dst)| {
-                            let (first, count) = p.images(gi);
+                            let (first, count) = p.split.images(gi);
                             winograd::forward_group(
                                 &geometry, dy, &u, &zeros, false, first, count, dst,
                             )
@@ -802,10 +806,10 @@ impl CustomOp2 for Conv2dInputGradOp {
             let wr = tiled::pack_weights_by_row(w, &t.shape);
             let in_len = s.c * s.h * s.w;
             let mut dx = vec![0f32; s.n * in_len];
-            dx.par_chunks_mut(t.group * in_len)
+            dx.par_chunks_mut(t.split.group * in_len)
                 .enumerate()
                 .for_each(|(gi, dst)| {
-                    let (first, count) = t.images(gi);
+                    let (first, count) = t.split.images(gi);
                     let (shape, classes) = (&t.shape, &t.classes);
                     tiled::input_grad_group(t.kernels, shape, classes, dy, &wr, first, count, dst)
                 });
@@ -886,10 +890,10 @@ impl CustomOp2 for Conv2dWeightGradOp {
             g,
         )?;
         if let Some(p) = winograd_plan(&s, g) {
-            let partials = (0..s.n.div_ceil(p.group))
+            let partials = (0..p.split.groups())
                 .into_par_iter()
                 .map(|gi| {
-                    let (first, count) = p.images(gi);
+                    let (first, count) = p.split.images(gi);
                     winograd::weight_grad_group(&p.geometry, x, dy, first, count)
                 })
                 .collect();
@@ -898,10 +902,10 @@ impl CustomOp2 for Conv2dWeightGradOp {
             return Ok((CpuStorage::F32(dw), Shape::from((s.o, s.c, s.k, s.k))));
         }
         if let Some(t) = tiled_plan(&s, g) {
-            let partials = (0..s.n.div_ceil(t.group))
+            let partials = (0..t.split.groups())
                 .into_par_iter()
                 .map(|gi| {
-                    let (first, count) = t.images(gi);
+                    let (first, count) = t.split.images(gi);
                     tiled::weight_grad_group(t.kernels, &t.shape, &t.classes, x, dy, first, count)
                 })
                 .collect();
