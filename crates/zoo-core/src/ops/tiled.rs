@@ -13,6 +13,7 @@
 //! positions that reach the input through that tap.
 
 use gemm_common::microkernel::MicroKernelFn;
+use rayon::prelude::*;
 
 use super::conv::ConvGeometry;
 
@@ -177,19 +178,28 @@ impl Shape {
 pub(crate) fn pack_weights_by_row(w: &[f32], s: &Shape) -> Vec<f32> {
     let (o, c, kk) = (s.o, s.c, s.k * s.k);
     let mut out = vec![0f32; (kk * c + NR) * o];
-    for o0 in (0..o).step_by(16) {
-        let o1 = (o0 + 16).min(o);
-        for ci in 0..c {
-            for t in 0..kk {
-                let dst = &mut out[(t * c + ci) * o..][o0..o1];
-                for (oi, d) in (o0..o1).zip(dst) {
-                    *d = w[(oi * c + ci) * kk + t];
+    // In parallel over blocks of rows (the packs ran serially between parallel sections: ~3%
+    // of a ResNet-34 step each).
+    out[..kk * c * o]
+        .par_chunks_mut(ROWS_PER_TASK * o)
+        .enumerate()
+        .for_each(|(block, rows)| {
+            let first = block * ROWS_PER_TASK;
+            for o0 in (0..o).step_by(16) {
+                let o1 = (o0 + 16).min(o);
+                for (i, row) in rows.chunks_mut(o).enumerate() {
+                    let (t, ci) = ((first + i) / c, (first + i) % c);
+                    for (oi, d) in (o0..o1).zip(&mut row[o0..o1]) {
+                        *d = w[(oi * c + ci) * kk + t];
+                    }
                 }
             }
-        }
-    }
+        });
     out
 }
+
+/// Rows of packed or unpacked weights per parallel task.
+const ROWS_PER_TASK: usize = 64;
 
 /// The weights as the forward reads them: per tile of `NR` output channels, `(ky, kx, c)` rows
 /// of `NR` values (zeros past the last channel).
@@ -197,16 +207,18 @@ pub(crate) fn pack_weights_by_tile(w: &[f32], s: &Shape) -> Vec<f32> {
     let (o, c, kk) = (s.o, s.c, s.k * s.k);
     let rows = kk * c;
     let mut out = vec![0f32; o.div_ceil(NR) * rows * NR];
-    for (ti, tile) in out.chunks_mut(rows * NR).enumerate() {
-        for (j, oi) in (ti * NR..(ti * NR + NR).min(o)).enumerate() {
-            for ci in 0..c {
-                let src = &w[(oi * c + ci) * kk..][..kk];
-                for (t, &v) in src.iter().enumerate() {
-                    tile[(t * c + ci) * NR + j] = v;
+    out.par_chunks_mut(rows * NR)
+        .enumerate()
+        .for_each(|(ti, tile)| {
+            for (j, oi) in (ti * NR..(ti * NR + NR).min(o)).enumerate() {
+                for ci in 0..c {
+                    let src = &w[(oi * c + ci) * kk..][..kk];
+                    for (t, &v) in src.iter().enumerate() {
+                        tile[(t * c + ci) * NR + j] = v;
+                    }
                 }
             }
-        }
-    }
+        });
     out
 }
 
@@ -279,12 +291,19 @@ fn pack_panel(x: &[f32], s: &Shape, cl: &Class, p: &Panel, dst: &mut [f32]) {
 pub(crate) fn unpack_weight_grad(rows: &[f32], s: &Shape) -> Vec<f32> {
     let (kk, o16) = (s.k * s.k, s.o.div_ceil(MR) * MR);
     let mut dw = vec![0f32; s.o * s.c * kk];
-    for (row, src) in rows.chunks(o16).enumerate() {
-        let (tap, c) = (row / s.c, row % s.c);
-        for (o, &v) in src[..s.o].iter().enumerate() {
-            dw[(o * s.c + c) * kk + tap] = v;
-        }
-    }
+    // In parallel over blocks of 16 output channels, each reading 16 consecutive values of
+    // every row.
+    dw.par_chunks_mut(16 * s.c * kk)
+        .enumerate()
+        .for_each(|(block, kernels)| {
+            let o0 = block * 16;
+            for (row, src) in rows.chunks(o16).enumerate() {
+                let (tap, c) = (row / s.c, row % s.c);
+                for (i, kernel) in kernels.chunks_mut(s.c * kk).enumerate() {
+                    kernel[c * kk + tap] = src[o0 + i];
+                }
+            }
+        });
     dw
 }
 
