@@ -539,11 +539,12 @@ fn winograd_plan(s: &Sizes, g: ConvGeometry) -> Option<WinogradPlan> {
             h: s.h,
             w: s.w,
             o: s.o,
-            k: s.k,
-            m: if s.k == 5 || s.h.min(s.w) >= MIN_F43_MAP {
-                4
+            variant: if s.k == 5 {
+                winograd::Variant::F4x5
+            } else if s.h.min(s.w) >= MIN_F43_MAP {
+                winograd::Variant::F4x3
             } else {
-                2
+                winograd::Variant::F2x3
             },
         },
         split: BatchSplit::per_thread(s.n),

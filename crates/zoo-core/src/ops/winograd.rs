@@ -39,10 +39,28 @@ pub(crate) struct Geometry {
     pub h: usize,
     pub w: usize,
     pub o: usize,
-    /// Kernel side: 3 (padding 1) or 5 (padding 2).
-    pub k: usize,
-    /// Outputs per tile side: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3), F(4x4, 5x5)).
-    pub m: usize,
+    pub variant: Variant,
+}
+
+/// Which algorithm: outputs per tile side and kernel side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Variant {
+    /// F(2x2, 3x3).
+    F2x3,
+    /// F(4x4, 3x3).
+    F4x3,
+    /// F(4x4, 5x5).
+    F4x5,
+}
+
+impl Variant {
+    /// Outputs per tile side.
+    fn m(self) -> usize {
+        match self {
+            Variant::F2x3 => 2,
+            Variant::F4x3 | Variant::F4x5 => 4,
+        }
+    }
 }
 
 /// Tiles per chunk of images: the matrix products get enough rows while the transformed
@@ -51,10 +69,10 @@ const CHUNK_TILES: usize = 256;
 
 impl Geometry {
     fn tiles_y(&self) -> usize {
-        self.h.div_ceil(self.m)
+        self.h.div_ceil(self.variant.m())
     }
     fn tiles_x(&self) -> usize {
-        self.w.div_ceil(self.m)
+        self.w.div_ceil(self.variant.m())
     }
     /// Tiles per image.
     fn tiles(&self) -> usize {
@@ -114,9 +132,9 @@ trait Transform<const A: usize, const R: usize, const M: usize> {
 }
 
 /// F(2, 3).
-struct F3;
+struct F23;
 
-impl Transform<4, 3, 2> for F3 {
+impl Transform<4, 3, 2> for F23 {
     #[inline(always)]
     fn input(d: impl Fn(usize) -> Lanes) -> [Lanes; 4] {
         let d = [d(0), d(1), d(2), d(3)];
@@ -364,10 +382,10 @@ impl Transform<8, 5, 4> for F45 {
 /// weights; with `flipped`, of the flipped, transposed kernels for the input gradient (`[c, o]`
 /// matrices of `g'[ky][kx] = w[o][c][k - 1 - ky][k - 1 - kx]`).
 pub(crate) fn transform_weights(s: &Geometry, w: &[f32], flipped: bool) -> Vec<f32> {
-    match (s.k, s.m) {
-        (3, 2) => weights_by::<4, 3, 2, F3>(w, s.o, s.c, flipped),
-        (3, _) => weights_by::<6, 3, 4, F43>(w, s.o, s.c, flipped),
-        _ => weights_by::<8, 5, 4, F45>(w, s.o, s.c, flipped),
+    match s.variant {
+        Variant::F2x3 => weights_by::<4, 3, 2, F23>(w, s.o, s.c, flipped),
+        Variant::F4x3 => weights_by::<6, 3, 4, F43>(w, s.o, s.c, flipped),
+        Variant::F4x5 => weights_by::<8, 5, 4, F45>(w, s.o, s.c, flipped),
     }
 }
 
@@ -564,10 +582,10 @@ pub(crate) fn forward_group(
     count: usize,
     y: &mut [std::mem::MaybeUninit<f32>],
 ) {
-    match (s.k, s.m) {
-        (3, 2) => forward_by::<4, 3, 2, F3>(s, x, u, bias, relu, first, count, y),
-        (3, _) => forward_by::<6, 3, 4, F43>(s, x, u, bias, relu, first, count, y),
-        _ => forward_by::<8, 5, 4, F45>(s, x, u, bias, relu, first, count, y),
+    match s.variant {
+        Variant::F2x3 => forward_by::<4, 3, 2, F23>(s, x, u, bias, relu, first, count, y),
+        Variant::F4x3 => forward_by::<6, 3, 4, F43>(s, x, u, bias, relu, first, count, y),
+        Variant::F4x5 => forward_by::<8, 5, 4, F45>(s, x, u, bias, relu, first, count, y),
     }
 }
 
@@ -587,7 +605,7 @@ fn forward_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R,
     let per_chunk = s.chunk().min(count);
     let mut v = Scratch::take(xi * s.c * per_chunk * s.tiles());
     let mut m = Scratch::take(xi * s.o * per_chunk * s.tiles());
-    // One image's outputs for LANES channels, pixel by pixel (2 tyn x 2 txn: even sizes).
+    // One image's outputs for LANES channels, pixel by pixel (whole tiles: m tyn x m txn).
     let ow = M * txn;
     let mut out = vec![[0f32; LANES]; M * tyn * ow];
     for c0 in (0..count).step_by(per_chunk) {
@@ -659,10 +677,10 @@ pub(crate) fn weight_grad_group(
     first: usize,
     count: usize,
 ) -> Vec<f32> {
-    match (s.k, s.m) {
-        (3, 2) => weight_grad_by::<4, 3, 2, F3>(s, x, dy, first, count),
-        (3, _) => weight_grad_by::<6, 3, 4, F43>(s, x, dy, first, count),
-        _ => weight_grad_by::<8, 5, 4, F45>(s, x, dy, first, count),
+    match s.variant {
+        Variant::F2x3 => weight_grad_by::<4, 3, 2, F23>(s, x, dy, first, count),
+        Variant::F4x3 => weight_grad_by::<6, 3, 4, F43>(s, x, dy, first, count),
+        Variant::F4x5 => weight_grad_by::<8, 5, 4, F45>(s, x, dy, first, count),
     }
 }
 
@@ -738,10 +756,10 @@ fn weight_grad_by<const A: usize, const R: usize, const M: usize, T: Transform<A
 
 /// The `(o, c, k, k)` weight gradient `G^T P G` from the summed `[o, c]` matrices `p`.
 pub(crate) fn finish_weight_grad(s: &Geometry, p: &[f32]) -> Vec<f32> {
-    match (s.k, s.m) {
-        (3, 2) => finish_weight_grad_by::<4, 3, 2, F3>(p, s.o, s.c),
-        (3, _) => finish_weight_grad_by::<6, 3, 4, F43>(p, s.o, s.c),
-        _ => finish_weight_grad_by::<8, 5, 4, F45>(p, s.o, s.c),
+    match s.variant {
+        Variant::F2x3 => finish_weight_grad_by::<4, 3, 2, F23>(p, s.o, s.c),
+        Variant::F4x3 => finish_weight_grad_by::<6, 3, 4, F43>(p, s.o, s.c),
+        Variant::F4x5 => finish_weight_grad_by::<8, 5, 4, F45>(p, s.o, s.c),
     }
 }
 
@@ -813,26 +831,33 @@ mod tests {
 
     #[test]
     fn f23_forward_and_gradients_match_the_direct_convolution() {
-        matches_the_direct_convolution(3, 2);
+        matches_the_direct_convolution(Variant::F2x3, 3);
     }
 
     #[test]
     fn f43_forward_and_gradients_match_the_direct_convolution() {
-        matches_the_direct_convolution(3, 4);
+        matches_the_direct_convolution(Variant::F4x3, 3);
     }
 
     #[test]
     fn f45_forward_and_gradients_match_the_direct_convolution() {
-        matches_the_direct_convolution(5, 4);
+        matches_the_direct_convolution(Variant::F4x5, 5);
     }
 
     #[allow(clippy::needless_range_loop)] // the direct sums read best as index loops
-    fn matches_the_direct_convolution(k: usize, m: usize) {
+    fn matches_the_direct_convolution(variant: Variant, k: usize) {
         // Odd sizes (partial tiles on the right and bottom), and enough images for three chunks
         // of 9 (30 tiles each, CHUNK_TILES 256), the last one partial; 9 input channels (a
         // partial group of lanes) and 11 outputs.
         let (n, c, h, w, o) = (20, 9, 9, 11, 11);
-        let s = Geometry { c, h, w, o, k, m };
+        let s = Geometry {
+            c,
+            h,
+            w,
+            o,
+            variant,
+        };
+        let m = variant.m();
         let (kk, pad) = (k * k, (k / 2) as isize);
         let x = values(n * c * h * w, 1);
         let wt = values(o * c * kk, 2);
