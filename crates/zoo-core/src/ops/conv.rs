@@ -489,6 +489,38 @@ impl BatchSplit {
     fn groups(&self) -> usize {
         self.n.div_ceil(self.group)
     }
+    /// A new output of `per_image` values per image, each group's part written by
+    /// `f(first, count, part)` in parallel.
+    ///
+    /// # Safety
+    /// `f` must write every element of the part it is given.
+    unsafe fn fill(
+        &self,
+        per_image: usize,
+        f: impl Fn(usize, usize, &mut [std::mem::MaybeUninit<f32>]) + Sync,
+    ) -> Vec<f32> {
+        // SAFETY: the groups' parts cover the output, and the caller's f writes all of each.
+        unsafe {
+            new_filled(self.n * per_image, |out| {
+                out.par_chunks_mut(self.group * per_image)
+                    .enumerate()
+                    .for_each(|(gi, part)| {
+                        let (first, count) = self.images(gi);
+                        f(first, count, part)
+                    })
+            })
+        }
+    }
+    /// `f(first, count)` of every group, in parallel.
+    fn map<T: Send>(&self, f: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
+        (0..self.groups())
+            .into_par_iter()
+            .map(|gi| {
+                let (first, count) = self.images(gi);
+                f(first, count)
+            })
+            .collect()
+    }
 }
 
 /// A convolution on the Winograd path ([`winograd_plan`]).
@@ -609,22 +641,8 @@ impl CustomOp3 for Conv2dOp {
             let (per_image, relu) = (s.o * s.positions(), self.relu);
             // SAFETY: forward_group writes every element of its images' part of y.
             let y = unsafe {
-                new_filled(s.n * per_image, |y| {
-                    y.par_chunks_mut(p.split.group * per_image)
-                        .enumerate()
-                        .for_each(|(gi, dst)| {
-                            let (first, count) = p.split.images(gi);
-                            winograd::forward_group(
-                                &p.geometry,
-                                x,
-                                &u,
-                                bias,
-                                relu,
-                                first,
-                                count,
-                                dst,
-                            )
-                        })
+                p.split.fill(per_image, |first, count, dst| {
+                    winograd::forward_group(&p.geometry, x, &u, bias, relu, first, count, dst)
                 })
             };
             return Ok((CpuStorage::F32(y), Shape::from((s.n, s.o, s.oh, s.ow))));
@@ -632,18 +650,13 @@ impl CustomOp3 for Conv2dOp {
         if let Some(t) = tiled_plan(&s, g) {
             let wt = tiled::pack_weights_by_tile(w, &t.shape);
             let (per_image, relu) = (s.o * s.positions(), self.relu);
+            let (shape, classes) = (&t.shape, &t.classes);
             // SAFETY: forward_group writes every element of its images' part of y.
             let y = unsafe {
-                new_filled(s.n * per_image, |y| {
-                    y.par_chunks_mut(t.split.group * per_image)
-                        .enumerate()
-                        .for_each(|(gi, dst)| {
-                            let (first, count) = t.split.images(gi);
-                            let (shape, classes) = (&t.shape, &t.classes);
-                            tiled::forward_group(
-                                t.kernels, shape, classes, x, &wt, bias, relu, first, count, dst,
-                            )
-                        })
+                t.split.fill(per_image, |first, count, dst| {
+                    tiled::forward_group(
+                        t.kernels, shape, classes, x, &wt, bias, relu, first, count, dst,
+                    )
                 })
             };
             return Ok((CpuStorage::F32(y), Shape::from((s.n, s.o, s.oh, s.ow))));
@@ -790,15 +803,8 @@ impl CustomOp2 for Conv2dInputGradOp {
             let zeros = vec![0f32; s.c];
             // SAFETY: forward_group writes every element of its images' part of dx.
             let dx = unsafe {
-                new_filled(s.n * in_len, |dx| {
-                    dx.par_chunks_mut(p.split.group * in_len)
-                        .enumerate()
-                        .for_each(|(gi, dst)| {
-                            let (first, count) = p.split.images(gi);
-                            winograd::forward_group(
-                                &geometry, dy, &u, &zeros, false, first, count, dst,
-                            )
-                        })
+                p.split.fill(in_len, |first, count, dst| {
+                    winograd::forward_group(&geometry, dy, &u, &zeros, false, first, count, dst)
                 })
             };
             return Ok((CpuStorage::F32(dx), Shape::from(self.input.as_slice())));
@@ -891,25 +897,17 @@ impl CustomOp2 for Conv2dWeightGradOp {
             g,
         )?;
         if let Some(p) = winograd_plan(&s, g) {
-            let partials = (0..p.split.groups())
-                .into_par_iter()
-                .map(|gi| {
-                    let (first, count) = p.split.images(gi);
-                    winograd::weight_grad_group(&p.geometry, x, dy, first, count)
-                })
-                .collect();
+            let partials = p
+                .split
+                .map(|first, count| winograd::weight_grad_group(&p.geometry, x, dy, first, count));
             let sum = add_partials(partials);
             let dw = winograd::finish_weight_grad(&p.geometry, &sum);
             return Ok((CpuStorage::F32(dw), Shape::from((s.o, s.c, s.k, s.k))));
         }
         if let Some(t) = tiled_plan(&s, g) {
-            let partials = (0..t.split.groups())
-                .into_par_iter()
-                .map(|gi| {
-                    let (first, count) = t.split.images(gi);
-                    tiled::weight_grad_group(t.kernels, &t.shape, &t.classes, x, dy, first, count)
-                })
-                .collect();
+            let partials = t.split.map(|first, count| {
+                tiled::weight_grad_group(t.kernels, &t.shape, &t.classes, x, dy, first, count)
+            });
             let sum = add_partials(partials);
             let dw = tiled::unpack_weight_grad(&sum, &t.shape);
             return Ok((CpuStorage::F32(dw), Shape::from((s.o, s.c, s.k, s.k))));
