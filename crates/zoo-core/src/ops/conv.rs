@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use super::activation::fused_relu_grad;
 use super::gemm::{channel_sums, sgemm, sgemm_new};
-use super::{contiguous_f32, new_filled, tiled, winograd, zeroed};
+use super::{contiguous_f32, microkernel, new_filled, tiled, winograd, zeroed};
 
 /// Square-kernel convolution geometry (no dilation, one group).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,9 +424,8 @@ fn for_groups<T: Send>(
     }
 }
 
-/// The tile micro-kernels when this CPU has them and the forward and both gradients take the
-/// tiled path (when the Winograd path does not take it): a kernel larger than 1x1 (a 1x1's
-/// im2col is a plain copy) that reaches padding
+/// The tiled path's plan when the forward and both gradients take it (when the Winograd path
+/// does not): a kernel larger than 1x1 (a 1x1's im2col is a plain copy) that reaches padding
 /// in at least `MIN_TILED_PADDING` of its multiply-adds, with every tap used (where only some
 /// are, as on 1x1 maps, the GEMM path already drops the others) and not too many weights
 /// (`MAX_TILED_WEIGHTS`), with as many images as threads. Measured with `bench ops`: NiN's 5x5 on 7x7 (31% padding) forward
@@ -435,7 +434,6 @@ fn for_groups<T: Send>(
 /// gradient alone, one thread, 16 images: 11.0 against 14.2 ms for the 5x5, 0.65 against 1.17
 /// for the 3x3 on 2x2.
 fn tiled_plan(s: &Sizes, g: ConvGeometry) -> Option<TiledPlan> {
-    static KERNELS: std::sync::OnceLock<Option<tiled::TileKernels>> = std::sync::OnceLock::new();
     // The tiled path splits the batch over the threads; with fewer images than threads (batch-1
     // inference) the GEMM path, which splits each product, keeps them all busy.
     let threads = rayon::current_num_threads().max(1);
@@ -458,7 +456,7 @@ fn tiled_plan(s: &Sizes, g: ConvGeometry) -> Option<TiledPlan> {
         return None;
     }
     Some(TiledPlan {
-        kernels: (*KERNELS.get_or_init(tiled::TileKernels::detect))?,
+        kernels: microkernel::kernels(),
         shape,
         classes,
         split: BatchSplit::per_thread(s.n),
@@ -525,6 +523,7 @@ impl BatchSplit {
 
 /// A convolution on the Winograd path ([`winograd_plan`]).
 struct WinogradPlan {
+    kernels: microkernel::TileKernels,
     geometry: winograd::Geometry,
     split: BatchSplit,
 }
@@ -566,6 +565,7 @@ fn winograd_plan(s: &Sizes, g: ConvGeometry) -> Option<WinogradPlan> {
         return None;
     }
     Some(WinogradPlan {
+        kernels: microkernel::kernels(),
         geometry: winograd::Geometry {
             c: s.c,
             h: s.h,
@@ -593,7 +593,7 @@ const MAX_TILED_WEIGHTS: usize = 1 << 20;
 
 /// A convolution on the tiled path: its micro-kernels, geometry and classes.
 struct TiledPlan {
-    kernels: tiled::TileKernels,
+    kernels: microkernel::TileKernels,
     shape: tiled::Shape,
     classes: Vec<tiled::Class>,
     split: BatchSplit,
@@ -642,7 +642,8 @@ impl CustomOp3 for Conv2dOp {
             // SAFETY: forward_group writes every element of its images' part of y.
             let y = unsafe {
                 p.split.fill(per_image, |first, count, dst| {
-                    winograd::forward_group(&p.geometry, x, &u, bias, relu, first, count, dst)
+                    let k = p.kernels;
+                    winograd::forward_group(k, &p.geometry, x, &u, bias, relu, first, count, dst)
                 })
             };
             return Ok((CpuStorage::F32(y), Shape::from((s.n, s.o, s.oh, s.ow))));
@@ -797,14 +798,15 @@ impl CustomOp2 for Conv2dInputGradOp {
         let s = Sizes::new(self.name(), &self.input, l1.dims(), g)?;
         if let Some(p) = winograd_plan(&s, g) {
             // Stride 1: the forward convolution of dy with the flipped, transposed kernels.
-            let u = winograd::transform_weights(&p.geometry, w, true);
             let geometry = p.geometry.transposed();
+            let u = winograd::transform_weights(&geometry, w, true);
             let in_len = s.c * s.h * s.w;
             let zeros = vec![0f32; s.c];
             // SAFETY: forward_group writes every element of its images' part of dx.
             let dx = unsafe {
                 p.split.fill(in_len, |first, count, dst| {
-                    winograd::forward_group(&geometry, dy, &u, &zeros, false, first, count, dst)
+                    let k = p.kernels;
+                    winograd::forward_group(k, &geometry, dy, &u, &zeros, false, first, count, dst)
                 })
             };
             return Ok((CpuStorage::F32(dx), Shape::from(self.input.as_slice())));
@@ -897,9 +899,9 @@ impl CustomOp2 for Conv2dWeightGradOp {
             g,
         )?;
         if let Some(p) = winograd_plan(&s, g) {
-            let partials = p
-                .split
-                .map(|first, count| winograd::weight_grad_group(&p.geometry, x, dy, first, count));
+            let partials = p.split.map(|first, count| {
+                winograd::weight_grad_group(p.kernels, &p.geometry, x, dy, first, count)
+            });
             let sum = add_partials(partials);
             let dw = winograd::finish_weight_grad(&p.geometry, &sum);
             return Ok((CpuStorage::F32(dw), Shape::from((s.o, s.c, s.k, s.k))));
@@ -1031,15 +1033,14 @@ mod tests {
     }
 
     #[test]
-    fn small_maps_take_the_tiled_path_where_the_cpu_has_its_kernels() {
+    fn small_maps_take_the_tiled_path() {
         let tiled = |x: [usize; 4], o: usize, k: usize, padding: usize| {
             let g = ConvGeometry { stride: 1, padding };
             tiled_plan(&Sizes::new("t", &x, &[o, x[1], k, k], g).unwrap(), g).is_some()
         };
-        let has_kernels = tiled::TileKernels::detect().is_some();
         // NiN's 5x5 on 7x7 (31% of the im2col work on padding) and the test case above.
-        assert_eq!(tiled([64, 96, 7, 7], 256, 5, 2), has_kernels);
-        assert_eq!(tiled([64, 2, 3, 3], 3, 3, 1), has_kernels);
+        assert!(tiled([64, 96, 7, 7], 256, 5, 2));
+        assert!(tiled([64, 2, 3, 3], 3, 3, 1));
         // 32x32 maps (4%), a 1x1 kernel, a 1x1 map (taps pruned), too many weights, one image.
         assert!(!tiled([64, 64, 32, 32], 128, 3, 1));
         assert!(!tiled([64, 96, 7, 7], 96, 1, 0));
@@ -1140,8 +1141,7 @@ mod tests {
             ([11, 3, 4, 4], 5, 3, 1, 1),
             ([2, 3, 2, 2], 3, 3, 1, 2),
             ([2, 3, 2, 2], 3, 3, 1, 3),
-            // More images than any machine has threads: the tiled path wherever the CPU has
-            // its kernels (see the test below).
+            // More images than any machine has threads: the tiled path (see the test below).
             ([64, 2, 3, 3], 3, 3, 1, 1),
             // The Winograd paths (odd sizes: partial tiles on both edges; several chunks of
             // images per thread): F(4x4, 3x3), F(2x2, 3x3) on 4x4 maps, F(4x4, 5x5).

@@ -51,7 +51,7 @@ pub(crate) fn sgemm_new(
 /// The GEMM call both share. Safety: `c` is valid for `m * n` writes (and reads when
 /// `accumulate`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm_raw(
+unsafe fn sgemm_raw(
     m: usize,
     n: usize,
     k: usize,

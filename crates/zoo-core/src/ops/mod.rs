@@ -8,6 +8,7 @@ pub mod batch_norm;
 pub mod conv;
 mod gemm;
 pub mod linear;
+mod microkernel;
 pub mod pool;
 mod tiled;
 mod winograd;

@@ -12,86 +12,10 @@
 //! weight gradient sums, per tap, the products of the output gradient and the columns of the
 //! positions that reach the input through that tap.
 
-use gemm_common::microkernel::MicroKernelFn;
 use rayon::prelude::*;
 
 use super::conv::ConvGeometry;
-
-/// The micro-kernels: AVX2 + FMA on x86-64 (16 x 6 tiles); `None` elsewhere, where the
-/// convolution keeps its im2col + GEMM path.
-#[derive(Clone, Copy)]
-pub(crate) struct TileKernels {
-    /// `[rows / 8 - 1][columns - 1]`.
-    table: &'static [[MicroKernelFn<f32>; NR]; 2],
-}
-
-/// Tile height (output positions, two 8-lane vectors) and width (output channels).
-const MR: usize = 16;
-const NR: usize = 6;
-
-impl TileKernels {
-    /// The kernels this CPU runs, if any.
-    pub(crate) fn detect() -> Option<Self> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Some(Self {
-                    table: &gemm_f32::microkernel::fma::f32::UKR,
-                });
-            }
-        }
-        None
-    }
-
-    /// `dst (m x n) = a . b` or `dst += a . b`, for `a` an `m x k` packed panel (column `k` at
-    /// `a + k * MR`, `m <= MR`) and `b` a `k x n` matrix at `b + k * b_rs + j * b_cs`
-    /// (`n <= NR`); `dst` is column-major with column stride `dst_cs`.
-    ///
-    /// # Safety
-    /// `a` must be valid for `k * MR` reads, `b` for reads of all `k x NR` elements its strides
-    /// describe (the kernel reads whole tiles), `dst` for `m x n` reads and writes.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(
-        &self,
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: *mut f32,
-        dst_cs: usize,
-        a: *const f32,
-        b: *const f32,
-        b_rs: usize,
-        b_cs: usize,
-        accumulate: bool,
-    ) {
-        let f = self.table[m.div_ceil(8) - 1][n - 1];
-        // SAFETY: the caller's guarantees; the table holds kernels for this CPU (detect).
-        unsafe {
-            f(
-                m,
-                n,
-                k,
-                dst,
-                a,
-                b,
-                dst_cs as isize,
-                1,
-                MR as isize,
-                b_rs as isize,
-                b_cs as isize,
-                if accumulate { 1.0 } else { 0.0 },
-                1.0,
-                u8::from(accumulate),
-                false,
-                false,
-                false,
-                a,
-            )
-        }
-    }
-}
+use super::microkernel::{MR, NR, TileKernels};
 
 /// A rectangle of output positions that reach the input through kernel rows `ky` and columns
 /// `kx` (half-open ranges), and only those.

@@ -28,7 +28,7 @@
 use rayon::prelude::*;
 
 use super::conv::Scratch;
-use super::gemm::{sgemm, sgemm_raw};
+use super::microkernel::{MR, NR, TileKernels};
 use super::new_filled;
 
 /// `n` images of `c x h x w` (and their `o x h x w` outputs) through a `k x k` kernel with
@@ -378,9 +378,12 @@ impl Transform<8, 5, 4> for F45 {
     }
 }
 
-/// The transformed kernels `G g G^T` as `(m + k - 1)^2` `[o, c]` matrices, from `(o, c, k, k)`
-/// weights; with `flipped`, of the flipped, transposed kernels for the input gradient (`[c, o]`
-/// matrices of `g'[ky][kx] = w[o][c][k - 1 - ky][k - 1 - kx]`).
+/// The transformed kernels `G g G^T` of the op with geometry `s` (`s.o` outputs from `s.c`
+/// inputs) packed as the tile kernels read them: per panel of `MR` outputs, per element, `s.c`
+/// columns of `MR` values (zeros past the last output). `w` holds `(s.o, s.c, k, k)` kernels;
+/// with `flipped`, `(s.c, s.o, k, k)` ones, which the input gradient (`s` the forward's
+/// geometry transposed) uses flipped and transposed: `g'[ky][kx] = w[ci][oi][k - 1 - ky][k - 1 -
+/// kx]`.
 pub(crate) fn transform_weights(s: &Geometry, w: &[f32], flipped: bool) -> Vec<f32> {
     match s.variant {
         Variant::F2x3 => weights_by::<4, 3, 2, F23>(w, s.o, s.c, flipped),
@@ -393,70 +396,54 @@ pub(crate) fn transform_weights(s: &Geometry, w: &[f32], flipped: bool) -> Vec<f
 #[allow(clippy::needless_range_loop)]
 fn weights_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R, M>>(
     w: &[f32],
-    o: usize,
-    c: usize,
+    rows: usize,
+    cols: usize,
     flipped: bool,
 ) -> Vec<f32> {
     let xi = A * A;
-    let (rows, cols) = if flipped { (c, o) } else { (o, c) };
-    // Per output channel, its xi x c transformed kernels; laid out as xi [rows, cols]
-    // matrices below (in parallel per element).
-    // SAFETY: each task writes, for its output channel, every element (all ci, ri, q).
-    let by_channel = unsafe {
-        new_filled(o * xi * c, |by_channel| {
-            by_channel
-                .par_chunks_mut(xi * c)
-                .enumerate()
-                .for_each(|(oi, dst)| {
-                    // LANES input channels at a time, one per lane.
-                    for c0 in (0..c).step_by(LANES) {
-                        let width = LANES.min(c - c0);
-                        let src = &w[(oi * c + c0) * R * R..][..width * R * R];
+    let panel = xi * cols * MR;
+    // SAFETY: each task writes its whole panel: every element, column and lane group.
+    unsafe {
+        new_filled(rows.div_ceil(MR) * panel, |u| {
+            u.par_chunks_mut(panel).enumerate().for_each(|(p, dst)| {
+                // LANES outputs at a time, one per lane.
+                for half in 0..MR / LANES {
+                    let r0 = p * MR + half * LANES;
+                    let width = LANES.min(rows.saturating_sub(r0));
+                    for ci in 0..cols {
                         let g = |ky: usize, kx: usize| {
                             let tap = if flipped {
                                 (R - 1 - ky) * R + (R - 1 - kx)
                             } else {
                                 ky * R + kx
                             };
-                            lanes(|l| if l < width { src[l * R * R + tap] } else { 0.0 })
+                            lanes(|l| {
+                                if l >= width {
+                                    0.0
+                                } else if flipped {
+                                    w[(ci * rows + r0 + l) * R * R + tap]
+                                } else {
+                                    w[((r0 + l) * cols + ci) * R * R + tap]
+                                }
+                            })
                         };
                         // Columns first (G g: A x R), then rows ((G g) G^T: A x A).
-                        let mut cols = [[[0f32; LANES]; A]; R];
-                        for (kx, col) in cols.iter_mut().enumerate() {
+                        let mut by_column = [[[0f32; LANES]; A]; R];
+                        for (kx, col) in by_column.iter_mut().enumerate() {
                             *col = T::kernel(|ky| g(ky, kx));
                         }
                         for ri in 0..A {
-                            let row = T::kernel(|kx| cols[kx][ri]);
+                            let row = T::kernel(|kx| by_column[kx][ri]);
                             for (q, val) in row.iter().enumerate() {
-                                let at = (ri * A + q) * c + c0;
-                                for (d, &v) in dst[at..at + width].iter_mut().zip(val) {
+                                let at = ((ri * A + q) * cols + ci) * MR + half * LANES;
+                                for (d, &v) in dst[at..at + LANES].iter_mut().zip(val) {
                                     d.write(v);
                                 }
                             }
                         }
                     }
-                });
-        })
-    };
-    // SAFETY: each task writes its whole plane (all oi and ci).
-    unsafe {
-        new_filled(xi * o * c, |u| {
-            u.par_chunks_mut(rows * cols)
-                .enumerate()
-                .for_each(|(e, plane)| {
-                    for oi in 0..o {
-                        let src = &by_channel[(oi * xi + e) * c..][..c];
-                        if flipped {
-                            for (ci, &v) in src.iter().enumerate() {
-                                plane[ci * o + oi].write(v);
-                            }
-                        } else {
-                            for (d, &v) in plane[oi * c..][..c].iter_mut().zip(src) {
-                                d.write(v);
-                            }
-                        }
-                    }
-                });
+                }
+            });
         })
     }
 }
@@ -571,9 +558,10 @@ fn transform_tiles<const P: usize, const A: usize, const M: usize, X: OneAxis<P,
     first: usize,
     count: usize,
     offset: usize,
+    index: impl Fn(usize, usize, usize) -> usize,
     out: &mut [f32],
 ) {
-    let (tn, txn, tyn, plane) = (count * s.tiles(), s.tiles_x(), s.tiles_y(), s.plane());
+    let (txn, tyn, plane) = (s.tiles_x(), s.tiles_y(), s.plane());
     // Zeros around the image: the offset on the top and left, to the last patch's end on the
     // bottom and right.
     let (rows, cols) = (M * tyn + P - M, M * txn + P - M);
@@ -593,7 +581,7 @@ fn transform_tiles<const P: usize, const A: usize, const M: usize, X: OneAxis<P,
                     let tile = j * s.tiles() + ty * txn + tx;
                     for r in 0..A {
                         for (q, val) in X::apply(|q| t[q][r]).iter().enumerate() {
-                            let at = ((r * A + q) * tn + tile) * channels + c0;
+                            let at = index(r * A + q, tile, c0);
                             store_lanes(&mut out[at..at + width], val);
                         }
                     }
@@ -603,22 +591,24 @@ fn transform_tiles<const P: usize, const A: usize, const M: usize, X: OneAxis<P,
     }
 }
 
-/// `B^T d B` of every tile of images `first..first + count` of `x` (`(n, c, h, w)`) into `v`,
-/// as `(m + k - 1)^2` `[count * tiles, c]` matrices.
+/// `B^T d B` of every tile of images `first..first + count` of `x` (`(n, c, h, w)`) into `v`:
+/// element `e` of tile `t`, channels `c0..c0 + LANES` at `index(e, t, c0)`.
 fn transform_input<const A: usize, const R: usize, const M: usize, T: Transform<A, R, M>>(
     x: &[f32],
     s: &Geometry,
     first: usize,
     count: usize,
+    index: impl Fn(usize, usize, usize) -> usize,
     v: &mut [f32],
 ) {
-    transform_tiles::<A, A, M, InputOf<T, R, M>>(x, s.c, s, first, count, (R - 1) / 2, v);
+    transform_tiles::<A, A, M, InputOf<T, R, M>>(x, s.c, s, first, count, (R - 1) / 2, index, v);
 }
 
 /// The forward of images `first..first + count`: `y` (their `(count, o, h, w)` part) = the
 /// convolution + `bias`, ReLU'd when asked, with `u` from [`transform_weights`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_group(
+    kernels: TileKernels,
     s: &Geometry,
     x: &[f32],
     u: &[f32],
@@ -628,50 +618,69 @@ pub(crate) fn forward_group(
     count: usize,
     y: &mut [std::mem::MaybeUninit<f32>],
 ) {
+    let args = (kernels, s, x, u, bias, relu, first, count, y);
     match s.variant {
-        Variant::F2x3 => forward_by::<4, 3, 2, F23>(s, x, u, bias, relu, first, count, y),
-        Variant::F4x3 => forward_by::<6, 3, 4, F43>(s, x, u, bias, relu, first, count, y),
-        Variant::F4x5 => forward_by::<8, 5, 4, F45>(s, x, u, bias, relu, first, count, y),
+        Variant::F2x3 => forward_by::<4, 3, 2, F23>(args),
+        Variant::F4x3 => forward_by::<6, 3, 4, F43>(args),
+        Variant::F4x5 => forward_by::<8, 5, 4, F45>(args),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+type ForwardArgs<'a> = (
+    TileKernels,
+    &'a Geometry,
+    &'a [f32],
+    &'a [f32],
+    &'a [f32],
+    bool,
+    usize,
+    usize,
+    &'a mut [std::mem::MaybeUninit<f32>],
+);
+
 fn forward_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R, M>>(
-    s: &Geometry,
-    x: &[f32],
-    u: &[f32],
-    bias: &[f32],
-    relu: bool,
-    first: usize,
-    count: usize,
-    y: &mut [std::mem::MaybeUninit<f32>],
+    (kernels, s, x, u, bias, relu, first, count, y): ForwardArgs,
 ) {
     let xi = A * A;
     let (txn, tyn, plane) = (s.tiles_x(), s.tiles_y(), s.plane());
     let per_chunk = s.chunk().min(count);
-    let mut v = Scratch::take(xi * s.c * per_chunk * s.tiles());
+    // Per element, the tiles' transformed inputs as rows of c, in planes of whole NR-tile
+    // groups (the tile kernels read all NR columns).
+    let v_plane = (per_chunk * s.tiles()).div_ceil(NR) * NR * s.c;
+    let mut v = Scratch::take(xi * v_plane);
     let mut m = Scratch::take(xi * s.o * per_chunk * s.tiles());
     // One image's outputs for LANES channels, pixel by pixel (whole tiles: m tyn x m txn).
     let ow = M * txn;
     let mut out = vec![[0f32; LANES]; M * tyn * ow];
+    let panel = xi * s.c * MR;
     for c0 in (0..count).step_by(per_chunk) {
         let cc = per_chunk.min(count - c0);
         let tn = cc * s.tiles();
-        transform_input::<A, R, M, T>(x, s, first + c0, cc, &mut v);
-        // [tiles, o] = [tiles, c] . [o, c]^T per element.
+        let at = |e: usize, tile: usize, ci: usize| e * v_plane + tile * s.c + ci;
+        transform_input::<A, R, M, T>(x, s, first + c0, cc, at, &mut v);
+        // Per element, [o, tiles] = U [o, c] . V^T [c, tiles], into m as [tiles, o].
         for e in 0..xi {
-            sgemm(
-                tn,
-                s.o,
-                s.c,
-                &v[e * tn * s.c..][..tn * s.c],
-                false,
-                &u[e * s.o * s.c..][..s.o * s.c],
-                true,
-                &mut m[e * tn * s.o..][..tn * s.o],
-                false,
-                1,
-            );
+            for (p, u_panel) in u.chunks_exact(panel).enumerate() {
+                let (o0, rows) = (p * MR, MR.min(s.o - p * MR));
+                for t0 in (0..tn).step_by(NR) {
+                    // SAFETY: u_panel holds s.c columns of MR for element e; v's plane e holds
+                    // whole NR groups of tiles of s.c channels; m holds tn x o per element.
+                    unsafe {
+                        kernels.tile(
+                            rows,
+                            NR.min(tn - t0),
+                            s.c,
+                            m.as_mut_ptr().add((e * tn + t0) * s.o + o0),
+                            s.o,
+                            u_panel.as_ptr().add(e * s.c * MR),
+                            v.as_ptr().add(at(e, t0, 0)),
+                            1,
+                            s.c,
+                            false,
+                        )
+                    };
+                }
+            }
         }
         for j in 0..cc {
             for o0 in (0..s.o).step_by(LANES) {
@@ -717,6 +726,7 @@ fn forward_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R,
 /// matrices (still to go through [`finish_weight_grad`]), from the input `x` and output
 /// gradient `dy`.
 pub(crate) fn weight_grad_group(
+    kernels: TileKernels,
     s: &Geometry,
     x: &[f32],
     dy: &[f32],
@@ -724,13 +734,14 @@ pub(crate) fn weight_grad_group(
     count: usize,
 ) -> Vec<f32> {
     match s.variant {
-        Variant::F2x3 => weight_grad_by::<4, 3, 2, F23>(s, x, dy, first, count),
-        Variant::F4x3 => weight_grad_by::<6, 3, 4, F43>(s, x, dy, first, count),
-        Variant::F4x5 => weight_grad_by::<8, 5, 4, F45>(s, x, dy, first, count),
+        Variant::F2x3 => weight_grad_by::<4, 3, 2, F23>(kernels, s, x, dy, first, count),
+        Variant::F4x3 => weight_grad_by::<6, 3, 4, F43>(kernels, s, x, dy, first, count),
+        Variant::F4x5 => weight_grad_by::<8, 5, 4, F45>(kernels, s, x, dy, first, count),
     }
 }
 
 fn weight_grad_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R, M>>(
+    kernels: TileKernels,
     s: &Geometry,
     x: &[f32],
     dy: &[f32],
@@ -739,27 +750,49 @@ fn weight_grad_by<const A: usize, const R: usize, const M: usize, T: Transform<A
 ) -> Vec<f32> {
     let xi = A * A;
     let per_chunk = s.chunk().min(count);
-    let mut v = Scratch::take(xi * s.c * per_chunk * s.tiles());
-    let mut d = Scratch::take(xi * s.o * per_chunk * s.tiles());
+    let c_panels = s.c.div_ceil(MR);
+    // The transformed inputs packed as the tile kernels' panels: per element and panel of MR
+    // channels, the tiles' MR values.
+    let mut v = Scratch::take(xi * c_panels * MR * per_chunk * s.tiles());
+    // The transformed output gradients as rows of o per tile, and NR values of slack for the
+    // kernels' whole-tile reads.
+    let mut d = Scratch::take(xi * s.o * per_chunk * s.tiles() + NR);
     // Written by the first chunk's products, added into by the others.
     let mut p: Vec<f32> = Vec::with_capacity(xi * s.o * s.c);
     for (nth, c0) in (0..count).step_by(per_chunk).enumerate() {
         let cc = per_chunk.min(count - c0);
         let tn = cc * s.tiles();
-        transform_input::<A, R, M, T>(x, s, first + c0, cc, &mut v);
+        let packed = |e: usize, tile: usize, ci: usize| {
+            ((e * c_panels + ci / MR) * tn + tile) * MR + ci % MR
+        };
+        transform_input::<A, R, M, T>(x, s, first + c0, cc, packed, &mut v);
         // A dy A^T of every output-gradient tile.
-        transform_tiles::<M, A, M, OutputGradOf<T, R>>(dy, s.o, s, first + c0, cc, 0, &mut d);
-        // [o, c] (+)= [tiles, o]^T . [tiles, c] per element.
+        let rows = |e: usize, tile: usize, oi: usize| (e * tn + tile) * s.o + oi;
+        transform_tiles::<M, A, M, OutputGradOf<T, R>>(dy, s.o, s, first + c0, cc, 0, rows, &mut d);
+        // Per element, [c, o] (+)= V^T [c, tiles] . D [tiles, o], into p as [o, c].
         for e in 0..xi {
-            let (a, b) = (
-                &d[e * tn * s.o..][..tn * s.o],
-                &v[e * tn * s.c..][..tn * s.c],
-            );
-            // SAFETY: p's capacity holds xi planes of o * c; the first chunk writes each
-            // plane whole (no accumulation) before the length covers it, later chunks add.
-            unsafe {
-                let plane = p.as_mut_ptr().add(e * s.o * s.c);
-                sgemm_raw(s.o, s.c, tn, a, true, b, false, plane, nth > 0, 1);
+            for cp in 0..c_panels {
+                let (ci0, channels) = (cp * MR, MR.min(s.c - cp * MR));
+                for o0 in (0..s.o).step_by(NR) {
+                    // SAFETY: v holds the panel's tn columns of MR; d holds tn rows of o from
+                    // rows(e, 0, 0), and NR values of slack past the last; p's capacity holds
+                    // xi [o, c] planes; the first chunk writes each element whole (no
+                    // accumulation) before the length covers it, later chunks add.
+                    unsafe {
+                        kernels.tile(
+                            channels,
+                            NR.min(s.o - o0),
+                            tn,
+                            p.as_mut_ptr().add((e * s.o + o0) * s.c + ci0),
+                            s.c,
+                            v.as_ptr().add(packed(e, 0, ci0)),
+                            d.as_ptr().add(rows(e, 0, o0)),
+                            s.o,
+                            1,
+                            nth > 0,
+                        )
+                    };
+                }
             }
         }
         if nth == 0 {
@@ -863,9 +896,10 @@ mod tests {
     #[allow(clippy::needless_range_loop)] // the direct sums read best as index loops
     fn matches_the_direct_convolution(variant: Variant, k: usize) {
         // Odd sizes (partial tiles on the right and bottom), and enough images for three chunks
-        // of 9 (30 tiles each, CHUNK_TILES 256), the last one partial; 9 input channels (a
-        // partial group of lanes) and 11 outputs.
-        let (n, c, h, w, o) = (20, 9, 9, 11, 11);
+        // of 9 (30 tiles each, CHUNK_TILES 256), the last one partial; 19 input channels and
+        // 21 outputs (a second, partial panel of MR and a partial group of lanes); both tile
+        // kernels.
+        let (n, c, h, w, o) = (20, 19, 9, 11, 21);
         let s = Geometry {
             c,
             h,
@@ -873,7 +907,6 @@ mod tests {
             o,
             variant,
         };
-        let m = variant.m();
         let (kk, pad) = (k * k, (k / 2) as isize);
         let x = values(n * c * h * w, 1);
         let wt = values(o * c * kk, 2);
@@ -920,39 +953,59 @@ mod tests {
         }
         // Two groups of images, as two threads would run them.
         let groups = [(0, 13), (13, 7)];
-        let u = transform_weights(&s, &wt, false);
+        for kernels in [crate::ops::microkernel::kernels(), TileKernels::portable()] {
+            matches_with(kernels, &s, k, groups, &x, &wt, &bias, &dy, (&y, &dx, &dw));
+        }
+    }
+
+    /// The forward and both gradients of the group split `groups`, against the direct sums.
+    #[allow(clippy::too_many_arguments)]
+    fn matches_with(
+        kernels: TileKernels,
+        s: &Geometry,
+        k: usize,
+        groups: [(usize, usize); 2],
+        x: &[f32],
+        wt: &[f32],
+        bias: &[f32],
+        dy: &[f32],
+        (y, dx, dw): (&[f64], &[f64], &[f64]),
+    ) {
+        let (n, c, h, w, o) = (dy.len() / (s.o * s.h * s.w), s.c, s.h, s.w, s.o);
+        let xi = (s.variant.m() + k - 1) * (s.variant.m() + k - 1);
+        let u = transform_weights(s, wt, false);
         let mut got = vec![std::mem::MaybeUninit::new(f32::NAN); n * o * h * w];
         for (first, count) in groups {
             let per_image = o * h * w;
             let part = &mut got[first * per_image..][..count * per_image];
-            forward_group(&s, &x, &u, &bias, true, first, count, part);
+            forward_group(kernels, s, x, &u, bias, true, first, count, part);
         }
         // SAFETY: forward_group wrote every element (the groups cover all images).
         let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
-        assert_close("forward", &got, &y);
+        assert_close("forward", &got, y);
 
         let t = s.transposed();
-        let u = transform_weights(&s, &wt, true);
+        let u = transform_weights(&t, wt, true);
         let zeros = vec![0f32; c];
         let mut got = vec![std::mem::MaybeUninit::new(f32::NAN); n * c * h * w];
         for (first, count) in groups {
             let per_image = c * h * w;
             let part = &mut got[first * per_image..][..count * per_image];
-            forward_group(&t, &dy, &u, &zeros, false, first, count, part);
+            forward_group(kernels, &t, dy, &u, &zeros, false, first, count, part);
         }
         // SAFETY: forward_group wrote every element (the groups cover all images).
         let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
-        assert_close("input gradient", &got, &dx);
+        assert_close("input gradient", &got, dx);
 
-        let mut sum = vec![0f32; (m + k - 1) * (m + k - 1) * o * c];
+        let mut sum = vec![0f32; xi * o * c];
         for (first, count) in groups {
             for (a, b) in sum
                 .iter_mut()
-                .zip(weight_grad_group(&s, &x, &dy, first, count))
+                .zip(weight_grad_group(kernels, s, x, dy, first, count))
             {
                 *a += b;
             }
         }
-        assert_close("weight gradient", &finish_weight_grad(&s, &sum), &dw);
+        assert_close("weight gradient", &finish_weight_grad(s, &sum), dw);
     }
 }
