@@ -110,6 +110,70 @@ fn window_argmax(plane: &[f32], g: &Geometry, p: &Pool2dParams, oy: usize, ox: u
     best_idx
 }
 
+/// Planes max-pooled together, one per vector lane.
+const POOL_LANES: usize = 8;
+
+/// Max pooling of up to [`POOL_LANES`] planes (`planes`, laid one after another) into `dst`,
+/// with each window's [`window_argmax`] in `ids` (each `(planes, oh, ow)`). The planes are
+/// copied pixel by pixel into `pixels` (one lane per plane), and every window is scanned in
+/// row-major order for all of them at once, without branches, so that the scan vectorises.
+/// Plane by plane, with one branch per window element, this took 3-9% of a training step
+/// (GoogLeNet, DenseNet, NiN), most of it on planes of 1x1 to 4x4 pixels.
+fn max_pool_planes(
+    planes: &[f32],
+    g: &Geometry,
+    p: &Pool2dParams,
+    dst: &mut [f32],
+    ids: &mut [u32],
+    pixels: &mut Vec<[f32; POOL_LANES]>,
+) {
+    let (plane, out_plane) = (g.h * g.w, g.oh * g.ow);
+    let lanes = planes.len() / plane;
+    pixels.clear();
+    pixels.extend((0..plane).map(|i| {
+        std::array::from_fn(|l| {
+            if l < lanes {
+                planes[l * plane + i]
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
+    }));
+    // Padding is at most half the kernel: every window overlaps the input.
+    let window = |o: usize, len: usize| {
+        let start = (o * p.stride) as isize - p.padding as isize;
+        (start.max(0) as usize)..((start + p.kernel as isize) as usize).min(len)
+    };
+    for oy in 0..g.oh {
+        let rows = window(oy, g.h);
+        for ox in 0..g.ow {
+            let cols = window(ox, g.w);
+            let first = rows.start * g.w + cols.start;
+            let (mut best, mut arg) = (pixels[first], [first as u32; POOL_LANES]);
+            for iy in rows.clone() {
+                for ix in cols.clone() {
+                    let i = iy * g.w + ix;
+                    let v = &pixels[i];
+                    for l in 0..POOL_LANES {
+                        // Greater, or NaN over a number (in row-major order the first maximum
+                        // stays); as a mask: no branch.
+                        #[allow(clippy::eq_op)] // x != x: x is NaN
+                        let take = (v[l] > best[l]) | ((v[l] != v[l]) & (best[l] == best[l]));
+                        let mask = 0u32.wrapping_sub(u32::from(take));
+                        best[l] =
+                            f32::from_bits((v[l].to_bits() & mask) | (best[l].to_bits() & !mask));
+                        arg[l] = (i as u32 & mask) | (arg[l] & !mask);
+                    }
+                }
+            }
+            for l in 0..lanes {
+                dst[l * out_plane + oy * g.ow + ox] = best[l];
+                ids[l * out_plane + oy * g.ow + ox] = arg[l];
+            }
+        }
+    }
+}
+
 /// The window maxima's positions (index within the input plane, per output element), written
 /// by max pooling's forward for its backward.
 type SavedArgmax = Arc<Mutex<Vec<u32>>>;
@@ -139,17 +203,11 @@ impl CustomOp1 for Pool2dOp {
         match self.kind {
             PoolKind::Max => {
                 let mut argmax = vec![0u32; g.planes * out_plane];
-                out.par_chunks_mut(out_plane.max(1))
-                    .zip(argmax.par_chunks_mut(out_plane.max(1)))
-                    .zip(input.par_chunks(in_plane.max(1)))
-                    .for_each(|((dst, ids), plane)| {
-                        for oy in 0..g.oh {
-                            for ox in 0..g.ow {
-                                let i = window_argmax(plane, &g, &p, oy, ox);
-                                ids[oy * g.ow + ox] = i as u32;
-                                dst[oy * g.ow + ox] = plane[i];
-                            }
-                        }
+                out.par_chunks_mut((POOL_LANES * out_plane).max(1))
+                    .zip(argmax.par_chunks_mut((POOL_LANES * out_plane).max(1)))
+                    .zip(input.par_chunks((POOL_LANES * in_plane).max(1)))
+                    .for_each_init(Vec::new, |pixels, ((dst, ids), planes)| {
+                        max_pool_planes(planes, &g, &p, dst, ids, pixels)
                     });
                 if let Some(slot) = &self.argmax
                     && let Ok(mut saved) = slot.lock()
@@ -655,6 +713,55 @@ mod tests {
         let (y, dx) = forward_and_grad(&[1, 2, 7, 5], |x| adaptive_avg_pool2d(x, 3, 2));
         assert_close("adaptive forward", &y, ADAPTIVE_3X2_OUT, 1e-5);
         assert_close("adaptive grad", &dx, ADAPTIVE_3X2_GRAD, 1e-5);
+    }
+
+    /// The lane-parallel scan against the window-by-window one, plane by plane: values from a
+    /// handful of levels (many ties), signed zeros and NaNs; a full group of planes and a
+    /// partial one; every geometry the models use and odd ones.
+    #[test]
+    fn lane_parallel_max_pool_picks_each_windows_first_maximum() {
+        let levels = [0.0, -0.0, 1.0, 2.0, -3.0, f32::NAN, 2.0, 1.0];
+        for (h, w) in [(16, 16), (7, 9), (5, 3), (2, 2), (1, 4)] {
+            let planes = POOL_LANES + 3;
+            let input: Vec<f32> = (0..planes * h * w)
+                .map(|i| levels[(i * 7 + i / 3 + (i * i) % 5) % levels.len()])
+                .collect();
+            for (k, stride, padding) in [(3, 2, 1), (3, 1, 1), (2, 2, 0), (3, 2, 0), (5, 3, 2)] {
+                let p = Pool2dParams::new(k, stride, padding);
+                let (Ok(oh), Ok(ow)) = (p.out_len(h), p.out_len(w)) else {
+                    continue;
+                };
+                let g = Geometry {
+                    planes,
+                    h,
+                    w,
+                    oh,
+                    ow,
+                };
+                let (mut dst, mut ids) =
+                    (vec![0f32; planes * oh * ow], vec![0u32; planes * oh * ow]);
+                let mut pixels = Vec::new();
+                for ((group, dst), ids) in input
+                    .chunks(POOL_LANES * h * w)
+                    .zip(dst.chunks_mut(POOL_LANES * oh * ow))
+                    .zip(ids.chunks_mut(POOL_LANES * oh * ow))
+                {
+                    max_pool_planes(group, &g, &p, dst, ids, &mut pixels);
+                }
+                for (n, plane) in input.chunks(h * w).enumerate() {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let want = window_argmax(plane, &g, &p, oy, ox);
+                            let at = (n * oh + oy) * ow + ox;
+                            let case =
+                                format!("{h}x{w} k{k} s{stride} p{padding} plane {n} ({oy}, {ox})");
+                            assert_eq!(ids[at] as usize, want, "{case}");
+                            assert_eq!(dst[at].to_bits(), plane[want].to_bits(), "{case}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
