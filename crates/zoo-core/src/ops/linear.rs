@@ -1,24 +1,148 @@
-//! `nn.Linear` (+ ReLU) on the CPU: `y = x W^T + b` as one GEMM with the bias (and the ReLU)
-//! applied in place, and a backward that computes the weight gradient in W's own layout.
+//! `nn.Linear` (+ ReLU) on the CPU: `y = x W^T + b` with the bias (and the ReLU) applied on the
+//! way out, and a backward that computes the weight gradient in W's own layout.
 //!
 //! candle's `Linear` multiplies by `W.t()`, a transposed view, so the weight's gradient comes
 //! back transposed and candle adds it into its zero-filled accumulator with a strided
 //! element-wise add (16.8M elements for AlexNet's 4096x4096 layer; AlexNet's training step
 //! spent 13-19% of its samples in candle's binary ops, docs/benchmarks.md).
+//!
+//! The three products run on the tile kernels with the small operand (the batch's inputs or
+//! output gradients) packed and the weights read where they are: a GEMM library packs the
+//! weights again on every call, and at batch 32 a 4096x4096 layer is bound by memory (its 64 MB
+//! packed and read back took 11% of AlexNet's training step).
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use super::activation::fused_relu_grad;
-use super::contiguous_f32;
-use super::gemm::{channel_sums, sgemm_new};
+use super::gemm::channel_sums;
+use super::microkernel::{MR, NR, TileKernels, kernels};
+use super::{contiguous_f32, new_filled};
+
+/// The rows of the row-major `[rows, k]` matrix `x` as the tile kernels' panels: per panel of
+/// `MR` rows, `k` columns of `MR` values (zeros past the last row).
+fn panels_of_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows.div_ceil(MR) * k * MR];
+    for (p, panel) in out.chunks_mut(k * MR).enumerate() {
+        for r in 0..MR.min(rows - p * MR) {
+            for (kk, &v) in x[(p * MR + r) * k..][..k].iter().enumerate() {
+                panel[kk * MR + r] = v;
+            }
+        }
+    }
+    out
+}
+
+/// The columns of the row-major `[k, cols]` matrix `x` as the tile kernels' panels: per panel
+/// of `MR` columns, `k` rows of `MR` values (zeros past the last column).
+fn panels_of_columns(x: &[f32], k: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; cols.div_ceil(MR) * k * MR];
+    for (p, panel) in out.chunks_mut(k * MR).enumerate() {
+        let width = MR.min(cols - p * MR);
+        for kk in 0..k {
+            panel[kk * MR..][..width].copy_from_slice(&x[kk * cols + p * MR..][..width]);
+        }
+    }
+    out
+}
+
+/// Output columns per task of [`panel_product`].
+const COLUMNS_PER_TASK: usize = 16 * NR;
+
+/// `dst = a . b` for `a` the `[m, k]` matrix packed by [`panels_of_rows`] or
+/// [`panels_of_columns`] and `b` the `[k, n]` matrix at `b[kk * b_rs + j * b_cs]`; `dst` comes
+/// back column-major (`dst[j * m + row]`), in parallel over blocks of columns.
+#[allow(clippy::too_many_arguments)]
+fn panel_product(
+    kernels: TileKernels,
+    a: &[f32],
+    m: usize,
+    k: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    n: usize,
+) -> Vec<f32> {
+    let panel = k * MR;
+    assert!(
+        a.len() >= m.div_ceil(MR) * panel,
+        "panel_product: a too small"
+    );
+    assert!(
+        n == 0 || k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs,
+        "panel_product: b too small"
+    );
+    // SAFETY: each task writes its columns whole: every row of every column.
+    unsafe {
+        new_filled(m * n, |dst| {
+            dst.par_chunks_mut((COLUMNS_PER_TASK * m).max(1))
+                .enumerate()
+                .for_each(|(task, block)| {
+                    let mut padded = Vec::new();
+                    let j_first = task * COLUMNS_PER_TASK;
+                    for j0 in (j_first..(j_first + COLUMNS_PER_TASK).min(n)).step_by(NR) {
+                        let width = NR.min(n - j0);
+                        // The kernels read NR whole columns of b: past b's end for a partial
+                        // last group, whose columns are copied into NR zero-padded ones.
+                        let (b_tile, tile_rs, tile_cs) = if width == NR {
+                            (&b[j0 * b_cs..], b_rs, b_cs)
+                        } else {
+                            padded.clear();
+                            padded.resize(k * NR, 0.0);
+                            for kk in 0..k {
+                                for jj in 0..width {
+                                    padded[kk * NR + jj] = b[kk * b_rs + (j0 + jj) * b_cs];
+                                }
+                            }
+                            (&padded[..], NR, 1)
+                        };
+                        for (p, a_panel) in a.chunks_exact(panel).take(m.div_ceil(MR)).enumerate() {
+                            let at = (j0 - j_first) * m + p * MR;
+                            // SAFETY: a_panel holds k columns of MR; b_tile the k x NR elements
+                            // its strides describe (checked above, or the padded copy); block
+                            // holds this task's columns of m rows, MR.min(m - p * MR) of
+                            // which the tile writes from `at`, width columns at stride m.
+                            kernels.tile(
+                                MR.min(m - p * MR),
+                                width,
+                                k,
+                                block.as_mut_ptr().add(at).cast::<f32>(),
+                                m,
+                                a_panel.as_ptr(),
+                                b_tile.as_ptr(),
+                                tile_rs,
+                                tile_cs,
+                                false,
+                            );
+                        }
+                    }
+                });
+        })
+    }
+}
 
 /// (x `[b, in]`, w `[out, in]`, bias `[out]`) -> `[b, out]`.
 struct LinearOp {
     relu: bool,
 }
 
-fn threads() -> usize {
-    rayon::current_num_threads().max(1)
+/// The row-major `[cols, rows]` matrix of `f(t[c * rows + r], c)` for `t` column-major
+/// `[rows, cols]` (`cols` of `rows`): the transpose, with `f` applied per column index.
+fn transposed(
+    t: &[f32],
+    cols: usize,
+    rows: usize,
+    f: impl Fn(f32, usize) -> f32 + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; rows * cols];
+    out.par_chunks_mut(cols.max(1))
+        .enumerate()
+        .for_each(|(r, row)| {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = f(t[c * rows + r], c);
+            }
+        });
+    out
 }
 
 impl CustomOp3 for LinearOp {
@@ -55,16 +179,13 @@ impl CustomOp3 for LinearOp {
                 l3.dims()
             )
         }
-        // [b, out] = [b, in] . [out, in]^T
-        let mut y = sgemm_new(b, o, i, x, false, w, true, threads());
-        for row in y.chunks_mut(o.max(1)) {
-            for (v, &bv) in row.iter_mut().zip(bias) {
-                *v += bv;
-                if self.relu {
-                    *v = v.max(0.0);
-                }
-            }
-        }
+        // y^T [out, b] = W [out, in] . x^T [in, b], column-major: W read in place.
+        let yt = panel_product(kernels(), &panels_of_rows(x, b, i), b, i, w, 1, i, o);
+        let relu = self.relu;
+        let y = transposed(&yt, o, b, |v, oi| {
+            let v = v + bias[oi];
+            if relu { v.max(0.0) } else { v }
+        });
         Ok((CpuStorage::F32(y), Shape::from((b, o))))
     }
 
@@ -116,9 +237,9 @@ impl CustomOp2 for LinearGradOp {
             candle_core::bail!("{}: expected 2-d tensors", self.name())
         };
         // The dimension the product sums over must agree: out for dx, batch for dw.
-        let (fits, m, k, dy_t) = match self {
-            Self::Input => (o == r, b, o, false),
-            Self::Weight => (b == r, o, b, true),
+        let (fits, m) = match self {
+            Self::Input => (o == r, b),
+            Self::Weight => (b == r, o),
         };
         if !fits {
             candle_core::bail!(
@@ -128,7 +249,26 @@ impl CustomOp2 for LinearGradOp {
                 l2.dims()
             )
         }
-        let out = sgemm_new(m, i, k, dy, dy_t, other, false, threads());
+        let out = match self {
+            // dx^T [in, b] = W^T [in, out] . dy^T [out, b], column-major.
+            Self::Input => transposed(
+                &panel_product(kernels(), &panels_of_rows(dy, b, o), b, o, other, i, 1, i),
+                i,
+                b,
+                |v, _| v,
+            ),
+            // dW^T [in, out] = x^T [in, b] . dy [b, out], column-major: dW [out, in].
+            Self::Weight => panel_product(
+                kernels(),
+                &panels_of_columns(other, b, i),
+                i,
+                b,
+                dy,
+                o,
+                1,
+                o,
+            ),
+        };
         Ok((CpuStorage::F32(out), Shape::from((m, i))))
     }
 }
@@ -151,7 +291,12 @@ mod tests {
 
     #[test]
     fn linear_matches_candle_forward_and_gradients() -> Result<()> {
-        for (b, i, o) in [(1usize, 3usize, 2usize), (5, 17, 9), (32, 64, 130)] {
+        for (b, i, o) in [
+            (1usize, 3usize, 2usize),
+            (5, 17, 9),
+            (32, 64, 130),
+            (37, 200, 97),
+        ] {
             let x = Var::from_tensor(&test_input(&[b, i], 1)?)?;
             let w = Var::from_tensor(&test_input(&[o, i], 2)?)?;
             let bias = Var::from_tensor(&test_input(&[o], 3)?)?;
