@@ -5,8 +5,8 @@
 //! zeros), and the gemm crate packs both operands again on every call. Here the output positions
 //! of a group of images are sorted into classes, the rectangles of positions that reach the
 //! input through the same kernel rows and columns; positions are packed 16 (the tile height) at
-//! a time with only their class's taps, the weights are packed once per op, and the gemm
-//! crate's FMA micro-kernels multiply a panel by the weights one kernel row at a time,
+//! a time with only their class's taps, the weights are packed once per op, and the tile
+//! kernels ([`super::microkernel`]) multiply a panel by the weights one kernel row at a time,
 //! accumulating in the output tile. The input gradient runs the same panels backwards: `W^T .
 //! dy` per panel and kernel row, added back into the input through the panel's offsets. The
 //! weight gradient sums, per tap, the products of the output gradient and the columns of the
