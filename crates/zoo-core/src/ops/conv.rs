@@ -160,6 +160,10 @@ struct TapRange {
 /// The largest output (positions per image) whose columns are gathered through
 /// [`TapRange::sources`].
 const GATHER_POSITIONS: usize = 64;
+/// The largest output gathered through [`TapRange::sources`] when the stride is more than 1:
+/// the general path's strided copy runs per output row (15 values per row and tap for NiN's and
+/// AlexNet's 11x11 stem, 16 for ResNet's 7x7).
+const GATHER_STRIDED_POSITIONS: usize = 4096;
 /// A position at which a tap reads padding, in [`TapRange::sources`].
 const PADDING: u32 = u32::MAX;
 
@@ -170,7 +174,9 @@ fn tap_ranges(s: &Sizes, g: ConvGeometry) -> Vec<TapRange> {
             let oy = valid_outputs(ky, s.oh, s.h, g);
             let ox = valid_outputs(kx, s.ow, s.w, g);
             let mut sources = Vec::new();
-            if s.positions() <= GATHER_POSITIONS {
+            if s.positions() <= GATHER_POSITIONS
+                || (g.stride > 1 && s.positions() <= GATHER_STRIDED_POSITIONS)
+            {
                 sources = vec![PADDING; s.positions()];
                 for out_y in oy.0..oy.1 {
                     for out_x in ox.0..ox.1 {
