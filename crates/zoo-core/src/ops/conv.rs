@@ -97,12 +97,19 @@ impl Sizes {
         if self.all_taps() {
             return Cow::Borrowed(w);
         }
-        let kk = self.k * self.k;
-        let mut out = Vec::with_capacity(self.o * self.rows());
-        for oc in 0..self.o * self.c {
-            let src = &w[oc * kk..][..kk];
-            out.extend(self.taps.iter().map(|&(ky, kx)| src[ky * self.k + kx]));
-        }
+        let (kk, t) = (self.k * self.k, self.taps.len());
+        // In parallel over output channels: on a 1x1 map a 512x512 3x3 kernel's centre taps
+        // are read from all of its 9.4 MB (3% of ResNet-18's training step, serial).
+        let mut out = vec![0f32; self.o * self.rows()];
+        out.par_chunks_mut((self.c * t).max(1))
+            .zip(w.par_chunks((self.c * kk).max(1)))
+            .for_each(|(dst, src)| {
+                for (d, kernel) in dst.chunks_mut(t).zip(src.chunks(kk)) {
+                    for (v, &(ky, kx)) in d.iter_mut().zip(&self.taps) {
+                        *v = kernel[ky * self.k + kx];
+                    }
+                }
+            });
         Cow::Owned(out)
     }
     /// The full `(O, C, k, k)` gradient from the used taps' `(O, C * taps)` one (zeros
@@ -113,12 +120,15 @@ impl Sizes {
         }
         let (kk, t) = (self.k * self.k, self.taps.len());
         let mut out = vec![0f32; self.o * self.c * kk];
-        for oc in 0..self.o * self.c {
-            let dst = &mut out[oc * kk..][..kk];
-            for (&v, &(ky, kx)) in selected[oc * t..][..t].iter().zip(&self.taps) {
-                dst[ky * self.k + kx] = v;
-            }
-        }
+        out.par_chunks_mut((self.c * kk).max(1))
+            .zip(selected.par_chunks((self.c * t).max(1)))
+            .for_each(|(dst, src)| {
+                for (kernel, values) in dst.chunks_mut(kk).zip(src.chunks(t)) {
+                    for (&v, &(ky, kx)) in values.iter().zip(&self.taps) {
+                        kernel[ky * self.k + kx] = v;
+                    }
+                }
+            });
         out
     }
     /// Output positions per image.
