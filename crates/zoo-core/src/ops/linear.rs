@@ -23,7 +23,7 @@ use super::{contiguous_f32, new_filled};
 /// `MR` rows, `k` columns of `MR` values (zeros past the last row).
 fn panels_of_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
     let mut out = vec![0f32; rows.div_ceil(MR) * k * MR];
-    for (p, panel) in out.chunks_mut(k * MR).enumerate() {
+    for (p, panel) in out.chunks_mut((k * MR).max(1)).enumerate() {
         for r in 0..MR.min(rows - p * MR) {
             for (kk, &v) in x[(p * MR + r) * k..][..k].iter().enumerate() {
                 panel[kk * MR + r] = v;
@@ -37,7 +37,7 @@ fn panels_of_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
 /// of `MR` columns, `k` rows of `MR` values (zeros past the last column).
 fn panels_of_columns(x: &[f32], k: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0f32; cols.div_ceil(MR) * k * MR];
-    for (p, panel) in out.chunks_mut(k * MR).enumerate() {
+    for (p, panel) in out.chunks_mut((k * MR).max(1)).enumerate() {
         let width = MR.min(cols - p * MR);
         for kk in 0..k {
             panel[kk * MR..][..width].copy_from_slice(&x[kk * cols + p * MR..][..width]);
@@ -63,6 +63,10 @@ fn panel_product(
     b_cs: usize,
     n: usize,
 ) -> Vec<f32> {
+    if k == 0 {
+        // An empty sum (no inputs, or an empty batch for the weight gradient).
+        return vec![0.0; m * n];
+    }
     let panel = k * MR;
     assert!(
         a.len() >= m.div_ceil(MR) * panel,
@@ -126,8 +130,8 @@ struct LinearOp {
     relu: bool,
 }
 
-/// The row-major `[cols, rows]` matrix of `f(t[c * rows + r], c)` for `t` column-major
-/// `[rows, cols]` (`cols` of `rows`): the transpose, with `f` applied per column index.
+/// `t` (`cols` columns of `rows` values, column-major) as a row-major `[rows, cols]` matrix,
+/// each value passed through `f(value, column)`.
 fn transposed(
     t: &[f32],
     cols: usize,
@@ -324,6 +328,19 @@ mod tests {
                 }
             }
         }
+        // An empty batch: empty outputs and input gradient, a zero weight gradient.
+        let x = Var::from_tensor(&Tensor::zeros(
+            (0, 5),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )?)?;
+        let w = Var::from_tensor(&test_input(&[3, 5], 2)?)?;
+        let y = linear(x.as_tensor(), w.as_tensor(), &test_input(&[3], 3)?, true)?;
+        assert_eq!(y.dims(), &[0, 3]);
+        let grads = y.sum_all()?.backward()?;
+        let dw = grads.get(w.as_tensor()).expect("weight gradient");
+        assert_eq!(dw.dims(), &[3, 5]);
+        assert_eq!(dw.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
         let err = linear(
             &test_input(&[2, 3], 1)?,
             &test_input(&[4, 5], 2)?,

@@ -73,6 +73,9 @@ fn geometry(dims: &[usize], p: &Pool2dParams) -> Result<Geometry> {
             "pooling expects a (batch, channels, height, width) tensor, got {dims:?}"
         )
     };
+    if *h == 0 || *w == 0 {
+        candle_core::bail!("pooling expects a non-empty image, got {dims:?}")
+    }
     Ok(Geometry {
         planes: b * c,
         h: *h,
@@ -852,5 +855,9 @@ mod tests {
             err.to_string().contains("(batch, channels, height, width)"),
             "{err}"
         );
+        // An empty image that the padding alone would cover.
+        let empty = Tensor::zeros((1, 1, 0, 2), DType::F32, &Device::Cpu).unwrap();
+        let err = max_pool2d(&empty, Pool2dParams::new(2, 1, 1)).unwrap_err();
+        assert!(err.to_string().contains("non-empty image"), "{err}");
     }
 }
