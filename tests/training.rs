@@ -36,10 +36,14 @@ fn tiny_matrix_end_to_end_then_eval_and_predict() {
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("| `")).collect();
     assert_eq!(rows.len(), 2, "{text}");
     assert!(
-        rows[0].starts_with("| `densenet` | cifar10 | 32 px | 3 | 764,498 | 2 |"),
+        rows[0].starts_with("| `densenet` | cifar10 | notebook | 32 px | 30 | 20 | 764,498 | 2 |"),
         "{}",
         rows[0]
     );
+    assert!(text.contains("![validation accuracy against time](accuracy_vs_time.png)"));
+    for figure in ["accuracy_vs_time.png", "accuracy_vs_epoch.png"] {
+        assert!(runs.join("tiny").join(figure).is_file(), "{figure}");
+    }
     for run in ["densenet-cifar10", "nin-mnist-mnist"] {
         for file in [
             "config.toml",

@@ -39,7 +39,7 @@ enum Command {
     /// Run a training matrix (default: `reference` with CUDA, `cpu` without), skipping complete
     /// runs and resuming unfinished ones; writes runs/<matrix>/report.md.
     TrainAll {
-        /// A preset name (cpu, reference) or a matrix file.
+        /// A preset name (cpu, cpu-notebook, smoke, reference) or a matrix file.
         #[arg(long)]
         matrix: Option<String>,
         #[arg(long)]
@@ -198,6 +198,17 @@ fn update_results_doc(report: &Path, preset: &str) -> Result<()> {
     let curves_dir = project_root().join("docs/results").join(preset);
     std::fs::create_dir_all(&curves_dir)?;
     let mut body = table.replacen("# Training matrix", "## Training matrix", 1);
+    for figure in ["accuracy_vs_time.png", "accuracy_vs_epoch.png"] {
+        let from = report_dir.join(figure);
+        if from.is_file() {
+            std::fs::copy(&from, curves_dir.join(figure))
+                .with_context(|| format!("copying {}", from.display()))?;
+            body = body.replace(
+                &format!("]({figure})"),
+                &format!("](results/{preset}/{figure})"),
+            );
+        }
+    }
     for entry in std::fs::read_dir(report_dir)? {
         let run = entry?.path();
         let curves = run.join("curves.png");
@@ -233,7 +244,8 @@ fn update_results_doc(report: &Path, preset: &str) -> Result<()> {
         }
         _ => format!("{}\n\n{section}\n", existing.trim_end()),
     };
-    std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
+    zoo_core::train::checkpoint::write_atomic(&path, doc.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     println!("updated {}", path.display());
     Ok(())
 }

@@ -66,21 +66,14 @@ pub fn imported_meta(model: &str) -> Result<CheckpointMeta> {
             .map(|s| s.to_string())
             .collect(),
     };
-    Ok(CheckpointMeta {
-        model: model.to_string(),
+    Ok(CheckpointMeta::new(
+        model,
         input,
-        num_classes: 10,
         classes,
-        eval_transform: EvalTransform::notebook(input.channels, input.height),
-        config: String::new(),
-        seed: 0,
-        epoch: 0,
-        batch: 0,
-        step: 0,
-        partial: Default::default(),
-        metrics: Vec::new(),
-        rng: None,
-    })
+        EvalTransform::notebook(input.channels, input.height),
+        String::new(),
+        0,
+    ))
 }
 
 /// PyTorch state dict -> zoo checkpoint for registry model `model`.
@@ -103,7 +96,7 @@ pub fn import(model: &str, input: &Path, output: &Path) -> Result<()> {
     let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
     entry.build_reference(store.var_builder())?;
     apply_weights(&store, &tensors, &input.display().to_string())?;
-    save_checkpoint(output, &store, None, &imported_meta(model)?)?;
+    save_checkpoint(output, &store, None, None, &imported_meta(model)?)?;
     Ok(())
 }
 

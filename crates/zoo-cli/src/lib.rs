@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod matrix;
+pub mod recipe;
 pub mod registry;
 pub mod runtime;
 pub mod show_batch;

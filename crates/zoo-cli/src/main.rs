@@ -4,15 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use zoo_cli::recipe::{OptimizerKind, RecipeName, RunSpec, ScheduleKind};
 use zoo_cli::summary_cmd::{list_table, parse_input, summarize};
 use zoo_cli::train_cmd::{
     Progress, RunConfig, eval_checkpoint, eval_report, predict, run_training,
 };
 use zoo_core::data::Split;
-use zoo_core::data::augment::Augment;
 use zoo_core::data::resolve::data_root;
-use zoo_core::train::optim::OptimizerConfig;
-use zoo_core::train::schedule::Schedule;
+use zoo_core::init::InitScheme;
 use zoo_core::train::trainer::Outcome;
 
 /// mimalloc keeps freed tensor buffers mapped: glibc's malloc returns each large buffer to the
@@ -45,7 +44,7 @@ enum Command {
         json: bool,
     },
     /// Train one model (the notebook's recipe unless told otherwise).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Accuracy, per-class accuracy and confusion matrix of a checkpoint on a dataset split.
     Eval {
         #[arg(long)]
@@ -103,55 +102,68 @@ enum Command {
     },
 }
 
+/// Every value is optional: unset ones come from the recipe.
 #[derive(clap::Args)]
 struct TrainArgs {
     /// Registry name (see `zoo list`).
     model: String,
+    /// The recipe to start from: the notebook's, or the network's improved one (its values:
+    /// docs/recipes.md); the flags below override single values.
+    #[arg(long, value_enum, default_value = "notebook")]
+    recipe: RecipeName,
     /// Dataset (default: the notebook's for this model).
     #[arg(long)]
     dataset: Option<String>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Square input side (default: the notebook's).
+    /// Square input side (default: the recipe's).
     #[arg(long)]
     input_size: Option<usize>,
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
-    /// Learning rate (default: the notebook's for this model).
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Base learning rate (default: the recipe's).
     #[arg(long)]
     lr: Option<f64>,
-    /// sgd or adamw.
-    #[arg(long, default_value = "sgd")]
-    optimizer: String,
-    #[arg(long, default_value_t = 0.0)]
-    momentum: f64,
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerKind>,
+    /// SGD momentum.
     #[arg(long)]
-    nesterov: bool,
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f64,
-    /// constant, step, cosine or onecycle.
-    #[arg(long, default_value = "constant")]
-    schedule: String,
-    /// Warm-up epochs (cosine).
-    #[arg(long, default_value_t = 0.0)]
-    warmup_epochs: f64,
-    #[arg(long, default_value_t = 0.0)]
-    label_smoothing: f64,
+    momentum: Option<f64>,
+    /// SGD with Nesterov momentum (`--nesterov false` turns it off).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    nesterov: Option<bool>,
+    /// Weight decay (on weights only, not on biases or BatchNorm).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleKind>,
+    /// Linear warm-up epochs before the cosine decay.
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
+    #[arg(long)]
+    label_smoothing: Option<f64>,
     #[arg(long)]
     clip_grad_norm: Option<f64>,
-    /// Random crop (padding 4) and horizontal flip on training images.
+    /// Random crop (padding 4) and, except on digits, horizontal flip (`--augment false` off).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    augment: Option<bool>,
+    /// Keep an EMA of the weights with this decay and validate it too (0: none).
     #[arg(long)]
-    augment: bool,
-    /// xavier-uniform (the notebook) or pytorch-default.
-    #[arg(long, default_value = "xavier-uniform")]
-    init: String,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    ema_decay: Option<f64>,
+    /// xavier-uniform (the notebook), pytorch-default, kaiming-normal-fan-out (torchvision's
+    /// VGG and ResNet) or kaiming-normal-fan-in (torchvision's DenseNet).
+    #[arg(long)]
+    init: Option<InitScheme>,
+    #[arg(long)]
+    seed: Option<u64>,
     /// Use the first N training images of each class.
     #[arg(long)]
     train_per_class: Option<usize>,
+    /// Validate on the first N test images of each class.
+    #[arg(long)]
+    valid_per_class: Option<usize>,
     #[arg(long, default_value = "auto")]
     device: String,
     /// Run folder (default: runs/single/<model>-<dataset>).
@@ -163,59 +175,30 @@ struct TrainArgs {
 }
 
 fn run_config(a: &TrainArgs) -> Result<RunConfig> {
-    let mut c = RunConfig::notebook(&a.model, a.input_size)?;
-    if let Some(d) = &a.dataset {
-        c.dataset = d.clone();
+    RunSpec {
+        model: Some(a.model.clone()),
+        recipe: Some(a.recipe),
+        dataset: a.dataset.clone(),
+        input_size: a.input_size,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        learning_rate: a.lr,
+        optimizer: a.optimizer,
+        momentum: a.momentum,
+        nesterov: a.nesterov,
+        weight_decay: a.weight_decay,
+        schedule: a.schedule,
+        warmup_epochs: a.warmup_epochs,
+        label_smoothing: a.label_smoothing,
+        clip_grad_norm: a.clip_grad_norm,
+        augment: a.augment,
+        init: a.init,
+        ema_decay: a.ema_decay,
+        seed: a.seed,
+        train_per_class: a.train_per_class,
+        valid_per_class: a.valid_per_class,
     }
-    c.batch_size = a.batch_size;
-    c.seed = a.seed;
-    c.init = a.init.parse().map_err(anyhow::Error::msg)?;
-    c.device = a.device.clone();
-    c.train_per_class = a.train_per_class;
-    if a.augment {
-        c.augment = Augment {
-            crop_padding: Some(4),
-            hflip: true,
-        };
-    }
-    c.recipe.epochs = a.epochs;
-    if let Some(lr) = a.lr {
-        c.recipe.learning_rate = lr;
-    }
-    c.recipe.label_smoothing = a.label_smoothing;
-    c.recipe.clip_grad_norm = a.clip_grad_norm;
-    c.recipe.optimizer = match a.optimizer.as_str() {
-        "sgd" => OptimizerConfig::Sgd {
-            momentum: a.momentum,
-            nesterov: a.nesterov,
-            weight_decay: a.weight_decay,
-        },
-        "adamw" => OptimizerConfig::AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: a.weight_decay,
-        },
-        other => anyhow::bail!("--optimizer `{other}`: expected sgd or adamw"),
-    };
-    c.recipe.schedule = match a.schedule.as_str() {
-        "constant" => Schedule::Constant,
-        "step" => Schedule::Step {
-            every_epochs: (a.epochs / 3).max(1),
-            gamma: 0.1,
-        },
-        "cosine" => Schedule::Cosine {
-            warmup_epochs: a.warmup_epochs,
-            min_factor: 0.0,
-        },
-        "onecycle" => Schedule::OneCycle {
-            pct_start: 0.3,
-            div_factor: 25.0,
-            final_div_factor: 1e4,
-        },
-        other => anyhow::bail!("--schedule `{other}`: expected constant, step, cosine or onecycle"),
-    };
-    Ok(c)
+    .resolve(&a.device)
 }
 
 fn main() -> Result<()> {

@@ -3,101 +3,23 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::recipe::RunSpec;
 use crate::registry::find;
-use crate::train_cmd::{Progress, RunConfig, RunState, run_state, run_training};
-use anyhow::{Context, Result, bail};
+use crate::train_cmd::{Progress, RunConfig, RunState, load_data, run_state, run_training};
+use anyhow::{Context, Result};
 use serde::Deserialize;
-use zoo_core::data::augment::Augment;
 use zoo_core::summary::group_thousands;
 use zoo_core::train::metrics::EpochMetrics;
-use zoo_core::train::optim::OptimizerConfig;
-use zoo_core::train::schedule::Schedule;
 
 /// A matrix file.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Matrix {
     pub name: String,
     #[serde(default)]
     pub defaults: RunSpec,
     #[serde(rename = "run")]
     pub runs: Vec<RunSpec>,
-}
-
-/// One entry; unset fields come from `[defaults]`, then from the notebook.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunSpec {
-    pub model: Option<String>,
-    pub dataset: Option<String>,
-    pub input_size: Option<usize>,
-    pub epochs: Option<usize>,
-    pub batch_size: Option<usize>,
-    pub learning_rate: Option<f64>,
-    /// `notebook` (plain SGD, constant rate) or `modern` (Nesterov momentum 0.9, weight decay
-    /// 5e-4, cosine schedule with one warm-up epoch, label smoothing 0.1, crop + flip).
-    pub recipe: Option<String>,
-    pub train_per_class: Option<usize>,
-    pub valid_per_class: Option<usize>,
-    pub seed: Option<u64>,
-}
-
-impl RunSpec {
-    fn or(&self, d: &RunSpec) -> RunSpec {
-        RunSpec {
-            model: self.model.clone().or(d.model.clone()),
-            dataset: self.dataset.clone().or(d.dataset.clone()),
-            input_size: self.input_size.or(d.input_size),
-            epochs: self.epochs.or(d.epochs),
-            batch_size: self.batch_size.or(d.batch_size),
-            learning_rate: self.learning_rate.or(d.learning_rate),
-            recipe: self.recipe.clone().or(d.recipe.clone()),
-            train_per_class: self.train_per_class.or(d.train_per_class),
-            valid_per_class: self.valid_per_class.or(d.valid_per_class),
-            seed: self.seed.or(d.seed),
-        }
-    }
-
-    fn resolve(&self, device: &str) -> Result<RunConfig> {
-        let model = self.model.as_deref().context("a run without `model`")?;
-        let mut c = RunConfig::notebook(model, self.input_size)?;
-        if let Some(d) = &self.dataset {
-            c.dataset = d.clone();
-        }
-        c.device = device.to_string();
-        c.seed = self.seed.unwrap_or(0);
-        c.train_per_class = self.train_per_class;
-        c.valid_per_class = self.valid_per_class;
-        if let Some(b) = self.batch_size {
-            c.batch_size = b;
-        }
-        if let Some(e) = self.epochs {
-            c.recipe.epochs = e;
-        }
-        if let Some(lr) = self.learning_rate {
-            c.recipe.learning_rate = lr;
-        }
-        match self.recipe.as_deref().unwrap_or("notebook") {
-            "notebook" => {}
-            "modern" => {
-                c.recipe.optimizer = OptimizerConfig::Sgd {
-                    momentum: 0.9,
-                    nesterov: true,
-                    weight_decay: 5e-4,
-                };
-                c.recipe.schedule = Schedule::Cosine {
-                    warmup_epochs: 1.0,
-                    min_factor: 0.0,
-                };
-                c.recipe.label_smoothing = 0.1;
-                c.augment = Augment {
-                    crop_padding: Some(4),
-                    hflip: true,
-                };
-            }
-            other => bail!("recipe `{other}`: expected notebook or modern"),
-        }
-        Ok(c)
-    }
 }
 
 pub fn load_matrix(path: &Path) -> Result<Matrix> {
@@ -107,10 +29,14 @@ pub fn load_matrix(path: &Path) -> Result<Matrix> {
 }
 
 /// What a finished run reports.
-struct RunResult {
-    config: RunConfig,
-    folder: PathBuf,
-    metrics: Vec<EpochMetrics>,
+pub struct RunResult {
+    /// `<model>-<dataset>`, its folder's name.
+    pub name: String,
+    pub config: RunConfig,
+    pub folder: PathBuf,
+    pub train_images: usize,
+    pub valid_images: usize,
+    pub metrics: Vec<EpochMetrics>,
 }
 
 /// Where a dataset is: the data root if it holds it, else the committed sample (loudly).
@@ -146,7 +72,10 @@ pub fn train_all(
     let mut notices = Vec::new();
     let total = matrix.runs.len();
     for (i, spec) in matrix.runs.iter().enumerate() {
-        let config = spec.or(&matrix.defaults).resolve(device)?;
+        let config = spec
+            .or(&matrix.defaults)
+            .resolve(device)
+            .with_context(|| format!("{}: run {}", matrix_path.display(), i + 1))?;
         if only.is_some_and(|m| m != config.model) {
             continue;
         }
@@ -185,25 +114,125 @@ pub fn train_all(
             &folder.join("last.safetensors"),
             &candle_core::Device::Cpu,
         )?;
+        let (train, valid) = load_data(&root, &config)?;
         results.push(RunResult {
+            name,
             config,
             folder,
+            train_images: train.len(),
+            valid_images: valid.len(),
             metrics: ckpt.meta.metrics,
         });
     }
+    write_matrix_figures(&out, &matrix.name, &results)?;
     let report = out.join("report.md");
     let text = report_markdown(&matrix.name, &results, &notices)?;
     zoo_core::train::checkpoint::write_atomic(&report, text.as_bytes())?;
     Ok(report)
 }
 
+/// `seconds` as minutes and seconds (`4 min 05 s`, `38 s`).
+pub fn format_duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    if s < 60 {
+        format!("{s} s")
+    } else {
+        format!("{} min {:02} s", s / 60, s % 60)
+    }
+}
+
+/// The matrix's two figures: every run's validation accuracy (the better of the raw weights
+/// and their EMA) against wall-clock minutes and against epochs, one colour per run in both.
+pub fn write_matrix_figures(out: &Path, matrix: &str, results: &[RunResult]) -> Result<()> {
+    use zoo_core::plot::{Legend, Panel, Series, colours::PALETTE, write_panels};
+    let series = |by_time: bool| -> Vec<Series> {
+        results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let elapsed = zoo_core::train::metrics::elapsed_seconds(&r.metrics);
+                Series {
+                    label: r.name.clone(),
+                    points: r
+                        .metrics
+                        .iter()
+                        .zip(&elapsed)
+                        .map(|(m, t)| {
+                            let x = if by_time { t / 60.0 } else { m.epoch as f64 };
+                            (x, m.best_valid_acc())
+                        })
+                        .collect(),
+                    colour: PALETTE[i % PALETTE.len()],
+                }
+            })
+            .collect()
+    };
+    let minutes = results
+        .iter()
+        .filter_map(|r| {
+            zoo_core::train::metrics::elapsed_seconds(&r.metrics)
+                .last()
+                .copied()
+        })
+        .fold(0.0, f64::max)
+        / 60.0;
+    let epochs = results.iter().map(|r| r.metrics.len()).max().unwrap_or(1) as f64;
+    for (file, title, x_label, by_time) in [
+        (
+            "accuracy_vs_time.png",
+            "Validation accuracy against training time",
+            "wall-clock minutes (training and evaluation)",
+            true,
+        ),
+        (
+            "accuracy_vs_epoch.png",
+            "Validation accuracy against epochs",
+            "epoch",
+            false,
+        ),
+    ] {
+        write_panels(
+            &out.join(file),
+            (900, 560),
+            Some(&format!("matrix `{matrix}`")),
+            &[Panel {
+                title: title.into(),
+                x_label: x_label.into(),
+                y_label: "validation accuracy (raw or EMA, the better)".into(),
+                x_range: Some(if by_time {
+                    (0.0, minutes * 1.04 + 1e-3)
+                } else {
+                    (0.5, epochs + 0.5)
+                }),
+                y_range: Some((0.0, 1.0)),
+                legend: Legend::LowerRight,
+                series: series(by_time),
+            }],
+        )?;
+    }
+    Ok(())
+}
+
 /// The results table (also copied into docs/results.md).
 fn report_markdown(matrix: &str, results: &[RunResult], notices: &[String]) -> Result<String> {
+    use zoo_core::train::metrics::{time_to_accuracy, time_to_best};
     let mut md = format!("# Training matrix `{matrix}`\n\n");
     for n in notices {
         md += &format!("> **{n}**\n\n");
     }
-    md += "| model | dataset | input | train images/class | parameters | epochs | best valid acc | final valid acc | train time | images/s | notebook (10 epochs, full data) |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    let total: f64 = results
+        .iter()
+        .flat_map(|r| r.metrics.iter().map(|m| m.wall_seconds))
+        .sum();
+    md += &format!(
+        "{} runs, {} of training and evaluation in all. Validation accuracy is on the test images \
+         the column counts; \"EMA\" is the exponential moving average of the weights, validated \
+         beside them; times are wall-clock (training, evaluation and checkpoints).\n\n",
+        results.len(),
+        format_duration(total)
+    );
+    md += "| model | dataset | recipe | input | train images | valid images | parameters | epochs | best valid acc | best EMA acc | final valid acc | time to 50% | time to best | total time | train images/s | notebook (10 epochs, 224 px, GPU) |\n\
+           |---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in results {
         let entry = find(&r.config.model)?;
         let params = crate::summary_cmd::summarize(
@@ -217,35 +246,45 @@ fn report_markdown(matrix: &str, results: &[RunResult], notices: &[String]) -> R
         )?
         .params;
         let best = r.metrics.iter().map(|m| m.valid_acc).fold(0.0, f64::max);
+        let best_ema = r
+            .metrics
+            .iter()
+            .filter_map(|m| m.valid_acc_ema)
+            .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
         let last = r.metrics.last();
-        let seconds: f64 = r.metrics.iter().map(|m| m.seconds).sum();
-        let images_per_sec = last.map_or(0.0, |m| m.images_per_sec);
+        let total: f64 = r.metrics.iter().map(|m| m.wall_seconds).sum();
+        let reached = |x: Option<zoo_core::train::metrics::Reached>| {
+            x.map_or("not reached".into(), |x| {
+                format!("{} (epoch {})", format_duration(x.seconds), x.epoch)
+            })
+        };
         md += &format!(
-            "| `{}` | {} | {} px | {} | {} | {} | {:.4} | {:.4} | {:.0} s | {:.1} | {} |\n",
+            "| `{}` | {} | {} | {} px | {} | {} | {} | {} | {:.4} | {} | {:.4} | {} | {} | {} | {:.0} | {} |\n",
             r.config.model,
             r.config.dataset,
+            r.config.recipe_name.name(),
             r.config.input_size,
-            r.config
-                .train_per_class
-                .map_or("all".into(), |n| n.to_string()),
+            group_thousands(r.train_images as u64),
+            group_thousands(r.valid_images as u64),
             group_thousands(params as u64),
             r.metrics.len(),
             best,
+            best_ema.map_or("-".into(), |a| format!("{a:.4}")),
             last.map_or(0.0, |m| m.valid_acc),
-            seconds,
-            images_per_sec,
+            reached(time_to_accuracy(&r.metrics, 0.5)),
+            reached(time_to_best(&r.metrics)),
+            format_duration(total),
+            last.map_or(0.0, |m| m.images_per_sec),
             entry
                 .notebook
                 .map_or("-".into(), |n| format!("{:.4}", n.valid_acc)),
         );
     }
-    md += "\n## Curves\n";
+    md += "\n![validation accuracy against time](accuracy_vs_time.png)\n\n\
+           ![validation accuracy against epochs](accuracy_vs_epoch.png)\n";
+    md += "\n## Curves of each run\n";
     for r in results {
-        let name = r
-            .folder
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = &r.name;
         md += &format!("\n### {name}\n\n![{name}]({name}/curves.png)\n");
     }
     Ok(md)

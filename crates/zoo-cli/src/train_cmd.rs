@@ -19,6 +19,7 @@ use zoo_core::train::checkpoint::{CheckpointMeta, apply_weights, load_checkpoint
 use zoo_core::train::metrics::EpochMetrics;
 use zoo_core::train::trainer::{Evaluation, Outcome, Recipe, TrainObserver, Trainer, evaluate};
 
+use crate::recipe::RecipeName;
 use crate::registry::find;
 
 /// Everything that decides a run. Written as `config.toml` beside its outputs.
@@ -44,6 +45,9 @@ pub struct RunConfig {
     pub valid_per_class: Option<usize>,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// The recipe this run started from (flags and matrix fields override single values).
+    #[serde(default)]
+    pub recipe_name: RecipeName,
     pub recipe: Recipe,
 }
 
@@ -70,6 +74,7 @@ impl RunConfig {
             train_per_class: None,
             valid_per_class: None,
             device: "auto".into(),
+            recipe_name: RecipeName::Notebook,
             recipe: Recipe::notebook(10, lr),
         })
     }
@@ -216,6 +221,7 @@ pub fn run_training(
     observer: &mut dyn TrainObserver,
 ) -> Result<Outcome> {
     let entry = find(&config.model)?;
+    config.validate()?;
     let device = parse_device(&config.device)?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let config_toml = config.to_toml()?;
@@ -272,21 +278,14 @@ pub fn run_training(
         recipe: config.recipe.clone(),
         transform: config.eval_transform(),
         device,
-        meta: CheckpointMeta {
-            model: config.model.clone(),
+        meta: CheckpointMeta::new(
+            &config.model,
             input,
-            num_classes: classes.len(),
             classes,
-            eval_transform: config.eval_transform(),
-            config: config_toml,
-            seed: config.seed,
-            epoch: 0,
-            batch: 0,
-            step: 0,
-            partial: Default::default(),
-            metrics: Vec::new(),
-            rng: None,
-        },
+            config.eval_transform(),
+            config_toml,
+            config.seed,
+        ),
         checkpoint_every: Some(50),
         stop_after_steps,
     };

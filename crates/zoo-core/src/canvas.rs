@@ -278,20 +278,27 @@ impl Canvas {
         }
     }
 
-    /// Writes the canvas as PNG through a temporary file and a rename.
+    /// Writes the canvas as PNG, atomically (a temporary file, synced, then renamed).
     pub fn save_png(&self, path: &Path) -> Result<()> {
-        let img =
-            image::RgbImage::from_raw(self.width as u32, self.height as u32, self.pixels.clone())
-                .ok_or_else(|| candle_core::Error::Msg("canvas size mismatch".into()))?;
-        let tmp = path.with_extension("png.tmp");
-        img.save_with_format(&tmp, image::ImageFormat::Png)
-            .map_err(|e| {
-                candle_core::Error::Msg(format!("{}: cannot write PNG: {e}", tmp.display()))
-            })?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            candle_core::Error::Msg(format!("{}: cannot rename into place: {e}", path.display()))
-        })
+        let bytes = png_bytes(self.width, self.height, &self.pixels)?;
+        crate::train::checkpoint::write_atomic(path, &bytes)
     }
+}
+
+/// `rgb` (row-major, three bytes a pixel) encoded as a PNG file's bytes.
+pub fn png_bytes(width: usize, height: usize, rgb: &[u8]) -> Result<Vec<u8>> {
+    let img =
+        image::RgbImage::from_raw(width as u32, height as u32, rgb.to_vec()).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "PNG of {width}x{height}: {} bytes, expected {}",
+                rgb.len(),
+                width * height * 3
+            ))
+        })?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| candle_core::Error::Msg(format!("encoding a PNG: {e}")))?;
+    Ok(out.into_inner())
 }
 
 #[cfg(test)]

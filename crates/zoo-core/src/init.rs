@@ -6,7 +6,8 @@
 //! [`ZooRng`], in the order the layers are built, so one seed gives identical weights on every
 //! machine. With [`InitScheme::XavierUniform`] (the notebook's `init_weights`), every weight hinted
 //! as Kaiming is drawn from Xavier-uniform instead; biases and BatchNorm keep PyTorch's defaults,
-//! exactly as `nn.init.xavier_uniform_(m.weight)` leaves them.
+//! exactly as `nn.init.xavier_uniform_(m.weight)` leaves them. The Kaiming-normal schemes are
+//! the ones torchvision's definitions apply after construction (see each variant).
 
 use std::sync::Mutex;
 
@@ -26,6 +27,36 @@ pub enum InitScheme {
     XavierUniform,
     /// PyTorch's default: Kaiming-uniform with `a = sqrt(5)`, i.e. `U(+-1/sqrt(fan_in))`.
     PytorchDefault,
+    /// torchvision's VGG and ResNet: convolution weights
+    /// `kaiming_normal_(mode="fan_out", nonlinearity="relu")`, i.e. `N(0, 2 / fan_out)`; linear
+    /// weights `N(0, 0.01^2)`; convolution and linear biases 0.
+    KaimingNormalFanOut,
+    /// He et al. (2015) for every layer: convolution and linear weights
+    /// `kaiming_normal_(mode="fan_in", nonlinearity="relu")`, i.e. `N(0, 2 / fan_in)`; biases 0.
+    /// torchvision's DenseNet does this for its convolutions. It keeps the signal's scale
+    /// through narrow Linear layers, where `N(0, 0.01)` shrinks it (VGG-11-small's first Linear
+    /// has 128 inputs at 32 px: a gain of 0.11).
+    KaimingNormalFanIn,
+}
+
+impl InitScheme {
+    /// The name used in flags, recipes and `config.toml`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::XavierUniform => "xavier-uniform",
+            Self::PytorchDefault => "pytorch-default",
+            Self::KaimingNormalFanOut => "kaiming-normal-fan-out",
+            Self::KaimingNormalFanIn => "kaiming-normal-fan-in",
+        }
+    }
+
+    /// Every scheme, for flag help and errors.
+    pub const ALL: [InitScheme; 4] = [
+        Self::XavierUniform,
+        Self::PytorchDefault,
+        Self::KaimingNormalFanOut,
+        Self::KaimingNormalFanIn,
+    ];
 }
 
 impl std::str::FromStr for InitScheme {
@@ -34,8 +65,11 @@ impl std::str::FromStr for InitScheme {
         match s {
             "xavier-uniform" | "xavier" => Ok(Self::XavierUniform),
             "pytorch-default" | "pytorch" | "default" => Ok(Self::PytorchDefault),
+            "kaiming-normal-fan-out" => Ok(Self::KaimingNormalFanOut),
+            "kaiming-normal-fan-in" => Ok(Self::KaimingNormalFanIn),
             other => Err(format!(
-                "unknown init scheme `{other}` (expected xavier-uniform or pytorch-default)"
+                "unknown init scheme `{other}` (expected one of {})",
+                Self::ALL.map(|s| s.name()).join(", ")
             )),
         }
     }
@@ -83,15 +117,28 @@ struct SeededBackend {
 }
 
 impl SeededBackend {
-    fn sample(&self, shape: &Shape, hint: &Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+    fn sample(
+        &self,
+        name: &str,
+        shape: &Shape,
+        hint: &Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
         let n = shape.elem_count();
         let dims = shape.dims();
         let mut rng = self
             .rng
             .lock()
             .map_err(|_| candle_core::Error::Msg("parameter generator poisoned".into()))?;
+        let kaiming_normal = matches!(
+            self.scheme,
+            InitScheme::KaimingNormalFanOut | InitScheme::KaimingNormalFanIn
+        );
         let values = match *hint {
             Init::Const(v) => vec![v as f32; n],
+            // A convolution's or linear layer's bias (BatchNorm's come as constants).
+            Init::Uniform { .. } if kaiming_normal && name.ends_with("bias") => vec![0f32; n],
             Init::Uniform { lo, up } => rng.uniform_vec(n, lo, up),
             Init::Randn { mean, stdev } => rng.normal_vec(n, mean, stdev),
             Init::Kaiming {
@@ -100,21 +147,33 @@ impl SeededBackend {
                 non_linearity: nonlinearity,
             } => {
                 let (fan_in, fan_out) = fans(dims);
-                if self.scheme == InitScheme::XavierUniform {
-                    let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
-                    rng.uniform_vec(n, -bound, bound)
-                } else {
-                    let fan = match fan {
-                        FanInOut::FanIn => fan_in,
-                        FanInOut::FanOut => fan_out,
-                    } as f64;
-                    let std = nonlinearity.gain() / fan.sqrt();
-                    match dist {
-                        NormalOrUniform::Uniform => {
-                            let bound = 3f64.sqrt() * std;
-                            rng.uniform_vec(n, -bound, bound)
+                let relu_gain = 2f64.sqrt();
+                let linear = dims.len() == 2;
+                match self.scheme {
+                    InitScheme::XavierUniform => {
+                        let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
+                        rng.uniform_vec(n, -bound, bound)
+                    }
+                    InitScheme::KaimingNormalFanOut if linear => rng.normal_vec(n, 0.0, 0.01),
+                    InitScheme::KaimingNormalFanOut => {
+                        rng.normal_vec(n, 0.0, relu_gain / (fan_out as f64).sqrt())
+                    }
+                    InitScheme::KaimingNormalFanIn => {
+                        rng.normal_vec(n, 0.0, relu_gain / (fan_in as f64).sqrt())
+                    }
+                    InitScheme::PytorchDefault => {
+                        let fan = match fan {
+                            FanInOut::FanIn => fan_in,
+                            FanInOut::FanOut => fan_out,
+                        } as f64;
+                        let std = nonlinearity.gain() / fan.sqrt();
+                        match dist {
+                            NormalOrUniform::Uniform => {
+                                let bound = 3f64.sqrt() * std;
+                                rng.uniform_vec(n, -bound, bound)
+                            }
+                            NormalOrUniform::Normal => rng.normal_vec(n, 0.0, std),
                         }
-                        NormalOrUniform::Normal => rng.normal_vec(n, 0.0, std),
                     }
                 }
             }
@@ -136,7 +195,7 @@ impl SimpleBackend for SeededBackend {
                  silently tie their weights"
             );
         }
-        let tensor = self.sample(&s, &h, dtype, dev)?;
+        let tensor = self.sample(name, &s, &h, dtype, dev)?;
         let var = Var::from_tensor(&tensor)?;
         let tensor = var.as_tensor().clone();
         data.insert(name.to_string(), var);
@@ -291,6 +350,87 @@ mod tests {
             let bias_bound = 1.0 / 288f64.sqrt();
             assert!(b.iter().all(|x| (x.abs() as f64) <= bias_bound));
         }
+    }
+
+    /// Mean and variance of `values`.
+    fn moments(values: &[f32]) -> (f64, f64) {
+        let n = values.len() as f64;
+        let mean = values.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = values
+            .iter()
+            .map(|&x| (x as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        (mean, var)
+    }
+
+    #[test]
+    fn kaiming_normal_schemes_match_their_formulas() {
+        // A convolution (fan_in 32*9 = 288, fan_out 64*9 = 576; 18,432 values) and a linear
+        // layer (fan_in 400; 40,000 values), each with its bias, and a BatchNorm pair.
+        let build = |scheme| {
+            let store = ParamStore::new(7, scheme, DType::F32, &Device::Cpu);
+            let vb = store.var_builder();
+            vb.pp("conv")
+                .get_with_hints((64, 32, 3, 3), "weight", pytorch_weight_hint())
+                .unwrap();
+            vb.pp("conv")
+                .get_with_hints(64, "bias", pytorch_bias_hint(288))
+                .unwrap();
+            vb.pp("fc")
+                .get_with_hints((100, 400), "weight", pytorch_weight_hint())
+                .unwrap();
+            vb.pp("fc")
+                .get_with_hints(100, "bias", pytorch_bias_hint(400))
+                .unwrap();
+            vb.pp("bn")
+                .get_with_hints(64, "weight", Init::Const(1.0))
+                .unwrap();
+            store
+        };
+        // (scheme, conv std, linear std)
+        for (scheme, conv_std, linear_std) in [
+            (
+                InitScheme::KaimingNormalFanOut,
+                (2.0f64 / 576.0).sqrt(),
+                0.01,
+            ),
+            (
+                InitScheme::KaimingNormalFanIn,
+                (2.0f64 / 288.0).sqrt(),
+                (2.0f64 / 400.0).sqrt(),
+            ),
+        ] {
+            let store = build(scheme);
+            let (mean, var) = moments(&values(&store, "conv.weight"));
+            // Standard error of the mean: std / sqrt(18432) = 0.0074 std.
+            assert!(mean.abs() < 0.03 * conv_std, "{scheme:?}: conv mean {mean}");
+            assert!(
+                (var.sqrt() / conv_std - 1.0).abs() < 0.02,
+                "{scheme:?}: conv std {} vs {conv_std}",
+                var.sqrt()
+            );
+            let fc = values(&store, "fc.weight");
+            let (mean, var) = moments(&fc);
+            let std = linear_std;
+            assert!(mean.abs() < 0.03 * std, "{scheme:?}: linear mean {mean}");
+            assert!((var.sqrt() / std - 1.0).abs() < 0.02, "{scheme:?}: {var}");
+            // Normal, not uniform: about 0.27% of the values (108) lie beyond 3 std.
+            let tails = fc.iter().filter(|x| x.abs() as f64 > 3.0 * std).count();
+            assert!((40..=230).contains(&tails), "{scheme:?}: {tails} tails");
+            assert!(values(&store, "conv.bias").iter().all(|&b| b == 0.0));
+            assert!(values(&store, "fc.bias").iter().all(|&b| b == 0.0));
+            assert!(values(&store, "bn.weight").iter().all(|&b| b == 1.0));
+        }
+    }
+
+    #[test]
+    fn scheme_names_round_trip() {
+        for scheme in InitScheme::ALL {
+            assert_eq!(scheme.name().parse::<InitScheme>(), Ok(scheme));
+        }
+        let err = "kaiming".parse::<InitScheme>().unwrap_err();
+        assert!(err.contains("kaiming-normal-fan-out"), "{err}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod init;
 pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod plot;
 pub mod rng;
 pub mod runtime;
 pub mod summary;

@@ -10,6 +10,7 @@ use std::path::Path;
 use candle_core::{Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::ema::Ema;
 use super::metrics::EpochMetrics;
 use super::optim::Optimizer;
 use crate::data::transforms::EvalTransform;
@@ -19,6 +20,8 @@ use crate::rng::RngState;
 
 /// Prefix of the optimiser's tensors inside a checkpoint.
 pub const OPTIMIZER_PREFIX: &str = "__optimizer__.";
+/// Prefix of the EMA of the weights inside a checkpoint.
+pub const EMA_PREFIX: &str = "__ema__.";
 const FORMAT: &str = "zoo-checkpoint-v1";
 
 /// Sums over the batches already done in an unfinished epoch.
@@ -28,6 +31,9 @@ pub struct PartialEpoch {
     pub correct: usize,
     pub seen: usize,
     pub seconds: f64,
+    /// Wall-clock seconds of the epoch so far.
+    #[serde(default)]
+    pub wall_seconds: f64,
 }
 
 /// The header metadata of a zoo checkpoint.
@@ -56,6 +62,40 @@ pub struct CheckpointMeta {
     pub metrics: Vec<EpochMetrics>,
     /// The dropout generator of the training thread.
     pub rng: Option<RngState>,
+    /// The model tensors are the EMA of the weights (a `best.safetensors` whose EMA
+    /// validated better than the raw weights).
+    #[serde(default)]
+    pub ema_weights: bool,
+}
+
+impl CheckpointMeta {
+    /// The metadata of a run that has not started: what the model is and how it reads images;
+    /// the progress fields at zero (the trainer fills them in).
+    pub fn new(
+        model: &str,
+        input: InputSpec,
+        classes: Vec<String>,
+        eval_transform: EvalTransform,
+        config: String,
+        seed: u64,
+    ) -> Self {
+        Self {
+            model: model.to_string(),
+            input,
+            num_classes: classes.len(),
+            classes,
+            eval_transform,
+            config,
+            seed,
+            epoch: 0,
+            batch: 0,
+            step: 0,
+            partial: PartialEpoch::default(),
+            metrics: Vec::new(),
+            rng: None,
+            ema_weights: false,
+        }
+    }
 }
 
 /// A loaded checkpoint.
@@ -63,6 +103,8 @@ pub struct Checkpoint {
     pub meta: CheckpointMeta,
     pub model: HashMap<String, Tensor>,
     pub optimizer: HashMap<String, Tensor>,
+    /// The EMA of the weights, by model tensor name (empty without one).
+    pub ema: HashMap<String, Tensor>,
 }
 
 /// Writes `bytes` to `path` through `path.tmp`, synced, then renamed over `path`.
@@ -80,11 +122,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| err("cannot rename into place", e))
 }
 
-/// Saves the store's tensors (parameters and BatchNorm statistics), the optimiser state and `meta`.
+/// Saves the store's tensors (parameters and BatchNorm statistics), the optimiser state, the
+/// EMA of the weights and `meta`.
 pub fn save_checkpoint(
     path: &Path,
     store: &ParamStore,
     optimizer: Option<&Optimizer>,
+    ema: Option<&Ema>,
     meta: &CheckpointMeta,
 ) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = store
@@ -97,6 +141,13 @@ pub fn save_checkpoint(
             opt.state_tensors()
                 .into_iter()
                 .map(|(k, v)| (format!("{OPTIMIZER_PREFIX}{k}"), v)),
+        );
+    }
+    if let Some(ema) = ema {
+        tensors.extend(
+            ema.state_tensors()
+                .into_iter()
+                .map(|(k, v)| (format!("{EMA_PREFIX}{k}"), v)),
         );
     }
     let json = serde_json::to_string(meta)
@@ -137,16 +188,21 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
         .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
     let mut model = HashMap::new();
     let mut optimizer = HashMap::new();
+    let mut ema = HashMap::new();
     for (name, tensor) in all {
-        match name.strip_prefix(OPTIMIZER_PREFIX) {
-            Some(rest) => optimizer.insert(rest.to_string(), tensor),
-            None => model.insert(name, tensor),
-        };
+        if let Some(rest) = name.strip_prefix(OPTIMIZER_PREFIX) {
+            optimizer.insert(rest.to_string(), tensor);
+        } else if let Some(rest) = name.strip_prefix(EMA_PREFIX) {
+            ema.insert(rest.to_string(), tensor);
+        } else {
+            model.insert(name, tensor);
+        }
     }
     Ok(Checkpoint {
         meta,
         model,
         optimizer,
+        ema,
     })
 }
 

@@ -1,11 +1,11 @@
-//! Per-epoch metrics, `metrics.csv`, and the notebook's two curves as a PNG.
+//! Per-epoch metrics, `metrics.csv`, time to accuracy, and a run's curves as a PNG.
 
 use std::path::Path;
 
 use candle_core::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::canvas::{BLACK, BLUE, Canvas, GREY, RED, WHITE};
+use crate::plot::{Legend, Panel, Series, colours, write_panels};
 
 /// One epoch of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -16,30 +16,90 @@ pub struct EpochMetrics {
     pub train_acc: f64,
     pub valid_loss: f64,
     pub valid_acc: f64,
+    /// Validation loss and accuracy of the EMA of the weights (runs with an EMA).
+    #[serde(default)]
+    pub valid_loss_ema: Option<f64>,
+    #[serde(default)]
+    pub valid_acc_ema: Option<f64>,
     /// Learning rate at the end of the epoch.
     pub lr: f64,
+    /// Seconds in training steps (forward, backward, update).
     pub seconds: f64,
+    /// Wall-clock seconds of the whole epoch: data, steps, evaluation, checkpoints.
+    #[serde(default)]
+    pub wall_seconds: f64,
     /// Training images per second.
     pub images_per_sec: f64,
 }
 
-pub const CSV_HEADER: &str =
-    "epoch,train_loss,train_acc,valid_loss,valid_acc,lr,seconds,images_per_sec";
+pub const CSV_HEADER: &str = "epoch,train_loss,train_acc,valid_loss,valid_acc,valid_loss_ema,\
+                              valid_acc_ema,lr,seconds,wall_seconds,images_per_sec";
 
 impl EpochMetrics {
     pub fn csv_row(&self) -> String {
+        let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
         format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.6e},{:.2},{:.1}",
+            "{},{:.6},{:.6},{:.6},{:.6},{},{},{:.6e},{:.2},{:.2},{:.1}",
             self.epoch,
             self.train_loss,
             self.train_acc,
             self.valid_loss,
             self.valid_acc,
+            opt(self.valid_loss_ema),
+            opt(self.valid_acc_ema),
             self.lr,
             self.seconds,
+            self.wall_seconds,
             self.images_per_sec
         )
     }
+
+    /// The better validation accuracy of the raw weights and their EMA.
+    pub fn best_valid_acc(&self) -> f64 {
+        self.valid_acc_ema
+            .map_or(self.valid_acc, |e| e.max(self.valid_acc))
+    }
+}
+
+/// When a run reached an accuracy: the epoch and the wall-clock seconds since its start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reached {
+    pub epoch: usize,
+    pub seconds: f64,
+    pub accuracy: f64,
+}
+
+/// The first epoch whose validation accuracy (raw or EMA) reached `target`, with the run's
+/// wall-clock time up to the end of that epoch; `None` if no epoch did.
+pub fn time_to_accuracy(rows: &[EpochMetrics], target: f64) -> Option<Reached> {
+    let mut elapsed = 0.0;
+    rows.iter().find_map(|r| {
+        elapsed += r.wall_seconds;
+        (r.best_valid_acc() >= target).then_some(Reached {
+            epoch: r.epoch,
+            seconds: elapsed,
+            accuracy: r.best_valid_acc(),
+        })
+    })
+}
+
+/// The best validation accuracy (raw or EMA) of a run and when it was first reached.
+pub fn time_to_best(rows: &[EpochMetrics]) -> Option<Reached> {
+    let best = rows
+        .iter()
+        .map(EpochMetrics::best_valid_acc)
+        .fold(f64::NAN, f64::max);
+    time_to_accuracy(rows, best)
+}
+
+/// Wall-clock seconds since the run's start at the end of each epoch.
+pub fn elapsed_seconds(rows: &[EpochMetrics]) -> Vec<f64> {
+    rows.iter()
+        .scan(0.0, |t, r| {
+            *t += r.wall_seconds;
+            Some(*t)
+        })
+        .collect()
 }
 
 /// Writes `metrics.csv` (header and one row per epoch) atomically.
@@ -52,109 +112,58 @@ pub fn write_csv(path: &Path, rows: &[EpochMetrics]) -> Result<()> {
     crate::train::checkpoint::write_atomic(path, text.as_bytes())
 }
 
-fn plot(
-    canvas: &mut Canvas,
-    x0: usize,
-    title: &str,
-    ylabel: &str,
-    series: [(&str, Vec<f64>, [u8; 3]); 2],
-) {
-    let (w, h) = (460usize, 300usize);
-    let (left, top) = (x0 + 60, 40usize);
-    canvas.text(left as isize, 12, title, BLACK, 2);
-    let all: Vec<f64> = series
-        .iter()
-        .flat_map(|s| s.1.iter().copied())
-        .filter(|v| v.is_finite())
-        .collect();
-    if all.is_empty() {
-        return;
-    }
-    let (mut lo, mut hi) = all
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-    if hi - lo < 1e-9 {
-        lo -= 0.5;
-        hi += 0.5;
-    }
-    let n = series.iter().map(|s| s.1.len()).max().unwrap_or(1).max(2);
-    let px = |i: usize| (left + i * w / (n - 1)) as isize;
-    let py = |v: f64| (top + h) as isize - ((v - lo) / (hi - lo) * h as f64) as isize;
-    for k in 0..=4 {
-        let v = lo + (hi - lo) * k as f64 / 4.0;
-        let y = py(v);
-        canvas.line((left as isize, y), ((left + w) as isize, y), GREY, 1);
-        canvas.text(x0 as isize + 4, y - 3, &format!("{v:.3}"), BLACK, 1);
-    }
-    canvas.line(
-        (left as isize, top as isize),
-        (left as isize, (top + h) as isize),
-        BLACK,
-        1,
-    );
-    canvas.line(
-        (left as isize, (top + h) as isize),
-        ((left + w) as isize, (top + h) as isize),
-        BLACK,
-        1,
-    );
-    for i in 0..n {
-        canvas.text(
-            px(i) - 3,
-            (top + h + 6) as isize,
-            &(i + 1).to_string(),
-            BLACK,
-            1,
-        );
-    }
-    canvas.text(
-        (left + w / 2 - 15) as isize,
-        (top + h + 20) as isize,
-        "epoch",
-        BLACK,
-        1,
-    );
-    canvas.text(x0 as isize + 4, (top - 14) as isize, ylabel, BLACK, 1);
-    for (k, (name, values, colour)) in series.iter().enumerate() {
-        for (i, pair) in values.windows(2).enumerate() {
-            canvas.line((px(i), py(pair[0])), (px(i + 1), py(pair[1])), *colour, 2);
-        }
-        for (i, &v) in values.iter().enumerate() {
-            let (x, y) = (px(i), py(v));
-            canvas.line((x - 3, y - 3), (x + 3, y + 3), *colour, 1);
-            canvas.line((x - 3, y + 3), (x + 3, y - 3), *colour, 1);
-        }
-        let ly = (top + 8 + 12 * k) as isize;
-        canvas.fill_rect((left + w - 110) as isize, ly, 14, 3, *colour);
-        canvas.text((left + w - 90) as isize, ly - 2, name, BLACK, 1);
-    }
-}
-
-/// The notebook's two plots side by side: accuracy vs epoch (training red, validation blue)
-/// and loss vs epoch (training blue, validation red), as in its `plot_accuracies` / `plot_losses`.
+/// A run's curves: accuracy and loss against epochs (training, validation and, with an EMA
+/// of the weights, validation of the EMA), each series in the same colour in both panels.
 pub fn write_curves(path: &Path, title: &str, rows: &[EpochMetrics]) -> Result<()> {
-    let mut canvas = Canvas::new(1080, 420, WHITE);
-    let col = |f: fn(&EpochMetrics) -> f64| rows.iter().map(f).collect::<Vec<_>>();
-    plot(
-        &mut canvas,
-        0,
-        "Accuracy vs. epochs",
-        "accuracy",
-        [
-            ("Training", col(|r| r.train_acc), RED),
-            ("Validation", col(|r| r.valid_acc), BLUE),
+    type Column<'a> = &'a dyn Fn(&EpochMetrics) -> Option<f64>;
+    let series = |label: &str, colour, f: Column| Series {
+        label: label.to_string(),
+        points: rows
+            .iter()
+            .filter_map(|r| f(r).map(|v| (r.epoch as f64, v)))
+            .collect(),
+        colour,
+    };
+    let panel = |title: &str, y: &str, legend, range, pick: [Column; 3]| {
+        let mut all = vec![
+            series("training", colours::TRAINING, pick[0]),
+            series("validation", colours::VALIDATION, pick[1]),
+            series("validation (EMA)", colours::VALIDATION_EMA, pick[2]),
+        ];
+        all.retain(|s| !s.points.is_empty());
+        Panel {
+            title: title.to_string(),
+            x_label: "epoch".into(),
+            y_label: y.to_string(),
+            x_range: Some((0.5, rows.len().max(1) as f64 + 0.5)),
+            y_range: range,
+            legend,
+            series: all,
+        }
+    };
+    write_panels(
+        path,
+        (560, 400),
+        Some(title),
+        &[
+            panel(
+                "Accuracy vs. epochs",
+                "accuracy",
+                Legend::LowerRight,
+                Some((0.0, 1.0)),
+                [&|r| Some(r.train_acc), &|r| Some(r.valid_acc), &|r| {
+                    r.valid_acc_ema
+                }],
+            ),
+            panel(
+                "Loss vs. epochs",
+                "loss",
+                Legend::UpperRight,
+                None,
+                [&|r| Some(r.train_loss), &|r| Some(r.valid_loss), &|r| {
+                    r.valid_loss_ema
+                }],
+            ),
         ],
-    );
-    plot(
-        &mut canvas,
-        540,
-        "Loss vs. epochs",
-        "loss",
-        [
-            ("Training", col(|r| r.train_loss), BLUE),
-            ("Validation", col(|r| r.valid_loss), RED),
-        ],
-    );
-    canvas.text(10, 400, title, BLACK, 1);
-    canvas.save_png(path)
+    )
 }

@@ -1,7 +1,9 @@
 //! Training: optimisers (SGD with momentum / Nesterov / weight decay, AdamW), learning-rate
-//! schedules, the loss, checkpoints that resume exactly, metrics, and the trainer loop.
+//! schedules, an EMA of the weights, the loss, checkpoints that resume exactly, metrics, and
+//! the trainer loop.
 
 pub mod checkpoint;
+pub mod ema;
 pub mod loss;
 pub mod metrics;
 pub mod optim;

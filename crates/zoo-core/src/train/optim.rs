@@ -3,7 +3,7 @@
 //! candle's `SGD` has no momentum, Nesterov or weight decay; these follow `torch.optim.SGD` and
 //! `torch.optim.AdamW` step for step.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use candle_core::{
     CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var, backprop::GradStore,
@@ -50,6 +50,34 @@ fn default_adamw_decay() -> f64 {
 }
 
 impl OptimizerConfig {
+    /// The weight decay, whichever optimiser.
+    pub fn weight_decay(&self) -> f64 {
+        match *self {
+            Self::Sgd { weight_decay, .. } | Self::AdamW { weight_decay, .. } => weight_decay,
+        }
+    }
+
+    /// The same optimiser with another weight decay.
+    pub fn with_weight_decay(self, decay: f64) -> Self {
+        match self {
+            Self::Sgd {
+                momentum, nesterov, ..
+            } => Self::Sgd {
+                momentum,
+                nesterov,
+                weight_decay: decay,
+            },
+            Self::AdamW {
+                beta1, beta2, eps, ..
+            } => Self::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay: decay,
+            },
+        }
+    }
+
     /// Plain SGD, the notebook's optimiser.
     pub fn plain_sgd() -> Self {
         Self::Sgd {
@@ -68,6 +96,9 @@ pub struct Optimizer {
     first: HashMap<String, Tensor>,
     /// AdamW second moments.
     second: HashMap<String, Tensor>,
+    /// Parameters stepped without weight decay (biases and BatchNorm's, as timm and the
+    /// torchvision reference recipes leave them).
+    no_decay: HashSet<String>,
     /// Steps taken.
     pub steps: u64,
 }
@@ -87,8 +118,26 @@ impl Optimizer {
             params,
             first: HashMap::new(),
             second: HashMap::new(),
+            no_decay: HashSet::new(),
             steps: 0,
         })
+    }
+
+    /// Leaves every one-dimensional parameter (biases, BatchNorm's weight and bias) out of the
+    /// weight decay: timm's `filter_bias_and_bn`, the usual practice.
+    pub fn without_decay_on_1d(mut self) -> Self {
+        self.no_decay = self
+            .params
+            .iter()
+            .filter(|(_, v)| v.as_tensor().rank() <= 1)
+            .map(|(n, _)| n.clone())
+            .collect();
+        self
+    }
+
+    /// Whether `name` is decayed.
+    pub fn decays(&self, name: &str) -> bool {
+        self.config.weight_decay() != 0.0 && !self.no_decay.contains(name)
     }
 
     pub fn config(&self) -> &OptimizerConfig {
@@ -107,7 +156,12 @@ impl Optimizer {
             // step's state would keep the previous step's alive (memory grows without bound).
             let grad = &grad.detach();
             let p = &var.as_tensor().detach();
-            match self.config {
+            let config = if self.no_decay.contains(name) {
+                self.config.with_weight_decay(0.0)
+            } else {
+                self.config
+            };
+            match config {
                 OptimizerConfig::Sgd {
                     momentum,
                     nesterov,

@@ -294,21 +294,14 @@ fn toy_dataset(n: usize, seed: u64) -> Arc<ImageDataset> {
 }
 
 fn meta(seed: u64) -> CheckpointMeta {
-    CheckpointMeta {
-        model: "tiny".into(),
-        input: InputSpec::square(1, 8),
-        num_classes: 10,
-        classes: digit_classes(),
-        eval_transform: EvalTransform::notebook(1, 8),
-        config: String::new(),
+    CheckpointMeta::new(
+        "tiny",
+        InputSpec::square(1, 8),
+        digit_classes(),
+        EvalTransform::notebook(1, 8),
+        String::new(),
         seed,
-        epoch: 0,
-        batch: 0,
-        step: 0,
-        partial: Default::default(),
-        metrics: Vec::new(),
-        rng: None,
-    }
+    )
 }
 
 fn run_dir(name: &str) -> std::path::PathBuf {
@@ -361,6 +354,7 @@ fn train_tiny(
         },
         clip_grad_norm: Some(5.0),
         label_smoothing: 0.1,
+        ema_decay: Some(0.9),
         ..Recipe::notebook(3, 0.05)
     };
     let mut trainer = Trainer {
@@ -407,7 +401,8 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_weights() {
         weights(&straight),
         "same weights and running statistics"
     );
-    let timeless = |m: &[super::metrics::EpochMetrics]| -> Vec<(usize, f64, f64, f64, f64, f64)> {
+    type Untimed = (usize, f64, f64, f64, f64, Option<f64>, f64);
+    let timeless = |m: &[super::metrics::EpochMetrics]| -> Vec<Untimed> {
         m.iter()
             .map(|r| {
                 (
@@ -416,11 +411,13 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_weights() {
                     r.train_acc,
                     r.valid_loss,
                     r.valid_acc,
+                    r.valid_acc_ema,
                     r.lr,
                 )
             })
             .collect()
     };
+    assert!(metrics.iter().all(|m| m.valid_acc_ema.is_some()));
     assert_eq!(
         timeless(&resumed_metrics),
         timeless(&metrics),
@@ -447,7 +444,7 @@ fn checkpoint_round_trip_gives_identical_logits_and_wrong_shapes_are_named() -> 
     // Move the running statistics away from their initial values.
     model.forward_t(&crate::testing::test_input(&[4, 1, 8, 8], 1)?, true)?;
     let path = dir.join("w.safetensors");
-    save_checkpoint(&path, &store, None, &meta(3))?;
+    save_checkpoint(&path, &store, None, None, &meta(3))?;
     let x = crate::testing::test_input(&[3, 1, 8, 8], 2)?;
     let before = model
         .forward_t(&x, false)?
@@ -528,10 +525,120 @@ fn nan_loss_stops_the_run_with_a_clear_message() {
         .fit(&train, &train, &dir, None, &mut Quiet)
         .unwrap_err()
         .to_string();
+    // No checkpoint was written before the loss blew up: the message must not name one.
     assert!(
-        err.contains("training stopped; the last good checkpoint is"),
+        err.contains("training stopped; no checkpoint was written yet"),
         "{err}"
     );
+    assert!(!Trainer::last_path(&dir).exists());
+}
+
+#[test]
+fn ema_follows_the_hand_computation_and_swaps_back() -> Result<()> {
+    let store = test_store(3);
+    let vb = store.var_builder();
+    let w = vb.get_with_hints(4, "w", candle_nn::Init::Const(1.0))?;
+    let var = || store.named_tensors()[0].1.clone();
+    let mut ema = super::ema::Ema::new(&store, 0.9)?;
+    // Update 1: decay min(0.9, 2/11); update 2 after another change: min(0.9, 3/12).
+    var().set(&Tensor::new(&[2f32, 4., 6., 8.], &Device::Cpu)?)?;
+    ema.update(1)?;
+    let d1 = 2.0f64 / 11.0;
+    let mut expected: Vec<f64> = [2., 4., 6., 8.]
+        .iter()
+        .map(|x| d1 + (1.0 - d1) * x)
+        .collect();
+    var().set(&Tensor::new(&[0f32, 0., 0., 10.], &Device::Cpu)?)?;
+    ema.update(2)?;
+    let d2 = 0.25;
+    for (e, x) in expected.iter_mut().zip([0., 0., 0., 10.]) {
+        *e = d2 * *e + (1.0 - d2) * x;
+    }
+    assert!((ema.decay_at(1000) - 0.9).abs() < 1e-12);
+    let shadow: Vec<f32> = ema.state_tensors()[0].1.to_vec1()?;
+    for (s, e) in shadow.iter().zip(&expected) {
+        assert!((*s as f64 - e).abs() < 1e-6, "{shadow:?} vs {expected:?}");
+    }
+    // Inside with_shadow the model holds the EMA; afterwards its own weights again.
+    let inside: Vec<f32> = ema.with_shadow(|| w.to_vec1())?;
+    assert_eq!(inside, shadow);
+    assert_eq!(w.to_vec1::<f32>()?, vec![0., 0., 0., 10.]);
+    // Restoring needs every tensor, with its shape.
+    let err = ema
+        .load_state(&HashMap::new(), "test.safetensors")
+        .unwrap_err();
+    assert!(err.to_string().contains("EMA of `w` is missing"), "{err}");
+    assert!(super::ema::Ema::new(&store, 1.0).is_err());
+    Ok(())
+}
+
+#[test]
+fn time_to_accuracy_reads_the_first_epoch_that_reached_it() {
+    use super::metrics::{EpochMetrics, elapsed_seconds, time_to_accuracy, time_to_best};
+    let row = |epoch, wall_seconds, valid_acc, valid_acc_ema: Option<f64>| EpochMetrics {
+        epoch,
+        train_loss: 1.0,
+        train_acc: 0.5,
+        valid_loss: 1.0,
+        valid_acc,
+        valid_loss_ema: valid_acc_ema.map(|_| 1.0),
+        valid_acc_ema,
+        lr: 0.1,
+        seconds: wall_seconds * 0.9,
+        wall_seconds,
+        images_per_sec: 100.0,
+    };
+    let rows = [
+        row(1, 10.0, 0.30, Some(0.20)),
+        row(2, 20.0, 0.55, Some(0.48)),
+        row(3, 30.0, 0.52, Some(0.61)),
+        row(4, 40.0, 0.58, Some(0.60)),
+    ];
+    assert_eq!(elapsed_seconds(&rows), vec![10.0, 30.0, 60.0, 100.0]);
+    let half = time_to_accuracy(&rows, 0.5).unwrap();
+    assert_eq!((half.epoch, half.seconds), (2, 30.0));
+    // The best is the EMA's 0.61 in epoch 3, not the raw weights' 0.58 in epoch 4.
+    let best = time_to_best(&rows).unwrap();
+    assert_eq!((best.epoch, best.seconds, best.accuracy), (3, 60.0, 0.61));
+    assert_eq!(time_to_accuracy(&rows, 0.7), None);
+    assert_eq!(time_to_best(&[]), None);
+}
+
+#[test]
+fn weight_decay_leaves_one_dimensional_parameters_alone() -> Result<()> {
+    let store = test_store(5);
+    let vb = store.var_builder();
+    let w = vb.get_with_hints((2, 2), "fc.weight", candle_nn::Init::Const(1.0))?;
+    let b = vb.get_with_hints(2, "fc.bias", candle_nn::Init::Const(1.0))?;
+    // A loss whose gradient is negligible (candle prunes a product with 0 from the graph):
+    // only the decay moves the parameters.
+    let loss = ((w.sum_all()? + b.sum_all()?)? * 1e-30)?;
+    let close = |t: &Tensor, v: f32| -> Result<bool> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|x| (x - v).abs() < 1e-6))
+    };
+    for (filter, expected_bias) in [(true, 1.0f32), (false, 0.9)] {
+        for (_, v) in store.named_tensors() {
+            v.set(&v.as_tensor().ones_like()?)?;
+        }
+        let config = OptimizerConfig::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.1,
+        };
+        let mut opt = Optimizer::new(config, store.trainable())?;
+        if filter {
+            opt = opt.without_decay_on_1d();
+        }
+        assert_eq!(opt.decays("fc.bias"), !filter);
+        assert!(opt.decays("fc.weight"));
+        opt.step(&loss.backward()?, 1.0)?;
+        assert!(close(&w, 0.9)?, "{w}");
+        assert!(close(&b, expected_bias)?, "filter {filter}: {b}");
+    }
+    Ok(())
 }
 
 #[test]

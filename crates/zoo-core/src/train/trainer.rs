@@ -8,6 +8,7 @@ use candle_core::{Device, Result};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{Checkpoint, CheckpointMeta, PartialEpoch, apply_weights, save_checkpoint};
+use super::ema::Ema;
 use super::loss::{correct, cross_entropy};
 use super::metrics::{EpochMetrics, write_csv, write_curves};
 use super::optim::{Optimizer, OptimizerConfig, clip_grad_norm};
@@ -30,6 +31,14 @@ pub struct Recipe {
     /// Clip the global gradient norm to this value.
     #[serde(default)]
     pub clip_grad_norm: Option<f64>,
+    /// Keep an exponential moving average of the weights with this decay and evaluate it
+    /// beside the raw weights every epoch (timm's `--model-ema`).
+    #[serde(default)]
+    pub ema_decay: Option<f64>,
+    /// Apply the weight decay to one-dimensional parameters (biases, BatchNorm) too; off, they
+    /// are not decayed, as timm and torchvision's reference recipes do.
+    #[serde(default)]
+    pub decay_1d_params: bool,
 }
 
 impl Recipe {
@@ -42,6 +51,8 @@ impl Recipe {
             schedule: Schedule::Constant,
             label_smoothing: 0.0,
             clip_grad_norm: None,
+            ema_decay: None,
+            decay_1d_params: false,
         }
     }
 }
@@ -145,12 +156,33 @@ impl Trainer<'_> {
     ) -> Result<Outcome> {
         let params = self.store.trainable();
         let mut optimizer = Optimizer::new(self.recipe.optimizer, params.clone())?;
+        if !self.recipe.decay_1d_params {
+            optimizer = optimizer.without_decay_on_1d();
+        }
+        let mut ema = self
+            .recipe
+            .ema_decay
+            .map(|d| Ema::new(self.store, d))
+            .transpose()?;
         let mut meta = self.meta.clone();
+        let steps_per_epoch = train.num_batches();
         if let Some(ckpt) = resume {
-            apply_weights(self.store, &ckpt.model, "the checkpoint being resumed")?;
+            let source = "the checkpoint being resumed";
+            apply_weights(self.store, &ckpt.model, source)?;
             optimizer.load_state(ckpt.meta.step, ckpt.optimizer)?;
+            if let Some(ema) = &mut ema {
+                ema.load_state(&ckpt.ema, source)?;
+            }
             if let Some(state) = &ckpt.meta.rng {
                 crate::rng::set_thread_rng_state(state);
+            }
+            if ckpt.meta.batch >= steps_per_epoch.max(1) {
+                candle_core::bail!(
+                    "{source} stands at batch {} of epoch {}, but an epoch has {steps_per_epoch} \
+                     batches here: it was written for other data",
+                    ckpt.meta.batch,
+                    ckpt.meta.epoch + 1
+                )
             }
             meta.epoch = ckpt.meta.epoch;
             meta.batch = ckpt.meta.batch;
@@ -165,12 +197,13 @@ impl Trainer<'_> {
             meta.partial = PartialEpoch::default();
             meta.metrics.clear();
         }
-        let steps_per_epoch = train.num_batches();
         let total_steps = steps_per_epoch * self.recipe.epochs;
         let mut steps_this_call = 0u64;
         let last = Self::last_path(run_dir);
         while meta.epoch < self.recipe.epochs {
             let epoch = meta.epoch;
+            let wall_clock = Instant::now();
+            let wall_before = meta.partial.wall_seconds;
             observer.epoch_start(epoch, self.recipe.epochs, steps_per_epoch, meta.batch);
             let mut lr = self.recipe.learning_rate;
             for batch in train.epoch(epoch, meta.batch) {
@@ -190,11 +223,11 @@ impl Trainer<'_> {
                 let loss_value = loss.to_scalar::<f32>()? as f64;
                 if !loss_value.is_finite() {
                     candle_core::bail!(
-                        "loss is {loss_value} at epoch {} batch {}: training stopped; the last good \
-                         checkpoint is {} (try a lower learning rate or gradient clipping)",
+                        "training loss is {loss_value} at epoch {} batch {}: training stopped; {} \
+                         (try a lower learning rate or gradient clipping)",
                         epoch + 1,
-                        batch.index,
-                        last.display()
+                        batch.index + 1,
+                        last_good(&last)
                     )
                 }
                 let mut grads = loss.backward()?;
@@ -203,6 +236,9 @@ impl Trainer<'_> {
                 }
                 optimizer.step(&grads, lr)?;
                 meta.step += 1;
+                if let Some(ema) = &mut ema {
+                    ema.update(meta.step)?;
+                }
                 meta.batch = batch.index + 1;
                 meta.partial.loss_sum += loss_value * batch.len() as f64;
                 meta.partial.correct += correct(&logits, &y)?;
@@ -215,8 +251,10 @@ impl Trainer<'_> {
                     .checkpoint_every
                     .is_some_and(|n| meta.step.is_multiple_of(n as u64));
                 if (stop || periodic) && meta.batch < steps_per_epoch {
+                    self.check_finite(&last, epoch, meta.batch)?;
                     meta.rng = Some(crate::rng::thread_rng_state());
-                    save_checkpoint(&last, self.store, Some(&optimizer), &meta)?;
+                    meta.partial.wall_seconds = wall_before + wall_clock.elapsed().as_secs_f64();
+                    save_checkpoint(&last, self.store, Some(&optimizer), ema.as_ref(), &meta)?;
                 }
                 if stop && meta.batch < steps_per_epoch {
                     return Ok(Outcome::Interrupted {
@@ -225,8 +263,27 @@ impl Trainer<'_> {
                     });
                 }
             }
+            self.check_finite(&last, epoch, meta.batch)?;
             observer.evaluating();
             let eval = evaluate(self.model, valid, &self.transform, &self.device)?;
+            let eval_ema = ema
+                .as_ref()
+                .map(|e| {
+                    e.with_shadow(|| evaluate(self.model, valid, &self.transform, &self.device))
+                })
+                .transpose()?;
+            for (what, e) in std::iter::once(("the weights", &eval))
+                .chain(eval_ema.as_ref().map(|e| ("the EMA of the weights", e)))
+            {
+                if !e.loss.is_finite() {
+                    candle_core::bail!(
+                        "validation loss of {what} is {} after epoch {}: training stopped; {}",
+                        e.loss,
+                        epoch + 1,
+                        last_good(&last)
+                    )
+                }
+            }
             let p = meta.partial;
             let row = EpochMetrics {
                 epoch: epoch + 1,
@@ -234,26 +291,41 @@ impl Trainer<'_> {
                 train_acc: p.correct as f64 / p.seen.max(1) as f64,
                 valid_loss: eval.loss,
                 valid_acc: eval.accuracy,
+                valid_loss_ema: eval_ema.as_ref().map(|e| e.loss),
+                valid_acc_ema: eval_ema.as_ref().map(|e| e.accuracy),
                 lr,
                 seconds: p.seconds,
+                wall_seconds: wall_before + wall_clock.elapsed().as_secs_f64(),
                 images_per_sec: p.seen as f64 / p.seconds.max(1e-9),
             };
             let best_so_far = meta
                 .metrics
                 .iter()
-                .map(|m| m.valid_acc)
+                .map(EpochMetrics::best_valid_acc)
                 .fold(f64::MIN, f64::max);
             meta.metrics.push(row);
             meta.epoch += 1;
             meta.batch = 0;
             meta.partial = PartialEpoch::default();
             meta.rng = Some(crate::rng::thread_rng_state());
-            save_checkpoint(&last, self.store, Some(&optimizer), &meta)?;
-            if row.valid_acc > best_so_far {
-                save_checkpoint(&Self::best_path(run_dir), self.store, None, &meta)?;
+            // best.safetensors first: a kill between the two writes leaves `last` at the
+            // previous epoch, whose resume writes both again.
+            if row.best_valid_acc() > best_so_far {
+                let best = Self::best_path(run_dir);
+                match &ema {
+                    Some(e) if row.valid_acc_ema.is_some_and(|a| a > row.valid_acc) => {
+                        let meta = CheckpointMeta {
+                            ema_weights: true,
+                            ..meta.clone()
+                        };
+                        e.with_shadow(|| save_checkpoint(&best, self.store, None, None, &meta))?
+                    }
+                    _ => save_checkpoint(&best, self.store, None, None, &meta)?,
+                }
             }
             write_csv(&run_dir.join("metrics.csv"), &meta.metrics)?;
             write_curves(&run_dir.join("curves.png"), &meta.model, &meta.metrics)?;
+            save_checkpoint(&last, self.store, Some(&optimizer), ema.as_ref(), &meta)?;
             observer.epoch_end(&row);
             if self.stop_after_steps.is_some_and(|s| steps_this_call >= s)
                 && meta.epoch < self.recipe.epochs
@@ -265,5 +337,31 @@ impl Trainer<'_> {
             }
         }
         Ok(Outcome::Finished(meta.metrics))
+    }
+
+    /// An error naming the first parameter with a NaN or infinite value, if any.
+    fn check_finite(&self, last: &Path, epoch: usize, batch: usize) -> Result<()> {
+        for (name, var) in self.store.named_tensors() {
+            let t = var.as_tensor();
+            let sum = t.abs()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
+            if !sum.to_scalar::<f64>()?.is_finite() {
+                candle_core::bail!(
+                    "tensor `{name}` holds NaN or infinite values after epoch {} batch {batch}: \
+                     training stopped; {} (try a lower learning rate or gradient clipping)",
+                    epoch + 1,
+                    last_good(last)
+                )
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the last good checkpoint is, or that there is none yet.
+fn last_good(last: &Path) -> String {
+    if last.is_file() {
+        format!("the last good checkpoint is {}", last.display())
+    } else {
+        "no checkpoint was written yet".to_string()
     }
 }
