@@ -62,6 +62,42 @@ fn every_model_trains_and_evaluates_at_its_cpu_size() -> Result<()> {
     Ok(())
 }
 
+/// As in PyTorch (checked with scripts/parity.py's definitions, torch 2.x): one NaN pixel in
+/// the first image makes every logit of that image NaN, in both modes, and leaves the other
+/// image's logits finite in evaluation mode. zoo's kernels (ReLU fused into convolutions,
+/// Linear and BatchNorm; pooling) used to turn NaN into 0.
+#[test]
+fn a_nan_input_propagates_to_every_logit_as_in_pytorch() -> Result<()> {
+    for entry in registry() {
+        let size = entry.cpu_input_size();
+        let input = InputSpec::square(entry.reference_input.channels, size);
+        let s = store(9);
+        let model = entry.build(input, 10, s.var_builder())?;
+        let shape = input.batched(2);
+        let mut x = test_input(&shape, 3)?.flatten_all()?.to_vec1::<f32>()?;
+        x[(size / 2) * size + size / 2] = f32::NAN;
+        let x = candle_core::Tensor::from_vec(x, shape.as_slice(), &Device::Cpu)?;
+        for train in [false, true] {
+            let y = model.forward_t(&x, train)?.to_vec2::<f32>()?;
+            assert!(
+                y[0].iter().all(|v| v.is_nan()),
+                "{} train={train}: logits {:?}",
+                entry.name,
+                y[0]
+            );
+            if !train {
+                assert!(
+                    y[1].iter().all(|v| v.is_finite()),
+                    "{}: {:?}",
+                    entry.name,
+                    y[1]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn training_and_evaluation_modes_differ() -> Result<()> {
     for entry in registry() {

@@ -259,15 +259,25 @@ fn run(cli: Cli) -> Result<()> {
                 "test" => Split::Test,
                 other => anyhow::bail!("--split `{other}`: expected train or test"),
             };
-            let config: Option<RunConfig> = zoo_core::train::checkpoint::load_checkpoint(
-                &checkpoint,
-                &candle_core::Device::Cpu,
-            )
-            .ok()
-            .and_then(|c| toml::from_str(&c.meta.config).ok());
-            let dataset = dataset
-                .or(config.map(|c| c.dataset))
-                .ok_or_else(|| anyhow::anyhow!("--dataset is needed: the checkpoint does not say which dataset it was trained on"))?;
+            let dataset = match dataset {
+                Some(d) => d,
+                None => {
+                    // The checkpoint's own run configuration names its dataset; a damaged
+                    // checkpoint is reported as such.
+                    let ckpt = zoo_core::train::checkpoint::load_checkpoint(
+                        &checkpoint,
+                        &candle_core::Device::Cpu,
+                    )?;
+                    let config: Option<RunConfig> = toml::from_str(&ckpt.meta.config).ok();
+                    config.map(|c| c.dataset).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--dataset is needed: {} does not say which dataset it was trained on \
+                             (a converted checkpoint)",
+                            checkpoint.display()
+                        )
+                    })?
+                }
+            };
             let (loaded, eval) = eval_checkpoint(
                 &checkpoint,
                 &data_root(data_dir.as_deref()),

@@ -102,8 +102,8 @@ pub struct RunSpec {
     pub valid_per_class: Option<usize>,
 }
 
-/// The largest input side accepted (a 2048 x 2048 batch of 128 RGB images is 6 GiB of f32).
-pub const MAX_INPUT_SIZE: usize = 2048;
+/// The largest input side accepted.
+pub use zoo_core::data::transforms::MAX_IMAGE_SIDE as MAX_INPUT_SIZE;
 
 impl RunSpec {
     /// This spec's fields, with `defaults`' where this one has none.
@@ -380,19 +380,8 @@ impl RunConfig {
                 r.epochs
             );
         }
-        for (what, values) in [("mean", &self.mean), ("std", &self.std)] {
-            ensure!(
-                values.len() == entry.reference_input.channels
-                    && values.iter().all(|v| v.is_finite()),
-                "normalisation {what} {values:?}: expected {} finite values",
-                entry.reference_input.channels
-            );
-        }
-        ensure!(
-            self.std.iter().all(|&s| s > 0.0),
-            "normalisation std {:?}: every value must be above 0",
-            self.std
-        );
+        self.eval_transform()
+            .validate(entry.reference_input.channels)?;
         Ok(())
     }
 }

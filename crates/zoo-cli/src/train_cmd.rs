@@ -326,13 +326,12 @@ pub fn eval_checkpoint(
 ) -> Result<(LoadedModel, Evaluation)> {
     let loaded = load_model(checkpoint, device)?;
     let data = load_split(data_root, dataset, split)?;
-    if data.classes.len() != loaded.meta.num_classes {
-        bail!(
-            "{dataset} has {} classes, the checkpoint's model {}",
-            data.classes.len(),
-            loaded.meta.num_classes
-        )
-    }
+    zoo_core::data::resolve::same_classes(
+        &loaded.meta.classes,
+        &data.classes,
+        &format!("the checkpoint {}", checkpoint.display()),
+        &format!("{dataset} ({})", split.name()),
+    )?;
     let loader = Loader::new(
         Arc::new(data),
         LoaderConfig {

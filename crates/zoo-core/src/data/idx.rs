@@ -14,21 +14,79 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
-/// Reads an IDX file of unsigned bytes; `.gz` content is recognised by its magic bytes.
+/// The largest IDX data accepted: 4 GiB (MNIST's training images are 47 MB).
+pub const MAX_IDX_BYTES: usize = 1 << 32;
+
+/// Reads an IDX file of unsigned bytes; `.gz` content (one member or several, as `gzip`
+/// writes concatenated files) is recognised by its magic bytes and inflated no further than
+/// the size its header declares (plus one byte, to tell an oversized file).
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
     let raw = read_file(path)?;
+    let named = |e: String| candle_core::Error::Msg(format!("{}: {e}", path.display()));
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                candle_core::Error::Msg(format!("{}: corrupt gzip data: {e}", path.display()))
-            })?;
-        out
+        inflate_capped(flate2::read::MultiGzDecoder::new(raw.as_slice())).map_err(named)?
     } else {
         raw
     };
-    parse_idx(&bytes).map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))
+    parse_idx(&bytes).map_err(named)
+}
+
+/// The header and at most the declared data size + 1 bytes of an IDX stream.
+fn inflate_capped(mut reader: impl Read) -> std::result::Result<Vec<u8>, String> {
+    let corrupt = |e: std::io::Error| format!("corrupt gzip data: {e}");
+    let mut out = vec![0u8; 4];
+    // A stream too short for the header is left to parse_idx's message.
+    let mut got = 0;
+    while got < 4 {
+        match reader.read(&mut out[got..]).map_err(corrupt)? {
+            0 => {
+                out.truncate(got);
+                return Ok(out);
+            }
+            n => got += n,
+        }
+    }
+    let ndims = out[3] as usize;
+    let mut dims = vec![0u8; 4 * ndims];
+    let n = read_up_to(&mut reader, &mut dims).map_err(corrupt)?;
+    out.extend_from_slice(&dims[..n]);
+    if n < dims.len() {
+        return Ok(out);
+    }
+    let sizes: Vec<usize> = dims
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    let expected = declared_size(&sizes)?;
+    reader
+        .take(expected as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(corrupt)?;
+    Ok(out)
+}
+
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+/// The byte count that dimensions declare, checked against overflow and [`MAX_IDX_BYTES`].
+fn declared_size(dims: &[usize]) -> std::result::Result<usize, String> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_IDX_BYTES)
+        .ok_or_else(|| {
+            format!(
+                "IDX header declares dimensions {dims:?}: more than the {MAX_IDX_BYTES} bytes \
+                 allowed"
+            )
+        })
 }
 
 /// Parses IDX bytes (`00 00 08 <ndims>`, big-endian u32 sizes, then the data).
@@ -64,7 +122,12 @@ pub fn parse_idx(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
             u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize
         })
         .collect();
-    let expected: usize = dims.iter().product();
+    let expected = declared_size(&dims)?;
+    if expected == 0 {
+        return Err(format!(
+            "IDX header declares dimensions {dims:?}: an empty array"
+        ));
+    }
     let found = bytes.len() - header;
     if found != expected {
         return Err(format!(

@@ -70,10 +70,36 @@ pub fn load_split(root: &Path, name: &str, split: Split) -> Result<ImageDataset>
     }
 }
 
-/// Both splits.
+/// Both splits, which must have the same classes (by name, in the same order).
 pub fn load_dataset(root: &Path, name: &str) -> Result<(ImageDataset, ImageDataset)> {
-    Ok((
-        load_split(root, name, Split::Train)?,
-        load_split(root, name, Split::Test)?,
-    ))
+    let train = load_split(root, name, Split::Train)?;
+    let test = load_split(root, name, Split::Test)?;
+    same_classes(
+        &train.classes,
+        &test.classes,
+        &format!("{name} under {}: the train split", root.display()),
+        "the test split",
+    )?;
+    Ok((train, test))
+}
+
+/// An error naming the classes that only one side has (or the first that differs in order).
+pub fn same_classes(a: &[String], b: &[String], a_name: &str, b_name: &str) -> Result<()> {
+    if a == b {
+        return Ok(());
+    }
+    let only = |x: &[String], y: &[String]| -> Vec<String> {
+        x.iter().filter(|c| !y.contains(c)).cloned().collect()
+    };
+    let (only_a, only_b) = (only(a, b), only(b, a));
+    if only_a.is_empty() && only_b.is_empty() {
+        candle_core::bail!(
+            "{a_name} has the classes {a:?} and {b_name} has {b:?}: the same names in another \
+             order, so the labels would not match"
+        )
+    }
+    candle_core::bail!(
+        "{a_name} and {b_name} have different classes: only in {a_name}: {only_a:?}; only in \
+         {b_name}: {only_b:?}"
+    )
 }

@@ -106,6 +106,48 @@ fn malformed_idx_files_are_named_errors() {
             "{name}: {err}"
         );
     }
+    // Dimensions whose product wraps around u64 (2^32 * 2^32 = 0 mod 2^64), or is too large.
+    for (name, dims) in [
+        ("wraps", [0x1_0000u32; 4]),
+        ("huge", [1, 0xffff_ffff, 0xffff, 2]),
+    ] {
+        let mut bytes = vec![0, 0, 8, dims.len() as u8];
+        for d in dims {
+            bytes.extend_from_slice(&d.to_be_bytes());
+        }
+        bytes.extend_from_slice(&[0; 16]);
+        for (file, content) in [
+            (name.to_string(), bytes.clone()),
+            (format!("{name}.gz"), gzip(&bytes)),
+        ] {
+            let path = dir.join(&file);
+            write(&path, &content);
+            let err = read_idx(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(&path.display().to_string())
+                    && (err.contains("bytes allowed") || err.contains("an empty array")),
+                "{file}: {err}"
+            );
+        }
+    }
+    // A gzip stream that inflates far beyond its header's size stops one byte past it.
+    let mut bomb = encode_idx(&[4], &[1, 2, 3, 4]);
+    bomb.resize(64 << 20, 0);
+    let path = dir.join("bomb.gz");
+    write(&path, &gzip(&bomb));
+    let err = read_idx(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("oversized data: header declares dimensions [4] = 4 bytes, file holds 5"),
+        "{err}"
+    );
+    // A valid multi-member gzip file (two gzip streams concatenated, as `cat a.gz b.gz`).
+    let whole = encode_idx(&[6], &[9, 8, 7, 6, 5, 4]);
+    let mut two = gzip(&whole[..7]);
+    two.extend_from_slice(&gzip(&whole[7..]));
+    let path = dir.join("members.gz");
+    write(&path, &two);
+    assert_eq!(read_idx(&path).unwrap().data, vec![9, 8, 7, 6, 5, 4]);
+
     // Broken gzip stream.
     let path = dir.join("broken.gz");
     write(&path, &gzip(&encode_idx(&[2], &[1, 2]))[..12]);

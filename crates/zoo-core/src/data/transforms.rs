@@ -69,6 +69,10 @@ pub fn normalize(x: &Tensor, mean: &[f32], std: &[f32]) -> Result<Tensor> {
     x.broadcast_sub(&mean)?.broadcast_mul(&inv_std)
 }
 
+/// The largest image side zoo resizes to (a batch of 128 RGB images of 2048 x 2048 is 6 GiB
+/// of f32).
+pub const MAX_IMAGE_SIDE: usize = 2048;
+
 /// What turns a u8 batch into the network's input: size and normalisation. A checkpoint
 /// carries it so that prediction needs no other flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +92,32 @@ impl EvalTransform {
             mean: vec![0.5; channels],
             std: vec![0.5; channels],
         }
+    }
+
+    /// Checks that it can be applied to `channels`-channel images: a size of 1 to
+    /// [`MAX_IMAGE_SIDE`], one finite mean and one finite, positive std per channel.
+    pub fn validate(&self, channels: usize) -> Result<()> {
+        for (what, v) in [("height", self.height), ("width", self.width)] {
+            if !(1..=MAX_IMAGE_SIDE).contains(&v) {
+                candle_core::bail!(
+                    "evaluation transform: {what} {v} (expected 1 to {MAX_IMAGE_SIDE})"
+                )
+            }
+        }
+        for (what, v) in [("mean", &self.mean), ("std", &self.std)] {
+            if v.len() != channels || v.iter().any(|x| !x.is_finite()) {
+                candle_core::bail!(
+                    "evaluation transform: {what} {v:?} (expected {channels} finite values)"
+                )
+            }
+        }
+        if self.std.iter().any(|&s| s <= 0.0) {
+            candle_core::bail!(
+                "evaluation transform: std {:?} (every value must be above 0)",
+                self.std
+            )
+        }
+        Ok(())
     }
 
     /// u8 `(b, c, h, w)` on any device -> normalised f32 `(b, c, height, width)` on `device`.

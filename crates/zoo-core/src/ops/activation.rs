@@ -79,6 +79,13 @@ fn binary_kernel(
     Ok((CpuStorage::F32(zip_map(a, b, f)), l1.shape().clone()))
 }
 
+/// `max(v, 0)` as PyTorch computes it: NaN stays NaN (`f32::max` would return 0, hiding a
+/// broken input or weight behind a plausible output).
+#[inline(always)]
+pub(crate) fn relu_f32(v: f32) -> f32 {
+    if v < 0.0 { 0.0 } else { v }
+}
+
 struct ReluOp;
 
 impl CustomOp1 for ReluOp {
@@ -88,7 +95,7 @@ impl CustomOp1 for ReluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(self.name(), s, l)?;
-        Ok((CpuStorage::F32(map(x, |v| v.max(0.0))), l.shape().clone()))
+        Ok((CpuStorage::F32(map(x, relu_f32)), l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -111,7 +118,7 @@ impl CustomOp2 for AddReluOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        binary_kernel(self.name(), (s1, l1), (s2, l2), |a, b| (a + b).max(0.0))
+        binary_kernel(self.name(), (s1, l1), (s2, l2), |a, b| relu_f32(a + b))
     }
 
     fn bwd(

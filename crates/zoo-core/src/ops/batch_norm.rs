@@ -8,6 +8,7 @@
 //! `db = sum(dy)`. Statistics accumulate in f64 and are computed once per forward; the
 //! evaluation form (running statistics) and a following ReLU are the same kernel.
 
+use super::activation::relu_f32;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -196,7 +197,7 @@ impl CustomOp3 for BatchNormOp {
                         let (scale, shift) = coeffs[p % d.c];
                         if relu {
                             for (o, &v) in dst.iter_mut().zip(src) {
-                                o.write((v * scale + shift).max(0.0));
+                                o.write(relu_f32(v * scale + shift));
                             }
                         } else {
                             for (o, &v) in dst.iter_mut().zip(src) {

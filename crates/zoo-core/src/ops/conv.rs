@@ -12,6 +12,7 @@
 //! of their multiply-adds (small maps) through [`super::tiled`], which skips those. The order:
 //! Winograd, then tiled, then the GEMMs.
 
+use super::activation::relu_f32;
 use std::borrow::Cow;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
@@ -767,7 +768,7 @@ impl CustomOp3 for Conv2dOp {
                             let dst = &mut dst[(j * s.o + o) * pos..][..pos];
                             if relu {
                                 for (d, &v) in dst.iter_mut().zip(src) {
-                                    d.write((v + b).max(0.0));
+                                    d.write(relu_f32(v + b));
                                 }
                             } else {
                                 for (d, &v) in dst.iter_mut().zip(src) {

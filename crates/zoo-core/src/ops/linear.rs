@@ -11,6 +11,7 @@
 //! weights again on every call, and at batch 32 a 4096x4096 layer is bound by memory (its 64 MB
 //! packed and read back took 11% of AlexNet's training step).
 
+use super::activation::relu_f32;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -204,7 +205,7 @@ impl CustomOp3 for LinearOp {
         let relu = self.relu;
         let y = transposed(&yt, o, b, |v, oi| {
             let v = v + bias[oi];
-            if relu { v.max(0.0) } else { v }
+            if relu { relu_f32(v) } else { v }
         });
         Ok((CpuStorage::F32(y), Shape::from((b, o))))
     }

@@ -12,6 +12,7 @@
 //! weight gradient sums, per tap, the products of the output gradient and the columns of the
 //! positions that reach the input through that tap.
 
+use super::activation::relu_f32;
 use rayon::prelude::*;
 
 use super::conv::ConvGeometry;
@@ -273,7 +274,7 @@ pub(crate) fn forward_group(
     {
         for j in 0..count {
             for (o, &b) in bias.iter().enumerate() {
-                let v = if relu { b.max(0.0) } else { b };
+                let v = if relu { relu_f32(b) } else { b };
                 for d in &mut y[(j * s.o + o) * pos..][..pos] {
                     d.write(v);
                 }
@@ -328,7 +329,7 @@ pub(crate) fn forward_group(
                 let at = |i: usize| ((p.image[i] - first) * s.o + o) * pos + p.out_pos[i];
                 for (i, &v) in lanes.iter().enumerate() {
                     let v = v + b;
-                    y[at(i)].write(if relu { v.max(0.0) } else { v });
+                    y[at(i)].write(if relu { relu_f32(v) } else { v });
                 }
             }
         }

@@ -32,6 +32,7 @@
 //! - Weight gradient (the same algebra transposed): `dW = G^T [sum over tiles (A dy A^T) o
 //!   (B^T d B)] G`, per element the product `[tiles, o]^T . [tiles, c]`.
 
+use super::activation::relu_f32;
 use rayon::prelude::*;
 
 use super::conv::Scratch;
@@ -752,7 +753,7 @@ fn forward_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R,
                             |a, bx, val| {
                                 out[(M * ty + a) * ow + M * tx + bx] = lanes(|l| {
                                     let v = val[l] + b[l];
-                                    if relu { v.max(0.0) } else { v }
+                                    if relu { relu_f32(v) } else { v }
                                 });
                             },
                         );

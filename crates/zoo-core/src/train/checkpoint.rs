@@ -186,9 +186,26 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
     })?;
     let all = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+    let bad = |e: String| candle_core::Error::Msg(format!("{}: {e}", path.display()));
+    if meta.input.channels == 0 || meta.num_classes != meta.classes.len() {
+        return Err(bad(format!(
+            "metadata says {} input channels and {} classes, with {} class names",
+            meta.input.channels,
+            meta.num_classes,
+            meta.classes.len()
+        )));
+    }
+    meta.eval_transform
+        .validate(meta.input.channels)
+        .map_err(|e| bad(e.to_string()))?;
     let mut model = HashMap::new();
     let mut optimizer = HashMap::new();
     let mut ema = HashMap::new();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    for name in names {
+        check_tensor(name, &all[name.as_str()]).map_err(|e| bad(e.to_string()))?;
+    }
     for (name, tensor) in all {
         if let Some(rest) = name.strip_prefix(OPTIMIZER_PREFIX) {
             optimizer.insert(rest.to_string(), tensor);
@@ -204,6 +221,34 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
         optimizer,
         ema,
     })
+}
+
+/// A stored tensor must be floating point and finite: integer weights, NaN and infinities are
+/// errors naming the tensor.
+fn check_tensor(name: &str, t: &Tensor) -> Result<()> {
+    use candle_core::DType;
+    if !matches!(
+        t.dtype(),
+        DType::F32 | DType::F16 | DType::BF16 | DType::F64
+    ) {
+        candle_core::bail!(
+            "tensor `{name}` is {:?}; zoo stores floating-point tensors (f32, f16, bf16, f64)",
+            t.dtype()
+        )
+    }
+    // x - x is 0 for every finite x and NaN for NaN and the infinities.
+    let probe = t
+        .sub(t)?
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    if probe != 0.0 {
+        candle_core::bail!(
+            "tensor `{name}` {:?} holds NaN or infinite values",
+            t.dims()
+        )
+    }
+    Ok(())
 }
 
 /// Copies `tensors` into the store's variables. Missing tensors, unexpected tensors and shape

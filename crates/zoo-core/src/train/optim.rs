@@ -221,6 +221,44 @@ impl Optimizer {
                     beta2,
                     eps,
                     weight_decay,
+                } if in_place(var.as_tensor(), grad) => {
+                    // Three passes over the parameter's size, no allocation after the first step.
+                    if !self.first.contains_key(name) {
+                        self.first.insert(name.clone(), p.zeros_like()?);
+                        self.second.insert(name.clone(), p.zeros_like()?);
+                    }
+                    let (m, v) = (&self.first[name], &self.second[name]);
+                    m.inplace_op2(
+                        grad,
+                        &MomentInPlace {
+                            beta: beta1,
+                            squared: false,
+                        },
+                    )?;
+                    v.inplace_op2(
+                        grad,
+                        &MomentInPlace {
+                            beta: beta2,
+                            squared: true,
+                        },
+                    )?;
+                    var.as_tensor().inplace_op3(
+                        m,
+                        v,
+                        &AdamWInPlace {
+                            lr,
+                            eps,
+                            weight_decay,
+                            bias1: 1.0 - beta1.powi(t),
+                            bias2: 1.0 - beta2.powi(t),
+                        },
+                    )?;
+                }
+                OptimizerConfig::AdamW {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
                 } => {
                     let m = match self.first.get(name) {
                         Some(m) => ((m * beta1)? + (grad * (1.0 - beta1))?)?,
@@ -284,12 +322,37 @@ impl Optimizer {
                     tensor.dims()
                 )
             }
+            if var.as_tensor().dtype() != tensor.dtype() {
+                candle_core::bail!(
+                    "optimiser state `{key}`: expected {:?} like its parameter, found {:?}",
+                    var.as_tensor().dtype(),
+                    tensor.dtype()
+                )
+            }
             let tensor = tensor.to_device(var.as_tensor().device())?;
             match slot {
                 "first" => self.first.insert(name.to_string(), tensor),
                 "second" => self.second.insert(name.to_string(), tensor),
                 _ => candle_core::bail!("optimiser state `{key}`: unknown slot `{slot}`"),
             };
+        }
+        // After a step, every parameter has its state: a checkpoint without it would resume
+        // as a different run.
+        let slots: &[(&str, &HashMap<String, Tensor>)] = match self.config {
+            OptimizerConfig::Sgd { momentum, .. } if momentum != 0.0 => &[("first", &self.first)],
+            OptimizerConfig::Sgd { .. } => &[],
+            OptimizerConfig::AdamW { .. } => &[("first", &self.first), ("second", &self.second)],
+        };
+        if steps > 0 {
+            for (slot, state) in slots {
+                if let Some((name, _)) = self.params.iter().find(|(n, _)| !state.contains_key(n)) {
+                    candle_core::bail!(
+                        "optimiser state `{slot}.{name}` is missing after {steps} steps: the \
+                         checkpoint was saved without the optimiser's state, so it cannot resume \
+                         this run exactly"
+                    )
+                }
+            }
         }
         Ok(())
     }
@@ -445,6 +508,67 @@ impl InplaceOp2 for SgdInPlace {
         update_in_place(SGD_STEP, (s1, l1), (s2, l2), (s2, l2), |p, g, _| {
             let d = if wd != 0.0 { g + wd * p } else { g };
             p - lr * d
+        })
+    }
+}
+
+/// An AdamW moment, in place: `m = beta * m + (1 - beta) * g` (or `g^2`): (m; grad).
+struct MomentInPlace {
+    beta: f64,
+    squared: bool,
+}
+
+impl InplaceOp2 for MomentInPlace {
+    fn name(&self) -> &'static str {
+        "zoo-adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (beta, rest) = (self.beta as f32, (1.0 - self.beta) as f32);
+        let squared = self.squared;
+        update_in_place(self.name(), (s1, l1), (s2, l2), (s2, l2), |m, g, _| {
+            let g = if squared { g * g } else { g };
+            beta * m + rest * g
+        })
+    }
+}
+
+/// The AdamW step in place on `p`: (p; m, v), as `torch.optim.AdamW` (non-fused) orders it:
+/// `p *= 1 - lr * wd`, then `p -= lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps)`.
+struct AdamWInPlace {
+    lr: f64,
+    eps: f64,
+    weight_decay: f64,
+    bias1: f64,
+    bias2: f64,
+}
+
+impl InplaceOp3 for AdamWInPlace {
+    fn name(&self) -> &'static str {
+        "zoo-adamw-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let decay = (1.0 - self.lr * self.weight_decay) as f32;
+        let step = (self.lr / self.bias1) as f32;
+        let root2 = self.bias2.sqrt() as f32;
+        let eps = self.eps as f32;
+        update_in_place(self.name(), (s1, l1), (s2, l2), (s3, l3), |p, m, v| {
+            p * decay - step * m / (v.sqrt() / root2 + eps)
         })
     }
 }

@@ -501,6 +501,108 @@ fn checkpoint_round_trip_gives_identical_logits_and_wrong_shapes_are_named() -> 
     Ok(())
 }
 
+/// A checkpoint of `tensors` with `meta`, written as zoo writes them.
+fn write_checkpoint(path: &std::path::Path, tensors: &[(&str, Tensor)], meta: &CheckpointMeta) {
+    let metadata = HashMap::from([
+        ("format".to_string(), "zoo-checkpoint-v1".to_string()),
+        ("zoo".to_string(), serde_json::to_string(meta).unwrap()),
+    ]);
+    let bytes =
+        safetensors::serialize(tensors.iter().map(|(k, v)| (*k, v)), Some(metadata)).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn checkpoints_with_non_finite_or_integer_tensors_or_a_bad_transform_are_refused() -> Result<()> {
+    let dir = run_dir("refused");
+    let good = Tensor::new(&[0.5f32, -1.0, 2.0], &Device::Cpu)?;
+    for (name, bad, expected) in [
+        (
+            "nan",
+            Tensor::new(&[0.5f32, f32::NAN, 2.0], &Device::Cpu)?,
+            "holds NaN or infinite",
+        ),
+        (
+            "inf",
+            Tensor::new(&[f32::INFINITY, 1.0, 2.0], &Device::Cpu)?,
+            "holds NaN or infinite",
+        ),
+        ("int", Tensor::new(&[1i64, 2, 3], &Device::Cpu)?, "is I64"),
+    ] {
+        let path = dir.join(format!("{name}.safetensors"));
+        write_checkpoint(
+            &path,
+            &[("a.weight", good.clone()), ("b.bias", bad)],
+            &meta(1),
+        );
+        let err = load_checkpoint(&path, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains(&path.display().to_string())
+                && err.contains("tensor `b.bias`")
+                && err.contains(expected),
+            "{name}: {err}"
+        );
+    }
+    // The stored evaluation transform: std 0, two means for one channel, a 100000-pixel side
+    // (JSON cannot hold a NaN: that one fails as bad metadata).
+    let mut cases = Vec::new();
+    for (what, edit) in [
+        (
+            "std",
+            (|t: &mut EvalTransform| t.std = vec![0.0]) as fn(&mut EvalTransform),
+        ),
+        ("mean", |t| t.mean = vec![0.5, 0.5]),
+        ("height", |t| t.height = 100_000),
+    ] {
+        let mut m = meta(1);
+        edit(&mut m.eval_transform);
+        cases.push((what, m));
+    }
+    for (what, m) in cases {
+        let path = dir.join(format!("transform-{what}.safetensors"));
+        write_checkpoint(&path, &[("a.weight", good.clone())], &m);
+        let err = load_checkpoint(&path, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("evaluation transform") && err.contains(what),
+            "{what}: {err}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_momentum_checkpoint_without_its_optimiser_state_does_not_resume() -> Result<()> {
+    let store = test_store(2);
+    let vb = store.var_builder();
+    vb.get_with_hints(3, "w", candle_nn::Init::Const(1.0))?;
+    let config = OptimizerConfig::Sgd {
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+    };
+    let mut opt = Optimizer::new(config, store.trainable())?;
+    let err = opt.load_state(5, HashMap::new()).unwrap_err().to_string();
+    assert!(err.contains("`first.w` is missing after 5 steps"), "{err}");
+    // Stored in another dtype: named.
+    let state = HashMap::from([(
+        "first.w".to_string(),
+        Tensor::new(&[1f64, 2., 3.], &Device::Cpu)?,
+    )]);
+    let err = opt.load_state(5, state).unwrap_err().to_string();
+    assert!(err.contains("`first.w`: expected F32"), "{err}");
+    // At step 0 there is no state yet, and plain SGD never has any.
+    opt.load_state(0, HashMap::new())?;
+    Optimizer::new(OptimizerConfig::plain_sgd(), store.trainable())?
+        .load_state(5, HashMap::new())?;
+    Ok(())
+}
+
 #[test]
 fn nan_loss_stops_the_run_with_a_clear_message() {
     let dir = run_dir("nan");
