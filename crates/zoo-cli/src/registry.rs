@@ -152,7 +152,7 @@ static REGISTRY: [ModelEntry; 9] = [
             learning_rate: 0.1,
             valid_acc: 0.7768,
         }),
-        improved: improved(65, 3, InitScheme::KaimingNormalFanIn, ADAMW, 1e-3),
+        improved: improved(65, 2, InitScheme::KaimingNormalFanIn, ADAMW, 1e-3),
         build: |input, classes, vb| {
             boxed(AlexNet::new(
                 &AlexNetConfig::notebook()
@@ -289,7 +289,7 @@ static REGISTRY: [ModelEntry; 9] = [
             learning_rate: 0.05,
             valid_acc: 0.8163,
         }),
-        improved: improved(32, 7, InitScheme::KaimingNormalFanOut, NESTEROV, 0.1),
+        improved: improved(32, 6, InitScheme::KaimingNormalFanOut, NESTEROV, 0.1),
         build: |input, classes, vb| {
             boxed(ResNet::new(
                 &ResNetConfig::resnet18()
@@ -307,7 +307,7 @@ static REGISTRY: [ModelEntry; 9] = [
         reference_params: None,
         min_input: 1,
         notebook: None,
-        improved: improved(32, 7, InitScheme::KaimingNormalFanOut, NESTEROV, 0.1),
+        improved: improved(32, 6, InitScheme::KaimingNormalFanOut, NESTEROV, 0.1),
         build: |input, classes, vb| {
             boxed(ResNet::new(
                 &ResNetConfig::resnet34()
@@ -329,7 +329,7 @@ static REGISTRY: [ModelEntry; 9] = [
             learning_rate: 0.1,
             valid_acc: 0.7458,
         }),
-        improved: improved(32, 8, InitScheme::KaimingNormalFanOut, NESTEROV, 0.1),
+        improved: improved(32, 7, InitScheme::KaimingNormalFanOut, NESTEROV, 0.1),
         build: |input, classes, vb| {
             boxed(DenseNet::new(
                 &DenseNetConfig::notebook()
