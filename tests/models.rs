@@ -246,3 +246,30 @@ fn notebook_resnet_table_macs_are_the_known_figure() -> anyhow::Result<()> {
     assert_eq!(summary.layers[0].macs, 64 * 112 * 112 * 3 * 49);
     Ok(())
 }
+
+#[test]
+fn summaries_of_absurd_inputs_are_errors_not_wrapped_counts() {
+    use zoo_cli::summary_cmd::summarize;
+    let err = format!(
+        "{:#}",
+        summarize("alexnet", Some([1, 3, 100_000, 100_000])).unwrap_err()
+    );
+    assert!(err.contains("up to 2048 x 2048"), "{err}");
+    // The counts themselves are checked: a product past u64 is an error naming the layer.
+    let err = zoo_core::nn::mac_product(
+        "Conv2d",
+        &[1 << 20, 3, 2048, 2048],
+        &[1 << 20, 4096, 2048, 2048, 512, 3, 3],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("Conv2d on input [1048576, 3, 2048, 2048]"),
+        "{err}"
+    );
+    assert_eq!(
+        zoo_core::nn::mac_product("Linear", &[2, 8], &[2, 8, 4]).unwrap(),
+        64
+    );
+    assert!(zoo_core::nn::mac_sum("Sequential", &[1], &[u64::MAX, 1]).is_err());
+}

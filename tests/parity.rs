@@ -237,3 +237,113 @@ fn a_notebook_pt_converts_and_predicts_like_pytorch() {
         "{err}"
     );
 }
+
+/// A zoo model's weights in the PyTorch layout (`model.<name>` keys), with `metadata`.
+fn pytorch_file(
+    model: &str,
+    side: usize,
+    path: &Path,
+    metadata: Option<HashMap<String, String>>,
+) -> usize {
+    let entry = zoo_cli::registry::find(model).unwrap();
+    let store = ParamStore::new(1, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
+    let spec = zoo_core::InputSpec::square(entry.reference_input.channels, side);
+    entry.build(spec, 10, store.var_builder()).unwrap();
+    let tensors: Vec<(String, Tensor)> = store
+        .named_tensors()
+        .into_iter()
+        .map(|(n, v)| (format!("model.{n}"), v.as_tensor().clone()))
+        .collect();
+    let bytes =
+        safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), metadata).unwrap();
+    std::fs::write(path, bytes).unwrap();
+    store.named_tensors().len()
+}
+
+#[test]
+fn convert_takes_the_input_size_the_weights_imply_and_the_transform_it_is_given() {
+    use zoo_cli::convert::{ImportOptions, import, import_with};
+    use zoo_core::train::checkpoint::load_checkpoint;
+    let dir = std::env::temp_dir().join(format!("zoo-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("out.safetensors");
+    let meta = |path: &Path| load_checkpoint(path, &Device::Cpu).unwrap().meta;
+
+    // AlexNet trained at 65 px: its first Linear takes 256 inputs, which only small inputs give.
+    let alexnet = dir.join("alexnet65.safetensors");
+    pytorch_file("alexnet", 65, &alexnet, None);
+    import("alexnet", &alexnet, &out).unwrap();
+    let m = meta(&out);
+    assert_eq!((m.input.height, m.eval_transform.height), (65, 65));
+    let err = format!(
+        "{:#}",
+        import_with(
+            "alexnet",
+            &alexnet,
+            &out,
+            &ImportOptions {
+                input_size: Some(224),
+                ..Default::default()
+            }
+        )
+        .unwrap_err()
+    );
+    assert!(
+        err.contains("--input-size 224 contradicts the weights")
+            && err.contains("`14.weight` takes 256 inputs"),
+        "{err}"
+    );
+
+    // ResNet-18 (global pooling: no size implied): the flags, or the file's metadata.
+    let resnet = dir.join("resnet32.safetensors");
+    pytorch_file("resnet18", 32, &resnet, None);
+    let classes: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+    import_with(
+        "resnet18",
+        &resnet,
+        &out,
+        &ImportOptions {
+            input_size: Some(32),
+            mean: Some(vec![0.49, 0.48, 0.45]),
+            std: Some(vec![0.25, 0.24, 0.26]),
+            classes: Some(classes.clone()),
+        },
+    )
+    .unwrap();
+    let m = meta(&out);
+    assert_eq!(m.eval_transform.height, 32);
+    assert_eq!(m.eval_transform.mean, vec![0.49, 0.48, 0.45]);
+    assert_eq!(m.classes, classes);
+    let tagged = dir.join("resnet-tagged.safetensors");
+    let metadata = HashMap::from([
+        ("input_size".to_string(), "40".to_string()),
+        ("mean".to_string(), "0.4,0.4,0.4".to_string()),
+        ("std".to_string(), "0.2,0.2,0.2".to_string()),
+        ("classes".to_string(), classes.join(",")),
+    ]);
+    pytorch_file("resnet18", 32, &tagged, Some(metadata));
+    import("resnet18", &tagged, &out).unwrap();
+    let m = meta(&out);
+    assert_eq!(
+        (m.eval_transform.height, m.eval_transform.std.clone()),
+        (40, vec![0.2; 3])
+    );
+    assert_eq!(m.classes, classes);
+    // A zero std, or three class names for a ten-class head, are refused.
+    let bad = |options: ImportOptions| {
+        format!(
+            "{:#}",
+            import_with("resnet18", &resnet, &out, &options).unwrap_err()
+        )
+    };
+    let err = bad(ImportOptions {
+        std: Some(vec![0.0, 0.2, 0.2]),
+        ..Default::default()
+    });
+    assert!(err.contains("std") && err.contains("above 0"), "{err}");
+    let err = bad(ImportOptions {
+        classes: Some(vec!["a".into(), "b".into(), "c".into()]),
+        ..Default::default()
+    });
+    assert!(err.contains("with 3 classes"), "{err}");
+}

@@ -131,17 +131,23 @@ fn tiny_matrix_end_to_end_then_eval_and_predict() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.safetensors: cannot read"));
 }
 
-#[test]
-fn resumed_cli_run_matches_an_uninterrupted_one() {
-    use zoo_cli::train_cmd::{RunConfig, run_training};
-    use zoo_core::train::trainer::{Outcome, Quiet};
-    let samples = repo().join("samples");
-    let mut config = RunConfig::notebook("vgg11-small", Some(32)).unwrap();
+/// VGG-11-small at 32 px, 2 epochs of 20 sample images in batches of 8, on the CPU.
+fn tiny_vgg_config() -> zoo_cli::train_cmd::RunConfig {
+    let mut config = zoo_cli::train_cmd::RunConfig::notebook("vgg11-small", Some(32)).unwrap();
     config.recipe.epochs = 2;
     config.batch_size = 8;
     config.train_per_class = Some(2);
     config.valid_per_class = Some(1);
     config.device = "cpu".into();
+    config
+}
+
+#[test]
+fn resumed_cli_run_matches_an_uninterrupted_one() {
+    use zoo_cli::train_cmd::run_training;
+    use zoo_core::train::trainer::{Outcome, Quiet};
+    let samples = repo().join("samples");
+    let mut config = tiny_vgg_config();
     let straight = scratch("straight");
     let interrupted = scratch("interrupted");
     assert!(matches!(
@@ -177,4 +183,53 @@ fn resumed_cli_run_matches_an_uninterrupted_one() {
         format!("{err:#}").contains("was written by another configuration"),
         "{err:#}"
     );
+}
+
+#[test]
+fn a_run_folder_is_locked_and_a_finished_run_is_made_whole() {
+    use zoo_cli::run_folder::{LOCK_FILE, RunLock};
+    use zoo_cli::train_cmd::run_training;
+    use zoo_core::train::trainer::{Outcome, Quiet};
+    let samples = repo().join("samples");
+    let config = tiny_vgg_config();
+    let dir = scratch("locked");
+    // Held by a live process (this one): refused, naming it.
+    let lock = RunLock::acquire(&dir).unwrap();
+    let err = run_training(&config, &samples, &dir, false, None, &mut Quiet).unwrap_err();
+    let pid = std::process::id();
+    assert!(
+        format!("{err:#}").contains(&format!("in use by process {pid}")),
+        "{err:#}"
+    );
+    drop(lock);
+    assert!(!dir.join(LOCK_FILE).exists());
+    // A stale lock (its process is gone) is removed and the run goes ahead.
+    std::fs::write(dir.join(LOCK_FILE), "4000000000\n").unwrap();
+    assert!(matches!(
+        run_training(&config, &samples, &dir, false, None, &mut Quiet).unwrap(),
+        Outcome::Finished(_)
+    ));
+    assert!(!dir.join(LOCK_FILE).exists(), "the lock goes with the run");
+    // Outputs lost after the last checkpoint was written: resuming rewrites them.
+    let last = zoo_core::train::checkpoint::load_checkpoint(
+        &dir.join("last.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let m = &last.meta.metrics;
+    let last_is_best = m[1].best_valid_acc() > m[0].best_valid_acc();
+    let csv_before = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    for file in ["metrics.csv", "curves.png", "best.safetensors"] {
+        std::fs::remove_file(dir.join(file)).unwrap();
+    }
+    assert!(matches!(
+        run_training(&config, &samples, &dir, true, None, &mut Quiet).unwrap(),
+        Outcome::Finished(_)
+    ));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("metrics.csv")).unwrap(),
+        csv_before
+    );
+    assert!(dir.join("curves.png").is_file());
+    assert_eq!(dir.join("best.safetensors").is_file(), last_is_best);
 }

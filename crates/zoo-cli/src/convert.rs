@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Device, Tensor};
 use zoo_core::data::transforms::EvalTransform;
 use zoo_core::init::{InitScheme, ParamStore};
@@ -16,6 +16,7 @@ use zoo_core::train::checkpoint::{
     CheckpointMeta, apply_weights, load_checkpoint, save_checkpoint,
 };
 
+use crate::recipe::MAX_INPUT_SIZE;
 use crate::registry::{NotebookDataset, find};
 
 /// The zoo name of a PyTorch state-dict key; `None` for keys zoo does not keep.
@@ -45,7 +46,15 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
             .with_context(|| format!("reading {}", path.display()))?
             .into_iter()
             .collect()),
-        "pt" | "pth" | "bin" => candle_core::pickle::read_all(path)
+        // The pickle reader is third-party code on untrusted bytes: a panic in it is an error
+        // naming the file, not a crash.
+        "pt" | "pth" | "bin" => std::panic::catch_unwind(|| candle_core::pickle::read_all(path))
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: malformed PyTorch file (its reader failed on the data)",
+                    path.display()
+                )
+            })?
             .with_context(|| format!("reading {} as a PyTorch state dict", path.display())),
         _ => bail!(
             "{}: expected a .pt, .pth or .safetensors file",
@@ -54,31 +63,164 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
     }
 }
 
-/// The checkpoint metadata of an imported notebook model: reference input, the notebook's
-/// dataset classes and normalisation (mean 0.5, std 0.5).
-pub fn imported_meta(model: &str) -> Result<CheckpointMeta> {
-    let entry = find(model)?;
-    let input = entry.reference_input;
-    let classes = match entry.notebook.map(|n| n.dataset) {
+/// The notebook's class names for a registry model's dataset.
+fn notebook_classes(model: &str) -> Result<Vec<String>> {
+    Ok(match find(model)?.notebook.map(|n| n.dataset) {
         Some(NotebookDataset::Mnist) => zoo_core::data::digit_classes(),
         _ => zoo_core::data::CIFAR10_CLASSES
             .iter()
             .map(|s| s.to_string())
             .collect(),
-    };
-    Ok(CheckpointMeta::new(
-        model,
-        input,
-        classes,
-        EvalTransform::notebook(input.channels, input.height),
-        String::new(),
-        0,
-    ))
+    })
 }
 
-/// PyTorch state dict -> zoo checkpoint for registry model `model`.
-pub fn import(model: &str, input: &Path, output: &Path) -> Result<()> {
+/// What the converted checkpoint says about the images its weights take. Unset fields come
+/// from the file's metadata (a `.safetensors` file's `input_size`, `mean`, `std` and `classes`,
+/// comma-separated), then from the weights (the input size that AlexNet's and VGG's first
+/// Linear implies), then from the notebook (its input size, mean and std 0.5, its classes),
+/// with a notice.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImportOptions {
+    pub input_size: Option<usize>,
+    pub mean: Option<Vec<f32>>,
+    pub std: Option<Vec<f32>>,
+    pub classes: Option<Vec<String>>,
+}
+
+/// Comma-separated numbers (`0.49,0.48,0.45`) of `what`.
+pub fn parse_floats(text: &str, what: &str) -> Result<Vec<f32>> {
+    text.split(',')
+        .map(|v| v.trim().parse::<f32>())
+        .collect::<std::result::Result<_, _>>()
+        .with_context(|| format!("{what} `{text}`: expected comma-separated numbers"))
+}
+
+/// Comma-separated class names.
+pub fn parse_classes(text: &str) -> Vec<String> {
+    text.split(',').map(|c| c.trim().to_string()).collect()
+}
+
+/// The string metadata of a `.safetensors` file (none for other formats).
+fn file_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        return Ok(HashMap::new());
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a safetensors file: {e}", path.display()))?;
+    Ok(header.metadata().clone().unwrap_or_default())
+}
+
+/// The index of the network's first Linear layer and the number of inputs it takes for a
+/// `channels` x `side` x `side` image (`None`: no Linear, or an input too small).
+fn first_linear_inputs(
+    net: &dyn zoo_core::Model,
+    channels: usize,
+    side: usize,
+) -> Option<(usize, usize)> {
+    let mut shape = vec![1, channels, side, side];
+    for (i, layer) in net.body().layers().iter().enumerate() {
+        if layer.kind() == "Linear" {
+            return Some((i, shape[1..].iter().product()));
+        }
+        shape = layer.output_shape(&shape).ok()?;
+    }
+    None
+}
+
+/// The input side of the checkpoint: the one asked for (checked against the weights where they
+/// imply one), else the one the weights imply, else the notebook's.
+fn input_side(
+    model: &str,
+    asked: Option<usize>,
+    tensors: &HashMap<String, Tensor>,
+    source: &Path,
+) -> Result<usize> {
     let entry = find(model)?;
+    let r = entry.reference_input;
+    // Built at its smallest input, where the first Linear is smallest (VGG-11's is 411 MB at
+    // 224 px): the layers before it take any size.
+    let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+    let net = entry.build(
+        zoo_core::InputSpec::square(r.channels, entry.min_input),
+        10,
+        vb,
+    )?;
+    let at = |s| first_linear_inputs(net.as_ref(), r.channels, s);
+    // Implied when the first Linear's inputs change with the input size (no global pooling).
+    let implied = at(r.height).map(|x| x.1) != at(2 * r.height).map(|x| x.1);
+    if let Some(s) = asked {
+        ensure!(
+            (entry.min_input..=MAX_INPUT_SIZE).contains(&s),
+            "--input-size {s}: expected {} to {MAX_INPUT_SIZE} for {model}",
+            entry.min_input
+        );
+    }
+    if !implied {
+        return Ok(asked.unwrap_or_else(|| {
+            eprintln!(
+                "NOTICE: {}: the weights do not imply an input size and none was given \
+                 (--input-size): the checkpoint says {} px, the notebook's",
+                source.display(),
+                r.height
+            );
+            r.height
+        }));
+    }
+    let (layer, _) = at(r.height).context("a first Linear layer")?;
+    let key = format!("{layer}.weight");
+    let target = tensors
+        .get(&key)
+        .and_then(|t| t.dims().get(1).copied())
+        .with_context(|| format!("{}: no tensor `{key}` (the first Linear)", source.display()))?;
+    let fits: Vec<usize> = (entry.min_input..=MAX_INPUT_SIZE)
+        .filter(|&s| at(s).map(|x| x.1) == Some(target))
+        .collect();
+    let range = match (fits.first(), fits.last()) {
+        (Some(a), Some(b)) => format!("{a} to {b} px"),
+        _ => bail!(
+            "{}: `{key}` takes {target} inputs, which {model} has at no input size from {} to \
+             {MAX_INPUT_SIZE} px",
+            source.display(),
+            entry.min_input
+        ),
+    };
+    match asked {
+        Some(s) if fits.contains(&s) => Ok(s),
+        Some(s) => bail!(
+            "--input-size {s} contradicts the weights of {}: `{key}` takes {target} inputs, which \
+             {model} has at {range} (at {s} px it would take {})",
+            source.display(),
+            at(s).map_or(0, |x| x.1)
+        ),
+        None if fits.contains(&r.height) => Ok(r.height),
+        None => {
+            eprintln!(
+                "NOTICE: {}: the weights fit inputs of {range}: the checkpoint says {} px \
+                 (give --input-size to choose)",
+                source.display(),
+                fits[0]
+            );
+            Ok(fits[0])
+        }
+    }
+}
+
+/// PyTorch state dict -> zoo checkpoint for registry model `model`, with the notebook's input
+/// (or what the weights imply) and normalisation.
+pub fn import(model: &str, input: &Path, output: &Path) -> Result<()> {
+    import_with(model, input, output, &ImportOptions::default())
+}
+
+/// PyTorch state dict -> zoo checkpoint, the evaluation transform and classes from `options`.
+pub fn import_with(
+    model: &str,
+    input: &Path,
+    output: &Path,
+    options: &ImportOptions,
+) -> Result<()> {
+    let entry = find(model)?;
+    let channels = entry.reference_input.channels;
     let mut tensors = HashMap::new();
     let mut bad_keys = Vec::new();
     for (key, tensor) in read_state_dict(input)? {
@@ -93,10 +235,55 @@ pub fn import(model: &str, input: &Path, output: &Path) -> Result<()> {
     if !bad_keys.is_empty() {
         bail!("{}: {}", input.display(), bad_keys.join("; "))
     }
+    let meta = file_metadata(input)?;
+    let from_file = |key: &str| meta.get(key).map(String::as_str);
+    let asked_size = match (options.input_size, from_file("input_size")) {
+        (Some(s), _) => Some(s),
+        (None, Some(text)) => Some(text.trim().parse::<usize>().with_context(|| {
+            format!(
+                "{}: metadata input_size `{text}` is not a size",
+                input.display()
+            )
+        })?),
+        (None, None) => None,
+    };
+    let side = input_side(model, asked_size, &tensors, input)?;
+    let floats = |given: &Option<Vec<f32>>, key: &str| -> Result<Vec<f32>> {
+        match (given, from_file(key)) {
+            (Some(v), _) => Ok(v.clone()),
+            (None, Some(text)) => {
+                parse_floats(text, &format!("{} metadata {key}", input.display()))
+            }
+            (None, None) => Ok(vec![0.5; channels]),
+        }
+    };
+    let transform = EvalTransform {
+        height: side,
+        width: side,
+        mean: floats(&options.mean, "mean")?,
+        std: floats(&options.std, "std")?,
+    };
+    transform
+        .validate(channels)
+        .with_context(|| format!("converting {}", input.display()))?;
+    let classes = match (&options.classes, from_file("classes")) {
+        (Some(c), _) => c.clone(),
+        (None, Some(text)) => parse_classes(text),
+        (None, None) => notebook_classes(model)?,
+    };
+    let spec = zoo_core::InputSpec::square(channels, side);
     let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
-    entry.build_reference(store.var_builder())?;
-    apply_weights(&store, &tensors, &input.display().to_string())?;
-    save_checkpoint(output, &store, None, None, &imported_meta(model)?)?;
+    entry
+        .build(spec, classes.len(), store.var_builder())
+        .with_context(|| format!("building {model} for {spec} with {} classes", classes.len()))?;
+    apply_weights(&store, &tensors, &input.display().to_string()).with_context(|| {
+        format!(
+            "{model} at {side} px with {} classes (--input-size, --classes)",
+            classes.len()
+        )
+    })?;
+    let meta = CheckpointMeta::new(model, spec, classes, transform, String::new(), 0);
+    save_checkpoint(output, &store, None, None, &meta)?;
     Ok(())
 }
 

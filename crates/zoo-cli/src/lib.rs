@@ -4,6 +4,7 @@ pub mod convert;
 pub mod matrix;
 pub mod recipe;
 pub mod registry;
+pub mod run_folder;
 pub mod runtime;
 pub mod show_batch;
 pub mod summary_cmd;

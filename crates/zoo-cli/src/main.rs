@@ -84,6 +84,19 @@ enum Command {
         /// zoo checkpoint -> PyTorch safetensors (keys `model.<name>`).
         #[arg(long)]
         to_pytorch: bool,
+        /// The input side the weights were trained at (default: the file's metadata, what
+        /// AlexNet's or VGG's first Linear implies, else the notebook's).
+        #[arg(long)]
+        input_size: Option<usize>,
+        /// Normalisation mean per channel, comma-separated (default 0.5).
+        #[arg(long)]
+        mean: Option<String>,
+        /// Normalisation std per channel, comma-separated (default 0.5).
+        #[arg(long)]
+        std: Option<String>,
+        /// Class names, comma-separated (default: the notebook's dataset's).
+        #[arg(long)]
+        classes: Option<String>,
     },
     /// Write the notebook's 6x10 grid of training images, titled by class, as a PNG.
     ShowBatch {
@@ -311,11 +324,33 @@ fn run(cli: Cli) -> Result<()> {
             input,
             output,
             to_pytorch,
+            input_size,
+            mean,
+            std,
+            classes,
         } => {
+            use zoo_cli::convert::{ImportOptions, parse_classes, parse_floats};
             if to_pytorch {
+                anyhow::ensure!(
+                    input_size.is_none() && mean.is_none() && std.is_none() && classes.is_none(),
+                    "--input-size, --mean, --std and --classes describe an import; --to-pytorch \
+                     exports the checkpoint's weights as they are"
+                );
                 zoo_cli::convert::export(&input, &output)?;
             } else {
-                zoo_cli::convert::import(&model, &input, &output)?;
+                let options = ImportOptions {
+                    input_size,
+                    mean: mean
+                        .as_deref()
+                        .map(|m| parse_floats(m, "--mean"))
+                        .transpose()?,
+                    std: std
+                        .as_deref()
+                        .map(|s| parse_floats(s, "--std"))
+                        .transpose()?,
+                    classes: classes.as_deref().map(parse_classes),
+                };
+                zoo_cli::convert::import_with(&model, &input, &output, &options)?;
             }
             println!("wrote {}", output.display());
         }

@@ -83,7 +83,12 @@ pub fn train_all(
         let folder = out.join(&name);
         let root = data_for(&config.dataset, data_root, sample_root, &mut notices);
         match run_state(&folder, &config)? {
-            RunState::Complete => eprintln!("[{}/{total}] {name}: complete, skipped", i + 1),
+            RunState::Complete => {
+                let repaired =
+                    crate::run_folder::repair(&folder).with_context(|| format!("run {name}"))?;
+                eprintln!("[{}/{total}] {name}: complete, skipped", i + 1);
+                crate::run_folder::report_repair(&name, &repaired);
+            }
             state => {
                 if let RunState::Unfinished { epoch, batch } = state {
                     eprintln!(
@@ -199,6 +204,7 @@ pub fn write_matrix_figures(out: &Path, matrix: &str, results: &[RunResult]) -> 
                 title: title.into(),
                 x_label: x_label.into(),
                 y_label: "validation accuracy (raw or EMA, the better)".into(),
+                x_integers: !by_time,
                 x_range: Some(if by_time {
                     (0.0, minutes * 1.04 + 1e-3)
                 } else {

@@ -27,6 +27,13 @@ pub fn summarize(name: &str, input: Option<[usize; 4]>) -> Result<Summary> {
     let entry = find(name)?;
     let r = entry.reference_input;
     let [n, c, h, w] = input.unwrap_or([128, r.channels, r.height, r.width]);
+    let max = zoo_core::data::transforms::MAX_IMAGE_SIDE;
+    if h > max || w > max || n > 1 << 20 {
+        bail!(
+            "--input {n},{c},{h},{w}: summaries go up to {max} x {max} pixels and a batch of \
+             2^20 (a network built for a larger input would not fit in memory)"
+        )
+    }
     let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
     let model = entry
         .build(InputSpec::new(c, h, w), 10, vb)

@@ -224,6 +224,7 @@ pub fn run_training(
     config.validate()?;
     let device = parse_device(&config.device)?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let _lock = crate::run_folder::RunLock::acquire(run_dir)?;
     let config_toml = config.to_toml()?;
     let config_path = run_dir.join("config.toml");
     let last = Trainer::last_path(run_dir);
@@ -236,6 +237,12 @@ pub fn run_training(
                  same settings (its config.toml)",
                 last.display()
             )
+        }
+        if ckpt.meta.epoch >= config.recipe.epochs {
+            // Finished: make its outputs whole (a kill between the last writes) and stop.
+            let repaired = crate::run_folder::repair(run_dir)?;
+            crate::run_folder::report_repair(&run_dir.display().to_string(), &repaired);
+            return Ok(Outcome::Finished(ckpt.meta.metrics));
         }
         Some(ckpt)
     } else {

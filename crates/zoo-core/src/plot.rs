@@ -39,6 +39,8 @@ pub struct Panel {
     pub y_label: String,
     /// Fixed x range; `None` fits the data.
     pub x_range: Option<(f64, f64)>,
+    /// Label the x axis with whole numbers (epochs).
+    pub x_integers: bool,
     /// Fixed y range (accuracy: 0 to 1); `None` fits the data.
     pub y_range: Option<(f64, f64)>,
     pub legend: Legend,
@@ -119,9 +121,16 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, path: &Pa
         .y_label_area_size(58)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc(p.x_label.as_str())
+    let integers = |x: &f64| format!("{x:.0}");
+    let decimals = |x: &f64| format!("{x}");
+    let mut mesh = chart.configure_mesh();
+    if p.x_integers {
+        mesh.x_label_formatter(&integers)
+            .x_labels((x1 - x0).round().clamp(2.0, 12.0) as usize);
+    } else {
+        mesh.x_label_formatter(&decimals);
+    }
+    mesh.x_desc(p.x_label.as_str())
         .y_desc(p.y_label.as_str())
         .label_style((FONT, 13))
         .axis_desc_style((FONT, 15))
@@ -205,6 +214,7 @@ mod tests {
             x_label: "epoch".into(),
             y_label: "accuracy".into(),
             x_range: None,
+            x_integers: true,
             y_range: Some((0.0, 1.0)),
             legend,
             series: vec![

@@ -42,7 +42,7 @@ impl Summary {
         for (index, layer) in model.body().layers().iter().enumerate() {
             let macs = layer.macs(&shape)? / batch as u64;
             shape = layer.output_shape(&shape)?;
-            total_macs += macs;
+            total_macs = crate::nn::mac_sum(name, input, &[total_macs, macs])?;
             layers.push(LayerSummary {
                 name: index.to_string(),
                 kind: layer.kind().to_string(),

@@ -130,7 +130,8 @@ impl Layer for DenseBlock {
         let (b, h, w) = expect_nchw("DenseBlock", input, self.input_channels)?;
         let mut total = 0;
         for (i, block) in self.net.layers().iter().enumerate() {
-            total += block.macs(&[b, self.input_channels + i * self.growth, h, w])?;
+            let block_macs = block.macs(&[b, self.input_channels + i * self.growth, h, w])?;
+            total = zoo_core::nn::mac_sum("DenseBlock", input, &[total, block_macs])?;
         }
         Ok(total)
     }

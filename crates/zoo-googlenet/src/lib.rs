@@ -142,12 +142,18 @@ impl Layer for Inception {
             unreachable!("Inception output is 4-d")
         };
         let s = &self.spec;
-        Ok(self.p1_1.macs(input)?
-            + self.p2_1.macs(input)?
-            + self.p2_2.macs(&[b, s.c2.0, h, w])?
-            + self.p3_1.macs(input)?
-            + self.p3_2.macs(&[b, s.c3.0, h, w])?
-            + self.p4_2.macs(input)?)
+        zoo_core::nn::mac_sum(
+            "Inception",
+            input,
+            &[
+                self.p1_1.macs(input)?,
+                self.p2_1.macs(input)?,
+                self.p2_2.macs(&[b, s.c2.0, h, w])?,
+                self.p3_1.macs(input)?,
+                self.p3_2.macs(&[b, s.c3.0, h, w])?,
+                self.p4_2.macs(input)?,
+            ],
+        )
     }
 }
 

@@ -124,7 +124,11 @@ impl Layer for Residual {
             Some(c) => c.macs(input)?,
             None => 0,
         };
-        Ok(self.conv1.macs(input)? + self.conv2.macs(&mid)? + shortcut)
+        zoo_core::nn::mac_sum(
+            "Residual",
+            input,
+            &[self.conv1.macs(input)?, self.conv2.macs(&mid)?, shortcut],
+        )
     }
 }
 

@@ -286,6 +286,36 @@ fn cifar_binary_and_image_folder_give_the_same_pixels() {
 }
 
 #[test]
+fn splits_with_different_classes_are_refused_before_training() {
+    use super::resolve::load_dataset;
+    let root = fixture_dir("classes");
+    let png = |path: &Path| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::RgbImage::from_pixel(4, 4, image::Rgb([9, 9, 9]))
+            .save(path)
+            .unwrap();
+    };
+    for class in ["cat", "dog", "emu"] {
+        png(&root.join(format!("pets/train/{class}/0.png")));
+    }
+    // The test split lacks `dog` (its labels would shift by one) and has an extra `fox`.
+    for class in ["cat", "emu", "fox"] {
+        png(&root.join(format!("pets/test/{class}/0.png")));
+    }
+    let err = load_dataset(&root, "pets").unwrap_err().to_string();
+    assert!(
+        err.contains("only in pets under")
+            && err.contains("[\"dog\"]")
+            && err.contains("[\"fox\"]"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(root.join("pets/test/fox")).unwrap();
+    png(&root.join("pets/test/dog/0.png"));
+    let (train, test) = load_dataset(&root, "pets").unwrap();
+    assert_eq!(train.classes, test.classes);
+}
+
+#[test]
 fn malformed_cifar_and_folders_are_named_errors() {
     let root = fixture_dir("cifar-bad");
     cifar_fixture(&root, 2);

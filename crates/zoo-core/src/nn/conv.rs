@@ -152,9 +152,9 @@ impl Layer for Conv2d {
     }
 
     fn macs(&self, input: &[usize]) -> Result<u64> {
-        let out = self.output_shape(input)?;
-        let per_output = (self.spec.in_channels * self.spec.kernel * self.spec.kernel) as u64;
-        Ok(out.iter().product::<usize>() as u64 * per_output)
+        let mut factors = self.output_shape(input)?;
+        factors.extend([self.spec.in_channels, self.spec.kernel, self.spec.kernel]);
+        super::mac_product("Conv2d", input, &factors)
     }
 }
 
@@ -242,6 +242,10 @@ impl Layer for Linear {
 
     fn macs(&self, input: &[usize]) -> Result<u64> {
         self.output_shape(input)?;
-        Ok((input[0] * self.in_features * self.out_features) as u64)
+        super::mac_product(
+            "Linear",
+            input,
+            &[input[0], self.in_features, self.out_features],
+        )
     }
 }

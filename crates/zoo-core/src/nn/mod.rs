@@ -22,6 +22,29 @@ use candle_core::{Result, Tensor};
 use candle_nn::ModuleT;
 
 /// A network layer zoo can summarise: shapes, parameters and MACs without a forward pass.
+/// A MAC count `factors[0] * factors[1] * ...` for `layer` on `input`, or an error saying it
+/// exceeds u64 (a `zoo summary` of an absurd input must not wrap around silently).
+pub fn mac_product(layer: &str, input: &[usize], factors: &[usize]) -> Result<u64> {
+    factors
+        .iter()
+        .try_fold(1u64, |acc, &f| acc.checked_mul(f as u64))
+        .ok_or_else(|| mac_overflow(layer, input))
+}
+
+/// The sum of MAC counts for `layer` on `input`, checked like [`mac_product`].
+pub fn mac_sum(layer: &str, input: &[usize], parts: &[u64]) -> Result<u64> {
+    parts
+        .iter()
+        .try_fold(0u64, |acc, &p| acc.checked_add(p))
+        .ok_or_else(|| mac_overflow(layer, input))
+}
+
+fn mac_overflow(layer: &str, input: &[usize]) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "{layer} on input {input:?}: more multiply-accumulates than a 64-bit count holds"
+    ))
+}
+
 pub trait Layer: ModuleT + Send + Sync {
     /// The PyTorch class name the notebook prints (`Conv2d`, `Sequential`, `DenseBlock`, ...).
     fn kind(&self) -> &'static str;

@@ -98,7 +98,7 @@ impl Layer for SequentialT {
         let mut shape = input.to_vec();
         let mut total = 0;
         for layer in &self.layers {
-            total += layer.macs(&shape)?;
+            total = super::mac_sum("Sequential", input, &[total, layer.macs(&shape)?])?;
             shape = layer.output_shape(&shape)?;
         }
         Ok(total)

@@ -150,6 +150,28 @@ pub fn save_checkpoint(
                 .map(|(k, v)| (format!("{EMA_PREFIX}{k}"), v)),
         );
     }
+    write_checkpoint(path, tensors, meta)
+}
+
+/// Saves `tensors` (model tensors by name) with `meta` as a checkpoint without optimiser state.
+pub fn save_tensors(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    meta: &CheckpointMeta,
+) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    write_checkpoint(path, tensors, meta)
+}
+
+fn write_checkpoint(
+    path: &Path,
+    tensors: Vec<(String, Tensor)>,
+    meta: &CheckpointMeta,
+) -> Result<()> {
     let json = serde_json::to_string(meta)
         .map_err(|e| candle_core::Error::Msg(format!("checkpoint metadata: {e}")))?;
     let metadata = HashMap::from([

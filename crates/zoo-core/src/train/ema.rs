@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Result, Tensor, Var};
 
+use super::inplace::update_in_place;
 use crate::init::ParamStore;
 
 /// The shadow weights.
@@ -133,18 +134,10 @@ impl InplaceOp2 for EmaInPlace {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        let (Some((a, b)), Some((c, e))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("zoo-ema: expected contiguous tensors")
-        };
-        let live = &s2.as_slice::<f32>()?[c..e];
-        let CpuStorage::F32(shadow) = s1 else {
-            candle_core::bail!("zoo-ema: expected an f32 shadow")
-        };
         let d = self.decay;
-        for (s, &x) in shadow[a..b].iter_mut().zip(live) {
-            *s = d * *s + (1.0 - d) * x;
-        }
-        Ok(())
+        // (shadow; live), the live tensor read as both sources.
+        update_in_place(self.name(), (s1, l1), (s2, l2), (s2, l2), |s, x, _| {
+            d * s + (1.0 - d) * x
+        })
     }
 }

@@ -136,6 +136,7 @@ pub fn write_curves(path: &Path, title: &str, rows: &[EpochMetrics]) -> Result<(
             x_label: "epoch".into(),
             y_label: y.to_string(),
             x_range: Some((0.5, rows.len().max(1) as f64 + 0.5)),
+            x_integers: true,
             y_range: range,
             legend,
             series: all,

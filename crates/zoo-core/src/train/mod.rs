@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod ema;
+mod inplace;
 pub mod loss;
 pub mod metrics;
 pub mod optim;

@@ -10,6 +10,8 @@ use candle_core::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::inplace::update_in_place;
+
 /// Which optimiser, with its hyper-parameters (the learning rate comes from the schedule).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -367,52 +369,6 @@ fn in_place(p: &Tensor, grad: &Tensor) -> bool {
         && p.dims() == grad.dims()
         && p.is_contiguous()
         && grad.is_contiguous()
-}
-
-/// The f32 slice of a contiguous CPU storage, or an error naming the optimiser kernel.
-fn slice_of<'a>(what: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous tensor"),
-    }
-}
-
-fn slice_of_mut<'a>(what: &str, s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
-    match (l.contiguous_offsets(), s) {
-        (Some((a, b)), CpuStorage::F32(v)) => Ok(&mut v[a..b]),
-        _ => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
-    }
-}
-
-/// `dst[i] = f(dst[i], a[i], b[i])` over three contiguous f32 CPU tensors of one size, in
-/// parallel chunks; an error naming `op` when a tensor is not contiguous f32 or sizes differ.
-fn update_in_place(
-    op: &str,
-    (dst, dst_l): (&mut CpuStorage, &Layout),
-    (a, a_l): (&CpuStorage, &Layout),
-    (b, b_l): (&CpuStorage, &Layout),
-    f: impl Fn(f32, f32, f32) -> f32 + Sync,
-) -> Result<()> {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 15;
-    let (a, b) = (slice_of(op, a, a_l)?, slice_of(op, b, b_l)?);
-    let dst = slice_of_mut(op, dst, dst_l)?;
-    if dst.len() != a.len() || dst.len() != b.len() {
-        candle_core::bail!(
-            "{op}: tensors of {}, {} and {} elements",
-            dst.len(),
-            a.len(),
-            b.len()
-        )
-    }
-    dst.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(d, (a, b))| {
-            for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
-                *d = f(*d, a, b);
-            }
-        });
-    Ok(())
 }
 
 /// `buf = momentum * buf + (grad + weight_decay * p)`, in place on `buf`: (buf; grad, p).
