@@ -129,6 +129,50 @@ fn tiny_matrix_end_to_end_then_eval_and_predict() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.safetensors: cannot read"));
+
+    // zoo eval on a dataset whose class names differ from the checkpoint's: refused, by name.
+    let pets = dir.join("pets-root");
+    for (i, class) in [
+        "ant", "bee", "cow", "dog", "eel", "fox", "gnu", "hen", "ibis", "jay",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let folder = pets.join("pets/test").join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        image::RgbImage::from_pixel(32, 32, image::Rgb([i as u8 * 20, 0, 0]))
+            .save(folder.join("0.png"))
+            .unwrap();
+    }
+    let out = Command::new(zoo)
+        .args(["eval", "--dataset", "pets", "--checkpoint"])
+        .arg(&last)
+        .arg("--data-dir")
+        .arg(&pets)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("have different classes")
+            && stderr.contains("\"airplane\"")
+            && stderr.contains("\"ant\""),
+        "{stderr}"
+    );
+    // zoo eval without --dataset on a damaged checkpoint reports the damage, not "--dataset".
+    let damaged = dir.join("damaged.safetensors");
+    std::fs::write(&damaged, &before[..before.len() / 2]).unwrap();
+    let out = Command::new(zoo)
+        .args(["eval", "--checkpoint"])
+        .arg(&damaged)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("damaged.safetensors") && !stderr.contains("--dataset is needed"),
+        "{stderr}"
+    );
 }
 
 /// VGG-11-small at 32 px, 2 epochs of 20 sample images in batches of 8, on the CPU.

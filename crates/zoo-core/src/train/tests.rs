@@ -375,6 +375,50 @@ fn train_tiny(
 }
 
 #[test]
+fn a_checkpoint_past_the_end_of_an_epoch_is_refused() {
+    let dir = run_dir("past-the-end");
+    let (_, first) = train_tiny(&dir, Some(3), false);
+    assert_eq!(first, Outcome::Interrupted { epoch: 0, batch: 3 });
+    // The stored position says batch 9 of an epoch that has 7 (written for other data).
+    let last = Trainer::last_path(&dir);
+    let mut ckpt = load_checkpoint(&last, &Device::Cpu).unwrap();
+    ckpt.meta.batch = 9;
+    let store = test_store(17);
+    TinyNet::new(store.var_builder()).unwrap();
+    apply_weights(&store, &ckpt.model, "test").unwrap();
+    save_checkpoint(&last, &store, None, None, &ckpt.meta).unwrap();
+    let store = test_store(17);
+    let model = TinyNet::new(store.var_builder()).unwrap();
+    let loader = Loader::new(
+        toy_dataset(100, 1),
+        LoaderConfig {
+            batch_size: 16,
+            ..LoaderConfig::notebook(17)
+        },
+    )
+    .unwrap();
+    let mut trainer = Trainer {
+        model: &model,
+        store: &store,
+        recipe: Recipe::notebook(3, 0.05),
+        transform: EvalTransform::notebook(1, 8),
+        device: Device::Cpu,
+        meta: meta(17),
+        checkpoint_every: None,
+        stop_after_steps: None,
+    };
+    let resume = load_checkpoint(&last, &Device::Cpu).unwrap();
+    let err = match trainer.fit(&loader, &loader, &dir, Some(resume), &mut Quiet) {
+        Err(e) => e.to_string(),
+        Ok(o) => panic!("resumed to {o:?}"),
+    };
+    assert!(
+        err.contains("stands at batch 9 of epoch 1, but an epoch has 7 batches"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_run_killed_mid_epoch_resumes_to_the_same_weights() {
     let straight_dir = run_dir("straight");
     let (straight, outcome) = train_tiny(&straight_dir, None, false);
