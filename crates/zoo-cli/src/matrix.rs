@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::recipe::RunSpec;
 use crate::registry::find;
-use crate::train_cmd::{Progress, RunConfig, RunState, load_data, run_state, run_training};
+use crate::train_cmd::{Progress, RunConfig, RunState, run_state, run_training};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use zoo_core::summary::group_thousands;
@@ -70,6 +70,7 @@ pub fn train_all(
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut results = Vec::new();
     let mut notices = Vec::new();
+    let mut class_counts = std::collections::HashMap::new();
     let total = matrix.runs.len();
     for (i, spec) in matrix.runs.iter().enumerate() {
         let config = spec
@@ -119,13 +120,27 @@ pub fn train_all(
             &folder.join("last.safetensors"),
             &candle_core::Device::Cpu,
         )?;
-        let (train, valid) = load_data(&root, &config)?;
+        // Image counts for the report: each dataset is decoded once per matrix, not per run.
+        let key = (root.clone(), config.dataset.clone());
+        if !class_counts.contains_key(&key) {
+            let (train, valid) = zoo_core::data::resolve::load_dataset(&root, &config.dataset)?;
+            class_counts.insert(key.clone(), (train.class_counts(), valid.class_counts()));
+        }
+        let (train_counts, valid_counts) = &class_counts[&key];
+        let images = |counts: &[usize], per_class: Option<usize>| -> usize {
+            counts
+                .iter()
+                .map(|&c| per_class.map_or(c, |n| c.min(n)))
+                .sum()
+        };
+        let train_images = images(train_counts, config.train_per_class);
+        let valid_images = images(valid_counts, config.valid_per_class);
         results.push(RunResult {
             name,
             config,
             folder,
-            train_images: train.len(),
-            valid_images: valid.len(),
+            train_images,
+            valid_images,
             metrics: ckpt.meta.metrics,
         });
     }
