@@ -1,8 +1,10 @@
 """PyTorch side of `cargo xtask bench models --torch PYTHON`: the notebook's definitions
 (scripts/parity.py), the same cases and the same timing as zoo's benchmark.
 
-Prints one line per case: RESULT <model> <input> <train img/s> <infer img/s> <peak RSS MiB>.
+Prints one line per case: RESULT <model> <input> <train img/s> <infer img/s> <peak RSS MiB>
+(train `-` when not timed: --infer-only, or a case that cannot train, with a SKIP line saying why).
 Usage: python scripts/bench_torch.py --batch 32 --steps 5 --cases alexnet:65,resnet18:32
+       python scripts/bench_torch.py --device cuda --warmup 3 ...   (scripts/device-check.sh)
 """
 import argparse
 import os
@@ -36,6 +38,9 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cases", required=True, help="model:size,...")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--infer-only", action="store_true", help="time inference only")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -43,30 +48,43 @@ def main():
         name, size = case.split(":")
         size = int(size)
         model, c = build(name, size)
-        x = torch.rand(a.batch, c, size, size) * 2 - 1
-        y = torch.arange(a.batch) % 10
+        dev = torch.device(a.device)
+        model = model.to(dev)
+        x = (torch.rand(a.batch, c, size, size) * 2 - 1).to(dev)
+        y = (torch.arange(a.batch) % 10).to(dev)
+
+        def sync():
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         crit = nn.CrossEntropyLoss()
         model.train()
         train = []
-        for i in range(a.steps + 1):
-            t = time.perf_counter()
-            opt.zero_grad()
-            loss = crit(model(x), y)
-            loss.backward()
-            opt.step()
-            if i > 0:
-                train.append(time.perf_counter() - t)
+        try:
+            for i in range(0 if a.infer_only else a.steps + a.warmup):
+                sync()
+                t = time.perf_counter()
+                opt.zero_grad()
+                loss = crit(model(x), y)
+                loss.backward()
+                opt.step()
+                sync()
+                if i >= a.warmup:
+                    train.append(time.perf_counter() - t)
+        except (RuntimeError, ValueError) as e:
+            print(f"SKIP {name} {size} train: {e}", flush=True)
+            train = []
         model.eval()
         infer = []
         with torch.no_grad():
-            for i in range(a.steps + 1):
+            for i in range(a.steps + a.warmup):
                 t = time.perf_counter()
-                model(x).numpy()
-                if i > 0:
+                model(x).cpu().numpy()
+                if i >= a.warmup:
                     infer.append(time.perf_counter() - t)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"RESULT {name} {size} {a.batch / statistics.median(train):.1f} {a.batch / statistics.median(infer):.1f} {peak:.0f}", flush=True)
+        train_ips = f"{a.batch / statistics.median(train):.1f}" if train else "-"
+        print(f"RESULT {name} {size} {train_ips} {a.batch / statistics.median(infer):.1f} {peak:.0f}", flush=True)
 
 
 if __name__ == "__main__":

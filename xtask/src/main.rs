@@ -1,6 +1,8 @@
 //! Project automation for zoo (`cargo xtask <command>`): documentation generated from the
 //! registry, the local data folder, benchmarks.
 
+mod device;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -58,6 +60,9 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Build the CUDA binary of the device check into .devbin/ for scripts/device-check.sh
+    /// on a GPU machine (docs/gpu.md).
+    DeviceCheck,
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
@@ -106,6 +111,10 @@ enum Bench {
         /// either side).
         #[arg(long, default_value_t = 1)]
         repeat: usize,
+        /// Time inference only (batch 1 serving: training at batch 1 is not defined for the
+        /// networks with BatchNorm).
+        #[arg(long)]
+        infer_only: bool,
     },
     /// Loader images/s with and without augmentation, and the device transform (resize 32->224,
     /// normalise) images/s, on CIFAR-10 from the data root.
@@ -175,14 +184,7 @@ fn update_results_doc(report: &Path, preset: &str) -> Result<()> {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpu = cpu_model();
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .current_dir(project_root())
@@ -323,14 +325,8 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// One measured case.
-struct BenchRow {
-    model: String,
-    size: usize,
-    train: f64,
-    infer: f64,
-    peak_mib: f64,
-}
+/// One measured case, zoo's or PyTorch's.
+type BenchRow = zoo_cli::torch_bench::BenchResult;
 
 /// PyTorch's side of one case (scripts/bench_torch.py), printed as a `RESULT torch ...` line.
 fn torch_bench(
@@ -339,9 +335,11 @@ fn torch_bench(
     steps: usize,
     model: &str,
     size: usize,
+    infer_only: bool,
 ) -> Result<BenchRow> {
     let out = std::process::Command::new(python)
         .arg(project_root().join("scripts/bench_torch.py"))
+        .args(infer_only.then_some("--infer-only"))
         .args([
             "--batch",
             &batch.to_string(),
@@ -358,20 +356,15 @@ fn torch_bench(
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
+    for skip in stdout.lines().filter(|l| l.starts_with("SKIP")) {
+        println!("SKIP torch{}", &skip["SKIP".len()..]);
+    }
     let line = stdout
         .lines()
         .find(|l| l.starts_with("RESULT"))
         .with_context(|| format!("bench_torch.py printed no RESULT line for {model}:{size}"))?;
     println!("RESULT torch{}", &line["RESULT".len()..]);
-    let f: Vec<&str> = line.split_whitespace().collect();
-    anyhow::ensure!(f.len() == 6, "bench_torch.py: unexpected line {line:?}");
-    Ok(BenchRow {
-        model: f[1].to_string(),
-        size: f[2].parse().context("bench_torch.py: input size")?,
-        train: f[3].parse().context("bench_torch.py: train img/s")?,
-        infer: f[4].parse().context("bench_torch.py: infer img/s")?,
-        peak_mib: f[5].parse().context("bench_torch.py: peak MiB")?,
-    })
+    zoo_cli::torch_bench::parse_result(line)
 }
 
 fn bench_models(
@@ -381,6 +374,7 @@ fn bench_models(
     reference: bool,
     torch: Option<&str>,
     repeat: usize,
+    infer_only: bool,
 ) -> Result<()> {
     anyhow::ensure!(steps > 0, "bench models: --steps must be at least 1");
     let device = candle_core::Device::Cpu;
@@ -421,14 +415,27 @@ fn bench_models(
                 zoo_core::train::optim::OptimizerConfig::plain_sgd(),
                 store.trainable(),
             )?;
-            let mut train = Vec::new();
-            for i in 0..=steps {
+            let mut train_step = || -> candle_core::Result<f64> {
                 let start = Instant::now();
                 let logits = model.forward_t(&x, true)?;
                 let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
                 sgd.step(&loss.backward()?, 0.01)?;
-                if i > 0 {
-                    train.push(start.elapsed().as_secs_f64());
+                Ok(start.elapsed().as_secs_f64())
+            };
+            let mut train = Vec::new();
+            if !infer_only {
+                for i in 0..=steps {
+                    match train_step() {
+                        Ok(t) if i > 0 => train.push(t),
+                        Ok(_) => {}
+                        Err(e) => {
+                            // A case that cannot train (BatchNorm over one value per channel
+                            // at batch 1) is skipped, as PyTorch refuses it too.
+                            println!("SKIP zoo {} {size} train: {e}", entry.name);
+                            train.clear();
+                            break;
+                        }
+                    }
                 }
             }
             let mut infer = Vec::new();
@@ -442,18 +449,24 @@ fn bench_models(
             let row = BenchRow {
                 model: entry.name.to_string(),
                 size,
-                train: batch as f64 / median(train),
+                train: (!train.is_empty()).then(|| batch as f64 / median(train)),
                 infer: batch as f64 / median(infer),
                 peak_mib: peak_rss_mib(),
             };
             println!(
-                "RESULT zoo {} {} {:.1} {:.1} {:.0}",
-                row.model, row.size, row.train, row.infer, row.peak_mib
+                "RESULT zoo {} {} {} {:.1} {:.0}",
+                row.model,
+                row.size,
+                row.train.map_or("-".to_string(), |t| format!("{t:.1}")),
+                row.infer,
+                row.peak_mib
             );
             // PyTorch right after zoo on the same case, so that both see the same machine
             // (its speed drifts over minutes on this shared host).
             if let Some(python) = torch {
-                torch_rows.push(torch_bench(python, batch, steps, entry.name, size)?);
+                torch_rows.push(torch_bench(
+                    python, batch, steps, entry.name, size, infer_only,
+                )?);
             }
             rows.push(row);
         }
@@ -465,7 +478,9 @@ fn bench_models(
             keys.push((r.model.clone(), r.size));
         }
     }
-    let of = |list: &[BenchRow], key: &(String, usize)| -> Vec<(f64, f64, f64)> {
+    // (train img/s if timed, infer img/s, peak MiB) of one case's rounds.
+    type Measured = (Option<f64>, f64, f64);
+    let of = |list: &[BenchRow], key: &(String, usize)| -> Vec<Measured> {
         list.iter()
             .filter(|r| r.model == key.0 && r.size == key.1)
             .map(|r| (r.train, r.infer, r.peak_mib))
@@ -480,11 +495,11 @@ fn bench_models(
     for key in &keys {
         let (zoo, torch) = (of(&rows, key), of(&torch_rows, key));
         // Ratios of the rounds that measured both sides; with several, "each; median".
-        let ratio = |pick: fn(&(f64, f64, f64)) -> f64| {
+        let ratio = |pick: fn(&Measured) -> Option<f64>| {
             let each: Vec<f64> = zoo
                 .iter()
                 .zip(&torch)
-                .map(|(z, t)| pick(z) / pick(t))
+                .filter_map(|(z, t)| Some(pick(z)? / pick(t)?))
                 .collect();
             match each.len() {
                 0 => "-".to_string(),
@@ -499,12 +514,12 @@ fn bench_models(
             "| `{}` | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
             key.0,
             key.1,
-            fmt(med(zoo.iter().map(|r| r.0).collect())),
-            fmt(med(torch.iter().map(|r| r.0).collect())),
+            fmt(med(zoo.iter().filter_map(|r| r.0).collect())),
+            fmt(med(torch.iter().filter_map(|r| r.0).collect())),
             ratio(|r| r.0),
             fmt(med(zoo.iter().map(|r| r.1).collect())),
             fmt(med(torch.iter().map(|r| r.1).collect())),
-            ratio(|r| r.1),
+            ratio(|r| Some(r.1)),
             zoo.iter().map(|r| r.2).fold(0.0, f64::max)
         );
     }
@@ -780,6 +795,28 @@ fn bench_data(root: &Path, batch_size: usize) -> Result<()> {
 }
 
 /// The repository root, found from this crate's manifest directory.
+/// The CPU's model name from /proc/cpuinfo.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Where a benchmark runs: the CPU, its threads and the tile kernels' instruction set.
+fn print_machine() {
+    println!(
+        "machine: {}, {} threads (RAYON_NUM_THREADS), tile kernels {} (ZOO_CPU_ISA overrides)",
+        cpu_model(),
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into()),
+        zoo_core::ops::microkernel::active_isa().name()
+    );
+}
+
 fn project_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -826,11 +863,16 @@ fn main() -> Result<()> {
     // SAFETY: first thing in main, before any thread is spawned.
     unsafe { zoo_cli::runtime::configure_process() };
     let cli = Cli::parse();
+    zoo_cli::runtime::check_environment()?;
     zoo_core::runtime::on_compute_thread(|| run(cli))
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if matches!(cli.command, Command::Bench { .. }) {
+        print_machine();
+    }
     match cli.command {
+        Command::DeviceCheck => device::prepare(&project_root())?,
         Command::Docs => {
             let path = project_root().join("docs/models.md");
             std::fs::write(&path, models_doc()?)
@@ -894,6 +936,7 @@ fn run(cli: Cli) -> Result<()> {
                     reference,
                     torch,
                     repeat,
+                    infer_only,
                 },
         } => bench_models(
             batch_size,
@@ -902,6 +945,7 @@ fn run(cli: Cli) -> Result<()> {
             reference,
             torch.as_deref(),
             repeat,
+            infer_only,
         )?,
         Command::Bench {
             what: Bench::Data {

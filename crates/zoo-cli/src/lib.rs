@@ -1,6 +1,7 @@
 //! zoo-cli: the registry of every zoo model and the code behind the `zoo` command.
 
 pub mod convert;
+pub mod device_check;
 pub mod matrix;
 pub mod recipe;
 pub mod registry;
@@ -8,6 +9,7 @@ pub mod run_folder;
 pub mod runtime;
 pub mod show_batch;
 pub mod summary_cmd;
+pub mod torch_bench;
 pub mod train_cmd;
 
 pub use registry::{ModelEntry, find, registry};

@@ -98,6 +98,9 @@ enum Command {
         #[arg(long)]
         classes: Option<String>,
     },
+    /// Every model's forward and backward on a GPU against zoo's CPU kernels, step timings
+    /// and one timed epoch: the prepared device check (docs/gpu.md).
+    DeviceCheck(Box<DeviceCheckArgs>),
     /// Write the notebook's 6x10 grid of training images, titled by class, as a PNG.
     ShowBatch {
         /// cifar10, mnist, fashion-mnist, or the name of an image folder under the data root.
@@ -113,6 +116,57 @@ enum Command {
         #[arg(long, default_value = "grid.png")]
         out: PathBuf,
     },
+}
+
+/// `zoo device-check`: the prepared GPU check (scripts/device-check.sh), or its CPU self-test.
+#[derive(clap::Args)]
+struct DeviceCheckArgs {
+    /// The device to check against zoo's CPU kernels (cuda, cuda:N).
+    #[arg(long, default_value = "cuda", conflicts_with = "self_test")]
+    device: String,
+    /// Check candle's compositions on the CPU (the ops a GPU runs) instead of a device: the
+    /// check's own test, for machines without a GPU.
+    #[arg(long)]
+    self_test: bool,
+    /// Models to check, comma-separated (default: every registry model).
+    #[arg(long)]
+    models: Option<String>,
+    /// Batch of the forward/backward comparison.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Time training steps at each model's reference input with this batch.
+    #[arg(long)]
+    time_batch: Option<usize>,
+    /// Steps before timing (the first use of each GPU kernel compiles it).
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Timed steps per model.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// PyTorch's `RESULT` lines for the same cases (scripts/bench_torch.py), shown beside.
+    #[arg(long)]
+    torch_results: Option<PathBuf>,
+    /// Time one epoch of this many synthetic images (0: none).
+    #[arg(long, default_value_t = 0)]
+    epoch_images: usize,
+    /// The model of the timed epoch.
+    #[arg(long, default_value = "resnet18")]
+    epoch_model: String,
+    /// The input side of the timed epoch.
+    #[arg(long, default_value_t = 224)]
+    epoch_size: usize,
+    /// The batch of the timed epoch.
+    #[arg(long, default_value_t = 128)]
+    epoch_batch: usize,
+    /// Print the timing cases as `model:size,...` (scripts/bench_torch.py's `--cases`) and stop.
+    #[arg(long)]
+    print_cases: bool,
+    /// Write the report (markdown) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The report's first lines (where, when, which commit).
+    #[arg(long, default_value = "## Device check")]
+    header: String,
 }
 
 /// Every value is optional: unset ones come from the recipe.
@@ -214,10 +268,74 @@ fn run_config(a: &TrainArgs) -> Result<RunConfig> {
     .resolve(&a.device)
 }
 
+fn device_check(args: &DeviceCheckArgs) -> Result<()> {
+    use zoo_cli::device_check::{CheckOptions, EpochCheck, Target, markdown, run_check};
+    let target = if args.self_test {
+        Target::CpuReference
+    } else {
+        Target::Device(zoo_cli::train_cmd::parse_device(&args.device)?)
+    };
+    let models = match &args.models {
+        Some(list) => list
+            .split(',')
+            .map(|name| zoo_cli::find(name.trim()).map_err(anyhow::Error::from))
+            .collect::<Result<Vec<_>>>()?,
+        None => zoo_cli::registry().iter().collect(),
+    };
+    if args.print_cases {
+        let cases: Vec<String> = models
+            .iter()
+            .map(|e| format!("{}:{}", e.name, e.reference_input.height))
+            .collect();
+        println!("{}", cases.join(","));
+        return Ok(());
+    }
+    let epoch = match args.epoch_images {
+        0 => None,
+        images => Some(EpochCheck {
+            model: zoo_cli::find(&args.epoch_model)?,
+            input_size: args.epoch_size,
+            images,
+            batch: args.epoch_batch,
+        }),
+    };
+    let options = CheckOptions {
+        target,
+        models,
+        batch: args.batch,
+        timing: args.time_batch.map(|b| (b, args.warmup, args.steps)),
+        torch_results: args.torch_results.clone(),
+        epoch,
+    };
+    let report = run_check(&options)?;
+    let text = markdown(&report, &args.header);
+    match &args.out {
+        Some(path) => {
+            zoo_core::train::checkpoint::write_atomic(path, text.as_bytes())?;
+            println!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    let failed = report.failures();
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} of {} comparisons outside the tolerance: {}",
+        failed.len(),
+        report.parity.len(),
+        failed
+            .iter()
+            .map(|p| p.model)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     // SAFETY: first thing in main, before any thread is spawned.
     unsafe { zoo_cli::runtime::configure_process() };
     let cli = Cli::parse();
+    zoo_cli::runtime::check_environment()?;
     zoo_core::runtime::on_compute_thread(|| run(cli))
 }
 
@@ -354,6 +472,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("wrote {}", output.display());
         }
+        Command::DeviceCheck(args) => device_check(&args)?,
         Command::ShowBatch {
             dataset,
             data_dir,

@@ -217,7 +217,7 @@ static REGISTRY: [ModelEntry; 9] = [
             learning_rate: 0.1,
             valid_acc: 0.5,
         }),
-        improved: improved(67, 4, InitScheme::KaimingNormalFanIn, ADAMW, 1e-3),
+        improved: improved(67, 4, InitScheme::XavierUniform, ADAMW, 1e-3),
         build: |input, classes, vb| {
             boxed(Nin::new(
                 &NinConfig::notebook()
@@ -244,7 +244,7 @@ static REGISTRY: [ModelEntry; 9] = [
                 crop_padding: Some(2),
                 hflip: false,
             },
-            ..improved(67, 2, InitScheme::KaimingNormalFanIn, ADAMW, 1e-3)
+            ..improved(67, 2, InitScheme::XavierUniform, ADAMW, 1e-3)
         },
         build: |input, classes, vb| {
             boxed(Nin::new(

@@ -9,6 +9,13 @@
 /// `mimalloc` crate builds by default) and v2.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// The environment variables zoo reads, checked before any work: `ZOO_CPU_ISA` must name an
+/// instruction set this CPU has.
+pub fn check_environment() -> anyhow::Result<()> {
+    zoo_core::ops::microkernel::Isa::from_env().map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
 /// Sets the thread environment ([`zoo_core::runtime::configure_cpu_threads`]), builds rayon's
 /// pool with main-thread-sized stacks (the binaries run their work on it:
 /// [`zoo_core::runtime::on_compute_thread`]) and tells mimalloc to keep freed memory. Returns

@@ -152,10 +152,12 @@ impl TrainObserver for Progress {
             self.bar = Some(bar);
         }
     }
-    fn step(&mut self, _batch: usize, loss: f64) {
+    fn step(&mut self, _batch: usize, loss: Option<f64>) {
         if let Some(bar) = &self.bar {
             bar.inc(1);
-            bar.set_message(format!("loss {loss:.4}"));
+            if let Some(loss) = loss {
+                bar.set_message(format!("loss {loss:.4}"));
+            }
         }
     }
     fn evaluating(&mut self) {
@@ -295,6 +297,7 @@ pub fn run_training(
         ),
         checkpoint_every: Some(50),
         stop_after_steps,
+        read_every: None,
     };
     Ok(trainer.fit(&train_loader, &valid_loader, run_dir, resume_from, observer)?)
 }

@@ -68,9 +68,10 @@ impl Layer for Flatten {
 }
 
 /// `nn.Dropout(p)`: in training, zeroes each element with probability `p` and scales the
-/// rest by `1 / (1 - p)`; in evaluation, the identity. The mask comes from the seeded
-/// generator of the running thread ([`crate::rng::manual_seed`]), never from candle's
-/// unseedable CPU generator.
+/// rest by `1 / (1 - p)`; in evaluation, the identity. On the CPU the mask comes from the
+/// seeded generator of the running thread ([`crate::rng::manual_seed`]), never from candle's
+/// unseedable CPU generator; on a GPU it is drawn there, from the device's generator (which
+/// the trainer seeds), so that no mask crosses from the host each step.
 #[derive(Debug, Clone, Copy)]
 pub struct Dropout {
     p: f32,
@@ -95,6 +96,10 @@ impl ModuleT for Dropout {
             return Ok(x.clone());
         }
         let keep_scale = 1.0 / (1.0 - self.p);
+        if !x.device().is_cpu() {
+            let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?.ge(self.p)?;
+            return x * (keep.to_dtype(x.dtype())? * f64::from(keep_scale))?;
+        }
         let n = x.elem_count();
         let mask: Vec<f32> = with_thread_rng(|rng| {
             (0..n)

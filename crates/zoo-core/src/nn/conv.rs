@@ -119,8 +119,7 @@ impl Conv2d {
             })?;
             return conv2d(x, self.inner.weight(), bias, geometry, relu);
         }
-        let y = self.inner.forward(x)?;
-        if relu { y.relu() } else { Ok(y) }
+        crate::ops::activation::relu_composed_if(self.inner.forward(x)?, relu)
     }
 }
 
@@ -203,8 +202,7 @@ impl Linear {
         if let (true, Some(bias)) = (cpu_f32(x), self.inner.bias()) {
             return crate::ops::linear::linear(x, self.inner.weight(), bias, relu);
         }
-        let y = self.inner.forward(x)?;
-        if relu { y.relu() } else { Ok(y) }
+        crate::ops::activation::relu_composed_if(self.inner.forward(x)?, relu)
     }
 }
 

@@ -21,7 +21,6 @@ pub use sequential::SequentialT;
 use candle_core::{Result, Tensor};
 use candle_nn::ModuleT;
 
-/// A network layer zoo can summarise: shapes, parameters and MACs without a forward pass.
 /// A MAC count `factors[0] * factors[1] * ...` for `layer` on `input`, or an error saying it
 /// exceeds u64 (a `zoo summary` of an absurd input must not wrap around silently).
 pub fn mac_product(layer: &str, input: &[usize], factors: &[usize]) -> Result<u64> {
@@ -45,6 +44,7 @@ fn mac_overflow(layer: &str, input: &[usize]) -> candle_core::Error {
     ))
 }
 
+/// A network layer zoo can summarise: shapes, parameters and MACs without a forward pass.
 pub trait Layer: ModuleT + Send + Sync {
     /// The PyTorch class name the notebook prints (`Conv2d`, `Sequential`, `DenseBlock`, ...).
     fn kind(&self) -> &'static str;

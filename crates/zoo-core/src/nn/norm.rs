@@ -85,8 +85,7 @@ impl BatchNorm2d {
             )
         }
         if !cpu_f32(x) {
-            let y = self.inner.forward_t(x, train)?;
-            return if relu { y.relu() } else { Ok(y) };
+            return crate::ops::activation::relu_composed_if(self.inner.forward_t(x, train)?, relu);
         }
         if !train {
             return batch_norm_eval(

@@ -175,13 +175,27 @@ pub(crate) fn fused_relu_grad(grad: &Tensor, y: &Tensor, relu: bool) -> Result<T
     }
 }
 
-/// `max(x, 0)`; on the CPU with a one-pass backward, elsewhere candle's `relu`.
+/// `max(x, 0)`; on the CPU with a one-pass backward, elsewhere [`relu_composed`].
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     if cpu_f32(x) {
         x.contiguous()?.apply_op1(ReluOp)
     } else {
-        x.relu()
+        relu_composed(x)
     }
+}
+
+/// `max(x, 0)` from candle's ops, with PyTorch's gradient: it passes where `x > 0` only.
+/// candle's own `relu` passes it where `x >= 0`, which differs wherever an input is exactly 0
+/// (a ReLU after a ReLU, a BatchNorm of zeros): the device check found it on DenseNet. NaN
+/// stays NaN, as in zoo's CPU kernels.
+pub fn relu_composed(x: &Tensor) -> Result<Tensor> {
+    let keep = x.gt(0.0)?.maximum(&x.ne(x)?)?;
+    keep.where_cond(x, &x.zeros_like()?)
+}
+
+/// `y`, through [`relu_composed`] when `relu`: the fused ReLU of a layer off zoo's kernels.
+pub fn relu_composed_if(y: Tensor, relu: bool) -> Result<Tensor> {
+    if relu { relu_composed(&y) } else { Ok(y) }
 }
 
 /// `relu(a + b)` for two tensors of one shape (a residual connection and its activation).
@@ -196,7 +210,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if cpu_f32(a) && cpu_f32(b) {
         a.contiguous()?.apply_op2(&b.contiguous()?, AddReluOp)
     } else {
-        (a + b)?.relu()
+        relu_composed(&(a + b)?)
     }
 }
 
@@ -228,6 +242,17 @@ mod tests {
             let want = (&upstream * sum.gt(0.0)?.to_dtype(DType::F32)?)?;
             assert_eq!(max_abs_diff(grads.get(a.as_tensor()).unwrap(), &want)?, 0.0);
             assert_eq!(max_abs_diff(grads.get(b.as_tensor()).unwrap(), &want)?, 0.0);
+        }
+        // At exactly 0 the gradient is 0, as in PyTorch (candle's `relu` passes it there), and
+        // NaN propagates, on the composition (the GPU's path) as in the kernel.
+        let x = Var::new(&[-1f32, 0.0, 2.0, f32::NAN], &candle_core::Device::Cpu)?;
+        for y in [relu(x.as_tensor())?, relu_composed(x.as_tensor())?] {
+            let v = y.to_vec1::<f32>()?;
+            assert_eq!(&v[..3], &[0.0, 0.0, 2.0]);
+            assert!(v[3].is_nan());
+            let g = y.sum_all()?.backward()?;
+            let g = g.get(x.as_tensor()).unwrap().to_vec1::<f32>()?;
+            assert_eq!(&g[..3], &[0.0, 0.0, 1.0]);
         }
         let a = test_input(&[2, 3], 1)?;
         let err = add_relu(&a, &test_input(&[3, 2], 1)?).unwrap_err();

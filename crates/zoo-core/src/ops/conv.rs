@@ -1014,13 +1014,20 @@ fn weight_grad_reduce(x: &[f32], dy: &[f32], s: &Sizes, g: ConvGeometry, p: &Pla
         )
     };
     let partials: Vec<Vec<f32>> = if p.gemm_threads == 1 {
-        (0..p.groups)
+        // One contiguous run of groups per thread, summed in order: the same sums in the same
+        // order on every run (rayon's `fold` splits by work stealing, which made two runs of
+        // one seed differ in the last bits, and training then drifted apart).
+        let threads = rayon::current_num_threads().clamp(1, p.groups.max(1));
+        let per_run = p.groups.div_ceil(threads);
+        (0..threads)
             .into_par_iter()
-            .fold(init, |mut state, gi| {
-                one_group(&mut state, gi);
-                state
+            .filter_map(|t| {
+                let mut state = init();
+                for gi in (t * per_run)..((t + 1) * per_run).min(p.groups) {
+                    one_group(&mut state, gi);
+                }
+                state.2
             })
-            .filter_map(|state| state.2)
             .collect()
     } else {
         let mut state = init();
@@ -1163,6 +1170,46 @@ mod tests {
             grads.get(w.as_tensor()).unwrap(),
             grads_ref.get(w.as_tensor()).unwrap(),
             1e-4,
+        );
+    }
+
+    #[test]
+    fn the_weight_gradient_is_the_same_on_every_run() {
+        // Many groups of images reduced across threads (the im2col path: 3 input channels);
+        // the sums must not depend on which thread took which group.
+        let x = Var::from_tensor(&test_input(&[96, 3, 12, 12], 4).unwrap()).unwrap();
+        let w = Var::from_tensor(&test_input(&[8, 3, 3, 3], 5).unwrap()).unwrap();
+        let b = Var::from_tensor(&test_input(&[8], 6).unwrap()).unwrap();
+        let upstream = test_input(&[96, 8, 12, 12], 7).unwrap();
+        let geometry = ConvGeometry {
+            stride: 1,
+            padding: 1,
+        };
+        let weight_grad = || {
+            let y = conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), geometry, false).unwrap();
+            let grads = weighted_sum_grads(&y, &upstream).unwrap();
+            grads
+                .get(w.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let first = weight_grad();
+        assert!(
+            weight_grad() == first,
+            "two runs gave different weight gradients"
+        );
+        // Again with one worker of the pool asleep, so that the others take every group.
+        let mut alone = Vec::new();
+        rayon::scope(|scope| {
+            scope.spawn(|_| std::thread::sleep(std::time::Duration::from_millis(300)));
+            alone = weight_grad();
+        });
+        assert!(
+            alone == first,
+            "the weight gradient depends on which thread took which group"
         );
     }
 

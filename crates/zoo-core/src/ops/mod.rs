@@ -8,7 +8,7 @@ pub mod batch_norm;
 pub mod conv;
 mod gemm;
 pub mod linear;
-mod microkernel;
+pub mod microkernel;
 pub mod pool;
 mod tiled;
 mod winograd;
@@ -42,9 +42,26 @@ pub(crate) fn zeroed(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<f32>(), buf.len()) }
 }
 
-/// Whether `x` takes zoo's CPU kernels: f32 on the CPU.
+thread_local! {
+    static REFERENCE_OPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every layer of this thread on candle's compositions (the path a GPU takes)
+/// instead of zoo's CPU kernels: the device check's CPU self-test compares the two.
+pub fn with_reference_ops<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REFERENCE_OPS.with(|r| r.set(self.0));
+        }
+    }
+    let _restore = Restore(REFERENCE_OPS.with(|r| r.replace(true)));
+    f()
+}
+
+/// Whether `x` takes zoo's CPU kernels: f32 on the CPU, outside [`with_reference_ops`].
 pub(crate) fn cpu_f32(x: &Tensor) -> bool {
-    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !REFERENCE_OPS.with(|r| r.get())
 }
 
 /// The f32 data of a contiguous CPU tensor, or an error naming the op.

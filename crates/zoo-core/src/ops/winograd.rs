@@ -995,7 +995,12 @@ mod tests {
         }
         // Two groups of images, as two threads would run them.
         let groups = [(0, 13), (13, 7)];
-        for kernels in [crate::ops::microkernel::kernels(), TileKernels::portable()] {
+        use crate::ops::microkernel::Isa;
+        for kernels in Isa::ALL
+            .into_iter()
+            .filter(Isa::supported)
+            .map(Isa::kernels)
+        {
             matches_with(kernels, &s, k, groups, &x, &wt, &bias, &dy, (&y, &dx, &dw));
         }
     }

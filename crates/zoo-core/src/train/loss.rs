@@ -15,13 +15,12 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, label_smoothing: f64) -> 
     (nll * (1.0 - label_smoothing))? + (uniform * label_smoothing)?
 }
 
-/// Predictions equal to the labels.
-pub fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
-    let predicted = logits.argmax(D::Minus1)?;
-    let hits = predicted
+/// Predictions equal to the labels, as an f32 scalar left on the logits' device (exact up to
+/// 2^24 images).
+pub fn correct_on_device(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    logits
+        .argmax(D::Minus1)?
         .eq(labels)?
-        .to_dtype(DType::U32)?
-        .sum_all()?
-        .to_scalar::<u32>()?;
-    Ok(hits as usize)
+        .to_dtype(DType::F32)?
+        .sum_all()
 }

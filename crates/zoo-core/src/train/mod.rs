@@ -8,6 +8,8 @@ mod inplace;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod readback;
+pub mod running;
 pub mod schedule;
 pub mod trainer;
 

@@ -4,14 +4,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Result};
+use candle_core::{D, DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{Checkpoint, CheckpointMeta, PartialEpoch, apply_weights, save_checkpoint};
 use super::ema::Ema;
-use super::loss::{correct, cross_entropy};
+use super::loss::{correct_on_device, cross_entropy};
 use super::metrics::{EpochMetrics, write_csv, write_curves};
 use super::optim::{Optimizer, OptimizerConfig, clip_grad_norm};
+use super::readback::read_to_host;
+use super::running::{RunningTotals, StepTotals};
 use super::schedule::Schedule;
 use crate::data::loader::Loader;
 use crate::data::transforms::EvalTransform;
@@ -61,7 +63,9 @@ impl Recipe {
 pub trait TrainObserver {
     fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _batches: usize, _start_batch: usize) {
     }
-    fn step(&mut self, _batch: usize, _loss: f64) {}
+    /// A step finished; `loss` is the mean training loss of the steps since the last read,
+    /// when the trainer read it at this step.
+    fn step(&mut self, _batch: usize, _loss: Option<f64>) {}
     fn evaluating(&mut self) {}
     fn epoch_end(&mut self, _metrics: &EpochMetrics) {}
 }
@@ -87,7 +91,8 @@ pub struct Evaluation {
     pub confusion: Vec<Vec<usize>>,
 }
 
-/// Evaluates `model` in evaluation mode (no graph kept: inputs carry no gradient).
+/// Evaluates `model` in evaluation mode (no graph kept: inputs carry no gradient). Loss, hits
+/// and the confusion matrix add up on the device and are read once, at the end.
 pub fn evaluate(
     model: &dyn Model,
     loader: &Loader,
@@ -95,26 +100,42 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<Evaluation> {
     let k = model.num_classes();
-    let mut confusion = vec![vec![0usize; k]; k];
-    let (mut loss_sum, mut seen, mut hits) = (0f64, 0usize, 0usize);
+    let classes = Tensor::arange(0u32, k as u32, device)?.unsqueeze(0)?;
+    let mut sums: Option<(Tensor, Tensor)> = None;
+    let mut seen = 0usize;
     for batch in loader.epoch(0, 0) {
         let x = transform.apply(&batch.images_tensor(device)?, device)?;
         let y = batch.labels_tensor(device)?;
         let logits = model.forward_t(&x, false)?.detach();
-        let loss = cross_entropy(&logits, &y, 0.0)?.to_scalar::<f32>()? as f64;
-        loss_sum += loss * batch.len() as f64;
-        seen += batch.len();
-        hits += correct(&logits, &y)?;
-        let predicted = logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
-        for (&t, &p) in batch.labels.iter().zip(&predicted) {
-            if (t as usize) < k && (p as usize) < k {
-                confusion[t as usize][p as usize] += 1;
-            }
-        }
+        let n = batch.len();
+        let loss = (cross_entropy(&logits, &y, 0.0)?.to_dtype(DType::F32)? * n as f64)?;
+        let hits = correct_on_device(&logits, &y)?;
+        // Confusion `[true][predicted]` as one-hot(labels)^T one-hot(predictions): labels
+        // outside the model's classes have an all-zero row and are left out.
+        let truth = y
+            .unsqueeze(1)?
+            .broadcast_eq(&classes)?
+            .to_dtype(DType::F32)?;
+        let predicted = logits.argmax_keepdim(D::Minus1)?.broadcast_eq(&classes)?;
+        let confusion = truth.t()?.matmul(&predicted.to_dtype(DType::F32)?)?;
+        let step = (Tensor::stack(&[loss, hits], 0)?, confusion);
+        sums = Some(match sums.take() {
+            Some((a, c)) => ((a + step.0)?, (c + step.1)?),
+            None => step,
+        });
+        seen += n;
     }
+    let values = match &sums {
+        Some((a, c)) => read_to_host(&Tensor::cat(&[a, &c.flatten_all()?], 0)?)?,
+        None => vec![0.0; 2 + k * k],
+    };
+    let confusion = values[2..]
+        .chunks(k)
+        .map(|row| row.iter().map(|&v| v.round() as usize).collect())
+        .collect();
     Ok(Evaluation {
-        loss: loss_sum / seen.max(1) as f64,
-        accuracy: hits as f64 / seen.max(1) as f64,
+        loss: values[0] / seen.max(1) as f64,
+        accuracy: values[1] / seen.max(1) as f64,
         confusion,
     })
 }
@@ -133,6 +154,9 @@ pub struct Trainer<'a> {
     pub checkpoint_every: Option<usize>,
     /// Stop (with a checkpoint) after this many optimiser steps in this call: a test's "kill".
     pub stop_after_steps: Option<u64>,
+    /// Read the step's loss and accuracy from the device every this many steps (and at every
+    /// checkpoint and epoch end); `None`: [`default_read_every`].
+    pub read_every: Option<usize>,
 }
 
 impl Trainer<'_> {
@@ -199,6 +223,17 @@ impl Trainer<'_> {
         }
         let total_steps = steps_per_epoch * self.recipe.epochs;
         let mut steps_this_call = 0u64;
+        let read_every = self
+            .read_every
+            .unwrap_or(default_read_every(&self.device))
+            .max(1);
+        let mut totals = RunningTotals::new();
+        if !self.device.is_cpu() {
+            // Dropout masks come from the device's generator there (`nn::Dropout`): seeded by
+            // the run's seed and, on resume, by the step it resumes at.
+            self.device
+                .set_seed(crate::data::loader::mix_seed(meta.seed, meta.step, 0x0D20))?;
+        }
         let last = Self::last_path(run_dir);
         while meta.epoch < self.recipe.epochs {
             let epoch = meta.epoch;
@@ -220,16 +255,6 @@ impl Trainer<'_> {
                 let y = batch.labels_tensor(&self.device)?;
                 let logits = self.model.forward_t(&x, true)?;
                 let loss = cross_entropy(&logits, &y, self.recipe.label_smoothing)?;
-                let loss_value = loss.to_scalar::<f32>()? as f64;
-                if !loss_value.is_finite() {
-                    candle_core::bail!(
-                        "training loss is {loss_value} at epoch {} batch {}: training stopped; {} \
-                         (try a lower learning rate or gradient clipping)",
-                        epoch + 1,
-                        batch.index + 1,
-                        last_good(&last)
-                    )
-                }
                 let mut grads = loss.backward()?;
                 if let Some(max_norm) = self.recipe.clip_grad_norm {
                     clip_grad_norm(&mut grads, &params, max_norm)?;
@@ -240,16 +265,26 @@ impl Trainer<'_> {
                     ema.update(meta.step)?;
                 }
                 meta.batch = batch.index + 1;
-                meta.partial.loss_sum += loss_value * batch.len() as f64;
-                meta.partial.correct += correct(&logits, &y)?;
-                meta.partial.seen += batch.len();
+                totals.add(&loss, &logits, &y, batch.index)?;
                 meta.partial.seconds += started.elapsed().as_secs_f64();
-                observer.step(batch.index, loss_value);
                 steps_this_call += 1;
                 let stop = self.stop_after_steps == Some(steps_this_call);
                 let periodic = self
                     .checkpoint_every
                     .is_some_and(|n| meta.step.is_multiple_of(n as u64));
+                let read = totals.pending() >= read_every
+                    || stop
+                    || periodic
+                    || meta.batch >= steps_per_epoch;
+                let mean_loss = if read {
+                    let read_started = Instant::now();
+                    let mean = self.read_totals(&mut totals, &mut meta, epoch, &last)?;
+                    meta.partial.seconds += read_started.elapsed().as_secs_f64();
+                    mean
+                } else {
+                    None
+                };
+                observer.step(batch.index, mean_loss);
                 if (stop || periodic) && meta.batch < steps_per_epoch {
                     self.check_finite(&last, epoch, meta.batch)?;
                     meta.rng = Some(crate::rng::thread_rng_state());
@@ -339,22 +374,71 @@ impl Trainer<'_> {
         Ok(Outcome::Finished(meta.metrics))
     }
 
+    /// Reads the step totals into `meta.partial`; an error if the loss was not finite. Returns
+    /// the mean loss of the steps read.
+    fn read_totals(
+        &self,
+        totals: &mut RunningTotals,
+        meta: &mut CheckpointMeta,
+        epoch: usize,
+        last: &Path,
+    ) -> Result<Option<f64>> {
+        let Some(t) = totals.take()? else {
+            return Ok(None);
+        };
+        let StepTotals {
+            loss_sum,
+            correct,
+            seen,
+            steps,
+            first_batch,
+        } = t;
+        if !loss_sum.is_finite() {
+            let batches = match steps {
+                1 => format!("batch {}", first_batch + 1),
+                _ => format!("batches {} to {}", first_batch + 1, first_batch + steps),
+            };
+            candle_core::bail!(
+                "training loss is {loss_sum} at epoch {} {batches}: training stopped; {} (try a \
+                 lower learning rate or gradient clipping)",
+                epoch + 1,
+                last_good(last)
+            )
+        }
+        meta.partial.loss_sum += loss_sum;
+        meta.partial.correct += correct;
+        meta.partial.seen += seen;
+        Ok(Some(loss_sum / seen.max(1) as f64))
+    }
+
     /// An error naming the first parameter with a NaN or infinite value, if any.
     fn check_finite(&self, last: &Path, epoch: usize, batch: usize) -> Result<()> {
-        for (name, var) in self.store.named_tensors() {
-            let t = var.as_tensor();
-            let sum = t.abs()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
-            if !sum.to_scalar::<f64>()?.is_finite() {
-                candle_core::bail!(
-                    "tensor `{name}` holds NaN or infinite values after epoch {} batch {batch}: \
-                     training stopped; {} (try a lower learning rate or gradient clipping)",
-                    epoch + 1,
-                    last_good(last)
-                )
-            }
+        let tensors = self.store.named_tensors();
+        if tensors.is_empty() {
+            return Ok(());
+        }
+        // One read for all tensors: the sum of |x| of each, NaN or infinite if any value is.
+        let sums = tensors
+            .iter()
+            .map(|(_, var)| var.as_tensor().abs()?.to_dtype(DType::F32)?.sum_all())
+            .collect::<Result<Vec<_>>>()?;
+        let sums = read_to_host(&Tensor::stack(&sums, 0)?)?;
+        if let Some(((name, _), _)) = tensors.iter().zip(&sums).find(|(_, s)| !s.is_finite()) {
+            candle_core::bail!(
+                "tensor `{name}` holds NaN or infinite values after epoch {} batch {batch}: \
+                 training stopped; {} (try a lower learning rate or gradient clipping)",
+                epoch + 1,
+                last_good(last)
+            )
         }
         Ok(())
     }
+}
+
+/// How often the step's totals are read when the trainer is not told: every step on the CPU,
+/// where a read is a copy in memory, every 50 steps on a GPU, where it waits for the device.
+pub fn default_read_every(device: &Device) -> usize {
+    if device.is_cpu() { 1 } else { 50 }
 }
 
 /// Where the last good checkpoint is, or that there is none yet.
