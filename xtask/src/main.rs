@@ -315,13 +315,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Peak resident memory of this process so far, in MiB (Linux `VmHWM`).
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
+    proc_field("/proc/self/status", "VmHWM")
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -794,17 +789,17 @@ fn bench_data(root: &Path, batch_size: usize) -> Result<()> {
     Ok(())
 }
 
-/// The repository root, found from this crate's manifest directory.
+/// The value after the colon of the first line of `file` that starts with `key` (the
+/// `key: value` lines of /proc/cpuinfo and /proc/self/status), trimmed.
+fn proc_field(file: &str, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}
+
 /// The CPU's model name from /proc/cpuinfo.
 fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
+    proc_field("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown CPU".into())
 }
 
 /// Where a benchmark runs: the CPU, its threads and the tile kernels' instruction set.
@@ -817,6 +812,7 @@ fn print_machine() {
     );
 }
 
+/// The repository root, found from this crate's manifest directory.
 fn project_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()

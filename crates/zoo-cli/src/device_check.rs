@@ -300,6 +300,16 @@ fn relative_error(a: &Tensor, b: &Tensor, floor: f64) -> Result<f64> {
     })
 }
 
+/// The floor of one comparison: the CPU kernels' own error against the f64 reference, or the
+/// largest change of their jittered runs, whichever is larger.
+fn noise_floor(cpu: &Tensor, reference: &Tensor, jittered: &[&Tensor], floor: f64) -> Result<f64> {
+    let mut noise = relative_error(cpu, reference, floor)?;
+    for j in jittered {
+        noise = noise.max(relative_error(j, cpu, floor)?);
+    }
+    Ok(noise)
+}
+
 fn norm(t: &Tensor) -> Result<f64> {
     Ok(t.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt())
 }
@@ -395,19 +405,15 @@ fn compare_model(entry: &ModelEntry, target: &Target, batch: usize) -> Result<Ve
         for (i, (name, g)) in reference.grads.iter().enumerate() {
             let floor = GRAD_SCALE_FLOOR * rms * (g.elem_count() as f64).sqrt();
             let error = relative_error(&dev.grads[i].1, g, floor)?;
-            let mut noise = relative_error(&cpu.grads[i].1, g, floor)?;
-            for m in &moved {
-                noise = noise.max(relative_error(&m.grads[i].1, &cpu.grads[i].1, floor)?);
-            }
+            let jittered: Vec<&Tensor> = moved.iter().map(|m| &m.grads[i].1).collect();
+            let noise = noise_floor(&cpu.grads[i].1, g, &jittered, floor)?;
             let share = error / GRAD_TOLERANCE.max(NOISE_FACTOR * noise);
             if share > worst.3 {
                 worst = (name.clone(), error, noise, share);
             }
         }
-        let mut logit_noise = relative_error(&cpu.logits, &reference.logits, 0.0)?;
-        for m in &moved {
-            logit_noise = logit_noise.max(relative_error(&m.logits, &cpu.logits, 0.0)?);
-        }
+        let jittered: Vec<&Tensor> = moved.iter().map(|m| &m.logits).collect();
+        let logit_noise = noise_floor(&cpu.logits, &reference.logits, &jittered, 0.0)?;
         results.push(Parity {
             model: entry.name,
             input: size,
