@@ -11,10 +11,10 @@ use zoo_core::data::Split;
 use zoo_core::data::cifar::{encode_cifar_batch, read_cifar_batch};
 use zoo_core::data::folder::load_image_folder;
 use zoo_core::data::idx::{encode_idx, read_idx};
-use zoo_core::data::transforms::EvalTransform;
+use zoo_core::data::transforms::InputTransform;
 use zoo_core::init::{InitScheme, ParamStore};
 use zoo_core::rng::ZooRng;
-use zoo_core::train::checkpoint::{CheckpointMeta, load_checkpoint, save_checkpoint};
+use zoo_core::train::checkpoint::{CheckpointMeta, RunInfo, load_checkpoint, save_checkpoint};
 use zoo_core::{InputSpec, candle_nn};
 
 /// Mutations of each valid file.
@@ -157,14 +157,14 @@ fn zoo_checkpoints() {
         .unwrap();
     vb.get_with_hints(4, "0.bias", candle_nn::Init::Const(0.1))
         .unwrap();
-    let meta = CheckpointMeta::new(
+    let meta = CheckpointMeta::new(RunInfo::new(
         "densenet",
         InputSpec::square(3, 32),
         (0..10).map(|i| format!("class{i}")).collect(),
-        EvalTransform::notebook(3, 32),
+        InputTransform::notebook(3, 32),
         String::new(),
         1,
-    );
+    ));
     let path = dir.join("last.safetensors");
     save_checkpoint(&path, &store, None, None, &meta).unwrap();
     let valid = std::fs::read(&path).unwrap();

@@ -182,9 +182,9 @@ fn a_notebook_pt_converts_and_predicts_like_pytorch() {
     let pt = fixtures().join("cifar_densenet.pt");
     let converted = dir.join("densenet.safetensors");
     zoo_cli::convert::import("densenet", &pt, &converted).unwrap();
-    let loaded = zoo_cli::train_cmd::load_model(&converted, "cpu").unwrap();
-    assert_eq!(loaded.meta.eval_transform.mean, vec![0.5; 3]);
-    assert_eq!(loaded.meta.classes[0], "airplane");
+    let loaded = zoo_cli::loaded_model::load_model(&converted, "cpu").unwrap();
+    assert_eq!(loaded.meta.run.eval_transform.mean, vec![0.5; 3]);
+    assert_eq!(loaded.meta.run.classes[0], "airplane");
     let logits: Vec<f32> = loaded
         .model
         .forward_t(&input(3, 224), false)

@@ -2,8 +2,9 @@
 //! matrix fields override single values, and bad values are errors that name the flag.
 
 use zoo_cli::matrix::load_matrix;
-use zoo_cli::recipe::{OptimizerKind, RecipeName, RunSpec, ScheduleKind};
+use zoo_cli::recipe::{OptimizerKind, RecipeName, ScheduleKind};
 use zoo_cli::registry;
+use zoo_cli::run_config::RunSpec;
 use zoo_core::init::InitScheme;
 use zoo_core::train::optim::OptimizerConfig;
 use zoo_core::train::schedule::Schedule;

@@ -176,8 +176,8 @@ fn tiny_matrix_end_to_end_then_eval_and_predict() {
 }
 
 /// VGG-11-small at 32 px, 2 epochs of 20 sample images in batches of 8, on the CPU.
-fn tiny_vgg_config() -> zoo_cli::train_cmd::RunConfig {
-    let mut config = zoo_cli::train_cmd::RunConfig::notebook("vgg11-small", Some(32)).unwrap();
+fn tiny_vgg_config() -> zoo_cli::run_config::RunConfig {
+    let mut config = zoo_cli::run_config::RunConfig::notebook("vgg11-small", Some(32)).unwrap();
     config.recipe.epochs = 2;
     config.batch_size = 8;
     config.train_per_class = Some(2);
@@ -188,7 +188,7 @@ fn tiny_vgg_config() -> zoo_cli::train_cmd::RunConfig {
 
 #[test]
 fn resumed_cli_run_matches_an_uninterrupted_one() {
-    use zoo_cli::train_cmd::run_training;
+    use zoo_cli::training::run_training;
     use zoo_core::train::trainer::{Outcome, Quiet};
     let samples = repo().join("samples");
     let mut config = tiny_vgg_config();
@@ -232,7 +232,7 @@ fn resumed_cli_run_matches_an_uninterrupted_one() {
 #[test]
 fn a_run_folder_is_locked_and_a_finished_run_is_made_whole() {
     use zoo_cli::run_folder::{LOCK_FILE, RunLock};
-    use zoo_cli::train_cmd::run_training;
+    use zoo_cli::training::run_training;
     use zoo_core::train::trainer::{Outcome, Quiet};
     let samples = repo().join("samples");
     let config = tiny_vgg_config();
@@ -260,7 +260,7 @@ fn a_run_folder_is_locked_and_a_finished_run_is_made_whole() {
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    let m = &last.meta.metrics;
+    let m = &last.meta.progress.metrics;
     let last_is_best = m[1].best_valid_acc() > m[0].best_valid_acc();
     let csv_before = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
     for file in ["metrics.csv", "curves.png", "best.safetensors"] {

@@ -14,7 +14,7 @@
 //! use zoo_alexnet::{AlexNet, AlexNetConfig};
 //! use zoo_core::init::{InitScheme, ParamStore};
 //!
-//! let config = AlexNetConfig::notebook().with_input_size(67);
+//! let config = AlexNetConfig::alexnet().with_input_size(67);
 //! let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
 //! let net = AlexNet::new(&config, store.var_builder())?;
 //! let logits = net.forward_t(&Tensor::zeros((2, 3, 67, 67), DType::F32, &Device::Cpu)?, false)?;
@@ -42,7 +42,7 @@ pub struct AlexNetConfig {
 
 impl AlexNetConfig {
     /// The notebook's network: 10 classes, 3x224x224 input, dropout 0.5, 4096 hidden units.
-    pub fn notebook() -> Self {
+    pub fn alexnet() -> Self {
         Self {
             num_classes: 10,
             input: InputSpec::square(3, 224),
@@ -133,7 +133,7 @@ mod tests {
     #[test]
     fn notebook_shapes_and_parameter_count() -> Result<()> {
         let store = test_store(0);
-        let net = AlexNet::new(&AlexNetConfig::notebook(), store.var_builder())?;
+        let net = AlexNet::new(&AlexNetConfig::alexnet(), store.var_builder())?;
         check_layer_shapes(&net, [3, 224, 224], NOTEBOOK_SHAPES, 2)?;
         // Conv: 34,944 + 614,656 + 885,120 + 1,327,488 + 884,992;
         // Linear: 6400*4096+4096 + 4096*4096+4096 + 4096*10+10.
@@ -146,12 +146,12 @@ mod tests {
     fn linear_width_follows_input_size_and_small_inputs_are_named_errors() -> Result<()> {
         // 67 px: conv1 15, pool 7, pool 3, pool 1 -> 256 features.
         let store = test_store(0);
-        let config = AlexNetConfig::notebook().with_input_size(67);
+        let config = AlexNetConfig::alexnet().with_input_size(67);
         let net = AlexNet::new(&config, store.var_builder())?;
         assert_eq!(net.output_shape(&[4, 3, 67, 67])?, vec![4, 10]);
         check_backward_reaches_every_parameter(&store, &net, &[2, 3, 67, 67])?;
         let err = AlexNet::new(
-            &AlexNetConfig::notebook().with_input_size(32),
+            &AlexNetConfig::alexnet().with_input_size(32),
             test_store(0).var_builder(),
         )
         .err()

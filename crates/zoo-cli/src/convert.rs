@@ -10,14 +10,14 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Device, Tensor};
-use zoo_core::data::transforms::EvalTransform;
+use zoo_core::data::transforms::InputTransform;
 use zoo_core::init::{InitScheme, ParamStore};
 use zoo_core::train::checkpoint::{
-    CheckpointMeta, apply_weights, load_checkpoint, save_checkpoint,
+    CheckpointMeta, RunInfo, apply_weights, load_checkpoint, save_checkpoint,
 };
 
-use crate::recipe::MAX_INPUT_SIZE;
 use crate::registry::{NotebookDataset, find};
+use crate::run_config::MAX_INPUT_SIZE;
 
 /// The zoo name of a PyTorch state-dict key; `None` for keys zoo does not keep.
 pub fn zoo_name(key: &str) -> Result<Option<String>> {
@@ -257,7 +257,7 @@ pub fn import_with(
             (None, None) => Ok(vec![0.5; channels]),
         }
     };
-    let transform = EvalTransform {
+    let transform = InputTransform {
         height: side,
         width: side,
         mean: floats(&options.mean, "mean")?,
@@ -282,7 +282,14 @@ pub fn import_with(
             classes.len()
         )
     })?;
-    let meta = CheckpointMeta::new(model, spec, classes, transform, String::new(), 0);
+    let meta = CheckpointMeta::new(RunInfo::new(
+        model,
+        spec,
+        classes,
+        transform,
+        String::new(),
+        0,
+    ));
     save_checkpoint(output, &store, None, None, &meta)?;
     Ok(())
 }
@@ -310,6 +317,6 @@ pub fn export(input: &Path, output: &Path) -> Result<()> {
     out.sort_by(|a, b| a.0.cmp(&b.0));
     let bytes = safetensors::serialize(out.iter().map(|(k, v)| (k.as_str(), v)), None)
         .with_context(|| format!("serialising {}", output.display()))?;
-    zoo_core::train::checkpoint::write_atomic(output, &bytes)?;
+    zoo_core::fs::write_atomic(output, &bytes)?;
     Ok(())
 }

@@ -12,16 +12,17 @@ use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
 use zoo_core::data::ImageDataset;
 use zoo_core::data::loader::{Loader, LoaderConfig};
-use zoo_core::data::transforms::EvalTransform;
+use zoo_core::data::transforms::InputTransform;
 use zoo_core::init::{InitScheme, ParamStore};
-use zoo_core::ops::with_reference_ops;
 use zoo_core::rng::{ZooRng, manual_seed};
-use zoo_core::train::checkpoint::{CheckpointMeta, apply_weights};
+use zoo_core::table::{Align, Table};
+use zoo_core::train::checkpoint::{RunInfo, apply_weights};
 use zoo_core::train::loss::cross_entropy;
 use zoo_core::train::optim::{Optimizer, OptimizerConfig};
 use zoo_core::train::schedule::Schedule;
 use zoo_core::train::trainer::{Outcome, Quiet, Recipe, Trainer};
 use zoo_core::{InputSpec, Model};
+use zoo_kernels::with_reference_ops;
 
 use crate::registry::ModelEntry;
 use crate::torch_bench::parse_result;
@@ -491,7 +492,7 @@ fn timed_epoch(check: &EpochCheck, target: &Target) -> Result<f64> {
     };
     let train = loader(
         dataset(check.images, 1)?,
-        crate::recipe::augment_for("cifar10"),
+        zoo_core::data::augment::Augment::for_dataset("cifar10"),
     )?;
     let valid = loader(dataset((check.images / 10).max(10), 2)?, Default::default())?;
     let input = InputSpec::square(3, check.input_size);
@@ -501,7 +502,7 @@ fn timed_epoch(check: &EpochCheck, target: &Target) -> Result<f64> {
     let outcome = target.run(|| -> Result<Outcome> {
         let store = ParamStore::new(0, InitScheme::KaimingNormalFanOut, DType::F32, &device);
         let model = check.model.build(input, 10, store.var_builder())?;
-        let transform = EvalTransform::notebook(3, check.input_size);
+        let transform = InputTransform::notebook(3, check.input_size);
         let mut trainer = Trainer {
             model: model.as_ref(),
             store: &store,
@@ -521,7 +522,7 @@ fn timed_epoch(check: &EpochCheck, target: &Target) -> Result<f64> {
             },
             transform: transform.clone(),
             device: device.clone(),
-            meta: CheckpointMeta::new(
+            run: RunInfo::new(
                 check.model.name,
                 input,
                 (0..10).map(|i| format!("class{i}")).collect(),
@@ -576,44 +577,56 @@ pub fn markdown(report: &CheckReport, header: &str) -> String {
          {NOISE_FACTOR} times its floor.\n",
         report.target
     );
-    let _ = writeln!(
-        md,
-        "| model | input | mode | logits | floor | worst gradient | floor | tensor | result |\n\
-         |---|---:|---|---:|---:|---:|---:|---|---|"
-    );
+    let mut parity = Table::new(&[
+        ("model", Align::Left),
+        ("input", Align::Right),
+        ("mode", Align::Left),
+        ("logits", Align::Right),
+        ("floor", Align::Right),
+        ("worst gradient", Align::Right),
+        ("floor", Align::Right),
+        ("tensor", Align::Left),
+        ("result", Align::Left),
+    ]);
     for p in &report.parity {
-        let _ = writeln!(
-            md,
-            "| `{}` | {} px | {} | {:.1e} | {:.1e} | {:.1e} | {:.1e} | `{}` | {} |",
-            p.model,
-            p.input,
-            if p.train_mode { "train" } else { "eval" },
-            p.logit_error,
-            p.logit_noise,
-            p.grad_error,
-            p.grad_noise,
-            p.worst_grad,
-            if p.passed() { "ok" } else { "**failed**" }
-        );
+        parity.row([
+            format!("`{}`", p.model),
+            format!("{} px", p.input),
+            if p.train_mode { "train" } else { "eval" }.to_string(),
+            format!("{:.1e}", p.logit_error),
+            format!("{:.1e}", p.logit_noise),
+            format!("{:.1e}", p.grad_error),
+            format!("{:.1e}", p.grad_noise),
+            format!("`{}`", p.worst_grad),
+            if p.passed() { "ok" } else { "**failed**" }.to_string(),
+        ]);
     }
+    md += &parity.markdown();
     if !report.timings.is_empty() {
-        let _ = writeln!(
-            md,
-            "\nTraining step (forward, backward, SGD), reference input:\n\n\
-             | model | input | batch | zoo img/s | PyTorch img/s | zoo / PyTorch |\n\
-             |---|---:|---:|---:|---:|---:|"
-        );
+        md += "\nTraining step (forward, backward, SGD), reference input:\n\n";
+        let mut timings = Table::new(&[
+            ("model", Align::Left),
+            ("input", Align::Right),
+            ("batch", Align::Right),
+            ("zoo img/s", Align::Right),
+            ("PyTorch img/s", Align::Right),
+            ("zoo / PyTorch", Align::Right),
+        ]);
         for t in &report.timings {
             let (torch, ratio) = match t.torch_images_per_sec {
                 Some(p) => (format!("{p:.1}"), format!("{:.2}", t.images_per_sec / p)),
                 None => ("-".to_string(), "-".to_string()),
             };
-            let _ = writeln!(
-                md,
-                "| `{}` | {} px | {} | {:.1} | {torch} | {ratio} |",
-                t.model, t.input, t.batch, t.images_per_sec
-            );
+            timings.row([
+                format!("`{}`", t.model),
+                format!("{} px", t.input),
+                t.batch.to_string(),
+                format!("{:.1}", t.images_per_sec),
+                torch,
+                ratio,
+            ]);
         }
+        md += &timings.markdown();
     }
     if let Some((model, size, images, seconds)) = report.epoch {
         let _ = writeln!(

@@ -3,12 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::recipe::RunSpec;
+use crate::progress::Progress;
 use crate::registry::find;
-use crate::train_cmd::{Progress, RunConfig, RunState, run_state, run_training};
+use crate::run_config::RunConfig;
+use crate::run_config::RunSpec;
+use crate::run_folder::{RunState, run_state};
+use crate::training::run_training;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use zoo_core::summary::group_thousands;
+use zoo_core::table::{Align, Table};
 use zoo_core::train::metrics::EpochMetrics;
 
 /// A matrix file.
@@ -117,7 +121,7 @@ pub fn train_all(
             }
         }
         let ckpt = zoo_core::train::checkpoint::load_checkpoint(
-            &folder.join("last.safetensors"),
+            &zoo_core::train::trainer::Trainer::last_path(&folder),
             &candle_core::Device::Cpu,
         )?;
         // Image counts for the report: each dataset is decoded once per matrix, not per run.
@@ -141,13 +145,13 @@ pub fn train_all(
             folder,
             train_images,
             valid_images,
-            metrics: ckpt.meta.metrics,
+            metrics: ckpt.meta.progress.metrics,
         });
     }
     write_matrix_figures(&out, &matrix.name, &results)?;
     let report = out.join("report.md");
     let text = report_markdown(&matrix.name, &results, &notices)?;
-    zoo_core::train::checkpoint::write_atomic(&report, text.as_bytes())?;
+    zoo_core::fs::write_atomic(&report, text.as_bytes())?;
     Ok(report)
 }
 
@@ -252,8 +256,24 @@ fn report_markdown(matrix: &str, results: &[RunResult], notices: &[String]) -> R
         results.len(),
         format_duration(total)
     );
-    md += "| model | dataset | recipe | input | train images | valid images | parameters | epochs | best valid acc | best EMA acc | final valid acc | time to 50% | time to best | total time | train images/s | notebook (10 epochs, 224 px, GPU) |\n\
-           |---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    let mut table = Table::new(&[
+        ("model", Align::Left),
+        ("dataset", Align::Left),
+        ("recipe", Align::Left),
+        ("input", Align::Left),
+        ("train images", Align::Right),
+        ("valid images", Align::Right),
+        ("parameters", Align::Right),
+        ("epochs", Align::Right),
+        ("best valid acc", Align::Right),
+        ("best EMA acc", Align::Right),
+        ("final valid acc", Align::Right),
+        ("time to 50%", Align::Right),
+        ("time to best", Align::Right),
+        ("total time", Align::Right),
+        ("train images/s", Align::Right),
+        ("notebook (10 epochs, 224 px, GPU)", Align::Right),
+    ]);
     for r in results {
         let entry = find(&r.config.model)?;
         let params = crate::summary_cmd::summarize(
@@ -279,28 +299,28 @@ fn report_markdown(matrix: &str, results: &[RunResult], notices: &[String]) -> R
                 format!("{} (epoch {})", format_duration(x.seconds), x.epoch)
             })
         };
-        md += &format!(
-            "| `{}` | {} | {} | {} px | {} | {} | {} | {} | {:.4} | {} | {:.4} | {} | {} | {} | {:.0} | {} |\n",
-            r.config.model,
-            r.config.dataset,
-            r.config.recipe_name.name(),
-            r.config.input_size,
+        table.row([
+            format!("`{}`", r.config.model),
+            r.config.dataset.clone(),
+            r.config.recipe_name.name().to_string(),
+            format!("{} px", r.config.input_size),
             group_thousands(r.train_images as u64),
             group_thousands(r.valid_images as u64),
             group_thousands(params as u64),
-            r.metrics.len(),
-            best,
+            r.metrics.len().to_string(),
+            format!("{best:.4}"),
             best_ema.map_or("-".into(), |a| format!("{a:.4}")),
-            last.map_or(0.0, |m| m.valid_acc),
+            format!("{:.4}", last.map_or(0.0, |m| m.valid_acc)),
             reached(time_to_accuracy(&r.metrics, 0.5)),
             reached(time_to_best(&r.metrics)),
             format_duration(total),
-            last.map_or(0.0, |m| m.images_per_sec),
+            format!("{:.0}", last.map_or(0.0, |m| m.images_per_sec)),
             entry
                 .notebook
                 .map_or("-".into(), |n| format!("{:.4}", n.valid_acc)),
-        );
+        ]);
     }
+    md += &table.markdown();
     md += "\n![validation accuracy against time](accuracy_vs_time.png)\n\n\
            ![validation accuracy against epochs](accuracy_vs_epoch.png)\n";
     md += "\n## Curves of each run\n";

@@ -100,22 +100,14 @@ const NESTEROV: OptimizerConfig = OptimizerConfig::Sgd {
 
 /// AdamW with weight decay 0.05: for the networks without BatchNorm, which SGD moves off
 /// chance level slowly in a CPU budget of a few epochs (docs/recipes.md).
-const ADAMW: OptimizerConfig = OptimizerConfig::AdamW {
-    beta1: 0.9,
-    beta2: 0.999,
-    eps: 1e-8,
-    weight_decay: 0.05,
-};
+const ADAMW: OptimizerConfig = OptimizerConfig::adamw().with_weight_decay(0.05);
+
+/// No crop or flip: short budgets underfit, and augmentation then costs accuracy.
+const NO_AUGMENT: Augment = Augment::NONE;
 
 /// The improved recipe's common values: batch 128, weight decay on the weights only (not on
 /// biases or BatchNorm), one warm-up epoch then cosine decay, label smoothing 0.1, random crop
 /// (padding 4) and flip, EMA of the weights at 0.998.
-/// No crop or flip: short budgets underfit, and augmentation then costs accuracy.
-const NO_AUGMENT: Augment = Augment {
-    crop_padding: None,
-    hflip: false,
-};
-
 const fn improved(
     input_size: usize,
     epochs: usize,
@@ -132,10 +124,7 @@ const fn improved(
         warmup_epochs: 1.0,
         optimizer,
         label_smoothing: 0.1,
-        augment: Augment {
-            crop_padding: Some(4),
-            hflip: true,
-        },
+        augment: Augment::CROP_FLIP,
         ema_decay: Some(0.998),
         clip_grad_norm: None,
     }
@@ -166,7 +155,7 @@ static REGISTRY: [ModelEntry; 9] = [
         },
         build: |input, classes, vb| {
             boxed(AlexNet::new(
-                &AlexNetConfig::notebook()
+                &AlexNetConfig::alexnet()
                     .with_input(input)
                     .with_num_classes(classes),
                 vb,
@@ -213,8 +202,7 @@ static REGISTRY: [ModelEntry; 9] = [
             ..improved(32, 4, InitScheme::KaimingNormalFanIn, ADAMW, 1e-3)
         },
         build: |input, classes, vb| {
-            let config = VggConfig::vgg11()
-                .width_divisor(4)
+            let config = VggConfig::vgg11_small()
                 .with_input(input)
                 .with_num_classes(classes);
             boxed(Vgg::new(&config, vb))
@@ -239,9 +227,7 @@ static REGISTRY: [ModelEntry; 9] = [
         },
         build: |input, classes, vb| {
             boxed(Nin::new(
-                &NinConfig::notebook()
-                    .with_input(input)
-                    .with_num_classes(classes),
+                &NinConfig::nin().with_input(input).with_num_classes(classes),
                 vb,
             ))
         },
@@ -267,7 +253,7 @@ static REGISTRY: [ModelEntry; 9] = [
         },
         build: |input, classes, vb| {
             boxed(Nin::new(
-                &NinConfig::mnist()
+                &NinConfig::nin_mnist()
                     .with_input(input)
                     .with_num_classes(classes),
                 vb,
@@ -289,7 +275,7 @@ static REGISTRY: [ModelEntry; 9] = [
         improved: improved(32, 4, InitScheme::KaimingNormalFanIn, ADAMW, 1e-3),
         build: |input, classes, vb| {
             boxed(GoogLeNet::new(
-                &GoogLeNetConfig::notebook()
+                &GoogLeNetConfig::googlenet()
                     .with_input(input)
                     .with_num_classes(classes),
                 vb,
@@ -351,7 +337,7 @@ static REGISTRY: [ModelEntry; 9] = [
         improved: improved(32, 7, InitScheme::KaimingNormalFanOut, NESTEROV, 0.1),
         build: |input, classes, vb| {
             boxed(DenseNet::new(
-                &DenseNetConfig::notebook()
+                &DenseNetConfig::densenet()
                     .with_input(input)
                     .with_num_classes(classes),
                 vb,

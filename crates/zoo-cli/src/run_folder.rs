@@ -11,6 +11,37 @@ use zoo_core::train::checkpoint::{load_checkpoint, save_tensors};
 use zoo_core::train::metrics::{EpochMetrics, write_csv, write_curves};
 use zoo_core::train::trainer::Trainer;
 
+use crate::run_config::RunConfig;
+
+/// The state of a run folder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunState {
+    New,
+    /// Epochs done, batches done in the next.
+    Unfinished {
+        epoch: usize,
+        batch: usize,
+    },
+    Complete,
+}
+
+/// Reads `run_dir/last.safetensors`, if any, and says how far it got.
+pub fn run_state(run_dir: &Path, config: &RunConfig) -> Result<RunState> {
+    let last = Trainer::last_path(run_dir);
+    if !last.is_file() {
+        return Ok(RunState::New);
+    }
+    let ckpt = load_checkpoint(&last, &Device::Cpu)?;
+    if ckpt.meta.progress.epoch >= config.recipe.epochs {
+        Ok(RunState::Complete)
+    } else {
+        Ok(RunState::Unfinished {
+            epoch: ckpt.meta.progress.epoch,
+            batch: ckpt.meta.progress.batch,
+        })
+    }
+}
+
 /// The lock file's name inside a run folder.
 pub const LOCK_FILE: &str = "run.lock";
 
@@ -135,7 +166,7 @@ pub fn report_repair(label: &str, repaired: &Repaired) {
 pub fn repair(run_dir: &Path) -> Result<Repaired> {
     let last = Trainer::last_path(run_dir);
     let ckpt = load_checkpoint(&last, &Device::Cpu)?;
-    let metrics = &ckpt.meta.metrics;
+    let metrics = &ckpt.meta.progress.metrics;
     let mut repaired = Repaired::default();
     if metrics.is_empty() {
         return Ok(repaired);
@@ -147,27 +178,25 @@ pub fn repair(run_dir: &Path) -> Result<Repaired> {
     }
     let curves = run_dir.join("curves.png");
     if !curves.is_file() {
-        write_curves(&curves, &ckpt.meta.model, metrics)?;
+        write_curves(&curves, &ckpt.meta.run.model, metrics)?;
         repaired.files.push("curves.png");
     }
     let best = Trainer::best_path(run_dir);
     if !best.is_file()
         && let Some((epoch, ema)) = best_epoch(metrics)
     {
-        if epoch != ckpt.meta.epoch || ckpt.meta.batch != 0 {
+        if epoch != ckpt.meta.progress.epoch || ckpt.meta.progress.batch != 0 {
             repaired.warnings.push(format!(
                 "{} is missing and cannot be rebuilt: the best epoch was {epoch}, and {} holds \
                  epoch {}",
                 best.display(),
                 last.display(),
-                ckpt.meta.epoch
+                ckpt.meta.progress.epoch
             ));
         } else {
             let tensors = if ema { &ckpt.ema } else { &ckpt.model };
-            let meta = zoo_core::train::checkpoint::CheckpointMeta {
-                ema_weights: ema,
-                ..ckpt.meta.clone()
-            };
+            let mut meta = ckpt.meta.clone();
+            meta.progress.ema_weights = ema;
             save_tensors(&best, tensors, &meta)?;
             repaired.files.push("best.safetensors");
         }

@@ -12,13 +12,13 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// The environment variables zoo reads, checked before any work: `ZOO_CPU_ISA` must name an
 /// instruction set this CPU has.
 pub fn check_environment() -> anyhow::Result<()> {
-    zoo_core::ops::microkernel::Isa::from_env().map_err(anyhow::Error::msg)?;
+    zoo_kernels::microkernel::Isa::from_env().map_err(anyhow::Error::msg)?;
     Ok(())
 }
 
-/// Sets the thread environment ([`zoo_core::runtime::configure_cpu_threads`]), builds rayon's
+/// Sets the thread environment ([`zoo_kernels::runtime::configure_cpu_threads`]), builds rayon's
 /// pool with main-thread-sized stacks (the binaries run their work on it:
-/// [`zoo_core::runtime::on_compute_thread`]) and tells mimalloc to keep freed memory. Returns
+/// [`zoo_kernels::runtime::on_compute_thread`]) and tells mimalloc to keep freed memory. Returns
 /// the thread count.
 ///
 /// # Safety
@@ -28,7 +28,7 @@ pub unsafe fn configure_process() -> usize {
     // SAFETY: mi_option_set only stores the option's value.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     // SAFETY: the caller guarantees that no other thread exists yet.
-    let threads = unsafe { zoo_core::runtime::configure_cpu_threads() };
+    let threads = unsafe { zoo_kernels::runtime::configure_cpu_threads() };
     // 8 MiB like a main thread (rayon's default is the 2 MiB of spawned threads); an error
     // means the pool exists already, which only costs the larger stacks.
     let _ = rayon::ThreadPoolBuilder::new()

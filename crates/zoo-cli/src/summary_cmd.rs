@@ -5,6 +5,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use zoo_core::InputSpec;
 use zoo_core::summary::{Summary, group_thousands};
+use zoo_core::table::{Align, Table};
 
 use crate::registry::{find, registry};
 
@@ -43,24 +44,27 @@ pub fn summarize(name: &str, input: Option<[usize; 4]>) -> Result<Summary> {
 
 /// The registry as a table.
 pub fn list_table() -> String {
-    let mut out = format!(
-        "{:<12} {:<14} {:<10} {:>12} {:>8}  {}\n",
-        "model", "crate", "input", "params", "min px", "description"
-    );
+    let mut table = Table::new(&[
+        ("model", Align::Left),
+        ("crate", Align::Left),
+        ("input", Align::Left),
+        ("params", Align::Right),
+        ("min px", Align::Right),
+        ("description", Align::Left),
+    ]);
     for e in registry() {
         let params = e
             .reference_params
             .map(|p| group_thousands(p as u64))
             .unwrap_or_else(|| "-".into());
-        out += &format!(
-            "{:<12} {:<14} {:<10} {:>12} {:>8}  {}\n",
-            e.name,
-            e.crate_name,
+        table.row([
+            e.name.to_string(),
+            e.crate_name.to_string(),
             e.reference_input.to_string(),
             params,
-            e.min_input,
-            e.description
-        );
+            e.min_input.to_string(),
+            e.description.to_string(),
+        ]);
     }
-    out
+    table.text()
 }

@@ -281,7 +281,7 @@ impl Canvas {
     /// Writes the canvas as PNG, atomically (a temporary file, synced, then renamed).
     pub fn save_png(&self, path: &Path) -> Result<()> {
         let bytes = png_bytes(self.width, self.height, &self.pixels)?;
-        crate::train::checkpoint::write_atomic(path, &bytes)
+        crate::fs::write_atomic(path, &bytes)
     }
 }
 

@@ -2,11 +2,13 @@
 //!
 //! - [`nn`]: the layers candle 0.11.1 lacks (a `ModuleT` sequential container, padded and
 //!   adaptive pooling with backward, seeded dropout) behind one [`nn::Layer`] trait that
-//!   derives shapes, parameters and MACs;
-//! - [`ops`]: the CPU kernels behind them, as candle custom ops;
+//!   derives shapes, parameters and MACs (their CPU kernels, as candle custom ops, are the
+//!   `zoo-kernels` crate);
 //! - [`init`]: seeded Xavier-uniform / PyTorch-default initialisation ([`init::ParamStore`]);
 //! - [`rng`]: the portable seeded generator;
-//! - [`model`] and [`summary`]: the [`model::Model`] trait and layer-by-layer summaries.
+//! - [`model`] and [`summary`]: the [`model::Model`] trait and layer-by-layer summaries;
+//! - [`data`], [`train`], [`plot`]: datasets and loader, the trainer, figures; [`fs`]: atomic
+//!   writes for every file a run produces.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -29,18 +31,19 @@
 
 pub mod canvas;
 pub mod data;
+pub mod fs;
 pub mod init;
 pub mod model;
 pub mod nn;
-pub mod ops;
 pub mod plot;
 pub mod rng;
-pub mod runtime;
 pub mod summary;
+pub mod table;
 pub mod testing;
 pub mod train;
 
 pub use model::{InputSpec, Model};
+
 // Re-exported for the macros the model crates use.
 pub use candle_core;
 pub use candle_nn;

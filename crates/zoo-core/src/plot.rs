@@ -10,7 +10,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use crate::canvas::png_bytes;
-use crate::train::checkpoint::write_atomic;
+use crate::fs::write_atomic;
 
 /// The font family every figure uses (registered from the embedded DejaVu Sans).
 const FONT: &str = "sans-serif";

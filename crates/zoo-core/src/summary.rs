@@ -5,6 +5,7 @@ use candle_core::Result;
 use serde::Serialize;
 
 use crate::model::Model;
+use crate::table::{Align, Table};
 
 /// One top-level layer of a network.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -72,50 +73,24 @@ impl Summary {
                     .join(", ")
             )
         };
-        let rows: Vec<[String; 5]> = self
-            .layers
-            .iter()
-            .map(|l| {
-                [
-                    l.name.clone(),
-                    l.kind.clone(),
-                    shape(&l.output_shape),
-                    group_thousands(l.params as u64),
-                    group_thousands(l.macs),
-                ]
-            })
-            .collect();
-        let header = ["#", "layer", "output shape", "params", "MACs/image"];
-        let mut widths = header.map(str::len);
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.len());
-            }
+        let mut table = Table::new(&[
+            ("#", Align::Right),
+            ("layer", Align::Left),
+            ("output shape", Align::Left),
+            ("params", Align::Right),
+            ("MACs/image", Align::Right),
+        ]);
+        for l in &self.layers {
+            table.row([
+                l.name.clone(),
+                l.kind.clone(),
+                shape(&l.output_shape),
+                group_thousands(l.params as u64),
+                group_thousands(l.macs),
+            ]);
         }
-        let line = |cells: &[String; 5]| {
-            format!(
-                "{:>w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}",
-                cells[0],
-                cells[1],
-                cells[2],
-                cells[3],
-                cells[4],
-                w0 = widths[0],
-                w1 = widths[1],
-                w2 = widths[2],
-                w3 = widths[3],
-                w4 = widths[4]
-            )
-        };
         let mut out = format!("{} — input {}\n", self.model, shape(&self.input));
-        out += &line(&header.map(String::from));
-        out.push('\n');
-        out += &"-".repeat(widths.iter().sum::<usize>() + 8);
-        out.push('\n');
-        for row in &rows {
-            out += &line(row);
-            out.push('\n');
-        }
+        out += &table.text();
         out += &format!(
             "total parameters: {}\nmultiply-accumulates per image: {} ({:.2} GMAC)\n",
             group_thousands(self.params as u64),

@@ -1,7 +1,8 @@
 //! Checks shared by every model crate's tests: shapes against the notebook, in both modes,
 //! and gradients reaching every parameter.
 
-use candle_core::{DType, Device, Result, Tensor, backprop::GradStore};
+use candle_core::{DType, Device, Result, Tensor};
+pub use zoo_kernels::testing::{assert_close, max_abs_diff, weighted_sum_grads};
 
 use crate::init::{InitScheme, ParamStore};
 use crate::model::Model;
@@ -106,34 +107,4 @@ pub fn check_backward_reaches_every_parameter(
         )
     }
     Ok(())
-}
-
-/// The largest absolute element-wise difference of two tensors of one shape.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
-}
-
-/// Asserts that `got` equals `want` within a relative error `tol` (of `want`'s largest
-/// magnitude); the message names `what` and the error.
-pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shapes");
-    let values = |t: &Tensor| -> Vec<f32> {
-        t.flatten_all()
-            .and_then(|t| t.to_vec1())
-            .expect("an f32 tensor")
-    };
-    let (got, want) = (values(got), values(want));
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let err = got
-        .iter()
-        .zip(&want)
-        .fold(0f32, |m, (g, w)| m.max((g - w).abs()))
-        / scale;
-    assert!(err <= tol, "{what}: relative error {err}");
-}
-
-/// The gradients of `sum(y * upstream)`: each element of `y` receives its own upstream
-/// gradient (a stronger check than `sum(y)`, whose upstream is all ones).
-pub fn weighted_sum_grads(y: &Tensor, upstream: &Tensor) -> Result<GradStore> {
-    (y * upstream)?.sum_all()?.backward()
 }

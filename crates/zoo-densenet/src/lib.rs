@@ -15,7 +15,7 @@
 //! use zoo_densenet::{DenseNet, DenseNetConfig};
 //!
 //! let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
-//! let net = DenseNet::new(&DenseNetConfig::notebook(), store.var_builder())?;
+//! let net = DenseNet::new(&DenseNetConfig::densenet(), store.var_builder())?;
 //! let logits = net.forward_t(&Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu)?, true)?;
 //! assert_eq!(logits.dims(), &[2, 10]);
 //! # Ok::<(), candle_core::Error>(())
@@ -151,7 +151,7 @@ pub struct DenseNetConfig {
 
 impl DenseNetConfig {
     /// The notebook's network: stem 64, growth 32, `[4, 4, 4, 4]`, 10 classes, 3x224x224.
-    pub fn notebook() -> Self {
+    pub fn densenet() -> Self {
         Self {
             stem_channels: 64,
             growth_rate: 32,
@@ -261,7 +261,7 @@ mod tests {
             ("Linear", &[128, 10]),
         ];
         let store = test_store(0);
-        let net = DenseNet::new(&DenseNetConfig::notebook(), store.var_builder())?;
+        let net = DenseNet::new(&DenseNetConfig::densenet(), store.var_builder())?;
         check_layer_shapes(&net, [3, 224, 224], expected, 2)?;
         assert_eq!(net.num_params(), 764_498);
         assert_eq!(store.num_trainable(), 764_498);
@@ -272,7 +272,7 @@ mod tests {
     fn small_input_trains() -> Result<()> {
         let store = test_store(3);
         let net = DenseNet::new(
-            &DenseNetConfig::notebook().with_input_size(32),
+            &DenseNetConfig::densenet().with_input_size(32),
             store.var_builder(),
         )?;
         check_backward_reaches_every_parameter(&store, &net, &[2, 3, 32, 32])

@@ -15,7 +15,7 @@
 //! use zoo_googlenet::{GoogLeNet, GoogLeNetConfig};
 //!
 //! let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
-//! let net = GoogLeNet::new(&GoogLeNetConfig::notebook(), store.var_builder())?;
+//! let net = GoogLeNet::new(&GoogLeNetConfig::googlenet(), store.var_builder())?;
 //! let logits = net.forward_t(&Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu)?, false)?;
 //! assert_eq!(logits.dims(), &[1, 10]);
 //! # Ok::<(), candle_core::Error>(())
@@ -166,7 +166,7 @@ pub struct GoogLeNetConfig {
 
 impl GoogLeNetConfig {
     /// The notebook's network: 10 classes, 3x96x96.
-    pub fn notebook() -> Self {
+    pub fn googlenet() -> Self {
         Self {
             num_classes: 10,
             input: InputSpec::square(3, 96),
@@ -264,7 +264,7 @@ mod tests {
             ("Linear", &[128, 10]),
         ];
         let store = test_store(0);
-        let net = GoogLeNet::new(&GoogLeNetConfig::notebook(), store.var_builder())?;
+        let net = GoogLeNet::new(&GoogLeNetConfig::googlenet(), store.var_builder())?;
         check_layer_shapes(&net, [3, 96, 96], expected, 2)?;
         assert_eq!(net.num_params(), 5_983_802);
         assert_eq!(store.num_trainable(), 5_983_802);
@@ -294,7 +294,7 @@ mod tests {
     fn small_input_trains() -> Result<()> {
         let store = test_store(2);
         let net = GoogLeNet::new(
-            &GoogLeNetConfig::notebook().with_input_size(32),
+            &GoogLeNetConfig::googlenet().with_input_size(32),
             store.var_builder(),
         )?;
         check_backward_reaches_every_parameter(&store, &net, &[2, 3, 32, 32])

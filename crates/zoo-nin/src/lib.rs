@@ -14,7 +14,7 @@
 //! use zoo_core::init::{InitScheme, ParamStore};
 //! use zoo_nin::{Nin, NinConfig};
 //!
-//! let config = NinConfig::mnist().with_input_size(67);
+//! let config = NinConfig::nin_mnist().with_input_size(67);
 //! let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
 //! let net = Nin::new(&config, store.var_builder())?;
 //! let logits = net.forward_t(&Tensor::zeros((2, 1, 67, 67), DType::F32, &Device::Cpu)?, true)?;
@@ -40,7 +40,7 @@ pub struct NinConfig {
 
 impl NinConfig {
     /// The notebook's CIFAR-10 network: `nin_net()`, 3x224x224, 10 classes.
-    pub fn notebook() -> Self {
+    pub fn nin() -> Self {
         Self {
             num_classes: 10,
             input: InputSpec::square(3, 224),
@@ -49,10 +49,10 @@ impl NinConfig {
     }
 
     /// The notebook's MNIST network: `nin_net(init=1)`, 1x224x224, 10 classes.
-    pub fn mnist() -> Self {
+    pub fn nin_mnist() -> Self {
         Self {
             input: InputSpec::square(1, 224),
-            ..Self::notebook()
+            ..Self::nin()
         }
     }
 }
@@ -138,12 +138,12 @@ mod tests {
     #[test]
     fn cifar_and_mnist_variants_match_the_notebook() -> Result<()> {
         let store = test_store(0);
-        let net = Nin::new(&NinConfig::notebook(), store.var_builder())?;
+        let net = Nin::new(&NinConfig::nin(), store.var_builder())?;
         check_layer_shapes(&net, [3, 224, 224], NOTEBOOK_SHAPES, 2)?;
         // Block 1: 3*96*121+96 + 2*(96*96+96); block 2: 96*256*25+256 + 2*(256*256+256);
         // block 3: 256*384*9+384 + 2*(384*384+384); block 4: 384*10*9+10 + 2*(10*10+10).
         assert_eq!(net.num_params(), 2_015_398);
-        let mnist = Nin::new(&NinConfig::mnist(), test_store(0).var_builder())?;
+        let mnist = Nin::new(&NinConfig::nin_mnist(), test_store(0).var_builder())?;
         check_layer_shapes(&mnist, [1, 224, 224], NOTEBOOK_SHAPES, 1)?;
         // Only the first convolution changes: 2 * 96 * 121 weights fewer.
         assert_eq!(mnist.num_params(), 2_015_398 - 2 * 96 * 121);
@@ -154,10 +154,13 @@ mod tests {
     #[test]
     fn small_input_trains_and_too_small_is_an_error() -> Result<()> {
         let store = test_store(1);
-        let net = Nin::new(&NinConfig::mnist().with_input_size(67), store.var_builder())?;
+        let net = Nin::new(
+            &NinConfig::nin_mnist().with_input_size(67),
+            store.var_builder(),
+        )?;
         check_backward_reaches_every_parameter(&store, &net, &[2, 1, 67, 67])?;
         let err = Nin::new(
-            &NinConfig::mnist().with_input_size(28),
+            &NinConfig::nin_mnist().with_input_size(28),
             test_store(0).var_builder(),
         )
         .err()

@@ -3,8 +3,8 @@
 //! A stack of VGG blocks (`num_convs` 3x3 convolutions with ReLU, then a 2x2 max pooling),
 //! described by a `conv_arch` table, followed by three linear layers with dropout. The
 //! notebook's VGG-11 and its "small" variant (every channel count divided by 4) are two
-//! configurations of one implementation: [`VggConfig::vgg11`] and
-//! `VggConfig::vgg11().width_divisor(4)`. The first linear layer's width is derived from the
+//! configurations of one implementation: [`VggConfig::vgg11`] and [`VggConfig::vgg11_small`]
+//! (`vgg11().width_divisor(4)`). The first linear layer's width is derived from the
 //! configured input size (`512 * 7 * 7` at 224 px).
 //!
 //! # Shapes (VGG-11)
@@ -16,7 +16,7 @@
 //! use zoo_core::init::{InitScheme, ParamStore};
 //! use zoo_vgg::{Vgg, VggConfig};
 //!
-//! let config = VggConfig::vgg11().width_divisor(4).with_input_size(32);
+//! let config = VggConfig::vgg11_small().with_input_size(32);
 //! let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
 //! let net = Vgg::new(&config, store.var_builder())?;
 //! let logits = net.forward_t(&Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu)?, false)?;
@@ -56,6 +56,12 @@ impl VggConfig {
             dropout: 0.5,
             hidden: 4096,
         }
+    }
+
+    /// The notebook's small VGG-11 (`small_conv_arch`, every width divided by 4): 10 classes,
+    /// 3x224x224.
+    pub fn vgg11_small() -> Self {
+        Self::vgg11().width_divisor(4)
     }
 
     /// Divides every block's channel count (`pair[1] // ratio` in the notebook).
@@ -185,7 +191,7 @@ mod tests {
             ("Sequential", &[128, 128, 7, 7]),
             ("Flatten", &[128, 6272]),
         ]);
-        let config = VggConfig::vgg11().width_divisor(4);
+        let config = VggConfig::vgg11_small();
         assert_eq!(
             config.arch,
             vec![(1, 16), (1, 32), (2, 64), (2, 128), (2, 128)]

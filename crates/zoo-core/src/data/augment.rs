@@ -15,6 +15,26 @@ pub struct Augment {
 }
 
 impl Augment {
+    /// No augmentation.
+    pub const NONE: Self = Self {
+        crop_padding: None,
+        hflip: false,
+    };
+    /// The CIFAR recipe: `RandomCrop(32, padding=4)` and `RandomHorizontalFlip()`.
+    pub const CROP_FLIP: Self = Self {
+        crop_padding: Some(4),
+        hflip: true,
+    };
+
+    /// Training augmentation for a dataset: random crop with 4 pixels of padding, plus a
+    /// horizontal flip where mirrored images are still of their class (not for digits).
+    pub fn for_dataset(dataset: &str) -> Self {
+        Self {
+            hflip: !matches!(dataset, "mnist" | "fashion-mnist"),
+            ..Self::CROP_FLIP
+        }
+    }
+
     pub fn is_none(&self) -> bool {
         self.crop_padding.is_none() && !self.hflip
     }
@@ -97,10 +117,7 @@ mod tests {
             }
         }
         assert!((70..130).contains(&flips), "{flips} flips of 200");
-        let crop = Augment {
-            crop_padding: Some(4),
-            hflip: true,
-        };
+        let crop = Augment::CROP_FLIP;
         let run = |seed| {
             let mut img: Vec<u8> = (0..48).collect();
             crop.apply(&mut img, [3, 4, 4], &mut ZooRng::new(seed), &mut Vec::new());

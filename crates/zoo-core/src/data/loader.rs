@@ -57,7 +57,7 @@ impl Batch {
         self.labels.is_empty()
     }
 
-    /// The images as a u8 tensor on `device` (convert with an `EvalTransform` there).
+    /// The images as a u8 tensor on `device` (convert with an `InputTransform` there).
     pub fn images_tensor(&self, device: &Device) -> Result<Tensor> {
         Tensor::from_slice(&self.images, self.shape.as_slice(), device)
     }

@@ -547,7 +547,7 @@ fn bilinear_resize_matches_pytorch_and_normalize_is_affine() {
 fn eval_transform_equals_scale_resize_normalize() {
     let bytes: Vec<u8> = (0..2 * 3 * 5 * 6).map(|i| (i * 37 % 256) as u8).collect();
     let batch = Tensor::from_vec(bytes, (2, 3, 5, 6), &Device::Cpu).unwrap();
-    let t = super::transforms::EvalTransform {
+    let t = super::transforms::InputTransform {
         height: 9,
         width: 4,
         mean: vec![0.4, 0.5, 0.6],

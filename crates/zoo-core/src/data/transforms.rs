@@ -76,14 +76,14 @@ pub const MAX_IMAGE_SIDE: usize = 2048;
 /// What turns a u8 batch into the network's input: size and normalisation. A checkpoint
 /// carries it so that prediction needs no other flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalTransform {
+pub struct InputTransform {
     pub height: usize,
     pub width: usize,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
 }
 
-impl EvalTransform {
+impl InputTransform {
     /// The notebook's transform: resize to `size`, mean 0.5, std 0.5 on every channel.
     pub fn notebook(channels: usize, size: usize) -> Self {
         Self {

@@ -12,13 +12,13 @@ pub struct ReLU;
 
 /// `F.relu`, as a function (zoo's one-pass-backward kernel on the CPU).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    crate::ops::activation::relu(x)
+    zoo_kernels::activation::relu(x)
 }
 
 /// `relu(a + b)` for tensors of one shape (the end of a residual block), as one kernel on the
 /// CPU.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    crate::ops::activation::add_relu(a, b)
+    zoo_kernels::activation::add_relu(a, b)
 }
 
 impl ModuleT for ReLU {

@@ -5,8 +5,8 @@ use candle_nn::{Conv2dConfig, Module, ModuleT, VarBuilder};
 
 use super::{Layer, count, expect_nchw};
 use crate::init::{pytorch_bias_hint, pytorch_weight_hint};
-use crate::ops::conv::{ConvGeometry, conv2d};
-use crate::ops::cpu_f32;
+use zoo_kernels::conv::{ConvGeometry, conv2d};
+use zoo_kernels::cpu_f32;
 
 /// The arguments of `nn.Conv2d(in, out, kernel_size, stride, padding)` (square kernels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +119,7 @@ impl Conv2d {
             })?;
             return conv2d(x, self.inner.weight(), bias, geometry, relu);
         }
-        crate::ops::activation::relu_composed_if(self.inner.forward(x)?, relu)
+        zoo_kernels::activation::relu_composed_if(self.inner.forward(x)?, relu)
     }
 }
 
@@ -200,9 +200,9 @@ impl Linear {
     fn forward_fused(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         self.output_shape(x.dims())?;
         if let (true, Some(bias)) = (cpu_f32(x), self.inner.bias()) {
-            return crate::ops::linear::linear(x, self.inner.weight(), bias, relu);
+            return zoo_kernels::linear::linear(x, self.inner.weight(), bias, relu);
         }
-        crate::ops::activation::relu_composed_if(self.inner.forward(x)?, relu)
+        zoo_kernels::activation::relu_composed_if(self.inner.forward(x)?, relu)
     }
 }
 

@@ -5,8 +5,8 @@ use candle_core::{Result, Tensor, Var};
 use candle_nn::{BatchNormConfig, ModuleT, VarBuilder};
 
 use super::{Layer, expect_nchw};
-use crate::ops::batch_norm::{batch_norm_eval, batch_norm_train};
-use crate::ops::cpu_f32;
+use zoo_kernels::batch_norm::{batch_norm_eval, batch_norm_train};
+use zoo_kernels::cpu_f32;
 
 /// `nn.BatchNorm2d(num_features)` with PyTorch's defaults (eps 1e-5, momentum 0.1, affine).
 /// Tensors: `weight`, `bias` (trainable), `running_mean`, `running_var` (state).
@@ -85,7 +85,10 @@ impl BatchNorm2d {
             )
         }
         if !cpu_f32(x) {
-            return crate::ops::activation::relu_composed_if(self.inner.forward_t(x, train)?, relu);
+            return zoo_kernels::activation::relu_composed_if(
+                self.inner.forward_t(x, train)?,
+                relu,
+            );
         }
         if !train {
             return batch_norm_eval(

@@ -4,7 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::ModuleT;
 
 use super::Layer;
-use crate::ops::pool::{Pool2dParams, adaptive_avg_pool2d, avg_pool2d, max_pool2d};
+use zoo_kernels::pool::{Pool2dParams, adaptive_avg_pool2d, avg_pool2d, max_pool2d};
 
 fn pooled_shape(kind: &str, p: &Pool2dParams, input: &[usize]) -> Result<Vec<usize>> {
     let [b, c, h, w] = input else {

@@ -4,7 +4,6 @@
 //! and renamed, so a checkpoint on disk is always whole.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use candle_core::{Device, Result, Tensor};
@@ -13,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::ema::Ema;
 use super::metrics::EpochMetrics;
 use super::optim::Optimizer;
-use crate::data::transforms::EvalTransform;
+use crate::data::transforms::InputTransform;
 use crate::init::ParamStore;
 use crate::model::InputSpec;
 use crate::rng::RngState;
@@ -36,20 +35,47 @@ pub struct PartialEpoch {
     pub wall_seconds: f64,
 }
 
-/// The header metadata of a zoo checkpoint.
+/// What a run is: its model, input, classes, input transform, configuration and seed. Set when
+/// the run starts; training never changes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointMeta {
+pub struct RunInfo {
     /// Registry name of the model.
     pub model: String,
     pub input: InputSpec,
     pub num_classes: usize,
     pub classes: Vec<String>,
     /// How images become the network's input.
-    pub eval_transform: EvalTransform,
+    pub eval_transform: InputTransform,
     /// The resolved run configuration, as TOML (empty for converted checkpoints).
     #[serde(default)]
     pub config: String,
     pub seed: u64,
+}
+
+impl RunInfo {
+    pub fn new(
+        model: &str,
+        input: InputSpec,
+        classes: Vec<String>,
+        eval_transform: InputTransform,
+        config: String,
+        seed: u64,
+    ) -> Self {
+        Self {
+            model: model.to_string(),
+            input,
+            num_classes: classes.len(),
+            classes,
+            eval_transform,
+            config,
+            seed,
+        }
+    }
+}
+
+/// How far a run got: the trainer's position, sums and history, saved with every checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunProgress {
     /// Epochs completed.
     pub epoch: usize,
     /// Batches completed in the unfinished epoch `epoch` (0 at an epoch boundary).
@@ -68,32 +94,22 @@ pub struct CheckpointMeta {
     pub ema_weights: bool,
 }
 
+/// The header metadata of a zoo checkpoint: the run and its progress, stored as one flat JSON
+/// object (the fields of both).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    #[serde(flatten)]
+    pub run: RunInfo,
+    #[serde(flatten)]
+    pub progress: RunProgress,
+}
+
 impl CheckpointMeta {
-    /// The metadata of a run that has not started: what the model is and how it reads images;
-    /// the progress fields at zero (the trainer fills them in).
-    pub fn new(
-        model: &str,
-        input: InputSpec,
-        classes: Vec<String>,
-        eval_transform: EvalTransform,
-        config: String,
-        seed: u64,
-    ) -> Self {
+    /// The metadata of a run that has not started.
+    pub fn new(run: RunInfo) -> Self {
         Self {
-            model: model.to_string(),
-            input,
-            num_classes: classes.len(),
-            classes,
-            eval_transform,
-            config,
-            seed,
-            epoch: 0,
-            batch: 0,
-            step: 0,
-            partial: PartialEpoch::default(),
-            metrics: Vec::new(),
-            rng: None,
-            ema_weights: false,
+            run,
+            progress: RunProgress::default(),
         }
     }
 }
@@ -105,21 +121,6 @@ pub struct Checkpoint {
     pub optimizer: HashMap<String, Tensor>,
     /// The EMA of the weights, by model tensor name (empty without one).
     pub ema: HashMap<String, Tensor>,
-}
-
-/// Writes `bytes` to `path` through `path.tmp`, synced, then renamed over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let err = |what: &str, e: std::io::Error| {
-        candle_core::Error::Msg(format!("{}: {what}: {e}", path.display()))
-    };
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp_name);
-    let mut file =
-        std::fs::File::create(&tmp).map_err(|e| err("cannot create temporary file", e))?;
-    file.write_all(bytes).map_err(|e| err("cannot write", e))?;
-    file.sync_all().map_err(|e| err("cannot sync", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| err("cannot rename into place", e))
 }
 
 /// Saves the store's tensors (parameters and BatchNorm statistics), the optimiser state, the
@@ -183,7 +184,7 @@ fn write_checkpoint(
             .map_err(|e| {
                 candle_core::Error::Msg(format!("{}: cannot serialise: {e}", path.display()))
             })?;
-    write_atomic(path, &bytes)
+    crate::fs::write_atomic(path, &bytes)
 }
 
 /// Reads a zoo checkpoint.
@@ -209,16 +210,16 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
     let all = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
     let bad = |e: String| candle_core::Error::Msg(format!("{}: {e}", path.display()));
-    if meta.input.channels == 0 || meta.num_classes != meta.classes.len() {
+    if meta.run.input.channels == 0 || meta.run.num_classes != meta.run.classes.len() {
         return Err(bad(format!(
             "metadata says {} input channels and {} classes, with {} class names",
-            meta.input.channels,
-            meta.num_classes,
-            meta.classes.len()
+            meta.run.input.channels,
+            meta.run.num_classes,
+            meta.run.classes.len()
         )));
     }
-    meta.eval_transform
-        .validate(meta.input.channels)
+    meta.run.eval_transform
+        .validate(meta.run.input.channels)
         .map_err(|e| bad(e.to_string()))?;
     let mut model = HashMap::new();
     let mut optimizer = HashMap::new();

@@ -32,28 +32,7 @@ pub struct EpochMetrics {
     pub images_per_sec: f64,
 }
 
-pub const CSV_HEADER: &str = "epoch,train_loss,train_acc,valid_loss,valid_acc,valid_loss_ema,\
-                              valid_acc_ema,lr,seconds,wall_seconds,images_per_sec";
-
 impl EpochMetrics {
-    pub fn csv_row(&self) -> String {
-        let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
-        format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{},{},{:.6e},{:.2},{:.2},{:.1}",
-            self.epoch,
-            self.train_loss,
-            self.train_acc,
-            self.valid_loss,
-            self.valid_acc,
-            opt(self.valid_loss_ema),
-            opt(self.valid_acc_ema),
-            self.lr,
-            self.seconds,
-            self.wall_seconds,
-            self.images_per_sec
-        )
-    }
-
     /// The better validation accuracy of the raw weights and their EMA.
     pub fn best_valid_acc(&self) -> f64 {
         self.valid_acc_ema
@@ -102,14 +81,29 @@ pub fn elapsed_seconds(rows: &[EpochMetrics]) -> Vec<f64> {
         .collect()
 }
 
-/// Writes `metrics.csv` (header and one row per epoch) atomically.
+/// Writes `metrics.csv` atomically: a header of [`EpochMetrics`]' field names and one row per
+/// epoch (an EMA column is empty in a run without one).
 pub fn write_csv(path: &Path, rows: &[EpochMetrics]) -> Result<()> {
-    let mut text = format!("{CSV_HEADER}\n");
+    let failed = |e: csv::Error| candle_core::Error::Msg(format!("{}: {e}", path.display()));
+    let mut writer = csv::Writer::from_writer(Vec::new());
     for r in rows {
-        text += &r.csv_row();
-        text.push('\n');
+        writer.serialize(r).map_err(failed)?;
     }
-    crate::train::checkpoint::write_atomic(path, text.as_bytes())
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+    crate::fs::write_atomic(path, &bytes)
+}
+
+/// Reads a `metrics.csv` written by [`write_csv`] (or by scripts/train_torch.py, which writes
+/// the same columns), naming the file and the row of a bad value.
+pub fn read_csv(path: &Path) -> Result<Vec<EpochMetrics>> {
+    let mut reader = csv::Reader::from_path(path)
+        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+    reader
+        .deserialize()
+        .collect::<std::result::Result<Vec<EpochMetrics>, _>>()
+        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))
 }
 
 /// A run's curves: accuracy and loss against epochs (training, validation and, with an EMA

@@ -38,16 +38,16 @@ pub enum OptimizerConfig {
     },
 }
 
-fn default_beta1() -> f64 {
+const fn default_beta1() -> f64 {
     0.9
 }
-fn default_beta2() -> f64 {
+const fn default_beta2() -> f64 {
     0.999
 }
-fn default_eps() -> f64 {
+const fn default_eps() -> f64 {
     1e-8
 }
-fn default_adamw_decay() -> f64 {
+const fn default_adamw_decay() -> f64 {
     0.01
 }
 
@@ -60,7 +60,7 @@ impl OptimizerConfig {
     }
 
     /// The same optimiser with another weight decay.
-    pub fn with_weight_decay(self, decay: f64) -> Self {
+    pub const fn with_weight_decay(self, decay: f64) -> Self {
         match self {
             Self::Sgd {
                 momentum, nesterov, ..
@@ -77,6 +77,17 @@ impl OptimizerConfig {
                 eps,
                 weight_decay: decay,
             },
+        }
+    }
+
+    /// AdamW with `torch.optim.AdamW`'s defaults (betas 0.9 and 0.999, eps 1e-8, weight decay
+    /// 0.01).
+    pub const fn adamw() -> Self {
+        Self::AdamW {
+            beta1: default_beta1(),
+            beta2: default_beta2(),
+            eps: default_eps(),
+            weight_decay: default_adamw_decay(),
         }
     }
 

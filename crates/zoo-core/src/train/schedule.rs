@@ -39,6 +39,18 @@ fn default_final_div() -> f64 {
     1e4
 }
 
+impl Schedule {
+    /// `OneCycleLR` with PyTorch's defaults (`pct_start` 0.3, `div_factor` 25,
+    /// `final_div_factor` 1e4).
+    pub fn one_cycle() -> Self {
+        Self::OneCycle {
+            pct_start: default_pct_start(),
+            div_factor: default_div(),
+            final_div_factor: default_final_div(),
+        }
+    }
+}
+
 fn cosine(from: f64, to: f64, t: f64) -> f64 {
     to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * t.clamp(0.0, 1.0)).cos())
 }

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::ModuleT;
 
-use super::checkpoint::{CheckpointMeta, apply_weights, load_checkpoint, save_checkpoint};
+use super::checkpoint::{
+    CheckpointMeta, RunInfo, apply_weights, load_checkpoint, save_checkpoint,
+};
 use super::loss::cross_entropy;
 use super::optim::{Optimizer, OptimizerConfig};
 use super::schedule::Schedule;
 use super::trainer::{Outcome, Quiet, Recipe, Trainer};
 use crate::data::loader::{Loader, LoaderConfig};
-use crate::data::transforms::EvalTransform;
+use crate::data::transforms::InputTransform;
 use crate::data::{ImageDataset, digit_classes};
 use crate::init::ParamStore;
 use crate::model::{InputSpec, Model};
@@ -293,15 +295,19 @@ fn toy_dataset(n: usize, seed: u64) -> Arc<ImageDataset> {
     Arc::new(ImageDataset::new("toy", [1, 8, 8], digit_classes(), images, labels).unwrap())
 }
 
-fn meta(seed: u64) -> CheckpointMeta {
-    CheckpointMeta::new(
+fn run_info(seed: u64) -> RunInfo {
+    RunInfo::new(
         "tiny",
         InputSpec::square(1, 8),
         digit_classes(),
-        EvalTransform::notebook(1, 8),
+        InputTransform::notebook(1, 8),
         String::new(),
         seed,
     )
+}
+
+fn meta(seed: u64) -> CheckpointMeta {
+    CheckpointMeta::new(run_info(seed))
 }
 
 fn run_dir(name: &str) -> std::path::PathBuf {
@@ -361,9 +367,9 @@ fn train_tiny(
         model: &model,
         store: &store,
         recipe,
-        transform: EvalTransform::notebook(1, 8),
+        transform: InputTransform::notebook(1, 8),
         device: Device::Cpu,
-        meta: meta(17),
+        run: run_info(17),
         checkpoint_every: None,
         stop_after_steps: stop_after,
         read_every: None,
@@ -383,7 +389,7 @@ fn a_checkpoint_past_the_end_of_an_epoch_is_refused() {
     // The stored position says batch 9 of an epoch that has 7 (written for other data).
     let last = Trainer::last_path(&dir);
     let mut ckpt = load_checkpoint(&last, &Device::Cpu).unwrap();
-    ckpt.meta.batch = 9;
+    ckpt.meta.progress.batch = 9;
     let store = test_store(17);
     TinyNet::new(store.var_builder()).unwrap();
     apply_weights(&store, &ckpt.model, "test").unwrap();
@@ -402,9 +408,9 @@ fn a_checkpoint_past_the_end_of_an_epoch_is_refused() {
         model: &model,
         store: &store,
         recipe: Recipe::notebook(3, 0.05),
-        transform: EvalTransform::notebook(1, 8),
+        transform: InputTransform::notebook(1, 8),
         device: Device::Cpu,
-        meta: meta(17),
+        run: run_info(17),
         checkpoint_every: None,
         stop_after_steps: None,
         read_every: None,
@@ -479,7 +485,10 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_weights() {
     }
     let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4);
-    assert!(csv.starts_with(super::metrics::CSV_HEADER));
+    assert!(csv.starts_with("epoch,train_loss,train_acc,valid_loss,valid_acc,"));
+    // The file reads back as the run's metrics, value for value.
+    let rows = super::metrics::read_csv(&dir.join("metrics.csv")).unwrap();
+    assert_eq!(rows, resumed_metrics);
 }
 
 #[test]
@@ -598,13 +607,13 @@ fn checkpoints_with_non_finite_or_integer_tensors_or_a_bad_transform_are_refused
     for (what, edit) in [
         (
             "std",
-            (|t: &mut EvalTransform| t.std = vec![0.0]) as fn(&mut EvalTransform),
+            (|t: &mut InputTransform| t.std = vec![0.0]) as fn(&mut InputTransform),
         ),
         ("mean", |t| t.mean = vec![0.5, 0.5]),
         ("height", |t| t.height = 100_000),
     ] {
         let mut m = meta(1);
-        edit(&mut m.eval_transform);
+        edit(&mut m.run.eval_transform);
         cases.push((what, m));
     }
     for (what, m) in cases {
@@ -663,9 +672,9 @@ fn nan_loss_stops_the_run_with_a_clear_message() {
         model: &model,
         store: &store,
         recipe: Recipe::notebook(2, 1e30),
-        transform: EvalTransform::notebook(1, 8),
+        transform: InputTransform::notebook(1, 8),
         device: Device::Cpu,
-        meta: meta(1),
+        run: run_info(1),
         checkpoint_every: None,
         stop_after_steps: None,
         read_every: None,
@@ -865,12 +874,12 @@ fn loss_falls_and_accuracy_rises_on_real_mnist() {
             },
             ..Recipe::notebook(2, 0.02)
         },
-        transform: EvalTransform::notebook(1, 28),
+        transform: InputTransform::notebook(1, 28),
         device: Device::Cpu,
-        meta: CheckpointMeta {
+        run: RunInfo {
             input: InputSpec::square(1, 28),
-            eval_transform: EvalTransform::notebook(1, 28),
-            ..meta(5)
+            eval_transform: InputTransform::notebook(1, 28),
+            ..run_info(5)
         },
         checkpoint_every: None,
         stop_after_steps: None,
@@ -926,9 +935,9 @@ fn fit_reading_every(read_every: usize) -> (u64, CountReads, super::metrics::Epo
         model: &model,
         store: &store,
         recipe: Recipe::notebook(1, 0.05),
-        transform: EvalTransform::notebook(1, 8),
+        transform: InputTransform::notebook(1, 8),
         device: Device::Cpu,
-        meta: meta(5),
+        run: run_info(5),
         checkpoint_every: None,
         stop_after_steps: None,
         read_every: Some(read_every),

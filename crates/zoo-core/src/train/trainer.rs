@@ -7,7 +7,9 @@ use std::time::Instant;
 use candle_core::{D, DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{Checkpoint, CheckpointMeta, PartialEpoch, apply_weights, save_checkpoint};
+use super::checkpoint::{
+    Checkpoint, CheckpointMeta, PartialEpoch, RunInfo, RunProgress, apply_weights, save_checkpoint,
+};
 use super::ema::Ema;
 use super::loss::{correct_on_device, cross_entropy};
 use super::metrics::{EpochMetrics, write_csv, write_curves};
@@ -16,7 +18,7 @@ use super::readback::read_to_host;
 use super::running::{RunningTotals, StepTotals};
 use super::schedule::Schedule;
 use crate::data::loader::Loader;
-use crate::data::transforms::EvalTransform;
+use crate::data::transforms::InputTransform;
 use crate::init::ParamStore;
 use crate::model::Model;
 
@@ -96,7 +98,7 @@ pub struct Evaluation {
 pub fn evaluate(
     model: &dyn Model,
     loader: &Loader,
-    transform: &EvalTransform,
+    transform: &InputTransform,
     device: &Device,
 ) -> Result<Evaluation> {
     let k = model.num_classes();
@@ -145,11 +147,10 @@ pub struct Trainer<'a> {
     pub model: &'a dyn Model,
     pub store: &'a ParamStore,
     pub recipe: Recipe,
-    pub transform: EvalTransform,
+    pub transform: InputTransform,
     pub device: Device,
-    /// Written into every checkpoint's metadata; `epoch`, `batch`, `step`, `metrics`, `rng`
-    /// and `partial` are filled in by the trainer.
-    pub meta: CheckpointMeta,
+    /// What the run is, written into every checkpoint beside the trainer's progress.
+    pub run: RunInfo,
     /// Write `last.safetensors` every this many steps inside an epoch too.
     pub checkpoint_every: Option<usize>,
     /// Stop (with a checkpoint) after this many optimiser steps in this call: a test's "kill".
@@ -188,38 +189,29 @@ impl Trainer<'_> {
             .ema_decay
             .map(|d| Ema::new(self.store, d))
             .transpose()?;
-        let mut meta = self.meta.clone();
+        let mut progress = RunProgress::default();
         let steps_per_epoch = train.num_batches();
         if let Some(ckpt) = resume {
             let source = "the checkpoint being resumed";
             apply_weights(self.store, &ckpt.model, source)?;
-            optimizer.load_state(ckpt.meta.step, ckpt.optimizer)?;
+            optimizer.load_state(ckpt.meta.progress.step, ckpt.optimizer)?;
             if let Some(ema) = &mut ema {
                 ema.load_state(&ckpt.ema, source)?;
             }
-            if let Some(state) = &ckpt.meta.rng {
+            if let Some(state) = &ckpt.meta.progress.rng {
                 crate::rng::set_thread_rng_state(state);
             }
-            if ckpt.meta.batch >= steps_per_epoch.max(1) {
+            if ckpt.meta.progress.batch >= steps_per_epoch.max(1) {
                 candle_core::bail!(
                     "{source} stands at batch {} of epoch {}, but an epoch has {steps_per_epoch} \
                      batches here: it was written for other data",
-                    ckpt.meta.batch,
-                    ckpt.meta.epoch + 1
+                    ckpt.meta.progress.batch,
+                    ckpt.meta.progress.epoch + 1
                 )
             }
-            meta.epoch = ckpt.meta.epoch;
-            meta.batch = ckpt.meta.batch;
-            meta.step = ckpt.meta.step;
-            meta.partial = ckpt.meta.partial;
-            meta.metrics = ckpt.meta.metrics;
+            progress = ckpt.meta.progress;
         } else {
-            crate::rng::manual_seed(meta.seed);
-            meta.epoch = 0;
-            meta.batch = 0;
-            meta.step = 0;
-            meta.partial = PartialEpoch::default();
-            meta.metrics.clear();
+            crate::rng::manual_seed(self.run.seed);
         }
         let total_steps = steps_per_epoch * self.recipe.epochs;
         let mut steps_this_call = 0u64;
@@ -232,20 +224,20 @@ impl Trainer<'_> {
             // Dropout masks come from the device's generator there (`nn::Dropout`): seeded by
             // the run's seed and, on resume, by the step it resumes at.
             self.device
-                .set_seed(crate::data::loader::mix_seed(meta.seed, meta.step, 0x0D20))?;
+                .set_seed(crate::data::loader::mix_seed(self.run.seed, progress.step, 0x0D20))?;
         }
         let last = Self::last_path(run_dir);
-        while meta.epoch < self.recipe.epochs {
-            let epoch = meta.epoch;
+        while progress.epoch < self.recipe.epochs {
+            let epoch = progress.epoch;
             let wall_clock = Instant::now();
-            let wall_before = meta.partial.wall_seconds;
-            observer.epoch_start(epoch, self.recipe.epochs, steps_per_epoch, meta.batch);
+            let wall_before = progress.partial.wall_seconds;
+            observer.epoch_start(epoch, self.recipe.epochs, steps_per_epoch, progress.batch);
             let mut lr = self.recipe.learning_rate;
-            for batch in train.epoch(epoch, meta.batch) {
+            for batch in train.epoch(epoch, progress.batch) {
                 let started = Instant::now();
                 lr = self.recipe.schedule.lr(
                     self.recipe.learning_rate,
-                    meta.step as usize,
+                    progress.step as usize,
                     total_steps,
                     steps_per_epoch,
                 );
@@ -260,45 +252,45 @@ impl Trainer<'_> {
                     clip_grad_norm(&mut grads, &params, max_norm)?;
                 }
                 optimizer.step(&grads, lr)?;
-                meta.step += 1;
+                progress.step += 1;
                 if let Some(ema) = &mut ema {
-                    ema.update(meta.step)?;
+                    ema.update(progress.step)?;
                 }
-                meta.batch = batch.index + 1;
+                progress.batch = batch.index + 1;
                 totals.add(&loss, &logits, &y, batch.index)?;
-                meta.partial.seconds += started.elapsed().as_secs_f64();
+                progress.partial.seconds += started.elapsed().as_secs_f64();
                 steps_this_call += 1;
                 let stop = self.stop_after_steps == Some(steps_this_call);
                 let periodic = self
                     .checkpoint_every
-                    .is_some_and(|n| meta.step.is_multiple_of(n as u64));
+                    .is_some_and(|n| progress.step.is_multiple_of(n as u64));
                 let read = totals.pending() >= read_every
                     || stop
                     || periodic
-                    || meta.batch >= steps_per_epoch;
+                    || progress.batch >= steps_per_epoch;
                 let mean_loss = if read {
                     let read_started = Instant::now();
-                    let mean = self.read_totals(&mut totals, &mut meta, epoch, &last)?;
-                    meta.partial.seconds += read_started.elapsed().as_secs_f64();
+                    let mean = self.read_totals(&mut totals, &mut progress, epoch, &last)?;
+                    progress.partial.seconds += read_started.elapsed().as_secs_f64();
                     mean
                 } else {
                     None
                 };
                 observer.step(batch.index, mean_loss);
-                if (stop || periodic) && meta.batch < steps_per_epoch {
-                    self.check_finite(&last, epoch, meta.batch)?;
-                    meta.rng = Some(crate::rng::thread_rng_state());
-                    meta.partial.wall_seconds = wall_before + wall_clock.elapsed().as_secs_f64();
-                    save_checkpoint(&last, self.store, Some(&optimizer), ema.as_ref(), &meta)?;
+                if (stop || periodic) && progress.batch < steps_per_epoch {
+                    self.check_finite(&last, epoch, progress.batch)?;
+                    progress.rng = Some(crate::rng::thread_rng_state());
+                    progress.partial.wall_seconds = wall_before + wall_clock.elapsed().as_secs_f64();
+                    save_checkpoint(&last, self.store, Some(&optimizer), ema.as_ref(), &self.meta(&progress))?;
                 }
-                if stop && meta.batch < steps_per_epoch {
+                if stop && progress.batch < steps_per_epoch {
                     return Ok(Outcome::Interrupted {
                         epoch,
-                        batch: meta.batch,
+                        batch: progress.batch,
                     });
                 }
             }
-            self.check_finite(&last, epoch, meta.batch)?;
+            self.check_finite(&last, epoch, progress.batch)?;
             observer.evaluating();
             let eval = evaluate(self.model, valid, &self.transform, &self.device)?;
             let eval_ema = ema
@@ -319,7 +311,7 @@ impl Trainer<'_> {
                     )
                 }
             }
-            let p = meta.partial;
+            let p = progress.partial;
             let row = EpochMetrics {
                 epoch: epoch + 1,
                 train_loss: p.loss_sum / p.seen.max(1) as f64,
@@ -333,53 +325,59 @@ impl Trainer<'_> {
                 wall_seconds: wall_before + wall_clock.elapsed().as_secs_f64(),
                 images_per_sec: p.seen as f64 / p.seconds.max(1e-9),
             };
-            let best_so_far = meta
+            let best_so_far = progress
                 .metrics
                 .iter()
                 .map(EpochMetrics::best_valid_acc)
                 .fold(f64::MIN, f64::max);
-            meta.metrics.push(row);
-            meta.epoch += 1;
-            meta.batch = 0;
-            meta.partial = PartialEpoch::default();
-            meta.rng = Some(crate::rng::thread_rng_state());
+            progress.metrics.push(row);
+            progress.epoch += 1;
+            progress.batch = 0;
+            progress.partial = PartialEpoch::default();
+            progress.rng = Some(crate::rng::thread_rng_state());
             // best.safetensors first: a kill between the two writes leaves `last` at the
             // previous epoch, whose resume writes both again.
             if row.best_valid_acc() > best_so_far {
                 let best = Self::best_path(run_dir);
                 match &ema {
                     Some(e) if row.valid_acc_ema.is_some_and(|a| a > row.valid_acc) => {
-                        let meta = CheckpointMeta {
-                            ema_weights: true,
-                            ..meta.clone()
-                        };
+                        let mut meta = self.meta(&progress);
+                        meta.progress.ema_weights = true;
                         e.with_shadow(|| save_checkpoint(&best, self.store, None, None, &meta))?
                     }
-                    _ => save_checkpoint(&best, self.store, None, None, &meta)?,
+                    _ => save_checkpoint(&best, self.store, None, None, &self.meta(&progress))?,
                 }
             }
-            write_csv(&run_dir.join("metrics.csv"), &meta.metrics)?;
-            write_curves(&run_dir.join("curves.png"), &meta.model, &meta.metrics)?;
-            save_checkpoint(&last, self.store, Some(&optimizer), ema.as_ref(), &meta)?;
+            write_csv(&run_dir.join("metrics.csv"), &progress.metrics)?;
+            write_curves(&run_dir.join("curves.png"), &self.run.model, &progress.metrics)?;
+            save_checkpoint(&last, self.store, Some(&optimizer), ema.as_ref(), &self.meta(&progress))?;
             observer.epoch_end(&row);
             if self.stop_after_steps.is_some_and(|s| steps_this_call >= s)
-                && meta.epoch < self.recipe.epochs
+                && progress.epoch < self.recipe.epochs
             {
                 return Ok(Outcome::Interrupted {
-                    epoch: meta.epoch,
+                    epoch: progress.epoch,
                     batch: 0,
                 });
             }
         }
-        Ok(Outcome::Finished(meta.metrics))
+        Ok(Outcome::Finished(progress.metrics))
     }
 
-    /// Reads the step totals into `meta.partial`; an error if the loss was not finite. Returns
-    /// the mean loss of the steps read.
+    /// The checkpoint metadata of this run at `progress`.
+    fn meta(&self, progress: &RunProgress) -> CheckpointMeta {
+        CheckpointMeta {
+            run: self.run.clone(),
+            progress: progress.clone(),
+        }
+    }
+
+    /// Reads the step totals into `progress.partial`; an error if the loss was not finite.
+    /// Returns the mean loss of the steps read.
     fn read_totals(
         &self,
         totals: &mut RunningTotals,
-        meta: &mut CheckpointMeta,
+        progress: &mut RunProgress,
         epoch: usize,
         last: &Path,
     ) -> Result<Option<f64>> {
@@ -405,9 +403,9 @@ impl Trainer<'_> {
                 last_good(last)
             )
         }
-        meta.partial.loss_sum += loss_sum;
-        meta.partial.correct += correct;
-        meta.partial.seen += seen;
+        progress.partial.loss_sum += loss_sum;
+        progress.partial.correct += correct;
+        progress.partial.seen += seen;
         Ok(Some(loss_sum / seen.max(1) as f64))
     }
 

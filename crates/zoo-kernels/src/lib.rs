@@ -1,7 +1,18 @@
-//! Operations candle lacks or computes slowly, as candle custom ops with forward and backward.
+//! zoo-kernels: the operations candle 0.11.1 lacks or computes slowly on the CPU, as candle
+//! custom ops with forward and backward, and the process settings they run best under.
 //!
 //! Each op has one dispatch function: the CPU kernel for f32 tensors on the CPU, and a
-//! composition of candle's own ops (kept as the tested reference) everywhere else.
+//! composition of candle's own ops (kept as the tested reference) everywhere else (CUDA, other
+//! dtypes, and [`with_reference_ops`]).
+//!
+//! - [`conv`]: 2-d convolution (im2col + GEMM, Winograd, tiled), bias and ReLU fused;
+//! - [`linear`], [`batch_norm`], [`pool`], [`activation`]: the other layers' kernels;
+//! - [`microkernel`]: the register-tile products, AVX-512 / AVX2 + FMA / portable, chosen at
+//!   run time (`ZOO_CPU_ISA` overrides);
+//! - [`runtime`]: thread settings and the compute-thread entry for programs.
+//!
+//! Depends on candle-core, the gemm crates and rayon only: a program that runs one zoo model
+//! compiles no data loader, image codec or plotting through it.
 
 pub mod activation;
 pub mod batch_norm;
@@ -10,8 +21,8 @@ mod gemm;
 pub mod linear;
 pub mod microkernel;
 pub mod pool;
-mod tiled;
-mod winograd;
+pub mod runtime;
+pub mod testing;
 
 use std::mem::MaybeUninit;
 
@@ -60,7 +71,7 @@ pub fn with_reference_ops<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Whether `x` takes zoo's CPU kernels: f32 on the CPU, outside [`with_reference_ops`].
-pub(crate) fn cpu_f32(x: &Tensor) -> bool {
+pub fn cpu_f32(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !REFERENCE_OPS.with(|r| r.get())
 }
 

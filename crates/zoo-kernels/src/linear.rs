@@ -11,14 +11,14 @@
 //! weights again on every call, and at batch 32 a 4096x4096 layer is bound by memory (its 64 MB
 //! packed and read back took 11% of AlexNet's training step).
 
-use super::activation::relu_f32;
+use crate::activation::relu_f32;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::activation::fused_relu_grad;
-use super::gemm::channel_sums;
-use super::microkernel::{MR, NR, TileKernels, kernels};
-use super::{contiguous_f32, new_filled};
+use crate::activation::fused_relu_grad;
+use crate::gemm::channel_sums;
+use crate::microkernel::{MR, NR, TileKernels, kernels};
+use crate::{contiguous_f32, new_filled};
 
 /// The rows of the row-major `[rows, k]` matrix `x` as the tile kernels' panels: per panel of
 /// `MR` rows, `k` columns of `MR` values (zeros past the last row).

@@ -8,14 +8,14 @@
 //! `db = sum(dy)`. Statistics accumulate in f64 and are computed once per forward; the
 //! evaluation form (running statistics) and a following ReLU are the same kernel.
 
-use super::activation::relu_f32;
+use crate::activation::relu_f32;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::activation::fused_relu_grad;
-use super::{contiguous_f32, new_filled};
+use crate::activation::fused_relu_grad;
+use crate::{contiguous_f32, new_filled};
 
 struct Dims {
     n: usize,

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, cpu_f32};
+use crate::{contiguous_f32, cpu_f32};
 
 /// Square pooling window: kernel, stride and zero/-inf padding, as `nn.MaxPool2d(k, s, p)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

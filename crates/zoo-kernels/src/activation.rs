@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::{contiguous_f32, cpu_f32, new_filled};
+use crate::{contiguous_f32, cpu_f32, new_filled};
 
 /// Elements per parallel task of the element-wise kernels: below this, one thread.
 const CHUNK: usize = 1 << 15;

@@ -6,18 +6,18 @@
 //! of a group of images are sorted into classes, the rectangles of positions that reach the
 //! input through the same kernel rows and columns; positions are packed 16 (the tile height) at
 //! a time with only their class's taps, the weights are packed once per op, and the tile
-//! kernels ([`super::microkernel`]) multiply a panel by the weights one kernel row at a time,
+//! kernels ([`crate::microkernel`]) multiply a panel by the weights one kernel row at a time,
 //! accumulating in the output tile. The input gradient runs the same panels backwards: `W^T .
 //! dy` per panel and kernel row, added back into the input through the panel's offsets. The
 //! weight gradient sums, per tap, the products of the output gradient and the columns of the
 //! positions that reach the input through that tap.
 
-use super::activation::relu_f32;
 use rayon::prelude::*;
 
-use super::conv::ConvGeometry;
-use super::microkernel::{MR, NR, TileKernels};
-use super::{new_filled, zeroed};
+use super::geometry::{ConvGeometry, ConvShape};
+use crate::activation::relu_f32;
+use crate::microkernel::{MR, NR, TileKernels};
+use crate::{new_filled, zeroed};
 
 /// A rectangle of output positions that reach the input through kernel rows `ky` and columns
 /// `kx` (half-open ranges), and only those.
@@ -37,19 +37,6 @@ impl Class {
             * (self.ky.1 - self.ky.0)
             * (self.kx.1 - self.kx.0)
     }
-}
-
-/// Geometry of one convolution: `(c, h, w)` input images, `o` channels out, `k x k` kernel.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Shape {
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub o: usize,
-    pub k: usize,
-    pub oh: usize,
-    pub ow: usize,
-    pub g: ConvGeometry,
 }
 
 /// Runs of outputs along one axis that reach the input through the same kernel offsets: for
@@ -73,35 +60,27 @@ fn runs(
     runs
 }
 
-impl Shape {
-    /// The classes, row runs times column runs (classes that reach no input are left out: their
-    /// outputs are the bias alone).
-    pub(crate) fn classes(&self) -> Vec<Class> {
-        let rows = runs(self.oh, self.h, self.k, self.g);
-        let cols = runs(self.ow, self.w, self.k, self.g);
-        let mut out = Vec::new();
-        for &(oy, ky) in &rows {
-            for &(ox, kx) in &cols {
-                if ky.0 < ky.1 && kx.0 < kx.1 {
-                    out.push(Class { oy, ox, ky, kx });
-                }
+/// The classes of `s`, row runs times column runs (classes that reach no input are left out:
+/// their outputs are the bias alone).
+pub(crate) fn classes(s: &ConvShape) -> Vec<Class> {
+    let rows = runs(s.oh, s.h, s.k, s.g);
+    let cols = runs(s.ow, s.w, s.k, s.g);
+    let mut out = Vec::new();
+    for &(oy, ky) in &rows {
+        for &(ox, kx) in &cols {
+            if ky.0 < ky.1 && kx.0 < kx.1 {
+                out.push(Class { oy, ox, ky, kx });
             }
         }
-        out
     }
-    fn positions(&self) -> usize {
-        self.oh * self.ow
-    }
-    fn in_len(&self) -> usize {
-        self.c * self.h * self.w
-    }
+    out
 }
 
 /// The weights `(o, c, ky, kx)` as the input gradient reads them: `(ky, kx, c, o)` (output
 /// channels contiguous), plus `NR` rows of slack for the micro-kernel's whole-tile reads.
 /// Filled 16 output channels at a time, so that both the reads (16 kernels) and the writes (16
 /// contiguous values) stay in cache.
-pub(crate) fn pack_weights_by_row(w: &[f32], s: &Shape) -> Vec<f32> {
+pub(crate) fn pack_weights_by_row(w: &[f32], s: &ConvShape) -> Vec<f32> {
     let (o, c, kk) = (s.o, s.c, s.k * s.k);
     // SAFETY: the tasks write every row of the weights, and the slack is zeroed: all of it.
     // (A zero-filled allocation was a serial memset of it all, 1.5% of a ResNet-34 step with
@@ -136,7 +115,7 @@ const ROWS_PER_TASK: usize = 64;
 
 /// The weights as the forward reads them: per tile of `NR` output channels, `(ky, kx, c)` rows
 /// of `NR` values (zeros past the last channel).
-pub(crate) fn pack_weights_by_tile(w: &[f32], s: &Shape) -> Vec<f32> {
+pub(crate) fn pack_weights_by_tile(w: &[f32], s: &ConvShape) -> Vec<f32> {
     let (o, c, kk) = (s.o, s.c, s.k * s.k);
     let rows = kk * c;
     // SAFETY: each task zeroes its tile (in cache, right before filling it), so all of it is
@@ -171,7 +150,7 @@ struct Panel {
 }
 
 /// The panels of `count` images: class by class, image by image, row-major in a class.
-fn panels(s: &Shape, classes: &[Class], first: usize, count: usize) -> Vec<Panel> {
+fn panels(s: &ConvShape, classes: &[Class], first: usize, count: usize) -> Vec<Panel> {
     let mut out = Vec::new();
     for (ci, cl) in classes.iter().enumerate() {
         let mut cur: Option<Panel> = None;
@@ -204,7 +183,7 @@ fn panels(s: &Shape, classes: &[Class], first: usize, count: usize) -> Vec<Panel
 
 /// Packs a panel's columns: `dst[r * MR + i]` for row `r = (ky, kx, c)` of its class, zero in
 /// the lanes past its length.
-fn pack_panel(x: &[f32], s: &Shape, cl: &Class, p: &Panel, dst: &mut [f32]) {
+fn pack_panel(x: &[f32], s: &ConvShape, cl: &Class, p: &Panel, dst: &mut [f32]) {
     let plane = s.h * s.w;
     let mut r = 0;
     for ky in cl.ky.0..cl.ky.1 {
@@ -226,7 +205,7 @@ fn pack_panel(x: &[f32], s: &Shape, cl: &Class, p: &Panel, dst: &mut [f32]) {
 
 /// The `(o, c, ky, kx)` weight gradient from [`weight_grad_group`]'s `(ky, kx, c)` rows of
 /// output channels padded to a multiple of `MR`.
-pub(crate) fn unpack_weight_grad(rows: &[f32], s: &Shape) -> Vec<f32> {
+pub(crate) fn unpack_weight_grad(rows: &[f32], s: &ConvShape) -> Vec<f32> {
     let (kk, o16) = (s.k * s.k, s.o.div_ceil(MR) * MR);
     let mut dw = vec![0f32; s.o * s.c * kk];
     // In parallel over blocks of 16 output channels, each reading 16 consecutive values of
@@ -254,7 +233,7 @@ const CHUNK_BYTES: usize = 1 << 20;
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_group(
     kernels: TileKernels,
-    s: &Shape,
+    s: &ConvShape,
     classes: &[Class],
     x: &[f32],
     wt: &[f32],
@@ -343,7 +322,7 @@ pub(crate) fn forward_group(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn input_grad_group(
     kernels: TileKernels,
-    s: &Shape,
+    s: &ConvShape,
     classes: &[Class],
     dy: &[f32],
     wr: &[f32],
@@ -417,7 +396,7 @@ pub(crate) fn input_grad_group(
 /// per row run, over all of the run's positions.
 pub(crate) fn weight_grad_group(
     kernels: TileKernels,
-    s: &Shape,
+    s: &ConvShape,
     classes: &[Class],
     x: &[f32],
     dy: &[f32],
@@ -534,7 +513,8 @@ mod tests {
     fn classes_are_the_rectangles_that_reach_the_same_taps() {
         let shape = |h: usize, k: usize, stride: usize, padding: usize| {
             let out = (h + 2 * padding - k) / stride + 1;
-            Shape {
+            ConvShape {
+                n: 1,
                 c: 1,
                 h,
                 w: h,
@@ -546,7 +526,7 @@ mod tests {
             }
         };
         // 3x3 with padding 1 on 2x2: four corners, each reaching 2x2 taps.
-        let classes = shape(2, 3, 1, 1).classes();
+        let classes = super::classes(&shape(2, 3, 1, 1));
         assert_eq!(classes.len(), 4);
         assert_eq!(
             classes[0],
@@ -559,7 +539,7 @@ mod tests {
         );
         // NiN's 5x5 with padding 2 on 7x7: 5 row runs x 5 column runs, the centre 3x3 reaching
         // every tap; 29 of 35 taps per axis on average.
-        let classes = shape(7, 5, 1, 2).classes();
+        let classes = super::classes(&shape(7, 5, 1, 2));
         assert_eq!(classes.len(), 25);
         assert!(classes.contains(&Class {
             oy: (2, 5),
@@ -571,7 +551,7 @@ mod tests {
         assert_eq!(reached, 29 * 29);
         // Padding 3 with a 3x3 on 2x2 (6x6 outputs): the border outputs read only padding and
         // are left out.
-        let classes = shape(2, 3, 1, 3).classes();
+        let classes = super::classes(&shape(2, 3, 1, 3));
         assert!(classes.iter().all(|c| c.oy.0 >= 1 && c.oy.1 <= 5));
         assert_eq!(classes.iter().map(|c| c.oy.0).min(), Some(1));
     }

@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
+use crate::contiguous_f32;
 
 /// `c = a . b` (or `c += a . b`) for row-major slices, `a` and `b` optionally stored
 /// transposed.

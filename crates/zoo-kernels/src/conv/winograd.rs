@@ -32,21 +32,19 @@
 //! - Weight gradient (the same algebra transposed): `dW = G^T [sum over tiles (A dy A^T) o
 //!   (B^T d B)] G`, per element the product `[tiles, o]^T . [tiles, c]`.
 
-use super::activation::relu_f32;
+use crate::activation::relu_f32;
 use rayon::prelude::*;
 
-use super::conv::Scratch;
-use super::microkernel::{MR, NR, TileKernels};
-use super::new_filled;
+use super::geometry::ConvShape;
+use super::scratch::Scratch;
+use crate::microkernel::{MR, NR, TileKernels};
+use crate::new_filled;
 
-/// `n` images of `c x h x w` (and their `o x h x w` outputs) through a `k x k` kernel with
-/// stride 1 and padding `k / 2`.
+/// A 'same' convolution (a `k x k` kernel with stride 1 and padding `k / 2`) on the tiles of
+/// one Winograd variant.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Geometry {
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub o: usize,
+pub(crate) struct Tiling {
+    pub shape: ConvShape,
     pub variant: Variant,
 }
 
@@ -75,19 +73,19 @@ impl Variant {
 /// inputs and products stay a few MB.
 const CHUNK_TILES: usize = 256;
 
-impl Geometry {
+impl Tiling {
     fn tiles_y(&self) -> usize {
-        self.h.div_ceil(self.variant.m())
+        self.shape.h.div_ceil(self.variant.m())
     }
     fn tiles_x(&self) -> usize {
-        self.w.div_ceil(self.variant.m())
+        self.shape.w.div_ceil(self.variant.m())
     }
     /// Tiles per image.
     fn tiles(&self) -> usize {
         self.tiles_y() * self.tiles_x()
     }
     fn plane(&self) -> usize {
-        self.h * self.w
+        self.shape.h * self.shape.w
     }
     /// Images per chunk.
     fn chunk(&self) -> usize {
@@ -96,8 +94,7 @@ impl Geometry {
     /// The input gradient's geometry: the output gradient's `o` channels in, `c` out.
     pub(crate) fn transposed(&self) -> Self {
         Self {
-            c: self.o,
-            o: self.c,
+            shape: self.shape.transposed(),
             ..*self
         }
     }
@@ -386,17 +383,17 @@ impl Transform<8, 5, 4> for F45 {
     }
 }
 
-/// The transformed kernels `G g G^T` of the op with geometry `s` (`s.o` outputs from `s.c`
-/// inputs) packed as the tile kernels read them: per panel of `MR` outputs, per element, `s.c`
-/// columns of `MR` values (zeros past the last output). `w` holds `(s.o, s.c, k, k)` kernels;
-/// with `flipped`, `(s.c, s.o, k, k)` ones, which the input gradient (`s` the forward's
+/// The transformed kernels `G g G^T` of the op with geometry `s` (`s.shape.o` outputs from `s.shape.c`
+/// inputs) packed as the tile kernels read them: per panel of `MR` outputs, per element, `s.shape.c`
+/// columns of `MR` values (zeros past the last output). `w` holds `(s.shape.o, s.shape.c, k, k)` kernels;
+/// with `flipped`, `(s.shape.c, s.shape.o, k, k)` ones, which the input gradient (`s` the forward's
 /// geometry transposed) uses flipped and transposed: `g'[ky][kx] = w[ci][oi][k - 1 - ky][k - 1 -
 /// kx]`.
-pub(crate) fn transform_weights(s: &Geometry, w: &[f32], flipped: bool) -> Vec<f32> {
+pub(crate) fn transform_weights(s: &Tiling, w: &[f32], flipped: bool) -> Vec<f32> {
     match s.variant {
-        Variant::F2x3 => weights_by::<4, 3, 2, F23>(w, s.o, s.c, flipped),
-        Variant::F4x3 => weights_by::<6, 3, 4, F43>(w, s.o, s.c, flipped),
-        Variant::F4x5 => weights_by::<8, 5, 4, F45>(w, s.o, s.c, flipped),
+        Variant::F2x3 => weights_by::<4, 3, 2, F23>(w, s.shape.o, s.shape.c, flipped),
+        Variant::F4x3 => weights_by::<6, 3, 4, F43>(w, s.shape.o, s.shape.c, flipped),
+        Variant::F4x5 => weights_by::<8, 5, 4, F45>(w, s.shape.o, s.shape.c, flipped),
     }
 }
 
@@ -455,7 +452,7 @@ fn gather_lanes(
     image: &[f32],
     channels: usize,
     c0: usize,
-    s: &Geometry,
+    s: &Tiling,
     cols: usize,
     top: usize,
     left: usize,
@@ -465,16 +462,19 @@ fn gather_lanes(
     for l in 0..LANES {
         let ci = c0 + l;
         if ci >= channels {
-            for y in 0..s.h {
-                for px in &mut dst[(top + y) * cols + left..][..s.w] {
+            for y in 0..s.shape.h {
+                for px in &mut dst[(top + y) * cols + left..][..s.shape.w] {
                     px[l] = 0.0;
                 }
             }
             continue;
         }
         let src = &image[ci * plane..][..plane];
-        for (y, row) in src.chunks_exact(s.w).enumerate() {
-            for (px, &v) in dst[(top + y) * cols + left..][..s.w].iter_mut().zip(row) {
+        for (y, row) in src.chunks_exact(s.shape.w).enumerate() {
+            for (px, &v) in dst[(top + y) * cols + left..][..s.shape.w]
+                .iter_mut()
+                .zip(row)
+            {
                 px[l] = v;
             }
         }
@@ -609,7 +609,7 @@ fn two_axes<const P: usize, const Q: usize, X: OneAxis<P, Q>>(
 fn transform_tiles<const P: usize, const A: usize, const M: usize, X: OneAxis<P, A>>(
     planes: &[f32],
     channels: usize,
-    s: &Geometry,
+    s: &Tiling,
     first: usize,
     count: usize,
     offset: usize,
@@ -650,13 +650,22 @@ fn transform_tiles<const P: usize, const A: usize, const M: usize, X: OneAxis<P,
 /// element `e` of tile `t`, channels `c0..c0 + LANES` at `index(e, t, c0)`.
 fn transform_input<const A: usize, const R: usize, const M: usize, T: Transform<A, R, M>>(
     x: &[f32],
-    s: &Geometry,
+    s: &Tiling,
     first: usize,
     count: usize,
     index: impl Fn(usize, usize, usize) -> usize,
     v: &mut [f32],
 ) {
-    transform_tiles::<A, A, M, InputOf<T, R, M>>(x, s.c, s, first, count, (R - 1) / 2, index, v);
+    transform_tiles::<A, A, M, InputOf<T, R, M>>(
+        x,
+        s.shape.c,
+        s,
+        first,
+        count,
+        (R - 1) / 2,
+        index,
+        v,
+    );
 }
 
 /// The forward of images `first..first + count`: `y` (their `(count, o, h, w)` part) = the
@@ -664,7 +673,7 @@ fn transform_input<const A: usize, const R: usize, const M: usize, T: Transform<
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_group(
     kernels: TileKernels,
-    s: &Geometry,
+    s: &Tiling,
     x: &[f32],
     u: &[f32],
     bias: &[f32],
@@ -683,7 +692,7 @@ pub(crate) fn forward_group(
 
 type ForwardArgs<'a> = (
     TileKernels,
-    &'a Geometry,
+    &'a Tiling,
     &'a [f32],
     &'a [f32],
     &'a [f32],
@@ -701,36 +710,36 @@ fn forward_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R,
     let per_chunk = s.chunk().min(count);
     // Per element, the tiles' transformed inputs as rows of c, in planes of whole NR-tile
     // groups (the tile kernels read all NR columns).
-    let v_plane = (per_chunk * s.tiles()).div_ceil(NR) * NR * s.c;
+    let v_plane = (per_chunk * s.tiles()).div_ceil(NR) * NR * s.shape.c;
     let mut v = Scratch::take(xi * v_plane);
-    let mut m = Scratch::take(xi * s.o * per_chunk * s.tiles());
+    let mut m = Scratch::take(xi * s.shape.o * per_chunk * s.tiles());
     // One image's outputs for LANES channels, pixel by pixel (whole tiles: m tyn x m txn).
     let ow = M * txn;
     let mut out = vec![[0f32; LANES]; M * tyn * ow];
-    let panel = xi * s.c * MR;
+    let panel = xi * s.shape.c * MR;
     for c0 in (0..count).step_by(per_chunk) {
         let cc = per_chunk.min(count - c0);
         let tn = cc * s.tiles();
-        let at = |e: usize, tile: usize, ci: usize| e * v_plane + tile * s.c + ci;
+        let at = |e: usize, tile: usize, ci: usize| e * v_plane + tile * s.shape.c + ci;
         transform_input::<A, R, M, T>(x, s, first + c0, cc, at, &mut v);
         // Per element, [o, tiles] = U [o, c] . V^T [c, tiles], into m as [tiles, o].
         for e in 0..xi {
             for (p, u_panel) in u.chunks_exact(panel).enumerate() {
-                let (o0, rows) = (p * MR, MR.min(s.o - p * MR));
+                let (o0, rows) = (p * MR, MR.min(s.shape.o - p * MR));
                 for t0 in (0..tn).step_by(NR) {
-                    // SAFETY: u_panel holds s.c columns of MR for element e; v's plane e holds
-                    // whole NR groups of tiles of s.c channels; m holds tn x o per element.
+                    // SAFETY: u_panel holds s.shape.c columns of MR for element e; v's plane e holds
+                    // whole NR groups of tiles of s.shape.c channels; m holds tn x o per element.
                     unsafe {
                         kernels.tile(
                             rows,
                             NR.min(tn - t0),
-                            s.c,
-                            m.as_mut_ptr().add((e * tn + t0) * s.o + o0),
-                            s.o,
-                            u_panel.as_ptr().add(e * s.c * MR),
+                            s.shape.c,
+                            m.as_mut_ptr().add((e * tn + t0) * s.shape.o + o0),
+                            s.shape.o,
+                            u_panel.as_ptr().add(e * s.shape.c * MR),
                             v.as_ptr().add(at(e, t0, 0)),
                             1,
-                            s.c,
+                            s.shape.c,
                             false,
                         )
                     };
@@ -738,14 +747,14 @@ fn forward_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R,
             }
         }
         for j in 0..cc {
-            for o0 in (0..s.o).step_by(LANES) {
-                let width = LANES.min(s.o - o0);
+            for o0 in (0..s.shape.o).step_by(LANES) {
+                let width = LANES.min(s.shape.o - o0);
                 let b = lanes(|l| bias.get(o0 + l).copied().unwrap_or(0.0));
                 for ty in 0..tyn {
                     for tx in 0..txn {
                         let tile = j * s.tiles() + ty * txn + tx;
                         let e = |e: usize| {
-                            let at = (e * tn + tile) * s.o + o0;
+                            let at = (e * tn + tile) * s.shape.o + o0;
                             load_lanes(&m[at..at + width])
                         };
                         two_axes::<A, M, OutputOf<T, R>>(
@@ -760,8 +769,8 @@ fn forward_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R,
                     }
                 }
                 for l in 0..width {
-                    let dst = &mut y[((c0 + j) * s.o + o0 + l) * plane..][..plane];
-                    for (oy, line) in dst.chunks_exact_mut(s.w).enumerate() {
+                    let dst = &mut y[((c0 + j) * s.shape.o + o0 + l) * plane..][..plane];
+                    for (oy, line) in dst.chunks_exact_mut(s.shape.w).enumerate() {
                         for (d, px) in line.iter_mut().zip(&out[oy * ow..]) {
                             d.write(px[l]);
                         }
@@ -777,7 +786,7 @@ fn forward_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R,
 /// gradient `dy`.
 pub(crate) fn weight_grad_group(
     kernels: TileKernels,
-    s: &Geometry,
+    s: &Tiling,
     x: &[f32],
     dy: &[f32],
     first: usize,
@@ -792,7 +801,7 @@ pub(crate) fn weight_grad_group(
 
 fn weight_grad_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R, M>>(
     kernels: TileKernels,
-    s: &Geometry,
+    s: &Tiling,
     x: &[f32],
     dy: &[f32],
     first: usize,
@@ -800,15 +809,15 @@ fn weight_grad_by<const A: usize, const R: usize, const M: usize, T: Transform<A
 ) -> Vec<f32> {
     let xi = A * A;
     let per_chunk = s.chunk().min(count);
-    let c_panels = s.c.div_ceil(MR);
+    let c_panels = s.shape.c.div_ceil(MR);
     // The transformed inputs packed as the tile kernels' panels: per element and panel of MR
     // channels, the tiles' MR values.
     let mut v = Scratch::take(xi * c_panels * MR * per_chunk * s.tiles());
     // The transformed output gradients as rows of o per tile, and NR values of slack for the
     // kernels' whole-tile reads.
-    let mut d = Scratch::take(xi * s.o * per_chunk * s.tiles() + NR);
+    let mut d = Scratch::take(xi * s.shape.o * per_chunk * s.tiles() + NR);
     // Written by the first chunk's products, added into by the others.
-    let mut p: Vec<f32> = Vec::with_capacity(xi * s.o * s.c);
+    let mut p: Vec<f32> = Vec::with_capacity(xi * s.shape.o * s.shape.c);
     for (nth, c0) in (0..count).step_by(per_chunk).enumerate() {
         let cc = per_chunk.min(count - c0);
         let tn = cc * s.tiles();
@@ -817,13 +826,22 @@ fn weight_grad_by<const A: usize, const R: usize, const M: usize, T: Transform<A
         };
         transform_input::<A, R, M, T>(x, s, first + c0, cc, packed, &mut v);
         // A dy A^T of every output-gradient tile.
-        let rows = |e: usize, tile: usize, oi: usize| (e * tn + tile) * s.o + oi;
-        transform_tiles::<M, A, M, OutputGradOf<T, R>>(dy, s.o, s, first + c0, cc, 0, rows, &mut d);
+        let rows = |e: usize, tile: usize, oi: usize| (e * tn + tile) * s.shape.o + oi;
+        transform_tiles::<M, A, M, OutputGradOf<T, R>>(
+            dy,
+            s.shape.o,
+            s,
+            first + c0,
+            cc,
+            0,
+            rows,
+            &mut d,
+        );
         // Per element, [c, o] (+)= V^T [c, tiles] . D [tiles, o], into p as [o, c].
         for e in 0..xi {
             for cp in 0..c_panels {
-                let (ci0, channels) = (cp * MR, MR.min(s.c - cp * MR));
-                for o0 in (0..s.o).step_by(NR) {
+                let (ci0, channels) = (cp * MR, MR.min(s.shape.c - cp * MR));
+                for o0 in (0..s.shape.o).step_by(NR) {
                     // SAFETY: v holds the panel's tn columns of MR; d holds tn rows of o from
                     // rows(e, 0, 0), and NR values of slack past the last; p's capacity holds
                     // xi [o, c] planes; the first chunk writes each element whole (no
@@ -831,13 +849,13 @@ fn weight_grad_by<const A: usize, const R: usize, const M: usize, T: Transform<A
                     unsafe {
                         kernels.tile(
                             channels,
-                            NR.min(s.o - o0),
+                            NR.min(s.shape.o - o0),
                             tn,
-                            p.as_mut_ptr().add((e * s.o + o0) * s.c + ci0),
-                            s.c,
+                            p.as_mut_ptr().add((e * s.shape.o + o0) * s.shape.c + ci0),
+                            s.shape.c,
                             v.as_ptr().add(packed(e, 0, ci0)),
                             d.as_ptr().add(rows(e, 0, o0)),
-                            s.o,
+                            s.shape.o,
                             1,
                             nth > 0,
                         )
@@ -847,18 +865,18 @@ fn weight_grad_by<const A: usize, const R: usize, const M: usize, T: Transform<A
         }
         if nth == 0 {
             // SAFETY: the first chunk's products wrote all xi * o * c elements.
-            unsafe { p.set_len(xi * s.o * s.c) };
+            unsafe { p.set_len(xi * s.shape.o * s.shape.c) };
         }
     }
     p
 }
 
 /// The `(o, c, k, k)` weight gradient `G^T P G` from the summed `[o, c]` matrices `p`.
-pub(crate) fn finish_weight_grad(s: &Geometry, p: &[f32]) -> Vec<f32> {
+pub(crate) fn finish_weight_grad(s: &Tiling, p: &[f32]) -> Vec<f32> {
     match s.variant {
-        Variant::F2x3 => finish_weight_grad_by::<4, 3, 2, F23>(p, s.o, s.c),
-        Variant::F4x3 => finish_weight_grad_by::<6, 3, 4, F43>(p, s.o, s.c),
-        Variant::F4x5 => finish_weight_grad_by::<8, 5, 4, F45>(p, s.o, s.c),
+        Variant::F2x3 => finish_weight_grad_by::<4, 3, 2, F23>(p, s.shape.o, s.shape.c),
+        Variant::F4x3 => finish_weight_grad_by::<6, 3, 4, F43>(p, s.shape.o, s.shape.c),
+        Variant::F4x5 => finish_weight_grad_by::<8, 5, 4, F45>(p, s.shape.o, s.shape.c),
     }
 }
 
@@ -890,169 +908,4 @@ fn finish_weight_grad_by<const A: usize, const R: usize, const M: usize, T: Tran
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Deterministic values in [-1, 1).
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
-    fn assert_close(what: &str, got: &[f32], want: &[f64]) {
-        assert_eq!(got.len(), want.len(), "{what}");
-        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let err = (g as f64 - w).abs() / scale;
-            assert!(
-                err <= 1e-5,
-                "{what}[{i}]: {g} against {w} (relative error {err:e})"
-            );
-        }
-    }
-
-    #[test]
-    fn f23_forward_and_gradients_match_the_direct_convolution() {
-        matches_the_direct_convolution(Variant::F2x3, 3);
-    }
-
-    #[test]
-    fn f43_forward_and_gradients_match_the_direct_convolution() {
-        matches_the_direct_convolution(Variant::F4x3, 3);
-    }
-
-    #[test]
-    fn f45_forward_and_gradients_match_the_direct_convolution() {
-        matches_the_direct_convolution(Variant::F4x5, 5);
-    }
-
-    #[allow(clippy::needless_range_loop)] // the direct sums read best as index loops
-    fn matches_the_direct_convolution(variant: Variant, k: usize) {
-        // Odd sizes (partial tiles on the right and bottom), and enough images for three chunks
-        // of 9 (30 tiles each, CHUNK_TILES 256), the last one partial; 19 input channels and
-        // 21 outputs (a second, partial panel of MR and a partial group of lanes); both tile
-        // kernels.
-        let (n, c, h, w, o) = (20, 19, 9, 11, 21);
-        let s = Geometry {
-            c,
-            h,
-            w,
-            o,
-            variant,
-        };
-        let (kk, pad) = (k * k, (k / 2) as isize);
-        let x = values(n * c * h * w, 1);
-        let wt = values(o * c * kk, 2);
-        let bias = values(o, 3);
-        let dy = values(n * o * h * w, 4);
-        // Direct sums in f64: y[j][oi][p] and the gradients of sum(y * dy).
-        let input = |j: usize, ci: usize, iy: isize, ix: isize| {
-            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                0.0
-            } else {
-                x[((j * c + ci) * h + iy as usize) * w + ix as usize] as f64
-            }
-        };
-        let mut y = vec![0f64; n * o * h * w];
-        let mut dx = vec![0f64; n * c * h * w];
-        let mut dw = vec![0f64; o * c * kk];
-        for j in 0..n {
-            for oi in 0..o {
-                for oy in 0..h {
-                    for ox in 0..w {
-                        let at = ((j * o + oi) * h + oy) * w + ox;
-                        let mut sum = bias[oi] as f64;
-                        for ci in 0..c {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let (iy, ix) = (
-                                        oy as isize + ky as isize - pad,
-                                        ox as isize + kx as isize - pad,
-                                    );
-                                    let at_w = (oi * c + ci) * kk + ky * k + kx;
-                                    sum += wt[at_w] as f64 * input(j, ci, iy, ix);
-                                    dw[at_w] += dy[at] as f64 * input(j, ci, iy, ix);
-                                    if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
-                                        dx[((j * c + ci) * h + iy as usize) * w + ix as usize] +=
-                                            dy[at] as f64 * wt[at_w] as f64;
-                                    }
-                                }
-                            }
-                        }
-                        y[at] = sum.max(0.0);
-                    }
-                }
-            }
-        }
-        // Two groups of images, as two threads would run them.
-        let groups = [(0, 13), (13, 7)];
-        use crate::ops::microkernel::Isa;
-        for kernels in Isa::ALL
-            .into_iter()
-            .filter(Isa::supported)
-            .map(Isa::kernels)
-        {
-            matches_with(kernels, &s, k, groups, &x, &wt, &bias, &dy, (&y, &dx, &dw));
-        }
-    }
-
-    /// The forward and both gradients of the group split `groups`, against the direct sums.
-    #[allow(clippy::too_many_arguments)]
-    fn matches_with(
-        kernels: TileKernels,
-        s: &Geometry,
-        k: usize,
-        groups: [(usize, usize); 2],
-        x: &[f32],
-        wt: &[f32],
-        bias: &[f32],
-        dy: &[f32],
-        (y, dx, dw): (&[f64], &[f64], &[f64]),
-    ) {
-        let (n, c, h, w, o) = (dy.len() / (s.o * s.h * s.w), s.c, s.h, s.w, s.o);
-        let xi = (s.variant.m() + k - 1) * (s.variant.m() + k - 1);
-        let u = transform_weights(s, wt, false);
-        let mut got = vec![std::mem::MaybeUninit::new(f32::NAN); n * o * h * w];
-        for (first, count) in groups {
-            let per_image = o * h * w;
-            let part = &mut got[first * per_image..][..count * per_image];
-            forward_group(kernels, s, x, &u, bias, true, first, count, part);
-        }
-        // SAFETY: forward_group wrote every element (the groups cover all images).
-        let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
-        assert_close("forward", &got, y);
-
-        let t = s.transposed();
-        let u = transform_weights(&t, wt, true);
-        let zeros = vec![0f32; c];
-        let mut got = vec![std::mem::MaybeUninit::new(f32::NAN); n * c * h * w];
-        for (first, count) in groups {
-            let per_image = c * h * w;
-            let part = &mut got[first * per_image..][..count * per_image];
-            forward_group(kernels, &t, dy, &u, &zeros, false, first, count, part);
-        }
-        // SAFETY: forward_group wrote every element (the groups cover all images).
-        let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
-        assert_close("input gradient", &got, dx);
-
-        let mut sum = vec![0f32; xi * o * c];
-        for (first, count) in groups {
-            for (a, b) in sum
-                .iter_mut()
-                .zip(weight_grad_group(kernels, s, x, dy, first, count))
-            {
-                *a += b;
-            }
-        }
-        assert_close("weight gradient", &finish_weight_grad(s, &sum), dw);
-    }
-}
+mod tests;

@@ -1,0 +1,70 @@
+//! `zoo train`: one model trained into its run folder, with a progress display.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use zoo_cli::progress::Progress;
+use zoo_cli::run_config::{RunConfig, RunSpec};
+use zoo_cli::training::run_training;
+use zoo_core::data::resolve::data_root;
+use zoo_core::train::trainer::Outcome;
+
+use crate::cli::TrainArgs;
+
+/// Resolves the flags against the recipe, trains, and says where the outputs are.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let config = run_config(args)?;
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
+        PathBuf::from(format!("runs/single/{}-{}", config.model, config.dataset))
+    });
+    let root = data_root(args.data_dir.as_deref());
+    let label = format!("{}-{}", config.model, config.dataset);
+    match run_training(
+        &config,
+        &root,
+        &run_dir,
+        args.resume,
+        None,
+        &mut Progress::new(&label),
+    )? {
+        Outcome::Finished(metrics) => {
+            let best = metrics.iter().map(|m| m.valid_acc).fold(0.0, f64::max);
+            println!(
+                "done: best valid accuracy {best:.4}; outputs in {}",
+                run_dir.display()
+            );
+        }
+        Outcome::Interrupted { epoch, batch } => {
+            println!("stopped at epoch {epoch} batch {batch}")
+        }
+    }
+    Ok(())
+}
+
+/// The run configuration the flags give: the recipe's, with each set flag overriding its field.
+fn run_config(a: &TrainArgs) -> Result<RunConfig> {
+    RunSpec {
+        model: Some(a.model.clone()),
+        recipe: Some(a.recipe),
+        dataset: a.dataset.clone(),
+        input_size: a.input_size,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        learning_rate: a.lr,
+        optimizer: a.optimizer,
+        momentum: a.momentum,
+        nesterov: a.nesterov,
+        weight_decay: a.weight_decay,
+        schedule: a.schedule,
+        warmup_epochs: a.warmup_epochs,
+        label_smoothing: a.label_smoothing,
+        clip_grad_norm: a.clip_grad_norm,
+        augment: a.augment,
+        init: a.init,
+        ema_decay: a.ema_decay,
+        seed: a.seed,
+        train_per_class: a.train_per_class,
+        valid_per_class: a.valid_per_class,
+    }
+    .resolve(&a.device)
+}

@@ -1,0 +1,54 @@
+//! `zoo predict`: the top-5 classes of image files through a checkpoint and its input
+//! transform.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::loaded_model::load_model;
+
+/// One image's prediction.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub image: PathBuf,
+    /// (class, probability), best first.
+    pub top5: Vec<(String, f32)>,
+    pub logits: Vec<f32>,
+}
+
+/// Top-5 classes of each image, using the checkpoint's evaluation transform.
+pub fn predict(checkpoint: &Path, images: &[PathBuf], device: &str) -> Result<Vec<Prediction>> {
+    let loaded = load_model(checkpoint, device)?;
+    let input = loaded.meta.run.input;
+    let mut out = Vec::new();
+    for path in images {
+        let (h, w, chw) = zoo_core::data::folder::decode_image(path, input.channels)?;
+        let x = candle_core::Tensor::from_vec(chw, (1, input.channels, h, w), &loaded.device)?;
+        let x = loaded.meta.run.eval_transform.apply(&x, &loaded.device)?;
+        let logits = loaded.model.forward_t(&x, false)?.squeeze(0)?;
+        let probs = candle_nn::ops::softmax(&logits, 0)?.to_vec1::<f32>()?;
+        let mut ranked: Vec<(usize, f32)> = probs.iter().copied().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out.push(Prediction {
+            image: path.clone(),
+            top5: ranked
+                .iter()
+                .take(5)
+                .map(|&(i, p)| {
+                    (
+                        loaded
+                            .meta
+                            .classes
+                            .get(i)
+                            .cloned()
+                            .unwrap_or_else(|| i.to_string()),
+                        p,
+                    )
+                })
+                .collect(),
+            logits: logits.to_vec1()?,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,107 @@
+//! One training run from a resolved configuration: data, model, loaders, trainer, in its run
+//! folder (locked, resumable).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use candle_core::DType;
+use zoo_core::InputSpec;
+use zoo_core::data::augment::Augment;
+use zoo_core::data::loader::{Loader, LoaderConfig};
+use zoo_core::init::ParamStore;
+use zoo_core::train::checkpoint::{RunInfo, load_checkpoint};
+use zoo_core::train::trainer::{Outcome, TrainObserver, Trainer};
+
+use crate::device::parse_device;
+use crate::registry::find;
+use crate::run_config::{RunConfig, load_data};
+
+/// Trains `config` into `run_dir` (resuming from its last checkpoint when `resume`).
+pub fn run_training(
+    config: &RunConfig,
+    data_root: &Path,
+    run_dir: &Path,
+    resume: bool,
+    stop_after_steps: Option<u64>,
+    observer: &mut dyn TrainObserver,
+) -> Result<Outcome> {
+    let entry = find(&config.model)?;
+    config.validate()?;
+    let device = parse_device(&config.device)?;
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let _lock = crate::run_folder::RunLock::acquire(run_dir)?;
+    let config_toml = config.to_toml()?;
+    let config_path = run_dir.join("config.toml");
+    let last = Trainer::last_path(run_dir);
+    let resume_from = if resume && last.is_file() {
+        let ckpt = load_checkpoint(&last, &device)
+            .with_context(|| format!("reading {}", last.display()))?;
+        if ckpt.meta.run.config != config_toml {
+            bail!(
+                "{} was written by another configuration; move the run folder away or resume with the \
+                 same settings (its config.toml)",
+                last.display()
+            )
+        }
+        if ckpt.meta.progress.epoch >= config.recipe.epochs {
+            // Finished: make its outputs whole (a kill between the last writes) and stop.
+            let repaired = crate::run_folder::repair(run_dir)?;
+            crate::run_folder::report_repair(&run_dir.display().to_string(), &repaired);
+            return Ok(Outcome::Finished(ckpt.meta.progress.metrics));
+        }
+        Some(ckpt)
+    } else {
+        None
+    };
+    let (train, test) = load_data(data_root, config)?;
+    if train.channels != entry.reference_input.channels {
+        bail!(
+            "{} has {}-channel images; {} takes {} channels",
+            config.dataset,
+            train.channels,
+            config.model,
+            entry.reference_input.channels
+        )
+    }
+    let input = InputSpec::square(train.channels, config.input_size);
+    let store = ParamStore::new(config.seed, config.init, DType::F32, &device);
+    let model = entry
+        .build(input, train.classes.len(), store.var_builder())
+        .with_context(|| format!("building {} for {input}", config.model))?;
+    let loader_config = LoaderConfig {
+        batch_size: config.batch_size,
+        augment: config.augment,
+        ..LoaderConfig::notebook(config.seed)
+    };
+    let classes = train.classes.clone();
+    let train_loader = Loader::new(Arc::new(train), loader_config)?;
+    let valid_loader = Loader::new(
+        Arc::new(test),
+        LoaderConfig {
+            shuffle: false,
+            augment: Augment::default(),
+            ..loader_config
+        },
+    )?;
+    zoo_core::fs::write_atomic(&config_path, config_toml.as_bytes())?;
+    let mut trainer = Trainer {
+        model: model.as_ref(),
+        store: &store,
+        recipe: config.recipe.clone(),
+        transform: config.eval_transform(),
+        device,
+        run: RunInfo::new(
+            &config.model,
+            input,
+            classes,
+            config.eval_transform(),
+            config_toml,
+            config.seed,
+        ),
+        checkpoint_every: Some(50),
+        stop_after_steps,
+        read_every: None,
+    };
+    Ok(trainer.fit(&train_loader, &valid_loader, run_dir, resume_from, observer)?)
+}

@@ -1,0 +1,179 @@
+//! `bench models`: training-step and inference images/s of every registry model, zoo and
+//! (with `--torch`) PyTorch case by case, and the table of medians and ratios.
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use zoo_cli::registry::registry;
+use zoo_core::table::{Align, Table};
+
+use super::median;
+use super::torch::{BenchRow, torch_bench};
+use crate::machine::peak_rss_mib;
+
+pub fn run(
+    batch: usize,
+    steps: usize,
+    only: Option<&str>,
+    reference: bool,
+    torch: Option<&str>,
+    repeat: usize,
+    infer_only: bool,
+) -> Result<()> {
+    anyhow::ensure!(steps > 0, "bench models: --steps must be at least 1");
+    let device = candle_core::Device::Cpu;
+    println!(
+        "batch {batch}, median of {steps} steps after 1 warm-up; RAYON_NUM_THREADS={}",
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
+    );
+    let mut rows = Vec::new();
+    let mut torch_rows: Vec<BenchRow> = Vec::new();
+    let rounds = repeat.max(1);
+    let entries: Vec<_> = registry()
+        .iter()
+        .filter(|e| only.is_none_or(|o| o.split(',').any(|m| m == e.name)))
+        .collect();
+    let cases = (0..rounds).flat_map(|round| entries.iter().map(move |e| (round, *e)));
+    for (round, entry) in cases {
+        if rounds > 1 && std::ptr::eq(entry, entries[0]) {
+            println!("-- round {} of {rounds}", round + 1);
+        }
+        let mut sizes = vec![entry.cpu_input_size()];
+        if reference {
+            sizes.push(entry.reference_input.height);
+        }
+        for size in sizes {
+            let input = zoo_core::InputSpec::square(entry.reference_input.channels, size);
+            let store = zoo_core::init::ParamStore::new(
+                0,
+                zoo_core::init::InitScheme::XavierUniform,
+                candle_core::DType::F32,
+                &device,
+            );
+            let model = entry.build(input, 10, store.var_builder())?;
+            let x = zoo_core::testing::test_input(&input.batched(batch), 1)?;
+            let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
+            let y = candle_core::Tensor::new(labels.as_slice(), &device)?;
+            // The optimiser zoo's trainer runs (plain SGD here, like the PyTorch side).
+            let mut sgd = zoo_core::train::optim::Optimizer::new(
+                zoo_core::train::optim::OptimizerConfig::plain_sgd(),
+                store.trainable(),
+            )?;
+            let mut train_step = || -> candle_core::Result<f64> {
+                let start = Instant::now();
+                let logits = model.forward_t(&x, true)?;
+                let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+                sgd.step(&loss.backward()?, 0.01)?;
+                Ok(start.elapsed().as_secs_f64())
+            };
+            let mut train = Vec::new();
+            if !infer_only {
+                for i in 0..=steps {
+                    match train_step() {
+                        Ok(t) if i > 0 => train.push(t),
+                        Ok(_) => {}
+                        Err(e) => {
+                            // A case that cannot train (BatchNorm over one value per channel
+                            // at batch 1) is skipped, as PyTorch refuses it too.
+                            println!("SKIP zoo {} {size} train: {e}", entry.name);
+                            train.clear();
+                            break;
+                        }
+                    }
+                }
+            }
+            let mut infer = Vec::new();
+            for i in 0..=steps {
+                let start = Instant::now();
+                model.forward_t(&x, false)?.to_vec2::<f32>()?;
+                if i > 0 {
+                    infer.push(start.elapsed().as_secs_f64());
+                }
+            }
+            let row = BenchRow {
+                model: entry.name.to_string(),
+                size,
+                train: (!train.is_empty()).then(|| batch as f64 / median(train)),
+                infer: batch as f64 / median(infer),
+                peak_mib: peak_rss_mib(),
+            };
+            println!(
+                "RESULT zoo {} {} {} {:.1} {:.0}",
+                row.model,
+                row.size,
+                row.train.map_or("-".to_string(), |t| format!("{t:.1}")),
+                row.infer,
+                row.peak_mib
+            );
+            // PyTorch right after zoo on the same case, so that both see the same machine
+            // (its speed drifts over minutes on this shared host).
+            if let Some(python) = torch {
+                torch_rows.push(torch_bench(
+                    python, batch, steps, entry.name, size, infer_only,
+                )?);
+            }
+            rows.push(row);
+        }
+    }
+    // One line per case, medians over the rounds; the ratio column lists each round's.
+    let mut keys: Vec<(String, usize)> = Vec::new();
+    for r in &rows {
+        if !keys.contains(&(r.model.clone(), r.size)) {
+            keys.push((r.model.clone(), r.size));
+        }
+    }
+    // (train img/s if timed, infer img/s, peak MiB) of one case's rounds.
+    type Measured = (Option<f64>, f64, f64);
+    let of = |list: &[BenchRow], key: &(String, usize)| -> Vec<Measured> {
+        list.iter()
+            .filter(|r| r.model == key.0 && r.size == key.1)
+            .map(|r| (r.train, r.infer, r.peak_mib))
+            .collect()
+    };
+    let mut table = Table::new(&[
+        ("model", Align::Left),
+        ("input", Align::Right),
+        ("zoo train img/s", Align::Right),
+        ("PyTorch train img/s", Align::Right),
+        ("train ratio", Align::Right),
+        ("zoo infer img/s", Align::Right),
+        ("PyTorch infer img/s", Align::Right),
+        ("infer ratio", Align::Right),
+        ("zoo peak MiB", Align::Right),
+    ]);
+    let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    let med = |v: Vec<f64>| (!v.is_empty()).then(|| median(v));
+    for key in &keys {
+        let (zoo, torch) = (of(&rows, key), of(&torch_rows, key));
+        // Ratios of the rounds that measured both sides; with several, "each; median".
+        let ratio = |pick: fn(&Measured) -> Option<f64>| {
+            let each: Vec<f64> = zoo
+                .iter()
+                .zip(&torch)
+                .filter_map(|(z, t)| Some(pick(z)? / pick(t)?))
+                .collect();
+            match each.len() {
+                0 => "-".to_string(),
+                1 => format!("{:.2}", each[0]),
+                _ => {
+                    let listed: Vec<String> = each.iter().map(|r| format!("{r:.2}")).collect();
+                    format!("{}; **{:.2}**", listed.join(", "), median(each))
+                }
+            }
+        };
+        table.row([
+            format!("`{}`", key.0),
+            key.1.to_string(),
+            fmt(med(zoo.iter().filter_map(|r| r.0).collect())),
+            fmt(med(torch.iter().filter_map(|r| r.0).collect())),
+            ratio(|r| r.0),
+            fmt(med(zoo.iter().map(|r| r.1).collect())),
+            fmt(med(torch.iter().map(|r| r.1).collect())),
+            ratio(|r| Some(r.1)),
+            format!("{:.0}", zoo.iter().map(|r| r.2).fold(0.0, f64::max)),
+        ]);
+    }
+    println!("\n{}", table.markdown());
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! `cargo xtask data` and `make-sample`: the data root filled from ../shared/data, and the
+//! committed sample in samples/ written from it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use zoo_core::fs::write_atomic;
+
+use crate::project_root;
+
+pub fn shared_data() -> PathBuf {
+    project_root().join("../shared/data")
+}
+
+pub fn prepare_data(root: &Path) -> Result<()> {
+    let shared = shared_data();
+    anyhow::ensure!(
+        shared.is_dir(),
+        "{} not found: nothing to copy from",
+        shared.display()
+    );
+    for name in ["mnist", "fashion-mnist"] {
+        let dst = root.join(name);
+        std::fs::create_dir_all(&dst).with_context(|| format!("creating {}", dst.display()))?;
+        for entry in std::fs::read_dir(shared.join(name))
+            .with_context(|| format!("listing {}", shared.join(name).display()))?
+        {
+            let path = entry?.path();
+            let target = dst.join(path.file_name().context("file name")?);
+            if !target.exists() {
+                // Through a temporary name: a copy cut short is never taken for the file.
+                let tmp = target.with_extension("part");
+                std::fs::copy(&path, &tmp)
+                    .with_context(|| format!("copying {}", path.display()))?;
+                std::fs::rename(&tmp, &target)
+                    .with_context(|| format!("renaming {}", tmp.display()))?;
+            }
+        }
+        println!("{name}: {}", dst.display());
+    }
+    let cifar = root.join("cifar10");
+    if cifar.join("train").is_dir() && cifar.join("test").is_dir() {
+        println!("cifar10: {} (already extracted)", cifar.display());
+    } else {
+        // Into a folder of its own, renamed when whole: an extraction cut short is never taken
+        // for the dataset (it is removed and done again).
+        let partial = root.join("cifar10.extracting");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial)
+                .with_context(|| format!("removing {}", partial.display()))?;
+        }
+        std::fs::create_dir_all(&partial)?;
+        let tarball = shared.join("cifar10-jpg.tar.gz");
+        println!("cifar10: extracting {} ...", tarball.display());
+        let status = std::process::Command::new("tar")
+            .arg("xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&partial)
+            .status()
+            .context("running tar")?;
+        anyhow::ensure!(status.success(), "tar failed on {}", tarball.display());
+        if cifar.exists() {
+            std::fs::remove_dir_all(&cifar)
+                .with_context(|| format!("removing the incomplete {}", cifar.display()))?;
+        }
+        std::fs::rename(&partial, &cifar)
+            .with_context(|| format!("renaming {} to {}", partial.display(), cifar.display()))?;
+        println!("cifar10: {}", cifar.display());
+    }
+    Ok(())
+}
+
+/// samples/: 400 training images per class of CIFAR-10 (as binary batches) and 200 of MNIST
+/// (IDX .gz), 100 test images per class of each, from the full datasets.
+pub fn make_sample(root: &Path) -> Result<()> {
+    use std::io::Write;
+    use zoo_core::data::Split;
+    use zoo_core::data::resolve::load_split;
+    let out = project_root().join("samples");
+    let cifar_dir = out.join("cifar10/cifar-10-batches-bin");
+    std::fs::create_dir_all(&cifar_dir)?;
+    let train = load_split(root, "cifar10", Split::Train)?.per_class_prefix(200);
+    let test = load_split(root, "cifar10", Split::Test)?.per_class_prefix(50);
+    let encode = |ds: &zoo_core::data::ImageDataset, range: std::ops::Range<usize>| {
+        let images: Vec<u8> = range.clone().flat_map(|i| ds.image(i).to_vec()).collect();
+        zoo_core::data::cifar::encode_cifar_batch(&images, &ds.labels()[range])
+    };
+    let per_file = train.len() / 5;
+    for b in 0..5 {
+        write_atomic(
+            &cifar_dir.join(format!("data_batch_{}.bin", b + 1)),
+            &encode(&train, b * per_file..(b + 1) * per_file),
+        )?;
+    }
+    write_atomic(
+        &cifar_dir.join("test_batch.bin"),
+        &encode(&test, 0..test.len()),
+    )?;
+    let mnist_dir = out.join("mnist");
+    std::fs::create_dir_all(&mnist_dir)?;
+    for (split, n, prefix) in [(Split::Train, 200, "train"), (Split::Test, 50, "t10k")] {
+        let ds = load_split(root, "mnist", split)?.per_class_prefix(n);
+        let images: Vec<u8> = (0..ds.len()).flat_map(|i| ds.image(i).to_vec()).collect();
+        for (name, bytes) in [
+            (
+                format!("{prefix}-images-idx3-ubyte.gz"),
+                zoo_core::data::idx::encode_idx(&[ds.len(), 28, 28], &images),
+            ),
+            (
+                format!("{prefix}-labels-idx1-ubyte.gz"),
+                zoo_core::data::idx::encode_idx(&[ds.len()], ds.labels()),
+            ),
+        ] {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            enc.write_all(&bytes)?;
+            write_atomic(&mnist_dir.join(name), &enc.finish()?)?;
+        }
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
