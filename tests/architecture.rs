@@ -106,7 +106,9 @@ fn expand(prefix: &str, tree: &str, out: &mut Vec<String>) {
         }
         Some(open) => {
             let head = tree[..open].trim().trim_end_matches("::").replace(' ', "");
-            let inner = &tree[open + 1..tree.rfind('}').unwrap_or(tree.len())];
+            // Text that only looks like a `use` (in a string or comment) may close no group.
+            let close = tree.rfind('}').filter(|&c| c > open).unwrap_or(tree.len());
+            let inner = &tree[open + 1..close];
             let mut depth = 0;
             let mut last = 0;
             let mut items = Vec::new();

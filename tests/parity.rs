@@ -274,7 +274,7 @@ fn convert_takes_the_input_size_the_weights_imply_and_the_transform_it_is_given(
     pytorch_file("alexnet", 65, &alexnet, None);
     import("alexnet", &alexnet, &out).unwrap();
     let m = meta(&out);
-    assert_eq!((m.input.height, m.eval_transform.height), (65, 65));
+    assert_eq!((m.run.input.height, m.run.eval_transform.height), (65, 65));
     let err = format!(
         "{:#}",
         import_with(
@@ -311,9 +311,9 @@ fn convert_takes_the_input_size_the_weights_imply_and_the_transform_it_is_given(
     )
     .unwrap();
     let m = meta(&out);
-    assert_eq!(m.eval_transform.height, 32);
-    assert_eq!(m.eval_transform.mean, vec![0.49, 0.48, 0.45]);
-    assert_eq!(m.classes, classes);
+    assert_eq!(m.run.eval_transform.height, 32);
+    assert_eq!(m.run.eval_transform.mean, vec![0.49, 0.48, 0.45]);
+    assert_eq!(m.run.classes, classes);
     let tagged = dir.join("resnet-tagged.safetensors");
     let metadata = HashMap::from([
         ("input_size".to_string(), "40".to_string()),
@@ -325,10 +325,13 @@ fn convert_takes_the_input_size_the_weights_imply_and_the_transform_it_is_given(
     import("resnet18", &tagged, &out).unwrap();
     let m = meta(&out);
     assert_eq!(
-        (m.eval_transform.height, m.eval_transform.std.clone()),
+        (
+            m.run.eval_transform.height,
+            m.run.eval_transform.std.clone()
+        ),
         (40, vec![0.2; 3])
     );
-    assert_eq!(m.classes, classes);
+    assert_eq!(m.run.classes, classes);
     // A zero std, or three class names for a ten-class head, are refused.
     let bad = |options: ImportOptions| {
         format!(

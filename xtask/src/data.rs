@@ -9,12 +9,15 @@ use zoo_core::fs::write_atomic;
 
 use crate::project_root;
 
+/// The project's shared data folder, beside the repository.
 pub fn shared_data() -> PathBuf {
     project_root().join("../shared/data")
 }
 
-pub fn prepare_data(root: &Path) -> Result<()> {
-    let shared = shared_data();
+/// Fills the data root `root` from `shared`: the MNIST and Fashion-MNIST IDX files copied,
+/// CIFAR-10's JPEG folders extracted from its tarball. Idempotent, and never leaves a part for
+/// a whole: copies go through a temporary name, the extraction through a folder of its own.
+pub fn prepare_data(shared: &Path, root: &Path) -> Result<()> {
     anyhow::ensure!(
         shared.is_dir(),
         "{} not found: nothing to copy from",
@@ -30,7 +33,9 @@ pub fn prepare_data(root: &Path) -> Result<()> {
             let target = dst.join(path.file_name().context("file name")?);
             if !target.exists() {
                 // Through a temporary name: a copy cut short is never taken for the file.
-                let tmp = target.with_extension("part");
+                let mut tmp = target.clone().into_os_string();
+                tmp.push(".part");
+                let tmp = PathBuf::from(tmp);
                 std::fs::copy(&path, &tmp)
                     .with_context(|| format!("copying {}", path.display()))?;
                 std::fs::rename(&tmp, &target)
@@ -120,4 +125,61 @@ pub fn make_sample(root: &Path) -> Result<()> {
     }
     println!("wrote {}", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shared folder with one IDX file per digit set and a CIFAR-10 tarball of two classes.
+    fn shared_folder(dir: &Path) -> PathBuf {
+        let shared = dir.join("shared");
+        for name in ["mnist", "fashion-mnist"] {
+            std::fs::create_dir_all(shared.join(name)).unwrap();
+            std::fs::write(shared.join(name).join("t10k-labels-idx1-ubyte.gz"), name).unwrap();
+        }
+        let tree = dir.join("tree");
+        for split in ["train", "test"] {
+            std::fs::create_dir_all(tree.join(split).join("cat")).unwrap();
+            std::fs::write(tree.join(split).join("cat/0.jpg"), split).unwrap();
+        }
+        let status = std::process::Command::new("tar")
+            .arg("czf")
+            .arg(shared.join("cifar10-jpg.tar.gz"))
+            .arg("-C")
+            .arg(&tree)
+            .args(["train", "test"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        shared
+    }
+
+    #[test]
+    fn fills_the_root_and_replaces_a_cut_short_extraction() {
+        let dir = std::env::temp_dir().join(format!("zoo-xtask-data-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let shared = shared_folder(&dir);
+        let root = dir.join("data");
+        prepare_data(&shared, &root).unwrap();
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+        assert_eq!(read("mnist/t10k-labels-idx1-ubyte.gz"), "mnist");
+        assert_eq!(
+            read("fashion-mnist/t10k-labels-idx1-ubyte.gz"),
+            "fashion-mnist"
+        );
+        assert_eq!(read("cifar10/test/cat/0.jpg"), "test");
+        assert!(!root.join("cifar10.extracting").exists());
+        // A run killed during the extraction: half a folder beside a cifar10/ without test/.
+        std::fs::remove_dir_all(root.join("cifar10/test")).unwrap();
+        std::fs::create_dir_all(root.join("cifar10.extracting/train")).unwrap();
+        prepare_data(&shared, &root).unwrap();
+        assert_eq!(read("cifar10/test/cat/0.jpg"), "test");
+        assert_eq!(read("cifar10/train/cat/0.jpg"), "train");
+        assert!(!root.join("cifar10.extracting").exists());
+        // Nothing to copy from: an error naming the folder.
+        let err = prepare_data(&dir.join("nowhere"), &root).unwrap_err();
+        assert!(err.to_string().contains("nowhere"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

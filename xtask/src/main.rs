@@ -50,9 +50,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::MakeSample { data_dir } => {
             data::make_sample(&zoo_core::data::resolve::data_root(data_dir.as_deref()))?
         }
-        Command::Data { data_dir } => {
-            data::prepare_data(&zoo_core::data::resolve::data_root(data_dir.as_deref()))?
-        }
+        Command::Data { data_dir } => data::prepare_data(
+            &data::shared_data(),
+            &zoo_core::data::resolve::data_root(data_dir.as_deref()),
+        )?,
         Command::Bench {
             what: Bench::Ops { steps, torch, only },
         } => bench::ops::run(steps, torch.as_deref(), only.as_deref())?,

@@ -35,7 +35,7 @@ pub fn run(
     let data = zoo_core::data::resolve::data_root(data_dir.as_deref());
     // A fresh clone beside ../shared/data: fill the data root first (idempotent).
     if shared_data().is_dir() {
-        prepare_data(&data)?;
+        prepare_data(&shared_data(), &data)?;
     }
     let report = zoo_cli::matrix::train_all(
         &path,

@@ -25,7 +25,11 @@ pub fn load_model(checkpoint: &Path, device: &str) -> Result<LoadedModel> {
     let ckpt = load_checkpoint(checkpoint, &device)?;
     let entry = find(&ckpt.meta.run.model)?;
     let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &device);
-    let model = entry.build(ckpt.meta.run.input, ckpt.meta.run.num_classes, store.var_builder())?;
+    let model = entry.build(
+        ckpt.meta.run.input,
+        ckpt.meta.run.num_classes,
+        store.var_builder(),
+    )?;
     apply_weights(&store, &ckpt.model, &checkpoint.display().to_string())?;
     Ok(LoadedModel {
         meta: ckpt.meta,

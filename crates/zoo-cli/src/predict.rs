@@ -39,6 +39,7 @@ pub fn predict(checkpoint: &Path, images: &[PathBuf], device: &str) -> Result<Ve
                     (
                         loaded
                             .meta
+                            .run
                             .classes
                             .get(i)
                             .cloned()

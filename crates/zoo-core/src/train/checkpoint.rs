@@ -218,7 +218,8 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
             meta.run.classes.len()
         )));
     }
-    meta.run.eval_transform
+    meta.run
+        .eval_transform
         .validate(meta.run.input.channels)
         .map_err(|e| bad(e.to_string()))?;
     let mut model = HashMap::new();

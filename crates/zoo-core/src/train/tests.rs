@@ -7,9 +7,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::ModuleT;
 
-use super::checkpoint::{
-    CheckpointMeta, RunInfo, apply_weights, load_checkpoint, save_checkpoint,
-};
+use super::checkpoint::{CheckpointMeta, RunInfo, apply_weights, load_checkpoint, save_checkpoint};
 use super::loss::cross_entropy;
 use super::optim::{Optimizer, OptimizerConfig};
 use super::schedule::Schedule;

@@ -223,8 +223,11 @@ impl Trainer<'_> {
         if !self.device.is_cpu() {
             // Dropout masks come from the device's generator there (`nn::Dropout`): seeded by
             // the run's seed and, on resume, by the step it resumes at.
-            self.device
-                .set_seed(crate::data::loader::mix_seed(self.run.seed, progress.step, 0x0D20))?;
+            self.device.set_seed(crate::data::loader::mix_seed(
+                self.run.seed,
+                progress.step,
+                0x0D20,
+            ))?;
         }
         let last = Self::last_path(run_dir);
         while progress.epoch < self.recipe.epochs {
@@ -280,8 +283,15 @@ impl Trainer<'_> {
                 if (stop || periodic) && progress.batch < steps_per_epoch {
                     self.check_finite(&last, epoch, progress.batch)?;
                     progress.rng = Some(crate::rng::thread_rng_state());
-                    progress.partial.wall_seconds = wall_before + wall_clock.elapsed().as_secs_f64();
-                    save_checkpoint(&last, self.store, Some(&optimizer), ema.as_ref(), &self.meta(&progress))?;
+                    progress.partial.wall_seconds =
+                        wall_before + wall_clock.elapsed().as_secs_f64();
+                    save_checkpoint(
+                        &last,
+                        self.store,
+                        Some(&optimizer),
+                        ema.as_ref(),
+                        &self.meta(&progress),
+                    )?;
                 }
                 if stop && progress.batch < steps_per_epoch {
                     return Ok(Outcome::Interrupted {
@@ -349,8 +359,18 @@ impl Trainer<'_> {
                 }
             }
             write_csv(&run_dir.join("metrics.csv"), &progress.metrics)?;
-            write_curves(&run_dir.join("curves.png"), &self.run.model, &progress.metrics)?;
-            save_checkpoint(&last, self.store, Some(&optimizer), ema.as_ref(), &self.meta(&progress))?;
+            write_curves(
+                &run_dir.join("curves.png"),
+                &self.run.model,
+                &progress.metrics,
+            )?;
+            save_checkpoint(
+                &last,
+                self.store,
+                Some(&optimizer),
+                ema.as_ref(),
+                &self.meta(&progress),
+            )?;
             observer.epoch_end(&row);
             if self.stop_after_steps.is_some_and(|s| steps_this_call >= s)
                 && progress.epoch < self.recipe.epochs

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
 use clap::{Parser, Subcommand, ValueEnum};
 use zoo_cli::recipe::{OptimizerKind, RecipeName, ScheduleKind};
 use zoo_core::data::Split;
@@ -85,7 +86,7 @@ pub enum Command {
 
 /// `--init`: the names of [`InitScheme::ALL`] (shown in `--help` and in the error for another
 /// name), parsed by the library's own `FromStr`.
-fn init_schemes() -> impl clap::builder::TypedValueParser<Value = InitScheme> {
+fn init_schemes() -> impl TypedValueParser<Value = InitScheme> {
     clap::builder::PossibleValuesParser::new(InitScheme::ALL.map(|s| s.name()))
         .try_map(|name| name.parse::<InitScheme>())
 }
