@@ -15,7 +15,6 @@ mod train_all;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::Parser;
 
 use flags::{Bench, Cli, Command};
 
@@ -27,10 +26,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
     // SAFETY: first thing in main, before any thread is spawned.
-    unsafe { zoo_cli::runtime::configure_process() };
-    let cli = Cli::parse();
-    zoo_cli::runtime::check_environment()?;
-    zoo_kernels::runtime::on_compute_thread(|| run(cli))
+    unsafe { zoo_cli::runtime::run_main(run) }
 }
 
 fn run(cli: Cli) -> Result<()> {

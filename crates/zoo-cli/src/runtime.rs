@@ -38,5 +38,21 @@ pub unsafe fn configure_process() -> usize {
     threads
 }
 
+/// The body of a zoo binary's `main`: the process settings first ([`configure_process`]), then
+/// the command line `C`, the environment check, and `run` on one of rayon's threads. (The
+/// global allocator, a `static`, stays in each binary.)
+///
+/// # Safety
+/// As [`configure_process`]: call it first thing in `main`, before any other thread exists.
+pub unsafe fn run_main<C: clap::Parser + Send>(
+    run: impl FnOnce(C) -> anyhow::Result<()> + Send,
+) -> anyhow::Result<()> {
+    // SAFETY: the caller guarantees that no other thread exists yet.
+    unsafe { configure_process() };
+    let cli = C::parse();
+    check_environment()?;
+    zoo_kernels::runtime::on_compute_thread(|| run(cli))
+}
+
 /// Stack size of rayon's threads, which run the binaries' whole work.
 const MAIN_STACK_BYTES: usize = 8 << 20;

@@ -6,7 +6,6 @@ mod cli;
 mod commands;
 
 use anyhow::Result;
-use clap::Parser;
 
 use cli::{Cli, Command};
 
@@ -18,10 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
     // SAFETY: first thing in main, before any thread is spawned.
-    unsafe { zoo_cli::runtime::configure_process() };
-    let cli = Cli::parse();
-    zoo_cli::runtime::check_environment()?;
-    zoo_kernels::runtime::on_compute_thread(|| run(cli))
+    unsafe { zoo_cli::runtime::run_main(run) }
 }
 
 fn run(cli: Cli) -> Result<()> {
