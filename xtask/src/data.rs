@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use zoo_core::fs::write_atomic;
+use zoo_core::fs::{copy_atomic, write_atomic};
 
 use crate::project_root;
 
@@ -32,14 +32,8 @@ pub fn prepare_data(shared: &Path, root: &Path) -> Result<()> {
             let path = entry?.path();
             let target = dst.join(path.file_name().context("file name")?);
             if !target.exists() {
-                // Through a temporary name: a copy cut short is never taken for the file.
-                let mut tmp = target.clone().into_os_string();
-                tmp.push(".part");
-                let tmp = PathBuf::from(tmp);
-                std::fs::copy(&path, &tmp)
-                    .with_context(|| format!("copying {}", path.display()))?;
-                std::fs::rename(&tmp, &target)
-                    .with_context(|| format!("renaming {}", tmp.display()))?;
+                // Whole or not at all: a copy cut short is never taken for the file.
+                copy_atomic(&path, &target)?;
             }
         }
         println!("{name}: {}", dst.display());

@@ -83,8 +83,7 @@ fn update_results_doc(report: &Path, preset: &str) -> Result<()> {
     for figure in ["accuracy_vs_time.png", "accuracy_vs_epoch.png"] {
         let from = report_dir.join(figure);
         if from.is_file() {
-            std::fs::copy(&from, curves_dir.join(figure))
-                .with_context(|| format!("copying {}", from.display()))?;
+            zoo_core::fs::copy_atomic(&from, &curves_dir.join(figure))?;
             body = body.replace(
                 &format!("]({figure})"),
                 &format!("](results/{preset}/{figure})"),
@@ -98,7 +97,7 @@ fn update_results_doc(report: &Path, preset: &str) -> Result<()> {
             curves.is_file(),
             run.file_name().map(|n| n.to_string_lossy().into_owned()),
         ) {
-            std::fs::copy(&curves, curves_dir.join(format!("{name}.png")))?;
+            zoo_core::fs::copy_atomic(&curves, &curves_dir.join(format!("{name}.png")))?;
             body = body.replace(
                 &format!("]({name}/curves.png)"),
                 &format!("](results/{preset}/{name}.png)"),

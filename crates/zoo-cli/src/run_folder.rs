@@ -196,7 +196,7 @@ pub fn repair(run_dir: &Path) -> Result<Repaired> {
         } else {
             let tensors = if ema { &ckpt.ema } else { &ckpt.model };
             let mut meta = ckpt.meta.clone();
-            meta.progress.ema_weights = ema;
+            meta.ema_weights = ema;
             save_tensors(&best, tensors, &meta)?;
             repaired.files.push("best.safetensors");
         }

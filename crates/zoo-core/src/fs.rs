@@ -33,6 +33,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Copies `from` to `to` through [`write_atomic`]: `to` is the old file or the whole copy.
+pub fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
+    let bytes = std::fs::read(from)
+        .map_err(|e| candle_core::Error::Msg(format!("{}: cannot read: {e}", from.display())))?;
+    write_atomic(to, &bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,6 +53,10 @@ mod tests {
         write_atomic(&path, b"second, longer").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"second, longer");
         assert!(!dir.join("a.txt.tmp").exists());
+        copy_atomic(&path, &dir.join("b.txt")).unwrap();
+        assert_eq!(std::fs::read(dir.join("b.txt")).unwrap(), b"second, longer");
+        let err = copy_atomic(&dir.join("none.txt"), &dir.join("c.txt")).unwrap_err();
+        assert!(err.to_string().contains("none.txt: cannot read"), "{err}");
         // A folder that does not exist: an error naming the file.
         let err = write_atomic(&dir.join("missing/b.txt"), b"x").unwrap_err();
         assert!(err.to_string().contains("missing/b.txt"), "{err}");

@@ -88,20 +88,20 @@ pub struct RunProgress {
     pub metrics: Vec<EpochMetrics>,
     /// The dropout generator of the training thread.
     pub rng: Option<RngState>,
-    /// The model tensors are the EMA of the weights (a `best.safetensors` whose EMA
-    /// validated better than the raw weights).
-    #[serde(default)]
-    pub ema_weights: bool,
 }
 
-/// The header metadata of a zoo checkpoint: the run and its progress, stored as one flat JSON
-/// object (the fields of both).
+/// The header metadata of a zoo checkpoint: the run, its progress, and which weights the file
+/// holds, stored as one flat JSON object (the fields of all three).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
     #[serde(flatten)]
     pub run: RunInfo,
     #[serde(flatten)]
     pub progress: RunProgress,
+    /// The model tensors are the EMA of the weights (a `best.safetensors` whose EMA
+    /// validated better than the raw weights), not the trained weights themselves.
+    #[serde(default)]
+    pub ema_weights: bool,
 }
 
 impl CheckpointMeta {
@@ -110,6 +110,7 @@ impl CheckpointMeta {
         Self {
             run,
             progress: RunProgress::default(),
+            ema_weights: false,
         }
     }
 }

@@ -352,7 +352,7 @@ impl Trainer<'_> {
                 match &ema {
                     Some(e) if row.valid_acc_ema.is_some_and(|a| a > row.valid_acc) => {
                         let mut meta = self.meta(&progress);
-                        meta.progress.ema_weights = true;
+                        meta.ema_weights = true;
                         e.with_shadow(|| save_checkpoint(&best, self.store, None, None, &meta))?
                     }
                     _ => save_checkpoint(&best, self.store, None, None, &self.meta(&progress))?,
@@ -389,6 +389,7 @@ impl Trainer<'_> {
         CheckpointMeta {
             run: self.run.clone(),
             progress: progress.clone(),
+            ema_weights: false,
         }
     }
 
