@@ -533,6 +533,7 @@ fn timed_epoch(check: &EpochCheck, target: &Target) -> Result<f64> {
             checkpoint_every: None,
             stop_after_steps: None,
             read_every: None,
+            collective: None,
         };
         Ok(trainer.fit(&train, &valid, &run_dir, None, &mut Quiet)?)
     });

@@ -102,6 +102,7 @@ pub fn run_training(
         checkpoint_every: Some(50),
         stop_after_steps,
         read_every: None,
+        collective: None,
     };
     Ok(trainer.fit(&train_loader, &valid_loader, run_dir, resume_from, observer)?)
 }

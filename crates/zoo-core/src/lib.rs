@@ -31,6 +31,7 @@
 
 pub mod canvas;
 pub mod data;
+pub mod distributed;
 pub mod fs;
 pub mod init;
 pub mod model;

@@ -1,9 +1,12 @@
 //! Checks shared by every model crate's tests: shapes against the notebook, in both modes,
-//! and gradients reaching every parameter.
+//! gradients reaching every parameter, and a small learnable dataset.
+
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
 pub use zoo_kernels::testing::{assert_close, max_abs_diff, weighted_sum_grads};
 
+use crate::data::{ImageDataset, digit_classes};
 use crate::init::{InitScheme, ParamStore};
 use crate::model::Model;
 
@@ -107,4 +110,27 @@ pub fn check_backward_reaches_every_parameter(
         )
     }
     Ok(())
+}
+
+/// 1x8x8 images whose brightness pattern depends on the label: learnable.
+pub fn toy_dataset(n: usize, seed: u64) -> Arc<ImageDataset> {
+    let mut rng = crate::rng::ZooRng::new(seed);
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    for i in 0..n {
+        let label = (i % 10) as u8;
+        for p in 0..64 {
+            let signal = if p % 10 == label as usize {
+                180.0
+            } else {
+                40.0
+            };
+            images.push((signal + 60.0 * rng.uniform_f64()) as u8);
+        }
+        labels.push(label);
+    }
+    Arc::new(
+        ImageDataset::new("toy", [1, 8, 8], digit_classes(), images, labels)
+            .expect("a valid dataset"),
+    )
 }

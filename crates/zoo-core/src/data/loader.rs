@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ImageDataset;
 use super::augment::Augment;
+use crate::distributed::Shard;
 use crate::rng::{ZooRng, streams};
 
 /// How batches are drawn.
@@ -38,11 +39,15 @@ impl LoaderConfig {
     }
 }
 
-/// One batch of u8 images `(b, c, h, w)` and their labels.
+/// One batch of u8 images `(b, c, h, w)` and their labels: a whole batch, or one rank's slice
+/// of it in data-parallel training.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     /// Position of the batch in its epoch.
     pub index: usize,
+    /// Images in the whole (global) batch, of which this one holds a slice; its `len()` when
+    /// the loader is not sharded.
+    pub global_len: usize,
     pub shape: [usize; 4],
     pub images: Vec<u8>,
     pub labels: Vec<u32>,
@@ -83,6 +88,7 @@ pub fn mix_seed(a: u64, b: u64, c: u64) -> u64 {
 pub struct Loader {
     dataset: Arc<ImageDataset>,
     config: LoaderConfig,
+    shard: Shard,
 }
 
 impl Loader {
@@ -93,7 +99,23 @@ impl Loader {
         if dataset.is_empty() {
             candle_core::bail!("loader: dataset {} is empty", dataset.source)
         }
-        Ok(Self { dataset, config })
+        Ok(Self {
+            dataset,
+            config,
+            shard: Shard::WHOLE,
+        })
+    }
+
+    /// This loader for one rank of a data-parallel group: the same global batches (one seeded
+    /// order shared by all ranks, `num_batches` unchanged), of which it yields the rank's slice
+    /// ([`Shard::range`]); augmentation draws exactly what the whole batch would.
+    pub fn sharded(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    pub fn shard(&self) -> Shard {
+        self.shard
     }
 
     pub fn dataset(&self) -> &ImageDataset {
@@ -136,11 +158,13 @@ impl Loader {
         order
     }
 
-    /// Assembles batch `index` of an epoch whose order is `order`.
+    /// Assembles batch `index` of an epoch whose order is `order` (this rank's slice of it).
     pub fn make_batch(&self, epoch: usize, order: &[usize], index: usize) -> Batch {
         let d = &self.dataset;
         let b = self.config.batch_size;
-        let ids = &order[index * b..((index + 1) * b).min(order.len())];
+        let global = &order[index * b..((index + 1) * b).min(order.len())];
+        let mine = self.shard.range(global.len());
+        let ids = &global[mine.clone()];
         let chw = [d.channels, d.height, d.width];
         let mut images = Vec::with_capacity(ids.len() * d.image_len());
         let mut rng = ZooRng::with_stream(
@@ -148,17 +172,35 @@ impl Loader {
             streams::AUGMENT,
         );
         let mut scratch = Vec::new();
-        for &i in ids {
-            let start = images.len();
-            images.extend_from_slice(d.image(i));
+        let mut skipped = Vec::new();
+        // The augmentation generator walks the whole batch in order, so that a rank's images
+        // get the draws they would get in one process: earlier ranks' images are augmented
+        // into a throw-away buffer.
+        let walk = if self.config.augment.is_none() {
+            mine.clone()
+        } else {
+            0..mine.end
+        };
+        for j in walk {
+            let i = global[j];
+            let target = if mine.contains(&j) {
+                let start = images.len();
+                images.extend_from_slice(d.image(i));
+                &mut images[start..]
+            } else {
+                skipped.clear();
+                skipped.extend_from_slice(d.image(i));
+                &mut skipped[..]
+            };
             if !self.config.augment.is_none() {
                 self.config
                     .augment
-                    .apply(&mut images[start..], chw, &mut rng, &mut scratch);
+                    .apply(target, chw, &mut rng, &mut scratch);
             }
         }
         Batch {
             index,
+            global_len: global.len(),
             shape: [ids.len(), d.channels, d.height, d.width],
             images,
             labels: ids.iter().map(|&i| d.label(i) as u32).collect(),

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Result, Tensor, Var};
 
 use super::inplace::update_in_place;
-use crate::init::ParamStore;
+use crate::distributed::Collective;
+use crate::init::{ParamStore, is_buffer};
 
 /// The shadow weights.
 pub struct Ema {
@@ -51,6 +52,17 @@ impl Ema {
                 shadow.inplace_op2(&live, &EmaInPlace { decay: d as f32 })?;
             } else {
                 *shadow = ((&*shadow * d)? + (live * (1.0 - d))?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the shadows of BatchNorm buffers to rank `root`'s: data-parallel ranks' buffers,
+    /// and so their shadows, differ (the parameters' shadows are equal on every rank).
+    pub fn broadcast_buffers(&mut self, c: &dyn Collective, root: usize) -> Result<()> {
+        for (name, _, shadow) in &mut self.shadows {
+            if is_buffer(name) {
+                *shadow = c.broadcast(shadow, root)?;
             }
         }
         Ok(())

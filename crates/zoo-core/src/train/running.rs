@@ -56,6 +56,15 @@ impl RunningTotals {
         Ok(())
     }
 
+    /// Adds a step in which this rank had no images (a data-parallel rank's empty slice of a
+    /// short last batch): it counts as a step, with nothing to total.
+    pub fn add_empty(&mut self, batch_index: usize) {
+        if self.steps == 0 {
+            self.first_batch = batch_index;
+        }
+        self.steps += 1;
+    }
+
     /// Steps added since the last read.
     pub fn pending(&self) -> usize {
         self.steps
@@ -64,10 +73,13 @@ impl RunningTotals {
     /// Reads the totals (one device-to-host copy) and starts again from zero; `None` when no
     /// step was added.
     pub fn take(&mut self) -> Result<Option<StepTotals>> {
-        let Some(sums) = self.sums.take() else {
+        if self.steps == 0 {
             return Ok(None);
+        }
+        let values = match self.sums.take() {
+            Some(sums) => read_to_host(&sums)?,
+            None => vec![0.0, 0.0],
         };
-        let values = read_to_host(&sums)?;
         let totals = StepTotals {
             loss_sum: values[0],
             correct: values[1].round() as usize,

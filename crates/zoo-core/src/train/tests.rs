@@ -12,15 +12,15 @@ use super::loss::cross_entropy;
 use super::optim::{Optimizer, OptimizerConfig};
 use super::schedule::Schedule;
 use super::trainer::{Outcome, Quiet, Recipe, Trainer};
+use crate::data::digit_classes;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::transforms::InputTransform;
-use crate::data::{ImageDataset, digit_classes};
 use crate::init::ParamStore;
 use crate::model::{InputSpec, Model};
 use crate::nn::{
     BatchNorm2d, Conv2d, Conv2dSpec, Dropout, Flatten, Linear, MaxPool2d, ReLU, SequentialT,
 };
-use crate::testing::test_store;
+use crate::testing::{test_store, toy_dataset};
 
 // From scripts/optim_reference.py (PyTorch 2.15): p0 = [1, -2, 0.5, 3], loss = sum(c p^2),
 // c = [1, 2, 3, 0.5], three steps at lr 0.1.
@@ -273,26 +273,6 @@ impl Model for TinyNet {
     }
 }
 
-/// 1x8x8 images whose brightness pattern depends on the label: learnable.
-fn toy_dataset(n: usize, seed: u64) -> Arc<ImageDataset> {
-    let mut rng = crate::rng::ZooRng::new(seed);
-    let mut images = Vec::new();
-    let mut labels = Vec::new();
-    for i in 0..n {
-        let label = (i % 10) as u8;
-        for p in 0..64 {
-            let signal = if p % 10 == label as usize {
-                180.0
-            } else {
-                40.0
-            };
-            images.push((signal + 60.0 * rng.uniform_f64()) as u8);
-        }
-        labels.push(label);
-    }
-    Arc::new(ImageDataset::new("toy", [1, 8, 8], digit_classes(), images, labels).unwrap())
-}
-
 fn run_info(seed: u64) -> RunInfo {
     RunInfo::new(
         "tiny",
@@ -371,6 +351,7 @@ fn train_tiny(
         checkpoint_every: None,
         stop_after_steps: stop_after,
         read_every: None,
+        collective: None,
     };
     let resume = resume.then(|| load_checkpoint(&Trainer::last_path(dir), &Device::Cpu).unwrap());
     let outcome = trainer
@@ -412,6 +393,7 @@ fn a_checkpoint_past_the_end_of_an_epoch_is_refused() {
         checkpoint_every: None,
         stop_after_steps: None,
         read_every: None,
+        collective: None,
     };
     let resume = load_checkpoint(&last, &Device::Cpu).unwrap();
     let err = match trainer.fit(&loader, &loader, &dir, Some(resume), &mut Quiet) {
@@ -676,6 +658,7 @@ fn nan_loss_stops_the_run_with_a_clear_message() {
         checkpoint_every: None,
         stop_after_steps: None,
         read_every: None,
+        collective: None,
     };
     let err = trainer
         .fit(&train, &train, &dir, None, &mut Quiet)
@@ -882,6 +865,7 @@ fn loss_falls_and_accuracy_rises_on_real_mnist() {
         checkpoint_every: None,
         stop_after_steps: None,
         read_every: None,
+        collective: None,
     };
     // 2 epochs x 94 batches of real MNIST digits.
     let Outcome::Finished(m) = trainer
@@ -939,6 +923,7 @@ fn fit_reading_every(read_every: usize) -> (u64, CountReads, super::metrics::Epo
         checkpoint_every: None,
         stop_after_steps: None,
         read_every: Some(read_every),
+        collective: None,
     };
     let mut observer = CountReads::default();
     let before = super::readback::host_reads();

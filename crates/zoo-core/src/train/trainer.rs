@@ -17,9 +17,11 @@ use super::optim::{Optimizer, OptimizerConfig, clip_grad_norm};
 use super::readback::read_to_host;
 use super::running::{RunningTotals, StepTotals};
 use super::schedule::Schedule;
-use crate::data::loader::Loader;
+use crate::data::loader::{Loader, mix_seed};
 use crate::data::transforms::InputTransform;
-use crate::init::ParamStore;
+use crate::distributed::Collective;
+use crate::distributed::sync::{BUCKET_BYTES, all_reduce_grads, all_reduce_values, broadcast_vars};
+use crate::init::{ParamStore, is_buffer};
 use crate::model::Model;
 
 /// The optimisation recipe of a run.
@@ -101,11 +103,27 @@ pub fn evaluate(
     transform: &InputTransform,
     device: &Device,
 ) -> Result<Evaluation> {
+    evaluate_on(model, loader, transform, device, None)
+}
+
+/// [`evaluate`] on one rank of a data-parallel group: each rank evaluates its shard of
+/// `loader`'s batches and the totals are summed over ranks, so every rank gets the whole set's
+/// figures. With `None` (or a world of one), [`evaluate`].
+pub fn evaluate_on(
+    model: &dyn Model,
+    loader: &Loader,
+    transform: &InputTransform,
+    device: &Device,
+    collective: Option<&dyn Collective>,
+) -> Result<Evaluation> {
     let k = model.num_classes();
     let classes = Tensor::arange(0u32, k as u32, device)?.unsqueeze(0)?;
     let mut sums: Option<(Tensor, Tensor)> = None;
     let mut seen = 0usize;
     for batch in loader.epoch(0, 0) {
+        if batch.is_empty() {
+            continue; // a rank's empty slice of a short last batch
+        }
         let x = transform.apply(&batch.images_tensor(device)?, device)?;
         let y = batch.labels_tensor(device)?;
         let logits = model.forward_t(&x, false)?.detach();
@@ -127,10 +145,15 @@ pub fn evaluate(
         });
         seen += n;
     }
-    let values = match &sums {
+    let mut values = match &sums {
         Some((a, c)) => read_to_host(&Tensor::cat(&[a, &c.flatten_all()?], 0)?)?,
         None => vec![0.0; 2 + k * k],
     };
+    if let Some(c) = collective.filter(|c| c.world_size() > 1) {
+        values.push(seen as f64);
+        values = all_reduce_values(c, &values, device)?;
+        seen = values.pop().unwrap_or(0.0).round() as usize;
+    }
     let confusion = values[2..]
         .chunks(k)
         .map(|row| row.iter().map(|&v| v.round() as usize).collect())
@@ -158,6 +181,11 @@ pub struct Trainer<'a> {
     /// Read the step's loss and accuracy from the device every this many steps (and at every
     /// checkpoint and epoch end); `None`: [`default_read_every`].
     pub read_every: Option<usize>,
+    /// Data-parallel training: this rank's group, PyTorch DDP's semantics (weights from rank 0,
+    /// gradients all-reduced and weighted by each rank's images, rank 0 alone writes). The
+    /// loaders must be sharded for the same rank ([`Loader::sharded`]). `None` or a world of
+    /// one: one process, bit for bit.
+    pub collective: Option<&'a dyn Collective>,
 }
 
 impl Trainer<'_> {
@@ -179,6 +207,27 @@ impl Trainer<'_> {
         resume: Option<Checkpoint>,
         observer: &mut dyn TrainObserver,
     ) -> Result<Outcome> {
+        let dist = self.collective.filter(|c| c.world_size() > 1);
+        let writer = dist.is_none_or(|c| c.rank() == 0);
+        if let Some(c) = dist {
+            for (what, loader) in [("training", train), ("validation", valid)] {
+                if loader.shard() != crate::distributed::Shard::of(c) {
+                    candle_core::bail!(
+                        "the {what} loader is sharded as rank {} of {}, the trainer is rank {} of \
+                         {}: shard it with Loader::sharded",
+                        loader.shard().rank,
+                        loader.shard().world,
+                        c.rank(),
+                        c.world_size()
+                    )
+                }
+            }
+            if resume.is_none() {
+                // DDP's start: every rank takes rank 0's weights and buffers. (A resumed run's
+                // ranks all read the same checkpoint.)
+                broadcast_vars(c, &self.store.named_tensors(), 0, BUCKET_BYTES)?;
+            }
+        }
         let params = self.store.trainable();
         let mut optimizer = Optimizer::new(self.recipe.optimizer, params.clone())?;
         if !self.recipe.decay_1d_params {
@@ -213,6 +262,16 @@ impl Trainer<'_> {
         } else {
             crate::rng::manual_seed(self.run.seed);
         }
+        let rank = dist.map_or(0, |c| c.rank());
+        if rank > 0 {
+            // Each rank's dropout masks are its own, seeded by the run's seed, the rank and
+            // the step it starts at (rank 0 keeps the one-process stream).
+            crate::rng::manual_seed(mix_seed(
+                self.run.seed,
+                progress.step,
+                0xD0_0000 + rank as u64,
+            ));
+        }
         let total_steps = steps_per_epoch * self.recipe.epochs;
         let mut steps_this_call = 0u64;
         let read_every = self
@@ -223,11 +282,8 @@ impl Trainer<'_> {
         if !self.device.is_cpu() {
             // Dropout masks come from the device's generator there (`nn::Dropout`): seeded by
             // the run's seed and, on resume, by the step it resumes at.
-            self.device.set_seed(crate::data::loader::mix_seed(
-                self.run.seed,
-                progress.step,
-                0x0D20,
-            ))?;
+            self.device
+                .set_seed(mix_seed(self.run.seed, progress.step, 0x0D20 + rank as u64))?;
         }
         let last = Self::last_path(run_dir);
         while progress.epoch < self.recipe.epochs {
@@ -248,9 +304,19 @@ impl Trainer<'_> {
                     .transform
                     .apply(&batch.images_tensor(&self.device)?, &self.device)?;
                 let y = batch.labels_tensor(&self.device)?;
-                let logits = self.model.forward_t(&x, true)?;
-                let loss = cross_entropy(&logits, &y, self.recipe.label_smoothing)?;
-                let mut grads = loss.backward()?;
+                let (step, mut grads) = if batch.is_empty() {
+                    // A rank's empty slice of a short last batch: it adds zeros.
+                    (None, candle_core::backprop::GradStore::default())
+                } else {
+                    let logits = self.model.forward_t(&x, true)?;
+                    let loss = cross_entropy(&logits, &y, self.recipe.label_smoothing)?;
+                    let grads = loss.backward()?;
+                    (Some((loss, logits)), grads)
+                };
+                if let Some(c) = dist {
+                    let share = batch.len() as f64 / batch.global_len.max(1) as f64;
+                    all_reduce_grads(c, &mut grads, &params, share, BUCKET_BYTES)?;
+                }
                 if let Some(max_norm) = self.recipe.clip_grad_norm {
                     clip_grad_norm(&mut grads, &params, max_norm)?;
                 }
@@ -260,7 +326,10 @@ impl Trainer<'_> {
                     ema.update(progress.step)?;
                 }
                 progress.batch = batch.index + 1;
-                totals.add(&loss, &logits, &y, batch.index)?;
+                match &step {
+                    Some((loss, logits)) => totals.add(loss, logits, &y, batch.index)?,
+                    None => totals.add_empty(batch.index),
+                }
                 progress.partial.seconds += started.elapsed().as_secs_f64();
                 steps_this_call += 1;
                 let stop = self.stop_after_steps == Some(steps_this_call);
@@ -273,7 +342,7 @@ impl Trainer<'_> {
                     || progress.batch >= steps_per_epoch;
                 let mean_loss = if read {
                     let read_started = Instant::now();
-                    let mean = self.read_totals(&mut totals, &mut progress, epoch, &last)?;
+                    let mean = self.read_totals(&mut totals, &mut progress, epoch, &last, dist)?;
                     progress.partial.seconds += read_started.elapsed().as_secs_f64();
                     mean
                 } else {
@@ -281,17 +350,20 @@ impl Trainer<'_> {
                 };
                 observer.step(batch.index, mean_loss);
                 if (stop || periodic) && progress.batch < steps_per_epoch {
+                    self.sync_buffers(dist, ema.as_mut())?;
                     self.check_finite(&last, epoch, progress.batch)?;
                     progress.rng = Some(crate::rng::thread_rng_state());
                     progress.partial.wall_seconds =
                         wall_before + wall_clock.elapsed().as_secs_f64();
-                    save_checkpoint(
-                        &last,
-                        self.store,
-                        Some(&optimizer),
-                        ema.as_ref(),
-                        &self.meta(&progress),
-                    )?;
+                    if writer {
+                        save_checkpoint(
+                            &last,
+                            self.store,
+                            Some(&optimizer),
+                            ema.as_ref(),
+                            &self.meta(&progress),
+                        )?;
+                    }
                 }
                 if stop && progress.batch < steps_per_epoch {
                     return Ok(Outcome::Interrupted {
@@ -300,15 +372,12 @@ impl Trainer<'_> {
                     });
                 }
             }
+            self.sync_buffers(dist, ema.as_mut())?;
             self.check_finite(&last, epoch, progress.batch)?;
             observer.evaluating();
-            let eval = evaluate(self.model, valid, &self.transform, &self.device)?;
-            let eval_ema = ema
-                .as_ref()
-                .map(|e| {
-                    e.with_shadow(|| evaluate(self.model, valid, &self.transform, &self.device))
-                })
-                .transpose()?;
+            let evaluate = || evaluate_on(self.model, valid, &self.transform, &self.device, dist);
+            let eval = evaluate()?;
+            let eval_ema = ema.as_ref().map(|e| e.with_shadow(evaluate)).transpose()?;
             for (what, e) in std::iter::once(("the weights", &eval))
                 .chain(eval_ema.as_ref().map(|e| ("the EMA of the weights", e)))
             {
@@ -346,8 +415,8 @@ impl Trainer<'_> {
             progress.partial = PartialEpoch::default();
             progress.rng = Some(crate::rng::thread_rng_state());
             // best.safetensors first: a kill between the two writes leaves `last` at the
-            // previous epoch, whose resume writes both again.
-            if row.best_valid_acc() > best_so_far {
+            // previous epoch, whose resume writes both again. Rank 0 alone writes.
+            if writer && row.best_valid_acc() > best_so_far {
                 let best = Self::best_path(run_dir);
                 match &ema {
                     Some(e) if row.valid_acc_ema.is_some_and(|a| a > row.valid_acc) => {
@@ -358,19 +427,21 @@ impl Trainer<'_> {
                     _ => save_checkpoint(&best, self.store, None, None, &self.meta(&progress))?,
                 }
             }
-            write_csv(&run_dir.join("metrics.csv"), &progress.metrics)?;
-            write_curves(
-                &run_dir.join("curves.png"),
-                &self.run.model,
-                &progress.metrics,
-            )?;
-            save_checkpoint(
-                &last,
-                self.store,
-                Some(&optimizer),
-                ema.as_ref(),
-                &self.meta(&progress),
-            )?;
+            if writer {
+                write_csv(&run_dir.join("metrics.csv"), &progress.metrics)?;
+                write_curves(
+                    &run_dir.join("curves.png"),
+                    &self.run.model,
+                    &progress.metrics,
+                )?;
+                save_checkpoint(
+                    &last,
+                    self.store,
+                    Some(&optimizer),
+                    ema.as_ref(),
+                    &self.meta(&progress),
+                )?;
+            }
             observer.epoch_end(&row);
             if self.stop_after_steps.is_some_and(|s| steps_this_call >= s)
                 && progress.epoch < self.recipe.epochs
@@ -382,6 +453,24 @@ impl Trainer<'_> {
             }
         }
         Ok(Outcome::Finished(progress.metrics))
+    }
+
+    /// Data-parallel ranks' BatchNorm running statistics (and their EMA shadows) differ, each
+    /// from its own images: rank 0's are taken by all, as DDP's buffer broadcast does, before
+    /// evaluation and checkpoints.
+    fn sync_buffers(&self, dist: Option<&dyn Collective>, ema: Option<&mut Ema>) -> Result<()> {
+        let Some(c) = dist else { return Ok(()) };
+        let buffers: Vec<_> = self
+            .store
+            .named_tensors()
+            .into_iter()
+            .filter(|(name, _)| is_buffer(name))
+            .collect();
+        broadcast_vars(c, &buffers, 0, BUCKET_BYTES)?;
+        if let Some(ema) = ema {
+            ema.broadcast_buffers(c, 0)?;
+        }
+        Ok(())
     }
 
     /// The checkpoint metadata of this run at `progress`.
@@ -401,17 +490,27 @@ impl Trainer<'_> {
         progress: &mut RunProgress,
         epoch: usize,
         last: &Path,
+        dist: Option<&dyn Collective>,
     ) -> Result<Option<f64>> {
         let Some(t) = totals.take()? else {
             return Ok(None);
         };
         let StepTotals {
-            loss_sum,
-            correct,
-            seen,
+            mut loss_sum,
+            mut correct,
+            mut seen,
             steps,
             first_batch,
         } = t;
+        if let Some(c) = dist {
+            let sums = all_reduce_values(
+                c,
+                &[loss_sum, correct as f64, seen as f64],
+                &candle_core::Device::Cpu,
+            )?;
+            loss_sum = sums[0];
+            (correct, seen) = (sums[1].round() as usize, sums[2].round() as usize);
+        }
         if !loss_sum.is_finite() {
             let batches = match steps {
                 1 => format!("batch {}", first_batch + 1),

@@ -1,0 +1,72 @@
+//! Data-parallel training's collective interface (all-reduce a sum, broadcast, barrier), the
+//! slice of each global batch a rank takes, and the in-process backend that runs ranks as
+//! threads. The engines (MPI, NCCL) implement [`Collective`] in the `zoo-dist` crate.
+
+pub mod local;
+pub mod sync;
+
+use std::ops::Range;
+
+use candle_core::{Result, Tensor};
+
+/// What every rank of a data-parallel group can do together. Each call is collective: every
+/// rank makes the same calls in the same order, with tensors of the same shape.
+pub trait Collective {
+    /// This process's (or thread's) rank, `0..world_size()`.
+    fn rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+    /// The element-wise sum over all ranks of an f32 tensor, the same value on every rank.
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor>;
+    /// Rank `root`'s value of an f32 tensor, on every rank.
+    fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor>;
+    /// Returns when every rank has called it.
+    fn barrier(&self) -> Result<()>;
+    /// The engine's name for messages and reports: `threads`, `mpi`, `nccl`.
+    fn backend(&self) -> &'static str;
+}
+
+/// Rank `rank` of `world`: which slice of a global batch it trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Shard {
+    /// The whole batch: one process.
+    pub const WHOLE: Self = Self { rank: 0, world: 1 };
+
+    /// An error unless `rank < world`.
+    pub fn new(rank: usize, world: usize) -> Result<Self> {
+        if world == 0 || rank >= world {
+            candle_core::bail!("rank {rank} of a world of {world}: expected 0 <= rank < world")
+        }
+        Ok(Self { rank, world })
+    }
+
+    /// The shard of a collective's rank.
+    pub fn of(collective: &dyn Collective) -> Self {
+        Self {
+            rank: collective.rank(),
+            world: collective.world_size(),
+        }
+    }
+
+    /// The positions of this rank's items among `n`: contiguous slices whose sizes differ by
+    /// at most one (the later ranks take the extra items), empty when `n < world` leaves none.
+    pub fn range(&self, n: usize) -> Range<usize> {
+        (n * self.rank / self.world)..(n * (self.rank + 1) / self.world)
+    }
+}
+
+/// `t` as a host vector of f32 (the CPU backends' working form): an error naming `op` when
+/// the tensor is not f32.
+pub fn host_f32(op: &str, t: &Tensor) -> Result<Vec<f32>> {
+    if t.dtype() != candle_core::DType::F32 {
+        candle_core::bail!("{op}: expected an f32 tensor, got {:?}", t.dtype())
+    }
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+#[cfg(test)]
+mod tests;
