@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use zoo_cli::training::Placement;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -29,8 +31,17 @@ fn tiny_matrix_end_to_end_then_eval_and_predict() {
     let samples = repo().join("samples");
     // An empty data root: the committed sample is used, and the report says so.
     let empty_root = dir.join("no-data");
-    let report =
-        zoo_cli::matrix::train_all(&matrix, &runs, &empty_root, &samples, "cpu", None).unwrap();
+    let report = zoo_cli::matrix::train_all(
+        &matrix,
+        &runs,
+        &empty_root,
+        &samples,
+        "cpu",
+        None,
+        Placement::ALONE,
+    )
+    .unwrap()
+    .expect("rank 0 reports");
     let text = std::fs::read_to_string(&report).unwrap();
     assert!(text.contains("NOTICE: cifar10 was not found"), "{text}");
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("| `")).collect();
@@ -61,7 +72,17 @@ fn tiny_matrix_end_to_end_then_eval_and_predict() {
     // Complete runs are skipped: the checkpoint is not rewritten.
     let last = runs.join("tiny/densenet-cifar10/last.safetensors");
     let before = std::fs::read(&last).unwrap();
-    zoo_cli::matrix::train_all(&matrix, &runs, &empty_root, &samples, "cpu", None).unwrap();
+    zoo_cli::matrix::train_all(
+        &matrix,
+        &runs,
+        &empty_root,
+        &samples,
+        "cpu",
+        None,
+        Placement::ALONE,
+    )
+    .unwrap()
+    .expect("rank 0 reports");
     assert_eq!(std::fs::read(&last).unwrap(), before);
 
     // zoo eval: accuracy, per-class accuracy, confusion matrix on the sample's test split.
@@ -195,15 +216,41 @@ fn resumed_cli_run_matches_an_uninterrupted_one() {
     let straight = scratch("straight");
     let interrupted = scratch("interrupted");
     assert!(matches!(
-        run_training(&config, &samples, &straight, false, None, &mut Quiet).unwrap(),
+        run_training(
+            &config,
+            &samples,
+            &straight,
+            false,
+            None,
+            Placement::ALONE,
+            &mut Quiet
+        )
+        .unwrap(),
         Outcome::Finished(_)
     ));
     // 20 images / 8 = 3 batches per epoch: stop after 4 steps (epoch 2, batch 1), then resume.
-    let stopped =
-        run_training(&config, &samples, &interrupted, false, Some(4), &mut Quiet).unwrap();
+    let stopped = run_training(
+        &config,
+        &samples,
+        &interrupted,
+        false,
+        Some(4),
+        Placement::ALONE,
+        &mut Quiet,
+    )
+    .unwrap();
     assert_eq!(stopped, Outcome::Interrupted { epoch: 1, batch: 1 });
     assert!(matches!(
-        run_training(&config, &samples, &interrupted, true, None, &mut Quiet).unwrap(),
+        run_training(
+            &config,
+            &samples,
+            &interrupted,
+            true,
+            None,
+            Placement::ALONE,
+            &mut Quiet
+        )
+        .unwrap(),
         Outcome::Finished(_)
     ));
     let a = zoo_core::train::checkpoint::load_checkpoint(
@@ -222,7 +269,16 @@ fn resumed_cli_run_matches_an_uninterrupted_one() {
     }
     // Resuming with other settings is refused.
     config.recipe.learning_rate = 0.5;
-    let err = run_training(&config, &samples, &interrupted, true, None, &mut Quiet).unwrap_err();
+    let err = run_training(
+        &config,
+        &samples,
+        &interrupted,
+        true,
+        None,
+        Placement::ALONE,
+        &mut Quiet,
+    )
+    .unwrap_err();
     assert!(
         format!("{err:#}").contains("was written by another configuration"),
         "{err:#}"
@@ -239,7 +295,16 @@ fn a_run_folder_is_locked_and_a_finished_run_is_made_whole() {
     let dir = scratch("locked");
     // Held by a live process (this one): refused, naming it.
     let lock = RunLock::acquire(&dir).unwrap();
-    let err = run_training(&config, &samples, &dir, false, None, &mut Quiet).unwrap_err();
+    let err = run_training(
+        &config,
+        &samples,
+        &dir,
+        false,
+        None,
+        Placement::ALONE,
+        &mut Quiet,
+    )
+    .unwrap_err();
     let pid = std::process::id();
     assert!(
         format!("{err:#}").contains(&format!("in use by process {pid}")),
@@ -250,7 +315,16 @@ fn a_run_folder_is_locked_and_a_finished_run_is_made_whole() {
     // A stale lock (its process is gone) is removed and the run goes ahead.
     std::fs::write(dir.join(LOCK_FILE), "4000000000\n").unwrap();
     assert!(matches!(
-        run_training(&config, &samples, &dir, false, None, &mut Quiet).unwrap(),
+        run_training(
+            &config,
+            &samples,
+            &dir,
+            false,
+            None,
+            Placement::ALONE,
+            &mut Quiet
+        )
+        .unwrap(),
         Outcome::Finished(_)
     ));
     assert!(!dir.join(LOCK_FILE).exists(), "the lock goes with the run");
@@ -267,7 +341,16 @@ fn a_run_folder_is_locked_and_a_finished_run_is_made_whole() {
         std::fs::remove_file(dir.join(file)).unwrap();
     }
     assert!(matches!(
-        run_training(&config, &samples, &dir, true, None, &mut Quiet).unwrap(),
+        run_training(
+            &config,
+            &samples,
+            &dir,
+            true,
+            None,
+            Placement::ALONE,
+            &mut Quiet
+        )
+        .unwrap(),
         Outcome::Finished(_)
     ));
     assert_eq!(

@@ -38,6 +38,11 @@ pub enum Command {
         /// Also copy the report table into docs/results.md.
         #[arg(long)]
         update_docs: bool,
+        /// Run the matrix data-parallel as N ranks on this machine: under mpirun on the CPU,
+        /// one GPU each on GPUs (build xtask with `--features mpi` or `nccl`: `cargo run -p
+        /// xtask --release --features mpi -- train-all --nproc-per-node N`).
+        #[arg(long)]
+        nproc_per_node: Option<usize>,
     },
     /// Write the small committed data sample (samples/) from the full datasets in the data root.
     MakeSample {

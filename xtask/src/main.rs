@@ -42,7 +42,11 @@ fn run(cli: Cli) -> Result<()> {
             device,
             only,
             update_docs,
-        } => train_all::run(matrix, data_dir, device, only, update_docs)?,
+            nproc_per_node,
+        } => match nproc_per_node {
+            Some(n) => zoo_cli::launcher::relaunch(n, &device)?,
+            None => train_all::run(matrix, data_dir, device, only, update_docs)?,
+        },
         Command::MakeSample { data_dir } => {
             data::make_sample(&zoo_core::data::resolve::data_root(data_dir.as_deref()))?
         }

@@ -33,18 +33,35 @@ pub fn run(
             .join(format!("{preset}.toml"))
     };
     let data = zoo_core::data::resolve::data_root(data_dir.as_deref());
-    // A fresh clone beside ../shared/data: fill the data root first (idempotent).
-    if shared_data().is_dir() {
+    // Under a launcher (`--nproc-per-node`, mpirun, torchrun): this process is one rank.
+    let launch = zoo_dist::Launch::from_env()?;
+    let rank_device = zoo_cli::device::parse_device_for_rank(&device, launch.local_rank())?;
+    // A fresh clone beside ../shared/data: fill the data root first (idempotent; rank 0).
+    if shared_data().is_dir() && launch.rank() == 0 {
         prepare_data(&shared_data(), &data)?;
     }
-    let report = zoo_cli::matrix::train_all(
+    let collective = zoo_dist::connect(&launch, &rank_device)?;
+    if let Some(c) = &collective {
+        c.barrier()
+            .context("waiting for rank 0 to prepare the data")?;
+    }
+    let placement = zoo_cli::training::Placement {
+        collective: collective.as_deref(),
+        local_rank: launch.local_rank(),
+        device: Some(&rank_device),
+    };
+    let Some(report) = zoo_cli::matrix::train_all(
         &path,
         &project_root().join("runs"),
         &data,
         &project_root().join("samples"),
         &device,
         only.as_deref(),
-    )?;
+        placement,
+    )?
+    else {
+        return Ok(()); // a rank other than 0: rank 0 reports
+    };
     println!("report: {}", report.display());
     if update_docs {
         update_results_doc(&report, &preset)?;

@@ -8,7 +8,7 @@ use crate::registry::find;
 use crate::run_config::RunConfig;
 use crate::run_config::RunSpec;
 use crate::run_folder::{RunState, run_state};
-use crate::training::run_training;
+use crate::training::{Placement, run_training};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use zoo_core::summary::group_thousands;
@@ -60,7 +60,9 @@ fn data_for(dataset: &str, root: &Path, sample_root: &Path, notices: &mut Vec<St
     sample_root.to_path_buf()
 }
 
-/// Runs every entry of `matrix` under `runs/<name>/` and writes `report.md`.
+/// Runs every entry of `matrix` under `runs/<name>/` and writes `report.md`, alone or as one
+/// rank of `placement`'s data-parallel group (rank 0 alone writes and reports; the others
+/// return `None`).
 pub fn train_all(
     matrix_path: &Path,
     runs_root: &Path,
@@ -68,10 +70,14 @@ pub fn train_all(
     sample_root: &Path,
     device: &str,
     only: Option<&str>,
-) -> Result<PathBuf> {
+    placement: Placement,
+) -> Result<Option<PathBuf>> {
     let matrix = load_matrix(matrix_path)?;
+    let writer = placement.is_writer();
     let out = runs_root.join(&matrix.name);
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    if writer {
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    }
     let mut results = Vec::new();
     let mut notices = Vec::new();
     let mut class_counts = std::collections::HashMap::new();
@@ -88,6 +94,7 @@ pub fn train_all(
         let folder = out.join(&name);
         let root = data_for(&config.dataset, data_root, sample_root, &mut notices);
         match run_state(&folder, &config)? {
+            RunState::Complete if !writer => continue,
             RunState::Complete => {
                 let repaired =
                     crate::run_folder::repair(&folder).with_context(|| format!("run {name}"))?;
@@ -95,7 +102,8 @@ pub fn train_all(
                 crate::run_folder::report_repair(&name, &repaired);
             }
             state => {
-                if let RunState::Unfinished { epoch, batch } = state {
+                if !writer {
+                } else if let RunState::Unfinished { epoch, batch } = state {
                     eprintln!(
                         "[{}/{total}] {name}: resuming at epoch {} batch {batch}",
                         i + 1,
@@ -115,10 +123,14 @@ pub fn train_all(
                     &folder,
                     true,
                     None,
-                    &mut Progress::new(&name),
+                    placement,
+                    &mut Progress::new(&name).quiet_unless(writer),
                 )
                 .with_context(|| format!("run {name}"))?;
             }
+        }
+        if !writer {
+            continue;
         }
         let ckpt = zoo_core::train::checkpoint::load_checkpoint(
             &zoo_core::train::trainer::Trainer::last_path(&folder),
@@ -152,7 +164,7 @@ pub fn train_all(
     let report = out.join("report.md");
     let text = report_markdown(&matrix.name, &results, &notices)?;
     zoo_core::fs::write_atomic(&report, text.as_bytes())?;
-    Ok(report)
+    Ok(Some(report))
 }
 
 /// `seconds` as minutes and seconds (`4 min 05 s`, `38 s`).

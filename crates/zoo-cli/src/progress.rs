@@ -9,6 +9,8 @@ use zoo_core::train::trainer::TrainObserver;
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
     label: String,
+    /// Shows nothing (a data-parallel rank other than 0).
+    silent: bool,
 }
 
 impl Progress {
@@ -16,12 +18,24 @@ impl Progress {
         Self {
             bar: None,
             label: label.to_string(),
+            silent: false,
+        }
+    }
+
+    /// This display where `show`, nothing otherwise (rank 0 alone shows progress).
+    pub fn quiet_unless(self, show: bool) -> Self {
+        Self {
+            silent: !show,
+            ..self
         }
     }
 }
 
 impl TrainObserver for Progress {
     fn epoch_start(&mut self, epoch: usize, epochs: usize, batches: usize, start_batch: usize) {
+        if self.silent {
+            return;
+        }
         if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new(batches as u64);
             bar.set_style(
@@ -37,6 +51,9 @@ impl TrainObserver for Progress {
         }
     }
     fn step(&mut self, _batch: usize, loss: Option<f64>) {
+        if self.silent {
+            return;
+        }
         if let Some(bar) = &self.bar {
             bar.inc(1);
             if let Some(loss) = loss {
@@ -45,11 +62,17 @@ impl TrainObserver for Progress {
         }
     }
     fn evaluating(&mut self) {
+        if self.silent {
+            return;
+        }
         if let Some(bar) = &self.bar {
             bar.set_message("evaluating");
         }
     }
     fn epoch_end(&mut self, m: &EpochMetrics) {
+        if self.silent {
+            return;
+        }
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }

@@ -5,32 +5,74 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use candle_core::DType;
+use candle_core::{DType, Device};
 use zoo_core::InputSpec;
 use zoo_core::data::augment::Augment;
 use zoo_core::data::loader::{Loader, LoaderConfig};
+use zoo_core::distributed::{Collective, Shard};
 use zoo_core::init::ParamStore;
 use zoo_core::train::checkpoint::{RunInfo, load_checkpoint};
 use zoo_core::train::trainer::{Outcome, TrainObserver, Trainer};
 
-use crate::device::parse_device;
+use crate::device::parse_device_for_rank;
 use crate::registry::find;
 use crate::run_config::{RunConfig, load_data};
 
-/// Trains `config` into `run_dir` (resuming from its last checkpoint when `resume`).
+/// Where this process trains: alone, or as one rank of a data-parallel group.
+#[derive(Clone, Copy)]
+pub struct Placement<'a> {
+    pub collective: Option<&'a dyn Collective>,
+    /// The rank on this machine: `cuda`/`auto` mean `cuda:<local_rank>`.
+    pub local_rank: usize,
+    /// The device the collective was joined on (NCCL's communicator is bound to it); `None`:
+    /// the configuration's.
+    pub device: Option<&'a Device>,
+}
+
+impl Placement<'_> {
+    /// One process.
+    pub const ALONE: Self = Self {
+        collective: None,
+        local_rank: 0,
+        device: None,
+    };
+
+    /// Rank 0 (or alone): the one that writes the run folder and reports.
+    pub fn is_writer(&self) -> bool {
+        self.collective.is_none_or(|c| c.rank() == 0)
+    }
+}
+
+/// Trains `config` into `run_dir` (resuming from its last checkpoint when `resume`), alone or
+/// as one rank of `placement`'s group (rank 0 alone holds the folder's lock and writes).
 pub fn run_training(
     config: &RunConfig,
     data_root: &Path,
     run_dir: &Path,
     resume: bool,
     stop_after_steps: Option<u64>,
+    placement: Placement,
     observer: &mut dyn TrainObserver,
 ) -> Result<Outcome> {
     let entry = find(&config.model)?;
     config.validate()?;
-    let device = parse_device(&config.device)?;
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let _lock = crate::run_folder::RunLock::acquire(run_dir)?;
+    let device = match placement.device {
+        Some(d) => d.clone(),
+        None => parse_device_for_rank(&config.device, placement.local_rank)?,
+    };
+    let writer = placement.is_writer();
+    let _lock = if writer {
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+        Some(crate::run_folder::RunLock::acquire(run_dir)?)
+    } else {
+        None
+    };
+    if let Some(c) = placement.collective {
+        // The others read the folder once rank 0 holds it.
+        c.barrier()
+            .context("waiting for rank 0 to take the run folder")?;
+    }
     let config_toml = config.to_toml()?;
     let config_path = run_dir.join("config.toml");
     let last = Trainer::last_path(run_dir);
@@ -46,8 +88,10 @@ pub fn run_training(
         }
         if ckpt.meta.progress.epoch >= config.recipe.epochs {
             // Finished: make its outputs whole (a kill between the last writes) and stop.
-            let repaired = crate::run_folder::repair(run_dir)?;
-            crate::run_folder::report_repair(&run_dir.display().to_string(), &repaired);
+            if writer {
+                let repaired = crate::run_folder::repair(run_dir)?;
+                crate::run_folder::report_repair(&run_dir.display().to_string(), &repaired);
+            }
             return Ok(Outcome::Finished(ckpt.meta.progress.metrics));
         }
         Some(ckpt)
@@ -75,7 +119,8 @@ pub fn run_training(
         ..LoaderConfig::notebook(config.seed)
     };
     let classes = train.classes.clone();
-    let train_loader = Loader::new(Arc::new(train), loader_config)?;
+    let shard = placement.collective.map_or(Shard::WHOLE, Shard::of);
+    let train_loader = Loader::new(Arc::new(train), loader_config)?.sharded(shard);
     let valid_loader = Loader::new(
         Arc::new(test),
         LoaderConfig {
@@ -83,8 +128,11 @@ pub fn run_training(
             augment: Augment::default(),
             ..loader_config
         },
-    )?;
-    zoo_core::fs::write_atomic(&config_path, config_toml.as_bytes())?;
+    )?
+    .sharded(shard);
+    if writer {
+        zoo_core::fs::write_atomic(&config_path, config_toml.as_bytes())?;
+    }
     let mut trainer = Trainer {
         model: model.as_ref(),
         store: &store,
@@ -102,7 +150,7 @@ pub fn run_training(
         checkpoint_every: Some(50),
         stop_after_steps,
         read_every: None,
-        collective: None,
+        collective: placement.collective,
     };
     Ok(trainer.fit(&train_loader, &valid_loader, run_dir, resume_from, observer)?)
 }

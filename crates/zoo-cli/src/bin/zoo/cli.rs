@@ -228,6 +228,11 @@ pub struct TrainArgs {
     /// Continue the run in the run folder from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Train data-parallel as N ranks on this machine: under mpirun on the CPU (the `mpi`
+    /// feature), one GPU each with NCCL (the `nccl` feature). The batch size stays the global
+    /// one; each rank takes its slice (docs/distributed.md).
+    #[arg(long)]
+    pub nproc_per_node: Option<usize>,
 }
 
 /// `zoo convert`'s flags.

@@ -3,17 +3,30 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use zoo_cli::device::parse_device_for_rank;
 use zoo_cli::progress::Progress;
 use zoo_cli::run_config::{RunConfig, RunSpec};
-use zoo_cli::training::run_training;
+use zoo_cli::training::{Placement, run_training};
 use zoo_core::data::resolve::data_root;
 use zoo_core::train::trainer::Outcome;
 
 use crate::cli::TrainArgs;
 
-/// Resolves the flags against the recipe, trains, and says where the outputs are.
+/// Resolves the flags against the recipe, trains (alone, or as this launch's rank), and says
+/// where the outputs are.
 pub fn run(args: &TrainArgs) -> Result<()> {
+    if let Some(n) = args.nproc_per_node {
+        return zoo_cli::launcher::relaunch(n, &args.device);
+    }
+    let launch = zoo_dist::Launch::from_env()?;
     let config = run_config(args)?;
+    let device = parse_device_for_rank(&config.device, launch.local_rank())?;
+    let collective = zoo_dist::connect(&launch, &device)?;
+    let placement = Placement {
+        collective: collective.as_deref(),
+        local_rank: launch.local_rank(),
+        device: Some(&device),
+    };
     let run_dir = args.run_dir.clone().unwrap_or_else(|| {
         PathBuf::from(format!("runs/single/{}-{}", config.model, config.dataset))
     });
@@ -25,8 +38,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         &run_dir,
         args.resume,
         None,
-        &mut Progress::new(&label),
+        placement,
+        &mut Progress::new(&label).quiet_unless(placement.is_writer()),
     )? {
+        _ if !placement.is_writer() => {}
         Outcome::Finished(metrics) => {
             let best = metrics.iter().map(|m| m.valid_acc).fold(0.0, f64::max);
             println!(
