@@ -38,7 +38,7 @@ fn tiny_matrix_end_to_end_then_eval_and_predict() {
         &samples,
         "cpu",
         None,
-        Placement::ALONE,
+        &Placement::ALONE,
     )
     .unwrap()
     .expect("rank 0 reports");
@@ -79,7 +79,7 @@ fn tiny_matrix_end_to_end_then_eval_and_predict() {
         &samples,
         "cpu",
         None,
-        Placement::ALONE,
+        &Placement::ALONE,
     )
     .unwrap()
     .expect("rank 0 reports");
@@ -222,7 +222,7 @@ fn resumed_cli_run_matches_an_uninterrupted_one() {
             &straight,
             false,
             None,
-            Placement::ALONE,
+            &Placement::ALONE,
             &mut Quiet
         )
         .unwrap(),
@@ -235,7 +235,7 @@ fn resumed_cli_run_matches_an_uninterrupted_one() {
         &interrupted,
         false,
         Some(4),
-        Placement::ALONE,
+        &Placement::ALONE,
         &mut Quiet,
     )
     .unwrap();
@@ -247,7 +247,7 @@ fn resumed_cli_run_matches_an_uninterrupted_one() {
             &interrupted,
             true,
             None,
-            Placement::ALONE,
+            &Placement::ALONE,
             &mut Quiet
         )
         .unwrap(),
@@ -275,7 +275,7 @@ fn resumed_cli_run_matches_an_uninterrupted_one() {
         &interrupted,
         true,
         None,
-        Placement::ALONE,
+        &Placement::ALONE,
         &mut Quiet,
     )
     .unwrap_err();
@@ -301,7 +301,7 @@ fn a_run_folder_is_locked_and_a_finished_run_is_made_whole() {
         &dir,
         false,
         None,
-        Placement::ALONE,
+        &Placement::ALONE,
         &mut Quiet,
     )
     .unwrap_err();
@@ -321,7 +321,7 @@ fn a_run_folder_is_locked_and_a_finished_run_is_made_whole() {
             &dir,
             false,
             None,
-            Placement::ALONE,
+            &Placement::ALONE,
             &mut Quiet
         )
         .unwrap(),
@@ -347,7 +347,7 @@ fn a_run_folder_is_locked_and_a_finished_run_is_made_whole() {
             &dir,
             true,
             None,
-            Placement::ALONE,
+            &Placement::ALONE,
             &mut Quiet
         )
         .unwrap(),

@@ -52,6 +52,33 @@ pub enum Command {
     /// Build the CUDA binary of the device check into .devbin/ for scripts/device-check.sh
     /// on a GPU machine (docs/gpu.md).
     DeviceCheck,
+    /// The same `zoo train` alone and as N MPI ranks, final weights compared (docs/distributed.md).
+    DistCheck {
+        /// A `zoo` binary built with `--features mpi`.
+        #[arg(long)]
+        zoo: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        nproc: usize,
+        /// Threads of the one-process run; each rank gets its share.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long, default_value = "target/dist-check")]
+        out: PathBuf,
+        /// Pass when ||a-b|| / ||a|| over all weights is at most this ...
+        #[arg(long, default_value_t = 1e-5)]
+        tolerance: f64,
+        /// ... or at most this many times as far as one process lands from itself with its
+        /// BatchNorm summed in another order (one rank, --sync-bn true: the float floor).
+        #[arg(long, default_value_t = 3.0)]
+        floor_factor: f64,
+        /// The tile kernels of every run (ZOO_CPU_ISA): one for all, so that only the ranks
+        /// differ.
+        #[arg(long, default_value = "avx2")]
+        isa: String,
+        /// `zoo train`'s arguments: the model and its flags (after `--`).
+        #[arg(last = true, required = true)]
+        train_args: Vec<String>,
+    },
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]

@@ -2,11 +2,12 @@
 //! generated from the registry, the local data folder, benchmarks, the device check's build.
 //!
 //! `main.rs` dispatches; [`flags`] is the command line; one module per task: [`train_all`],
-//! [`data`], [`docs`], [`bench`], [`device`]; [`machine`] says where a figure was measured.
+//! [`data`], [`docs`], [`bench`], [`device`], [`dist_check`]; [`machine`] says where a figure was measured.
 
 mod bench;
 mod data;
 mod device;
+mod dist_check;
 mod docs;
 mod flags;
 mod machine;
@@ -36,6 +37,28 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::DeviceCheck => device::prepare(&project_root())?,
         Command::Docs => docs::run()?,
+        Command::DistCheck {
+            zoo,
+            nproc,
+            threads,
+            out,
+            tolerance,
+            floor_factor,
+            isa,
+            train_args,
+        } => {
+            machine::print_machine();
+            dist_check::run(&dist_check::DistCheck {
+                zoo,
+                nproc,
+                threads,
+                out,
+                tolerance,
+                floor_factor,
+                isa,
+                train_args,
+            })?
+        }
         Command::TrainAll {
             matrix,
             data_dir,

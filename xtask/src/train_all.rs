@@ -45,11 +45,8 @@ pub fn run(
         c.barrier()
             .context("waiting for rank 0 to prepare the data")?;
     }
-    let placement = zoo_cli::training::Placement {
-        collective: collective.as_deref(),
-        local_rank: launch.local_rank(),
-        device: Some(&rank_device),
-    };
+    let placement =
+        zoo_cli::training::Placement::joined(collective, None, launch.local_rank(), rank_device);
     let Some(report) = zoo_cli::matrix::train_all(
         &path,
         &project_root().join("runs"),
@@ -57,7 +54,7 @@ pub fn run(
         &project_root().join("samples"),
         &device,
         only.as_deref(),
-        placement,
+        &placement,
     )?
     else {
         return Ok(()); // a rank other than 0: rank 0 reports

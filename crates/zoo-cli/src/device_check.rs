@@ -533,7 +533,7 @@ fn timed_epoch(check: &EpochCheck, target: &Target) -> Result<f64> {
             checkpoint_every: None,
             stop_after_steps: None,
             read_every: None,
-            collective: None,
+            data_parallel: None,
         };
         Ok(trainer.fit(&train, &valid, &run_dir, None, &mut Quiet)?)
     });

@@ -70,7 +70,7 @@ pub fn train_all(
     sample_root: &Path,
     device: &str,
     only: Option<&str>,
-    placement: Placement,
+    placement: &Placement,
 ) -> Result<Option<PathBuf>> {
     let matrix = load_matrix(matrix_path)?;
     let writer = placement.is_writer();

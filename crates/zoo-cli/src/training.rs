@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 use zoo_core::InputSpec;
 use zoo_core::data::augment::Augment;
 use zoo_core::data::loader::{Loader, LoaderConfig};
-use zoo_core::distributed::{Collective, Shard};
+use zoo_core::distributed::{Collective, DataParallel, Shard};
 use zoo_core::init::ParamStore;
 use zoo_core::train::checkpoint::{RunInfo, load_checkpoint};
 use zoo_core::train::trainer::{Outcome, TrainObserver, Trainer};
@@ -19,27 +19,53 @@ use crate::registry::find;
 use crate::run_config::{RunConfig, load_data};
 
 /// Where this process trains: alone, or as one rank of a data-parallel group.
-#[derive(Clone, Copy)]
-pub struct Placement<'a> {
-    pub collective: Option<&'a dyn Collective>,
+#[derive(Clone)]
+pub struct Placement {
+    pub data_parallel: Option<DataParallel>,
     /// The rank on this machine: `cuda`/`auto` mean `cuda:<local_rank>`.
     pub local_rank: usize,
     /// The device the collective was joined on (NCCL's communicator is bound to it); `None`:
     /// the configuration's.
-    pub device: Option<&'a Device>,
+    pub device: Option<Device>,
 }
 
-impl Placement<'_> {
+impl Placement {
     /// One process.
     pub const ALONE: Self = Self {
-        collective: None,
+        data_parallel: None,
         local_rank: 0,
         device: None,
     };
 
+    /// A rank of `collective`'s group on `device` (alone with `None`). BatchNorm statistics
+    /// are synchronised over the global batch when `sync_bn` says so, by default on CPU ranks
+    /// of a world of two or more (GPU ranks normalise per rank, DDP's default).
+    pub fn joined(
+        collective: Option<Arc<dyn Collective>>,
+        sync_bn: Option<bool>,
+        local_rank: usize,
+        device: Device,
+    ) -> Self {
+        let world = collective.as_ref().map_or(1, |c| c.world_size());
+        let sync_batch_norm = sync_bn.unwrap_or(device.is_cpu() && world > 1);
+        Self {
+            data_parallel: collective.map(|collective| DataParallel {
+                collective,
+                sync_batch_norm,
+            }),
+            local_rank,
+            device: Some(device),
+        }
+    }
+
+    /// The group, if any.
+    pub fn collective(&self) -> Option<&dyn Collective> {
+        self.data_parallel.as_ref().map(|d| &*d.collective)
+    }
+
     /// Rank 0 (or alone): the one that writes the run folder and reports.
     pub fn is_writer(&self) -> bool {
-        self.collective.is_none_or(|c| c.rank() == 0)
+        self.collective().is_none_or(|c| c.rank() == 0)
     }
 }
 
@@ -51,12 +77,12 @@ pub fn run_training(
     run_dir: &Path,
     resume: bool,
     stop_after_steps: Option<u64>,
-    placement: Placement,
+    placement: &Placement,
     observer: &mut dyn TrainObserver,
 ) -> Result<Outcome> {
     let entry = find(&config.model)?;
     config.validate()?;
-    let device = match placement.device {
+    let device = match &placement.device {
         Some(d) => d.clone(),
         None => parse_device_for_rank(&config.device, placement.local_rank)?,
     };
@@ -68,7 +94,7 @@ pub fn run_training(
     } else {
         None
     };
-    if let Some(c) = placement.collective {
+    if let Some(c) = placement.collective() {
         // The others read the folder once rank 0 holds it.
         c.barrier()
             .context("waiting for rank 0 to take the run folder")?;
@@ -119,7 +145,7 @@ pub fn run_training(
         ..LoaderConfig::notebook(config.seed)
     };
     let classes = train.classes.clone();
-    let shard = placement.collective.map_or(Shard::WHOLE, Shard::of);
+    let shard = placement.collective().map_or(Shard::WHOLE, Shard::of);
     let train_loader = Loader::new(Arc::new(train), loader_config)?.sharded(shard);
     let valid_loader = Loader::new(
         Arc::new(test),
@@ -150,7 +176,7 @@ pub fn run_training(
         checkpoint_every: Some(50),
         stop_after_steps,
         read_every: None,
-        collective: placement.collective,
+        data_parallel: placement.data_parallel.clone(),
     };
     Ok(trainer.fit(&train_loader, &valid_loader, run_dir, resume_from, observer)?)
 }

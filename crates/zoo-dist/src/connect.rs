@@ -2,13 +2,15 @@
 //! NCCL under torchrun on GPUs; a clear error where the build or the device cannot serve the
 //! launch.
 
+use std::sync::Arc;
+
 use candle_core::{Device, Result};
 use zoo_core::distributed::Collective;
 
 use crate::launch_env::{Launch, TorchrunEnv};
 
 /// Joins the group of `launch` on `device`; `None` when this process trains alone.
-pub fn connect(launch: &Launch, device: &Device) -> Result<Option<Box<dyn Collective>>> {
+pub fn connect(launch: &Launch, device: &Device) -> Result<Option<Arc<dyn Collective>>> {
     match launch {
         Launch::Single => Ok(None),
         Launch::Mpi { world_size, .. } => mpi(*world_size),
@@ -17,12 +19,12 @@ pub fn connect(launch: &Launch, device: &Device) -> Result<Option<Box<dyn Collec
 }
 
 #[cfg(feature = "mpi")]
-fn mpi(_world_size: usize) -> Result<Option<Box<dyn Collective>>> {
-    Ok(Some(Box::new(crate::mpi_backend::MpiCollective::init()?)))
+fn mpi(_world_size: usize) -> Result<Option<Arc<dyn Collective>>> {
+    Ok(Some(Arc::new(crate::mpi_backend::MpiCollective::init()?)))
 }
 
 #[cfg(not(feature = "mpi"))]
-fn mpi(world_size: usize) -> Result<Option<Box<dyn Collective>>> {
+fn mpi(world_size: usize) -> Result<Option<Arc<dyn Collective>>> {
     candle_core::bail!(
         "this process was started by an MPI launcher (a world of {world_size}), but zoo was \
          built without the `mpi` feature: build it with `cargo build --release -p zoo-cli \
@@ -30,7 +32,7 @@ fn mpi(world_size: usize) -> Result<Option<Box<dyn Collective>>> {
     )
 }
 
-fn torchrun(env: &TorchrunEnv, device: &Device) -> Result<Option<Box<dyn Collective>>> {
+fn torchrun(env: &TorchrunEnv, device: &Device) -> Result<Option<Arc<dyn Collective>>> {
     if !device.is_cuda() {
         candle_core::bail!(
             "started by torchrun (RANK={}, WORLD_SIZE={}) on the CPU: zoo's engine across CPU \
@@ -46,14 +48,14 @@ fn torchrun(env: &TorchrunEnv, device: &Device) -> Result<Option<Box<dyn Collect
 }
 
 #[cfg(feature = "nccl")]
-fn nccl(env: &TorchrunEnv, device: &Device) -> Result<Option<Box<dyn Collective>>> {
-    Ok(Some(Box::new(
+fn nccl(env: &TorchrunEnv, device: &Device) -> Result<Option<Arc<dyn Collective>>> {
+    Ok(Some(Arc::new(
         crate::nccl_backend::NcclCollective::from_torchrun(env, device)?,
     )))
 }
 
 #[cfg(not(feature = "nccl"))]
-fn nccl(env: &TorchrunEnv, _device: &Device) -> Result<Option<Box<dyn Collective>>> {
+fn nccl(env: &TorchrunEnv, _device: &Device) -> Result<Option<Arc<dyn Collective>>> {
     candle_core::bail!(
         "started by torchrun (RANK={}, WORLD_SIZE={}) on a GPU, but zoo was built without the \
          `nccl` feature: build it with `--features nccl`",

@@ -13,6 +13,12 @@ pub struct MpiCollective {
     _universe: mpi::environment::Universe,
 }
 
+// SAFETY: MPI is initialised at the default thread level, and zoo makes every MPI call from
+// the one thread that trains (the trainer's step, and the backward pass it runs); the handle
+// is shared only to be kept by the graph's synchronised-BatchNorm ops on that thread.
+unsafe impl Send for MpiCollective {}
+unsafe impl Sync for MpiCollective {}
+
 impl MpiCollective {
     /// Initialises MPI (once per process) and joins its world.
     pub fn init() -> Result<Self> {

@@ -4,14 +4,16 @@
 
 pub mod local;
 pub mod sync;
+pub mod sync_norm;
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
 
 /// What every rank of a data-parallel group can do together. Each call is collective: every
 /// rank makes the same calls in the same order, with tensors of the same shape.
-pub trait Collective {
+pub trait Collective: Send + Sync {
     /// This process's (or thread's) rank, `0..world_size()`.
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;
@@ -23,6 +25,29 @@ pub trait Collective {
     fn barrier(&self) -> Result<()>;
     /// The engine's name for messages and reports: `threads`, `mpi`, `nccl`.
     fn backend(&self) -> &'static str;
+}
+
+/// How a trainer runs data-parallel.
+#[derive(Clone)]
+pub struct DataParallel {
+    pub collective: Arc<dyn Collective>,
+    /// BatchNorm statistics over the global batch ([`sync_norm`], PyTorch's `SyncBatchNorm`):
+    /// N ranks then train as one process on the whole batch does. Off, each rank normalises
+    /// with its own slice's statistics (DDP's default) and rank 0's running statistics are
+    /// taken by all before evaluation and checkpoints. On in a world of one, the synchronised
+    /// layer's composed ops replace the one-process kernel: same math, another summation order.
+    pub sync_batch_norm: bool,
+}
+
+impl DataParallel {
+    /// Synchronised BatchNorm where there is more than one rank.
+    pub fn new(collective: Arc<dyn Collective>) -> Self {
+        let sync_batch_norm = collective.world_size() > 1;
+        Self {
+            collective,
+            sync_batch_norm,
+        }
+    }
 }
 
 /// Rank `rank` of `world`: which slice of a global batch it trains on.

@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use candle_core::{Device, Result, Tensor, Var};
 use candle_nn::ModuleT;
 
 use super::local::ThreadGroup;
 use super::sync::{all_reduce_grads, buckets};
-use super::{Collective, Shard};
+use super::{Collective, DataParallel, Shard};
 use crate::data::augment::Augment;
 use crate::data::digit_classes;
 use crate::data::loader::{Loader, LoaderConfig};
@@ -31,6 +32,21 @@ fn on_ranks<T: Send>(world: usize, f: impl Fn(&dyn Collective) -> T + Sync) -> V
     let handles = ThreadGroup::new(world).unwrap();
     std::thread::scope(|s| {
         let joins: Vec<_> = handles.iter().map(|h| s.spawn(|| f(h))).collect();
+        joins.into_iter().map(|j| j.join().unwrap()).collect()
+    })
+}
+
+/// As [`on_ranks`], with each rank's handle shared (what a trainer takes).
+fn on_shared_ranks<T: Send>(world: usize, f: impl Fn(Arc<dyn Collective>) -> T + Sync) -> Vec<T> {
+    let handles = ThreadGroup::new(world).unwrap();
+    std::thread::scope(|s| {
+        let joins: Vec<_> = handles
+            .into_iter()
+            .map(|h| {
+                let f = &f;
+                s.spawn(move || f(Arc::new(h)))
+            })
+            .collect();
         joins.into_iter().map(|j| j.join().unwrap()).collect()
     })
 }
@@ -272,6 +288,8 @@ struct RankResult {
 #[derive(Clone, Copy)]
 struct Setup {
     batch_norm: bool,
+    /// Synchronised BatchNorm (when data-parallel).
+    sync_bn: bool,
     dropout: bool,
     epochs: usize,
     stop_after: Option<u64>,
@@ -280,10 +298,10 @@ struct Setup {
 
 /// Trains SmallNet on 98 toy images in batches of 16 (the last one 2 images) with Nesterov
 /// momentum, weight decay, clipping and label smoothing, as rank `c` (or alone with `None`).
-fn train_rank(dir: &std::path::Path, setup: Setup, c: Option<&dyn Collective>) -> RankResult {
+fn train_rank(dir: &std::path::Path, setup: Setup, c: Option<Arc<dyn Collective>>) -> RankResult {
     let store: ParamStore = test_store(23);
     let model = SmallNet::new(store.var_builder(), setup.batch_norm, setup.dropout).unwrap();
-    let shard = c.map_or(Shard::WHOLE, Shard::of);
+    let shard = c.as_deref().map_or(Shard::WHOLE, Shard::of);
     let config = LoaderConfig {
         batch_size: 16,
         augment: Augment::CROP_FLIP,
@@ -333,7 +351,10 @@ fn train_rank(dir: &std::path::Path, setup: Setup, c: Option<&dyn Collective>) -
         checkpoint_every: None,
         stop_after_steps: setup.stop_after,
         read_every: None,
-        collective: c,
+        data_parallel: c.map(|c| DataParallel {
+            collective: c,
+            sync_batch_norm: setup.sync_bn,
+        }),
     };
     let resume = setup
         .resume
@@ -350,7 +371,7 @@ fn train_rank(dir: &std::path::Path, setup: Setup, c: Option<&dyn Collective>) -
 }
 
 fn on_threads(world: usize, dir: &std::path::Path, setup: Setup) -> Vec<RankResult> {
-    on_ranks(world, |c| train_rank(dir, setup, Some(c)))
+    on_shared_ranks(world, |c| train_rank(dir, setup, Some(c)))
 }
 
 /// The largest of |a - b| / max(|b|) over each tensor, where max(|b|) is the tensor's scale.
@@ -376,6 +397,7 @@ fn metrics(outcome: &Outcome) -> &[EpochMetrics] {
 
 const NO_BN: Setup = Setup {
     batch_norm: false,
+    sync_bn: false,
     dropout: false,
     epochs: 2,
     stop_after: None,
@@ -435,6 +457,77 @@ fn a_world_of_one_is_the_one_process_trainer_bit_for_bit() {
             .collect()
     };
     assert_eq!(figures(&group[0].outcome), figures(&alone.outcome));
+}
+
+#[test]
+fn synchronised_batch_norm_makes_n_ranks_train_as_one_process() {
+    let setup = Setup {
+        batch_norm: true,
+        sync_bn: true,
+        ..NO_BN
+    };
+    let single = train_rank(&run_dir("sync-single"), setup, None);
+    // 98 images in batches of 16: the last batch has 2, one for each of two ranks.
+    let ranks = on_threads(2, &run_dir("sync"), setup);
+    let diff = max_relative_difference(&ranks[0].weights, &single.weights);
+    assert!(diff <= 1e-5, "relative difference {diff}");
+    assert_eq!(ranks[1].weights, ranks[0].weights);
+    // Per-rank statistics (DDP's default) end elsewhere: the synchronisation is what matters.
+    let local = on_threads(
+        2,
+        &run_dir("unsynced"),
+        Setup {
+            sync_bn: false,
+            ..setup
+        },
+    );
+    let apart = max_relative_difference(&local[0].weights, &single.weights);
+    assert!(
+        apart > 1e-3,
+        "per-rank BatchNorm ended {apart} from one process"
+    );
+    // Three ranks cannot all have an image of the last batch.
+    let errors = on_shared_ranks(3, |c| {
+        let store: ParamStore = test_store(23);
+        let model = SmallNet::new(store.var_builder(), true, false).unwrap();
+        let config = LoaderConfig {
+            batch_size: 16,
+            ..LoaderConfig::notebook(1)
+        };
+        let loader = Loader::new(toy_dataset(98, 1), config)
+            .unwrap()
+            .sharded(Shard::of(&*c));
+        let transform = InputTransform::notebook(1, 8);
+        let mut trainer = Trainer {
+            model: &model,
+            store: &store,
+            recipe: Recipe::notebook(1, 0.05),
+            transform: transform.clone(),
+            device: Device::Cpu,
+            run: RunInfo::new(
+                "small",
+                InputSpec::square(1, 8),
+                digit_classes(),
+                transform,
+                String::new(),
+                1,
+            ),
+            checkpoint_every: None,
+            stop_after_steps: None,
+            read_every: None,
+            data_parallel: Some(DataParallel::new(c)),
+        };
+        match trainer.fit(&loader, &loader, &run_dir("sync-three"), None, &mut Quiet) {
+            Err(e) => e.to_string(),
+            Ok(o) => format!("trained: {o:?}"),
+        }
+    });
+    for e in errors {
+        assert!(
+            e.contains("the last batch has 2 images, fewer than the 3 ranks"),
+            "{e}"
+        );
+    }
 }
 
 #[test]

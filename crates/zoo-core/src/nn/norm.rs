@@ -1,10 +1,14 @@
-//! `nn.BatchNorm2d`: batch statistics and running-statistics updates in training, running
-//! statistics in evaluation.
+//! `nn.BatchNorm2d`: batch statistics and running-statistics updates in training (over the
+//! global batch when data-parallel ranks synchronise them), running statistics in evaluation.
 
-use candle_core::{Result, Tensor, Var};
+use std::sync::Arc;
+
+use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{BatchNormConfig, ModuleT, VarBuilder};
 
 use super::{Layer, expect_nchw};
+use crate::distributed::Collective;
+use crate::distributed::sync_norm::{active, all_reduce_sum_differentiable};
 use zoo_kernels::batch_norm::{batch_norm_eval, batch_norm_train};
 use zoo_kernels::cpu_f32;
 
@@ -77,6 +81,9 @@ impl BatchNorm2d {
     /// statistics in training, running ones in evaluation), candle's layer elsewhere.
     fn forward_fused(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         self.output_shape(x.dims())?;
+        if train && let Some(c) = active() {
+            return self.forward_synchronised(x, relu, &c);
+        }
         if train && x.dim(0)? * x.dim(2)? * x.dim(3)? < 2 {
             candle_core::bail!(
                 "BatchNorm2d `{}`: training needs more than one value per channel, got input {:?}",
@@ -102,16 +109,57 @@ impl BatchNorm2d {
             );
         }
         let (y, stats) = batch_norm_train(x, &self.weight, &self.bias, self.eps, relu)?;
-        // Running statistics as PyTorch updates them: momentum, unbiased variance.
         let count = (x.elem_count() / self.num_features) as f64;
+        self.update_running(&stats.get(0)?, &stats.get(1)?, count)?;
+        Ok(y)
+    }
+
+    /// Running statistics as PyTorch updates them: momentum, unbiased variance (`var` is the
+    /// biased one of `count` values per channel).
+    fn update_running(&self, mean: &Tensor, var: &Tensor, count: f64) -> Result<()> {
         let m = self.momentum;
-        let mean = stats.get(0)?;
-        let var = (stats.get(1)? * (count / (count - 1.0)))?;
+        let var = (var * (count / (count - 1.0)))?;
         self.running_mean
             .set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
         self.running_var
             .set(&((self.running_var.as_tensor() * (1.0 - m))? + (var * m)?)?)?;
-        Ok(y)
+        Ok(())
+    }
+
+    /// Training over the global batch of a data-parallel group: the mean, then the variance
+    /// about it (two passes, as the one-process kernel), each summed over ranks by a
+    /// differentiable all-reduce. Composed of candle's ops, so the gradient follows.
+    fn forward_synchronised(
+        &self,
+        x: &Tensor,
+        relu: bool,
+        c: &Arc<dyn Collective>,
+    ) -> Result<Tensor> {
+        let (n, channels, h, w) = x.dims4()?;
+        let x = x.to_dtype(DType::F32)?;
+        let device = x.device();
+        let local = Tensor::new(&[(n * h * w) as f32], device)?;
+        let sum = x.sum((0, 2, 3))?;
+        let totals = all_reduce_sum_differentiable(c, &Tensor::cat(&[&sum, &local], 0)?)?;
+        let count = totals.get(channels)?.to_scalar::<f32>()? as f64;
+        if count < 2.0 {
+            candle_core::bail!(
+                "BatchNorm2d `{}`: training needs more than one value per channel over all \
+                 ranks, got {count}",
+                self.name
+            )
+        }
+        let per_channel = |t: &Tensor| t.reshape((1, channels, 1, 1));
+        let mean = (totals.narrow(0, 0, channels)? / count)?;
+        let centred = x.broadcast_sub(&per_channel(&mean)?)?;
+        let squares = centred.sqr()?.sum((0, 2, 3))?;
+        let var = (all_reduce_sum_differentiable(c, &squares)? / count)?;
+        let scale = ((&var + self.eps)?.sqrt()?.recip()? * &self.weight)?;
+        let y = centred
+            .broadcast_mul(&per_channel(&scale)?)?
+            .broadcast_add(&per_channel(&self.bias)?)?;
+        self.update_running(&mean.detach(), &var.detach(), count)?;
+        if relu { y.relu() } else { Ok(y) }
     }
 }
 

@@ -351,7 +351,7 @@ fn train_tiny(
         checkpoint_every: None,
         stop_after_steps: stop_after,
         read_every: None,
-        collective: None,
+        data_parallel: None,
     };
     let resume = resume.then(|| load_checkpoint(&Trainer::last_path(dir), &Device::Cpu).unwrap());
     let outcome = trainer
@@ -393,7 +393,7 @@ fn a_checkpoint_past_the_end_of_an_epoch_is_refused() {
         checkpoint_every: None,
         stop_after_steps: None,
         read_every: None,
-        collective: None,
+        data_parallel: None,
     };
     let resume = load_checkpoint(&last, &Device::Cpu).unwrap();
     let err = match trainer.fit(&loader, &loader, &dir, Some(resume), &mut Quiet) {
@@ -658,7 +658,7 @@ fn nan_loss_stops_the_run_with_a_clear_message() {
         checkpoint_every: None,
         stop_after_steps: None,
         read_every: None,
-        collective: None,
+        data_parallel: None,
     };
     let err = trainer
         .fit(&train, &train, &dir, None, &mut Quiet)
@@ -865,7 +865,7 @@ fn loss_falls_and_accuracy_rises_on_real_mnist() {
         checkpoint_every: None,
         stop_after_steps: None,
         read_every: None,
-        collective: None,
+        data_parallel: None,
     };
     // 2 epochs x 94 batches of real MNIST digits.
     let Outcome::Finished(m) = trainer
@@ -923,7 +923,7 @@ fn fit_reading_every(read_every: usize) -> (u64, CountReads, super::metrics::Epo
         checkpoint_every: None,
         stop_after_steps: None,
         read_every: Some(read_every),
-        collective: None,
+        data_parallel: None,
     };
     let mut observer = CountReads::default();
     let before = super::readback::host_reads();

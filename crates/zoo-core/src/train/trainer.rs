@@ -19,8 +19,9 @@ use super::running::{RunningTotals, StepTotals};
 use super::schedule::Schedule;
 use crate::data::loader::{Loader, mix_seed};
 use crate::data::transforms::InputTransform;
-use crate::distributed::Collective;
 use crate::distributed::sync::{BUCKET_BYTES, all_reduce_grads, all_reduce_values, broadcast_vars};
+use crate::distributed::sync_norm::with_sync_batch_norm;
+use crate::distributed::{Collective, DataParallel};
 use crate::init::{ParamStore, is_buffer};
 use crate::model::Model;
 
@@ -185,7 +186,7 @@ pub struct Trainer<'a> {
     /// gradients all-reduced and weighted by each rank's images, rank 0 alone writes). The
     /// loaders must be sharded for the same rank ([`Loader::sharded`]). `None` or a world of
     /// one: one process, bit for bit.
-    pub collective: Option<&'a dyn Collective>,
+    pub data_parallel: Option<DataParallel>,
 }
 
 impl Trainer<'_> {
@@ -207,8 +208,22 @@ impl Trainer<'_> {
         resume: Option<Checkpoint>,
         observer: &mut dyn TrainObserver,
     ) -> Result<Outcome> {
-        let dist = self.collective.filter(|c| c.world_size() > 1);
+        // Synchronised BatchNorm runs when asked, a world of one included (the same math as
+        // the one-process kernel, summed in another order); everything else needs two ranks.
+        let sync_bn = self
+            .data_parallel
+            .as_ref()
+            .filter(|d| d.sync_batch_norm)
+            .map(|d| d.collective.clone());
+        let data_parallel = self
+            .data_parallel
+            .clone()
+            .filter(|d| d.collective.world_size() > 1);
+        let dist: Option<&dyn Collective> = data_parallel.as_ref().map(|d| &*d.collective);
         let writer = dist.is_none_or(|c| c.rank() == 0);
+        if let Some(c) = &sync_bn {
+            self.check_sync_batch_norm(train, c.world_size())?;
+        }
         if let Some(c) = dist {
             for (what, loader) in [("training", train), ("validation", valid)] {
                 if loader.shard() != crate::distributed::Shard::of(c) {
@@ -308,14 +323,26 @@ impl Trainer<'_> {
                     // A rank's empty slice of a short last batch: it adds zeros.
                     (None, candle_core::backprop::GradStore::default())
                 } else {
-                    let logits = self.model.forward_t(&x, true)?;
+                    let forward = || self.model.forward_t(&x, true);
+                    let logits = match &sync_bn {
+                        Some(c) => with_sync_batch_norm(c, forward)?,
+                        None => forward()?,
+                    };
                     let loss = cross_entropy(&logits, &y, self.recipe.label_smoothing)?;
-                    let grads = loss.backward()?;
+                    let grads = match dist {
+                        // Each rank's loss weighted by its share of the global batch, so that
+                        // the sum over ranks is the global batch's mean (an uneven last batch
+                        // included; the synchronised BatchNorm's gradients sum over ranks too).
+                        Some(_) => {
+                            let share = batch.len() as f64 / batch.global_len.max(1) as f64;
+                            (&loss * share)?.backward()?
+                        }
+                        None => loss.backward()?,
+                    };
                     (Some((loss, logits)), grads)
                 };
                 if let Some(c) = dist {
-                    let share = batch.len() as f64 / batch.global_len.max(1) as f64;
-                    all_reduce_grads(c, &mut grads, &params, share, BUCKET_BYTES)?;
+                    all_reduce_grads(c, &mut grads, &params, 1.0, BUCKET_BYTES)?;
                 }
                 if let Some(max_norm) = self.recipe.clip_grad_norm {
                     clip_grad_norm(&mut grads, &params, max_norm)?;
@@ -453,6 +480,31 @@ impl Trainer<'_> {
             }
         }
         Ok(Outcome::Finished(progress.metrics))
+    }
+
+    /// Synchronised BatchNorm runs on CPU ranks, and every rank must join each layer's
+    /// all-reduce: a rank with no images in the last batch could not.
+    fn check_sync_batch_norm(&self, train: &Loader, world: usize) -> Result<()> {
+        if !self.store.named_tensors().iter().any(|(n, _)| is_buffer(n)) {
+            return Ok(()); // no BatchNorm
+        }
+        if !self.device.is_cpu() {
+            candle_core::bail!(
+                "synchronised BatchNorm runs on CPU ranks; on {:?} train with it off (zoo train \
+                 --sync-bn false: each rank normalises with its own slice, DDP's default)",
+                self.device
+            )
+        }
+        let (n, b) = (train.num_samples(), train.config().batch_size);
+        let last = if n % b == 0 { b } else { n % b };
+        if last < world {
+            candle_core::bail!(
+                "the last batch has {last} images, fewer than the {world} ranks: with \
+                 synchronised BatchNorm every rank needs at least one (choose another batch \
+                 size or number of ranks, or --sync-bn false)"
+            )
+        }
+        Ok(())
     }
 
     /// Data-parallel ranks' BatchNorm running statistics (and their EMA shadows) differ, each

@@ -233,6 +233,11 @@ pub struct TrainArgs {
     /// one; each rank takes its slice (docs/distributed.md).
     #[arg(long)]
     pub nproc_per_node: Option<usize>,
+    /// Data-parallel: BatchNorm statistics over the global batch (PyTorch's SyncBatchNorm; N
+    /// ranks then train as one process does). Default: on for two or more CPU ranks, off on
+    /// GPUs.
+    #[arg(long)]
+    pub sync_bn: Option<bool>,
 }
 
 /// `zoo convert`'s flags.

@@ -22,11 +22,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let config = run_config(args)?;
     let device = parse_device_for_rank(&config.device, launch.local_rank())?;
     let collective = zoo_dist::connect(&launch, &device)?;
-    let placement = Placement {
-        collective: collective.as_deref(),
-        local_rank: launch.local_rank(),
-        device: Some(&device),
-    };
+    let placement = Placement::joined(collective, args.sync_bn, launch.local_rank(), device);
     let run_dir = args.run_dir.clone().unwrap_or_else(|| {
         PathBuf::from(format!("runs/single/{}-{}", config.model, config.dataset))
     });
@@ -38,7 +34,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         &run_dir,
         args.resume,
         None,
-        placement,
+        &placement,
         &mut Progress::new(&label).quiet_unless(placement.is_writer()),
     )? {
         _ if !placement.is_writer() => {}
