@@ -129,7 +129,7 @@ pub fn run(check: &DistCheck) -> Result<()> {
          larger of {:.0e} and {} x the latter = {allowed:.2e}",
         check.nproc, check.tolerance, check.floor_factor
     );
-    if !(ranks_distance <= allowed) {
+    if ranks_distance.is_nan() || ranks_distance > allowed {
         bail!(
             "{} ranks ended {ranks_distance:.2e} from one process (relative distance over all \
              weights), above the {allowed:.2e} allowed",
