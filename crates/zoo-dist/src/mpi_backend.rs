@@ -1,10 +1,11 @@
 //! The MPI backend (feature `mpi`): Open MPI (or any MPI) through the `mpi` crate, for CPU
 //! processes on one machine or many. Started by `mpirun -np N zoo train ...`.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use mpi::collective::SystemOperation;
+use mpi::datatype::Equivalence;
 use mpi::traits::{Communicator, CommunicatorCollectives, Root};
-use zoo_core::distributed::{Collective, host_f32};
+use zoo_core::distributed::{Collective, check_dtype};
 
 /// MPI's world communicator; MPI is finalised when it is dropped.
 pub struct MpiCollective {
@@ -33,6 +34,33 @@ impl MpiCollective {
     }
 }
 
+impl MpiCollective {
+    /// The element-wise sum over ranks of `data`.
+    fn sum<T: Equivalence + Default + Clone>(&self, data: &[T]) -> Vec<T> {
+        let mut sum = vec![T::default(); data.len()];
+        self.world
+            .all_reduce_into(data, &mut sum[..], SystemOperation::sum());
+        sum
+    }
+
+    /// Rank `root`'s values of `flat` (a 1-D tensor of `T`).
+    fn bcast<T: Equivalence + Default + Clone + candle_core::WithDType>(
+        &self,
+        flat: &Tensor,
+        root: usize,
+    ) -> Result<Vec<T>> {
+        let mut data = if self.rank() == root {
+            flat.to_vec1::<T>()?
+        } else {
+            vec![T::default(); flat.elem_count()]
+        };
+        self.world
+            .process_at_rank(root as i32)
+            .broadcast_into(&mut data[..]);
+        Ok(data)
+    }
+}
+
 impl Collective for MpiCollective {
     fn rank(&self) -> usize {
         self.world.rank() as usize
@@ -43,11 +71,13 @@ impl Collective for MpiCollective {
     }
 
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
-        let data = host_f32("all-reduce (MPI)", t)?;
-        let mut sum = vec![0f32; data.len()];
-        self.world
-            .all_reduce_into(&data[..], &mut sum[..], SystemOperation::sum());
-        Tensor::from_vec(sum, t.shape(), t.device())
+        check_dtype("all-reduce (MPI)", t)?;
+        let flat = t.flatten_all()?;
+        let sum = match t.dtype() {
+            DType::F64 => Tensor::new(self.sum(&flat.to_vec1::<f64>()?), t.device())?,
+            _ => Tensor::new(self.sum(&flat.to_vec1::<f32>()?), t.device())?,
+        };
+        sum.reshape(t.shape())
     }
 
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
@@ -57,15 +87,13 @@ impl Collective for MpiCollective {
                 self.world_size()
             )
         }
-        let mut data = if self.rank() == root {
-            host_f32("broadcast (MPI)", t)?
-        } else {
-            vec![0f32; t.elem_count()]
+        check_dtype("broadcast (MPI)", t)?;
+        let flat = t.flatten_all()?;
+        let value = match t.dtype() {
+            DType::F64 => Tensor::new(self.bcast(&flat, root)?, t.device())?,
+            _ => Tensor::new(self.bcast::<f32>(&flat, root)?, t.device())?,
         };
-        self.world
-            .process_at_rank(root as i32)
-            .broadcast_into(&mut data[..]);
-        Tensor::from_vec(data, t.shape(), t.device())
+        value.reshape(t.shape())
     }
 
     fn barrier(&self) -> Result<()> {

@@ -102,18 +102,29 @@ impl CustomOp1 for NcclOp {
         let Some((start, end)) = l.contiguous_offsets() else {
             candle_core::bail!("{}: expected a contiguous tensor", self.name())
         };
-        let src = s.as_cuda_slice::<f32>()?.slice(start..end);
-        let mut dst = s.device.alloc_zeros::<f32>(end - start)?;
+        let out = match s.dtype() {
+            DType::F64 => self.collective::<f64>(s, start..end)?,
+            _ => self.collective::<f32>(s, start..end)?,
+        };
+        Ok((out, l.shape().clone()))
+    }
+}
+
+impl NcclOp {
+    /// The collective on elements `range` of `s`, into a new buffer.
+    fn collective<T>(&self, s: &CudaStorage, range: std::ops::Range<usize>) -> Result<CudaStorage>
+    where
+        T: CudaDType + NcclType + DeviceRepr + ValidAsZeroBits,
+    {
+        let src = s.as_cuda_slice::<T>()?.slice(range.clone());
+        let mut dst = s.device.alloc_zeros::<T>(range.len())?;
         let comm = &self.comm.0;
         match self.op {
             Op::AllReduceSum => comm.all_reduce(&src, &mut dst, &ReduceOp::Sum),
             Op::Broadcast { root } => comm.broadcast(Some(&src), &mut dst, root as i32),
         }
         .map_err(|e| nccl_error(self.name(), e))?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(dst, s.device.clone()),
-            l.shape().clone(),
-        ))
+        Ok(CudaStorage::wrap_cuda_slice(dst, s.device.clone()))
     }
 }
 

@@ -6,7 +6,9 @@
 //! and the backward uses the closed form
 //! `dx = w / sigma * (dy - mean(dy) - xhat * mean(dy * xhat))`, `dw = sum(dy * xhat)`,
 //! `db = sum(dy)`. Statistics accumulate in f64 and are computed once per forward; the
-//! evaluation form (running statistics) and a following ReLU are the same kernel.
+//! evaluation form (running statistics) and a following ReLU are the same kernel. Given a
+//! [`SumOverRanks`], the statistics and the backward's two sums are taken over the global
+//! batch of data-parallel ranks (synchronised BatchNorm).
 
 use crate::activation::relu_f32;
 use std::sync::{Arc, Mutex};
@@ -113,6 +115,48 @@ fn grad_sums(x: &[f32], dy: &[f32], stats: &[(f64, f64)], eps: f64, d: &Dims) ->
 /// Per-channel `(mean, biased variance)`.
 type Stats = Vec<(f64, f64)>;
 
+/// Sums a vector element-wise over the ranks of a data-parallel group, in place: every rank
+/// gets the same result. What synchronised BatchNorm needs of the group (zoo-core wraps its
+/// collective in one).
+pub type SumOverRanks = Arc<dyn Fn(&mut [f64]) -> Result<()> + Send + Sync>;
+
+/// Per-channel mean and biased variance over the global batch of `group`'s ranks: two
+/// passes, each a local f64 sum then a sum over ranks. Returns them and the global count.
+fn group_stats(x: &[f32], d: &Dims, group: &SumOverRanks) -> Result<(Stats, f64)> {
+    let channel =
+        |c: usize| (0..d.n).map(move |n| (n * d.c + c) * d.plane..(n * d.c + c + 1) * d.plane);
+    let mut sums: Vec<f64> = (0..d.c)
+        .into_par_iter()
+        .map(|c| channel(c).map(|r| lane_sum(&x[r], |v| v as f64)).sum())
+        .collect();
+    sums.push((d.n * d.plane) as f64);
+    group(&mut sums)?;
+    let count = sums[d.c];
+    if count < 2.0 {
+        candle_core::bail!(
+            "synchronised BatchNorm: {count} value(s) per channel over all ranks; training needs \
+             more than one"
+        )
+    }
+    let means: Vec<f64> = sums[..d.c].iter().map(|s| s / count).collect();
+    let mut squares: Vec<f64> = (0..d.c)
+        .into_par_iter()
+        .map(|c| {
+            let mean = means[c];
+            channel(c)
+                .map(|r| lane_sum(&x[r], |v| (v as f64 - mean).powi(2)))
+                .sum()
+        })
+        .collect();
+    group(&mut squares)?;
+    let stats = means
+        .into_iter()
+        .zip(squares)
+        .map(|(m, s)| (m, s / count))
+        .collect();
+    Ok((stats, count))
+}
+
 /// `y = (x - mean) / sqrt(var + eps) * w + b`, then ReLU when `relu`: (x, w, b) -> y.
 /// With `fixed` statistics (evaluation: the running ones), else with the batch's, which the
 /// forward computes once and leaves in `batch` for the running-statistics update and the
@@ -121,14 +165,17 @@ struct BatchNormOp {
     eps: f64,
     relu: bool,
     fixed: Option<Stats>,
-    batch: Arc<Mutex<Stats>>,
+    /// The batch's statistics and the number of values per channel they are over.
+    batch: Arc<Mutex<(Stats, f64)>>,
+    /// Statistics and backward sums over data-parallel ranks.
+    group: Option<SumOverRanks>,
 }
 
 impl BatchNormOp {
     fn stats(&self) -> Stats {
         match &self.fixed {
             Some(stats) => stats.clone(),
-            None => self.batch.lock().map(|s| s.clone()).unwrap_or_default(),
+            None => self.batch.lock().map(|s| s.0.clone()).unwrap_or_default(),
         }
     }
 }
@@ -163,9 +210,12 @@ impl CustomOp3 for BatchNormOp {
         let stats = match &self.fixed {
             Some(stats) => stats.clone(),
             None => {
-                let stats = channel_stats(x, &d);
+                let (stats, count) = match &self.group {
+                    Some(group) => group_stats(x, &d, group)?,
+                    None => (channel_stats(x, &d), (d.n * d.plane) as f64),
+                };
                 if let Ok(mut batch) = self.batch.lock() {
-                    *batch = stats.clone();
+                    *batch = (stats.clone(), count);
                 }
                 stats
             }
@@ -229,7 +279,22 @@ impl CustomOp3 for BatchNormOp {
             },
         )?;
         let dx = if x.track_op() {
-            let w_and_sums = Tensor::cat(&[&w.detach().unsqueeze(0)?, &sums], 0)?;
+            // Over ranks, dx takes the global batch's sums; the parameters' gradients stay
+            // this rank's (data-parallel training sums them with the others).
+            let (input_sums, count) = match (&self.group, self.fixed.is_none()) {
+                (Some(group), true) => {
+                    let mut global = sums.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                    group(&mut global)?;
+                    let global: Vec<f32> = global.iter().map(|&v| v as f32).collect();
+                    let count = self.batch.lock().map(|s| s.1).unwrap_or(0.0);
+                    (
+                        Tensor::from_vec(global, sums.shape(), sums.device())?,
+                        Some(count),
+                    )
+                }
+                _ => (sums.clone(), None),
+            };
+            let w_and_sums = Tensor::cat(&[&w.detach().unsqueeze(0)?, &input_sums], 0)?;
             Some(x.apply_op3_no_bwd(
                 &w_and_sums,
                 &dy,
@@ -237,6 +302,7 @@ impl CustomOp3 for BatchNormOp {
                     eps: self.eps,
                     stats,
                     batch_stats: self.fixed.is_none(),
+                    count,
                 },
             )?)
         } else {
@@ -252,6 +318,8 @@ struct BatchNormInputGradOp {
     eps: f64,
     stats: Stats,
     batch_stats: bool,
+    /// Values per channel the sums are over, when not this tensor's (the global batch).
+    count: Option<f64>,
 }
 
 impl CustomOp3 for BatchNormInputGradOp {
@@ -281,7 +349,7 @@ impl CustomOp3 for BatchNormInputGradOp {
         }
         let (w, rest) = w_and_sums.split_at(d.c);
         let (sum_dy_xhat, sum_dy) = rest.split_at(d.c);
-        let count = (d.n * d.plane) as f64;
+        let count = self.count.unwrap_or((d.n * d.plane) as f64);
         if dy.len() != x.len() {
             candle_core::bail!(
                 "{}: gradient {:?} does not fit input {:?}",
@@ -371,17 +439,34 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> Result<(Tensor, Tensor)> {
-    let batch = Arc::new(Mutex::new(Vec::new()));
+    let (y, stats, _) = batch_norm_train_over(x, weight, bias, eps, relu, None)?;
+    Ok((y, stats))
+}
+
+/// [`batch_norm_train`] over the global batch of `group`'s data-parallel ranks (none: this
+/// tensor's batch): statistics, and the backward's sums for the input's gradient, are summed
+/// over ranks. Returns the output, the `(2, C)` statistics and the values per channel they are
+/// over.
+pub fn batch_norm_train_over(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    relu: bool,
+    group: Option<SumOverRanks>,
+) -> Result<(Tensor, Tensor, f64)> {
+    let batch = Arc::new(Mutex::new((Vec::new(), 0.0)));
     let op = BatchNormOp {
         eps,
         relu,
         fixed: None,
         batch: batch.clone(),
+        group,
     };
     let y = x
         .contiguous()?
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
-    let stats = batch
+    let (stats, count) = batch
         .lock()
         .map_err(|_| candle_core::Error::Msg("batch_norm_train: statistics lock poisoned".into()))?
         .clone();
@@ -391,7 +476,7 @@ pub fn batch_norm_train(
         .map(|s| s.0 as f32)
         .chain(stats.iter().map(|s| s.1 as f32))
         .collect();
-    Ok((y, Tensor::from_vec(flat, (2, c), x.device())?))
+    Ok((y, Tensor::from_vec(flat, (2, c), x.device())?, count))
 }
 
 /// Evaluation-mode batch normalisation with the given (running) statistics, then ReLU when
@@ -418,7 +503,8 @@ pub fn batch_norm_eval(
         eps,
         relu,
         fixed: Some(mean.into_iter().zip(var).collect()),
-        batch: Arc::new(Mutex::new(Vec::new())),
+        group: None,
+        batch: Arc::new(Mutex::new((Vec::new(), 0.0))),
     };
     x.contiguous()?
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)

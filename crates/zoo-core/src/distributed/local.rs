@@ -1,13 +1,13 @@
 //! The in-process backend: N ranks as N threads of one process, exchanging host vectors
-//! through shared slots. It needs no engine, so tests (and CPU users without MPI) can run any
-//! world size. Sums are taken in rank order, so every rank gets bitwise the same result.
+//! through shared slots. It needs no engine, so tests can run any world size. Sums are taken
+//! in f64, in rank order, so every rank gets bitwise the same result.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use candle_core::{Result, Tensor};
 
-use super::{Collective, host_f32};
+use super::{Collective, host_f64};
 
 /// How long a rank waits for the others before the call fails (a rank that died or took
 /// another path would otherwise leave the rest waiting for ever).
@@ -15,7 +15,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 struct Rendezvous {
     /// Each rank's contribution to the call in progress.
-    slots: Vec<Option<Vec<f32>>>,
+    slots: Vec<Option<Vec<f64>>>,
     /// Ranks arrived at the current barrier, and how many barriers have completed.
     arrived: usize,
     generation: u64,
@@ -107,8 +107,8 @@ impl ThreadCollective {
     fn exchange<T>(
         &self,
         what: &str,
-        data: Option<Vec<f32>>,
-        read: impl FnOnce(&[Option<Vec<f32>>]) -> Result<T>,
+        data: Option<Vec<f64>>,
+        read: impl FnOnce(&[Option<Vec<f64>>]) -> Result<T>,
     ) -> Result<T> {
         self.wait_all(what, |s| s.slots[self.rank] = data)?;
         let result = {
@@ -134,7 +134,7 @@ impl Collective for ThreadCollective {
 
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor> {
         let what = "all-reduce (threads)";
-        let data = host_f32(what, t)?;
+        let data = host_f64(what, t)?;
         let sum = self.exchange(what, Some(data), |slots| {
             let mut parts = slots.iter().enumerate().map(|(r, s)| {
                 s.as_deref().ok_or_else(|| {
@@ -158,7 +158,7 @@ impl Collective for ThreadCollective {
             }
             Ok(sum)
         })?;
-        Tensor::from_vec(sum, t.shape(), t.device())
+        Tensor::from_vec(sum, t.shape(), t.device())?.to_dtype(t.dtype())
     }
 
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
@@ -166,7 +166,7 @@ impl Collective for ThreadCollective {
         if root >= self.shared.world {
             candle_core::bail!("{what}: root {root} in a world of {}", self.shared.world)
         }
-        let data = (self.rank == root).then(|| host_f32(what, t)).transpose()?;
+        let data = (self.rank == root).then(|| host_f64(what, t)).transpose()?;
         let value = self.exchange(what, data, |slots| {
             let v = slots[root].clone().unwrap_or_default();
             if v.len() != t.elem_count() {
@@ -179,7 +179,7 @@ impl Collective for ThreadCollective {
             }
             Ok(v)
         })?;
-        Tensor::from_vec(value, t.shape(), t.device())
+        Tensor::from_vec(value, t.shape(), t.device())?.to_dtype(t.dtype())
     }
 
     fn barrier(&self) -> Result<()> {

@@ -17,9 +17,10 @@ pub trait Collective: Send + Sync {
     /// This process's (or thread's) rank, `0..world_size()`.
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;
-    /// The element-wise sum over all ranks of an f32 tensor, the same value on every rank.
+    /// The element-wise sum over all ranks of an f32 or f64 tensor, the same value on every
+    /// rank.
     fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor>;
-    /// Rank `root`'s value of an f32 tensor, on every rank.
+    /// Rank `root`'s value of an f32 or f64 tensor, on every rank.
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor>;
     /// Returns when every rank has called it.
     fn barrier(&self) -> Result<()>;
@@ -84,13 +85,21 @@ impl Shard {
     }
 }
 
-/// `t` as a host vector of f32 (the CPU backends' working form): an error naming `op` when
-/// the tensor is not f32.
-pub fn host_f32(op: &str, t: &Tensor) -> Result<Vec<f32>> {
-    if t.dtype() != candle_core::DType::F32 {
-        candle_core::bail!("{op}: expected an f32 tensor, got {:?}", t.dtype())
+/// An error naming `op` unless `t` is f32 or f64, what the collectives carry.
+pub fn check_dtype(op: &str, t: &Tensor) -> Result<()> {
+    use candle_core::DType;
+    if !matches!(t.dtype(), DType::F32 | DType::F64) {
+        candle_core::bail!("{op}: expected an f32 or f64 tensor, got {:?}", t.dtype())
     }
-    t.flatten_all()?.to_vec1::<f32>()
+    Ok(())
+}
+
+/// `t` (f32 or f64) as a host vector of f64: the thread backend's working form.
+pub fn host_f64(op: &str, t: &Tensor) -> Result<Vec<f64>> {
+    check_dtype(op, t)?;
+    t.flatten_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec1::<f64>()
 }
 
 #[cfg(test)]

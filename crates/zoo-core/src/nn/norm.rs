@@ -1,15 +1,12 @@
 //! `nn.BatchNorm2d`: batch statistics and running-statistics updates in training (over the
 //! global batch when data-parallel ranks synchronise them), running statistics in evaluation.
 
-use std::sync::Arc;
-
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 use candle_nn::{BatchNormConfig, ModuleT, VarBuilder};
 
 use super::{Layer, expect_nchw};
-use crate::distributed::Collective;
-use crate::distributed::sync_norm::{active, all_reduce_sum_differentiable};
-use zoo_kernels::batch_norm::{batch_norm_eval, batch_norm_train};
+use crate::distributed::sync_norm::active_group;
+use zoo_kernels::batch_norm::{batch_norm_eval, batch_norm_train_over};
 use zoo_kernels::cpu_f32;
 
 /// `nn.BatchNorm2d(num_features)` with PyTorch's defaults (eps 1e-5, momentum 0.1, affine).
@@ -81,10 +78,19 @@ impl BatchNorm2d {
     /// statistics in training, running ones in evaluation), candle's layer elsewhere.
     fn forward_fused(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         self.output_shape(x.dims())?;
-        if train && let Some(c) = active() {
-            return self.forward_synchronised(x, relu, &c);
+        // Data-parallel ranks synchronising BatchNorm: statistics over the global batch, whose
+        // count the kernel checks.
+        let group = if train { active_group() } else { None };
+        if group.is_some() && !cpu_f32(x) {
+            candle_core::bail!(
+                "BatchNorm2d `{}`: synchronised BatchNorm runs on f32 CPU tensors, got {:?} on \
+                 {:?}",
+                self.name,
+                x.dtype(),
+                x.device()
+            )
         }
-        if train && x.dim(0)? * x.dim(2)? * x.dim(3)? < 2 {
+        if train && group.is_none() && x.dim(0)? * x.dim(2)? * x.dim(3)? < 2 {
             candle_core::bail!(
                 "BatchNorm2d `{}`: training needs more than one value per channel, got input {:?}",
                 self.name,
@@ -108,8 +114,8 @@ impl BatchNorm2d {
                 relu,
             );
         }
-        let (y, stats) = batch_norm_train(x, &self.weight, &self.bias, self.eps, relu)?;
-        let count = (x.elem_count() / self.num_features) as f64;
+        let (y, stats, count) =
+            batch_norm_train_over(x, &self.weight, &self.bias, self.eps, relu, group)?;
         self.update_running(&stats.get(0)?, &stats.get(1)?, count)?;
         Ok(y)
     }
@@ -124,42 +130,6 @@ impl BatchNorm2d {
         self.running_var
             .set(&((self.running_var.as_tensor() * (1.0 - m))? + (var * m)?)?)?;
         Ok(())
-    }
-
-    /// Training over the global batch of a data-parallel group: the mean, then the variance
-    /// about it (two passes, as the one-process kernel), each summed over ranks by a
-    /// differentiable all-reduce. Composed of candle's ops, so the gradient follows.
-    fn forward_synchronised(
-        &self,
-        x: &Tensor,
-        relu: bool,
-        c: &Arc<dyn Collective>,
-    ) -> Result<Tensor> {
-        let (n, channels, h, w) = x.dims4()?;
-        let x = x.to_dtype(DType::F32)?;
-        let device = x.device();
-        let local = Tensor::new(&[(n * h * w) as f32], device)?;
-        let sum = x.sum((0, 2, 3))?;
-        let totals = all_reduce_sum_differentiable(c, &Tensor::cat(&[&sum, &local], 0)?)?;
-        let count = totals.get(channels)?.to_scalar::<f32>()? as f64;
-        if count < 2.0 {
-            candle_core::bail!(
-                "BatchNorm2d `{}`: training needs more than one value per channel over all \
-                 ranks, got {count}",
-                self.name
-            )
-        }
-        let per_channel = |t: &Tensor| t.reshape((1, channels, 1, 1));
-        let mean = (totals.narrow(0, 0, channels)? / count)?;
-        let centred = x.broadcast_sub(&per_channel(&mean)?)?;
-        let squares = centred.sqr()?.sum((0, 2, 3))?;
-        let var = (all_reduce_sum_differentiable(c, &squares)? / count)?;
-        let scale = ((&var + self.eps)?.sqrt()?.recip()? * &self.weight)?;
-        let y = centred
-            .broadcast_mul(&per_channel(&scale)?)?
-            .broadcast_add(&per_channel(&self.bias)?)?;
-        self.update_running(&mean.detach(), &var.detach(), count)?;
-        if relu { y.relu() } else { Ok(y) }
     }
 }
 
