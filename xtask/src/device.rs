@@ -1,5 +1,5 @@
-//! `cargo xtask device-check`: builds the CUDA binary of the device check (features cuda and
-//! cudnn, against the registry-made build root of scripts/cuda-setup.sh) into `.devbin/`, for
+//! `cargo xtask device-check`: builds the CUDA binary of the device check (features cuda, cudnn and
+//! nccl, against the registry-made build root of scripts/cuda-setup.sh) into `.devbin/`, for
 //! scripts/device-check.sh on a GPU machine.
 
 use std::path::Path;
@@ -31,7 +31,7 @@ pub fn prepare(root: &Path) -> Result<()> {
         root,
         "the CUDA build",
         ". target/cuda13/env.sh && cargo build --release --locked -p zoo-cli --bin zoo \
-         --features cuda,cudnn --target-dir target/cuda",
+         --features cuda,cudnn,nccl --target-dir target/cuda",
     )?;
     let devbin = root.join(".devbin");
     std::fs::create_dir_all(&devbin).with_context(|| format!("creating {}", devbin.display()))?;

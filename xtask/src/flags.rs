@@ -67,8 +67,8 @@ pub enum Command {
         /// Pass when ||a-b|| / ||a|| over all weights is at most this ...
         #[arg(long, default_value_t = 1e-5)]
         tolerance: f64,
-        /// ... or at most this many times as far as one process lands from itself with its
-        /// BatchNorm summed in another order (one rank, --sync-bn true: the float floor).
+        /// ... or at most this many times as far as one process lands from itself on another
+        /// number of threads (the float floor: another summation order).
         #[arg(long, default_value_t = 3.0)]
         floor_factor: f64,
         /// The tile kernels of every run (ZOO_CPU_ISA): one for all, so that only the ranks

@@ -158,6 +158,9 @@ pub struct CheckReport {
     pub timings: Vec<Timing>,
     /// (model, input, images, seconds).
     pub epoch: Option<(&'static str, usize, usize, f64)>,
+    /// The data-parallel engine on this device in a world of one (NCCL on a GPU, with the
+    /// `nccl` feature): what it did, or why it was not checked.
+    pub collective: String,
 }
 
 impl CheckReport {
@@ -231,12 +234,60 @@ pub fn run_check(options: &CheckOptions) -> Result<CheckReport> {
         }
         None => None,
     };
+    let collective = check_collective(&options.target).context("the collective check")?;
+    eprintln!("collective {collective}");
     Ok(CheckReport {
         target: options.target.name(),
         parity,
         timings,
         epoch,
+        collective,
     })
+}
+
+/// NCCL in a world of one on the checked GPU: an all-reduce and a broadcast of an odd number
+/// of values must return them unchanged, and a barrier must pass.
+#[cfg(feature = "nccl")]
+fn check_collective(target: &Target) -> Result<String> {
+    use zoo_core::distributed::Collective;
+    let device = match target {
+        Target::Device(d) if d.is_cuda() => d.clone(),
+        _ => return Ok("NCCL: not checked (not a GPU)".to_string()),
+    };
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port();
+    let env = zoo_dist::TorchrunEnv {
+        rank: 0,
+        world_size: 1,
+        local_rank: 0,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+    };
+    let nccl = zoo_dist::nccl_backend::NcclCollective::from_torchrun(&env, &device)?;
+    let values = zoo_core::testing::test_input(&[1_000_003], 7)?.to_device(&device)?;
+    let sum = nccl.all_reduce_sum(&values)?;
+    let root = nccl.broadcast(&values, 0)?;
+    nccl.barrier()?;
+    let differs = |t: &Tensor| -> Result<f64> {
+        Ok(t.sub(&values)?
+            .abs()?
+            .max_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?)
+    };
+    let (d_sum, d_root) = (differs(&sum)?, differs(&root)?);
+    if d_sum != 0.0 || d_root != 0.0 {
+        bail!(
+            "NCCL in a world of one changed the values: all-reduce by {d_sum}, broadcast by {d_root}"
+        )
+    }
+    Ok("NCCL, world of one: all-reduce and broadcast of 1,000,003 values unchanged, barrier passed".to_string())
+}
+
+#[cfg(not(feature = "nccl"))]
+fn check_collective(_target: &Target) -> Result<String> {
+    Ok("NCCL: not checked (built without the `nccl` feature)".to_string())
 }
 
 /// The model built on `device` in `dtype` from `seed`, and its store.
@@ -629,6 +680,7 @@ pub fn markdown(report: &CheckReport, header: &str) -> String {
         }
         md += &timings.markdown();
     }
+    let _ = writeln!(md, "\nData-parallel engine: {}.", report.collective);
     if let Some((model, size, images, seconds)) = report.epoch {
         let _ = writeln!(
             md,

@@ -90,7 +90,7 @@ impl Collective for MpiCollective {
         check_dtype("broadcast (MPI)", t)?;
         let flat = t.flatten_all()?;
         let value = match t.dtype() {
-            DType::F64 => Tensor::new(self.bcast(&flat, root)?, t.device())?,
+            DType::F64 => Tensor::new(self.bcast::<f64>(&flat, root)?, t.device())?,
             _ => Tensor::new(self.bcast::<f32>(&flat, root)?, t.device())?,
         };
         value.reshape(t.shape())

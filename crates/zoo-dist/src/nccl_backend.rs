@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 
-use candle_core::cuda_backend::CudaStorage;
-use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor};
-use zoo_core::distributed::Collective;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, ValidAsZeroBits};
+use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, NcclType, ReduceOp};
+use candle_core::cuda_backend::{CudaDType, CudaStorage};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
+use zoo_core::distributed::{Collective, check_dtype};
 
 use crate::launch_env::TorchrunEnv;
 use crate::rendezvous;
@@ -130,12 +132,7 @@ impl NcclOp {
 
 impl NcclCollective {
     fn run(&self, t: &Tensor, op: Op) -> Result<Tensor> {
-        if t.dtype() != candle_core::DType::F32 {
-            candle_core::bail!(
-                "NCCL collective: expected an f32 tensor, got {:?}",
-                t.dtype()
-            )
-        }
+        check_dtype("NCCL collective", t)?;
         t.contiguous()?.apply_op1_no_bwd(&NcclOp {
             comm: self.comm.clone(),
             op,
