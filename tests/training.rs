@@ -31,17 +31,20 @@ fn tiny_matrix_end_to_end_then_eval_and_predict() {
     let samples = repo().join("samples");
     // An empty data root: the committed sample is used, and the report says so.
     let empty_root = dir.join("no-data");
-    let report = zoo_cli::matrix::train_all(
-        &matrix,
-        &runs,
-        &empty_root,
-        &samples,
-        "cpu",
-        None,
-        &Placement::ALONE,
-    )
-    .unwrap()
-    .expect("rank 0 reports");
+    let train_all = || {
+        zoo_cli::matrix::train_all(
+            &matrix,
+            &runs,
+            &empty_root,
+            &samples,
+            "cpu",
+            None,
+            &Placement::ALONE,
+        )
+        .unwrap()
+        .expect("rank 0 reports")
+    };
+    let report = train_all();
     let text = std::fs::read_to_string(&report).unwrap();
     assert!(text.contains("NOTICE: cifar10 was not found"), "{text}");
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("| `")).collect();
@@ -72,17 +75,7 @@ fn tiny_matrix_end_to_end_then_eval_and_predict() {
     // Complete runs are skipped: the checkpoint is not rewritten.
     let last = runs.join("tiny/densenet-cifar10/last.safetensors");
     let before = std::fs::read(&last).unwrap();
-    zoo_cli::matrix::train_all(
-        &matrix,
-        &runs,
-        &empty_root,
-        &samples,
-        "cpu",
-        None,
-        &Placement::ALONE,
-    )
-    .unwrap()
-    .expect("rank 0 reports");
+    train_all();
     assert_eq!(std::fs::read(&last).unwrap(), before);
 
     // zoo eval: accuracy, per-class accuracy, confusion matrix on the sample's test split.

@@ -15,23 +15,32 @@ use zoo_core::table::{Align, Table};
 use zoo_core::train::checkpoint::{Checkpoint, load_checkpoint};
 use zoo_core::train::trainer::Trainer;
 
-/// What `dist-check` runs and compares.
+/// What `dist-check` runs and compares (its command line).
+#[derive(clap::Args)]
 pub struct DistCheck {
-    /// A `zoo` binary built with the `mpi` feature.
+    /// A `zoo` binary built with `--features mpi`.
+    #[arg(long)]
     pub zoo: PathBuf,
+    #[arg(long, default_value_t = 2)]
     pub nproc: usize,
-    /// Threads of the one-process runs (each rank gets `threads / nproc`, at least one).
+    /// Threads of the one-process run; each rank gets its share.
+    #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    #[arg(long, default_value = "target/dist-check")]
     pub out: PathBuf,
-    /// The ranks' weights may be this far from one process's (`||a-b|| / ||a||`) ...
+    /// Pass when ||a-b|| / ||a|| over all weights is at most this ...
+    #[arg(long, default_value_t = 1e-5)]
     pub tolerance: f64,
-    /// ... or this many times as far as one process lands from itself on another number of
-    /// threads.
+    /// ... or at most this many times as far as one process lands from itself on another
+    /// number of threads (the float floor: another summation order).
+    #[arg(long, default_value_t = 3.0)]
     pub floor_factor: f64,
-    /// The tile kernels of every run (`ZOO_CPU_ISA`): one for all, so that only the ranks
+    /// The tile kernels of every run (ZOO_CPU_ISA): one for all, so that only the ranks
     /// differ.
+    #[arg(long, default_value = "avx2")]
     pub isa: String,
-    /// `zoo train`'s arguments: the model and its flags.
+    /// `zoo train`'s arguments: the model and its flags (after `--`).
+    #[arg(last = true, required = true)]
     pub train_args: Vec<String>,
 }
 

@@ -53,32 +53,7 @@ pub enum Command {
     /// on a GPU machine (docs/gpu.md).
     DeviceCheck,
     /// The same `zoo train` alone and as N MPI ranks, final weights compared (docs/distributed.md).
-    DistCheck {
-        /// A `zoo` binary built with `--features mpi`.
-        #[arg(long)]
-        zoo: PathBuf,
-        #[arg(long, default_value_t = 2)]
-        nproc: usize,
-        /// Threads of the one-process run; each rank gets its share.
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-        #[arg(long, default_value = "target/dist-check")]
-        out: PathBuf,
-        /// Pass when ||a-b|| / ||a|| over all weights is at most this ...
-        #[arg(long, default_value_t = 1e-5)]
-        tolerance: f64,
-        /// ... or at most this many times as far as one process lands from itself on another
-        /// number of threads (the float floor: another summation order).
-        #[arg(long, default_value_t = 3.0)]
-        floor_factor: f64,
-        /// The tile kernels of every run (ZOO_CPU_ISA): one for all, so that only the ranks
-        /// differ.
-        #[arg(long, default_value = "avx2")]
-        isa: String,
-        /// `zoo train`'s arguments: the model and its flags (after `--`).
-        #[arg(last = true, required = true)]
-        train_args: Vec<String>,
-    },
+    DistCheck(crate::dist_check::DistCheck),
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]

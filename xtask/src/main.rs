@@ -37,27 +37,9 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::DeviceCheck => device::prepare(&project_root())?,
         Command::Docs => docs::run()?,
-        Command::DistCheck {
-            zoo,
-            nproc,
-            threads,
-            out,
-            tolerance,
-            floor_factor,
-            isa,
-            train_args,
-        } => {
+        Command::DistCheck(check) => {
             machine::print_machine();
-            dist_check::run(&dist_check::DistCheck {
-                zoo,
-                nproc,
-                threads,
-                out,
-                tolerance,
-                floor_factor,
-                isa,
-                train_args,
-            })?
+            dist_check::run(&check)?
         }
         Command::TrainAll {
             matrix,

@@ -4,11 +4,15 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{ModuleT, VarBuilder};
 pub use zoo_kernels::testing::{assert_close, max_abs_diff, weighted_sum_grads};
 
 use crate::data::{ImageDataset, digit_classes};
 use crate::init::{InitScheme, ParamStore};
-use crate::model::Model;
+use crate::model::{InputSpec, Model};
+use crate::nn::{
+    BatchNorm2d, Conv2d, Conv2dSpec, Dropout, Flatten, Linear, MaxPool2d, ReLU, SequentialT,
+};
 
 /// A store with a fixed seed for tests.
 pub fn test_store(seed: u64) -> ParamStore {
@@ -133,4 +137,53 @@ pub fn toy_dataset(n: usize, seed: u64) -> Arc<ImageDataset> {
         ImageDataset::new("toy", [1, 8, 8], digit_classes(), images, labels)
             .expect("a valid dataset"),
     )
+}
+
+/// Conv 3x3 to `channels`, optional BatchNorm, ReLU, 2x2 max pool, optional Dropout (0.3),
+/// Linear to 10 classes, on 1x8x8 images: the trainer's and data-parallel tests' network.
+pub struct SmallNet {
+    net: SequentialT,
+}
+
+impl SmallNet {
+    pub fn new(vb: VarBuilder, channels: usize, batch_norm: bool, dropout: bool) -> Result<Self> {
+        let mut net = SequentialT::new();
+        net.push_with(&vb, |vb| {
+            Conv2d::new(Conv2dSpec::new(1, channels, 3).padding(1), vb)
+        })?;
+        if batch_norm {
+            net.push_with(&vb, |vb| BatchNorm2d::new(channels, vb))?;
+        }
+        net.push(ReLU);
+        net.push(MaxPool2d::new(2, 2, 0));
+        net.push(Flatten);
+        if dropout {
+            net.push(Dropout::new(0.3)?);
+        }
+        net.push_with(&vb, |vb| Linear::new(channels * 4 * 4, 10, vb))?;
+        Ok(Self { net })
+    }
+
+    /// Eight channels with every stateful piece: BatchNorm (running statistics) and Dropout.
+    pub fn tiny(vb: VarBuilder) -> Result<Self> {
+        Self::new(vb, 8, true, true)
+    }
+}
+
+impl ModuleT for SmallNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.net.forward_t(x, train)
+    }
+}
+
+impl Model for SmallNet {
+    fn body(&self) -> &SequentialT {
+        &self.net
+    }
+    fn input(&self) -> InputSpec {
+        InputSpec::square(1, 8)
+    }
+    fn num_classes(&self) -> usize {
+        10
+    }
 }

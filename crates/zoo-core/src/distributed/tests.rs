@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::ModuleT;
 
 use super::local::ThreadGroup;
@@ -16,11 +16,9 @@ use crate::data::digit_classes;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::transforms::InputTransform;
 use crate::init::ParamStore;
-use crate::model::{InputSpec, Model};
-use crate::nn::{
-    BatchNorm2d, Conv2d, Conv2dSpec, Dropout, Flatten, Linear, MaxPool2d, ReLU, SequentialT,
-};
-use crate::testing::{test_store, toy_dataset};
+use crate::model::InputSpec;
+use crate::nn::BatchNorm2d;
+use crate::testing::{SmallNet, test_store, toy_dataset};
 use crate::train::checkpoint::{RunInfo, load_checkpoint};
 use crate::train::metrics::EpochMetrics;
 use crate::train::optim::OptimizerConfig;
@@ -228,49 +226,6 @@ fn shards_cover_each_batch_once_and_ranks_see_the_one_process_augmentation() {
     assert!(ranks[0].last().unwrap().is_empty());
 }
 
-/// Conv, optional BatchNorm, ReLU, pool, optional Dropout, Linear: 1x8x8 to 10 classes.
-struct SmallNet {
-    net: SequentialT,
-}
-
-impl SmallNet {
-    fn new(vb: candle_nn::VarBuilder, batch_norm: bool, dropout: bool) -> Result<Self> {
-        let mut net = SequentialT::new();
-        net.push_with(&vb, |vb| {
-            Conv2d::new(Conv2dSpec::new(1, 6, 3).padding(1), vb)
-        })?;
-        if batch_norm {
-            net.push_with(&vb, |vb| BatchNorm2d::new(6, vb))?;
-        }
-        net.push(ReLU);
-        net.push(MaxPool2d::new(2, 2, 0));
-        net.push(Flatten);
-        if dropout {
-            net.push(Dropout::new(0.3)?);
-        }
-        net.push_with(&vb, |vb| Linear::new(6 * 4 * 4, 10, vb))?;
-        Ok(Self { net })
-    }
-}
-
-impl ModuleT for SmallNet {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.net.forward_t(x, train)
-    }
-}
-
-impl Model for SmallNet {
-    fn body(&self) -> &SequentialT {
-        &self.net
-    }
-    fn input(&self) -> InputSpec {
-        InputSpec::square(1, 8)
-    }
-    fn num_classes(&self) -> usize {
-        10
-    }
-}
-
 fn run_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("zoo-ddp-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -300,7 +255,7 @@ struct Setup {
 /// momentum, weight decay, clipping and label smoothing, as rank `c` (or alone with `None`).
 fn train_rank(dir: &std::path::Path, setup: Setup, c: Option<Arc<dyn Collective>>) -> RankResult {
     let store: ParamStore = test_store(23);
-    let model = SmallNet::new(store.var_builder(), setup.batch_norm, setup.dropout).unwrap();
+    let model = SmallNet::new(store.var_builder(), 6, setup.batch_norm, setup.dropout).unwrap();
     let shard = c.as_deref().map_or(Shard::WHOLE, Shard::of);
     let config = LoaderConfig {
         batch_size: 16,
@@ -489,7 +444,7 @@ fn synchronised_batch_norm_makes_n_ranks_train_as_one_process() {
     // Three ranks cannot all have an image of the last batch.
     let errors = on_shared_ranks(3, |c| {
         let store: ParamStore = test_store(23);
-        let model = SmallNet::new(store.var_builder(), true, false).unwrap();
+        let model = SmallNet::new(store.var_builder(), 6, true, false).unwrap();
         let config = LoaderConfig {
             batch_size: 16,
             ..LoaderConfig::notebook(1)

@@ -17,10 +17,8 @@ use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::transforms::InputTransform;
 use crate::init::ParamStore;
 use crate::model::{InputSpec, Model};
-use crate::nn::{
-    BatchNorm2d, Conv2d, Conv2dSpec, Dropout, Flatten, Linear, MaxPool2d, ReLU, SequentialT,
-};
-use crate::testing::{test_store, toy_dataset};
+use crate::nn::{BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Linear, MaxPool2d, ReLU, SequentialT};
+use crate::testing::{SmallNet, test_store, toy_dataset};
 
 // From scripts/optim_reference.py (PyTorch 2.15): p0 = [1, -2, 0.5, 3], loss = sum(c p^2),
 // c = [1, 2, 3, 0.5], three steps at lr 0.1.
@@ -234,45 +232,6 @@ fn schedules_hit_their_landmarks() {
     assert!((one.lr(base, 99, total, per_epoch) - base / 25.0 / 1e4).abs() < 1e-12);
 }
 
-/// A small network with every stateful piece: BatchNorm (running statistics) and Dropout.
-struct TinyNet {
-    net: SequentialT,
-}
-
-impl TinyNet {
-    fn new(vb: candle_nn::VarBuilder) -> Result<Self> {
-        let mut net = SequentialT::new();
-        net.push_with(&vb, |vb| {
-            Conv2d::new(Conv2dSpec::new(1, 8, 3).padding(1), vb)
-        })?;
-        net.push_with(&vb, |vb| BatchNorm2d::new(8, vb))?;
-        net.push(ReLU);
-        net.push(MaxPool2d::new(2, 2, 0));
-        net.push(Flatten);
-        net.push(Dropout::new(0.3)?);
-        net.push_with(&vb, |vb| Linear::new(8 * 4 * 4, 10, vb))?;
-        Ok(Self { net })
-    }
-}
-
-impl ModuleT for TinyNet {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.net.forward_t(x, train)
-    }
-}
-
-impl Model for TinyNet {
-    fn body(&self) -> &SequentialT {
-        &self.net
-    }
-    fn input(&self) -> InputSpec {
-        InputSpec::square(1, 8)
-    }
-    fn num_classes(&self) -> usize {
-        10
-    }
-}
-
 fn run_info(seed: u64) -> RunInfo {
     RunInfo::new(
         "tiny",
@@ -303,7 +262,7 @@ fn weights(store: &ParamStore) -> HashMap<String, Vec<f32>> {
         .collect()
 }
 
-/// Trains TinyNet for `epochs` with momentum SGD and a cosine schedule; stops after
+/// Trains `SmallNet::tiny` for `epochs` with momentum SGD and a cosine schedule; stops after
 /// `stop_after` steps if given, resuming from `dir`'s last checkpoint if `resume`.
 fn train_tiny(
     dir: &std::path::Path,
@@ -311,7 +270,7 @@ fn train_tiny(
     resume: bool,
 ) -> (ParamStore, Outcome) {
     let store = test_store(17);
-    let model = TinyNet::new(store.var_builder()).unwrap();
+    let model = SmallNet::tiny(store.var_builder()).unwrap();
     let loader_config = LoaderConfig {
         batch_size: 16,
         prefetch: 2,
@@ -370,11 +329,11 @@ fn a_checkpoint_past_the_end_of_an_epoch_is_refused() {
     let mut ckpt = load_checkpoint(&last, &Device::Cpu).unwrap();
     ckpt.meta.progress.batch = 9;
     let store = test_store(17);
-    TinyNet::new(store.var_builder()).unwrap();
+    SmallNet::tiny(store.var_builder()).unwrap();
     apply_weights(&store, &ckpt.model, "test").unwrap();
     save_checkpoint(&last, &store, None, None, &ckpt.meta).unwrap();
     let store = test_store(17);
-    let model = TinyNet::new(store.var_builder()).unwrap();
+    let model = SmallNet::tiny(store.var_builder()).unwrap();
     let loader = Loader::new(
         toy_dataset(100, 1),
         LoaderConfig {
@@ -475,7 +434,7 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_weights() {
 fn checkpoint_round_trip_gives_identical_logits_and_wrong_shapes_are_named() -> Result<()> {
     let dir = run_dir("roundtrip");
     let store = test_store(3);
-    let model = TinyNet::new(store.var_builder())?;
+    let model = SmallNet::tiny(store.var_builder())?;
     // Move the running statistics away from their initial values.
     model.forward_t(&crate::testing::test_input(&[4, 1, 8, 8], 1)?, true)?;
     let path = dir.join("w.safetensors");
@@ -487,7 +446,7 @@ fn checkpoint_round_trip_gives_identical_logits_and_wrong_shapes_are_named() -> 
         .to_vec1::<f32>()?;
 
     let other = test_store(99);
-    let copy = TinyNet::new(other.var_builder())?;
+    let copy = SmallNet::tiny(other.var_builder())?;
     let ckpt = load_checkpoint(&path, &Device::Cpu)?;
     assert_eq!(ckpt.meta, meta(3));
     apply_weights(&other, &ckpt.model, "w.safetensors")?;
@@ -642,7 +601,7 @@ fn a_momentum_checkpoint_without_its_optimiser_state_does_not_resume() -> Result
 fn nan_loss_stops_the_run_with_a_clear_message() {
     let dir = run_dir("nan");
     let store = test_store(1);
-    let model = TinyNet::new(store.var_builder()).unwrap();
+    let model = SmallNet::tiny(store.var_builder()).unwrap();
     let loader_config = LoaderConfig {
         batch_size: 16,
         ..LoaderConfig::notebook(1)
@@ -904,7 +863,7 @@ impl super::trainer::TrainObserver for CountReads {
 fn fit_reading_every(read_every: usize) -> (u64, CountReads, super::metrics::EpochMetrics) {
     let dir = run_dir(&format!("read-every-{read_every}"));
     let store = test_store(5);
-    let model = TinyNet::new(store.var_builder()).unwrap();
+    let model = SmallNet::tiny(store.var_builder()).unwrap();
     let loader = Loader::new(
         toy_dataset(128, 3),
         LoaderConfig {

@@ -383,13 +383,7 @@ impl Trainer<'_> {
                     progress.partial.wall_seconds =
                         wall_before + wall_clock.elapsed().as_secs_f64();
                     if writer {
-                        save_checkpoint(
-                            &last,
-                            self.store,
-                            Some(&optimizer),
-                            ema.as_ref(),
-                            &self.meta(&progress),
-                        )?;
+                        self.save_last(&last, &optimizer, ema.as_ref(), &progress)?;
                     }
                 }
                 if stop && progress.batch < steps_per_epoch {
@@ -461,13 +455,7 @@ impl Trainer<'_> {
                     &self.run.model,
                     &progress.metrics,
                 )?;
-                save_checkpoint(
-                    &last,
-                    self.store,
-                    Some(&optimizer),
-                    ema.as_ref(),
-                    &self.meta(&progress),
-                )?;
+                self.save_last(&last, &optimizer, ema.as_ref(), &progress)?;
             }
             observer.epoch_end(&row);
             if self.stop_after_steps.is_some_and(|s| steps_this_call >= s)
@@ -523,6 +511,17 @@ impl Trainer<'_> {
             ema.broadcast_buffers(c, 0)?;
         }
         Ok(())
+    }
+
+    /// Writes `last.safetensors`: weights, optimiser and EMA state, the run at `progress`.
+    fn save_last(
+        &self,
+        last: &Path,
+        optimizer: &Optimizer,
+        ema: Option<&Ema>,
+        progress: &RunProgress,
+    ) -> Result<()> {
+        save_checkpoint(last, self.store, Some(optimizer), ema, &self.meta(progress))
     }
 
     /// The checkpoint metadata of this run at `progress`.
