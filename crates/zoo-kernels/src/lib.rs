@@ -17,6 +17,7 @@
 pub mod activation;
 pub mod batch_norm;
 pub mod conv;
+mod disjoint;
 mod gemm;
 pub mod linear;
 pub mod microkernel;

@@ -185,44 +185,58 @@ pub(super) fn im2col(
 ) {
     let (plane, taps) = (s.h * s.w, ranges.len());
     for c in 0..s.c {
-        let src = &x[c * plane..][..plane];
-        for (t, r) in ranges.iter().enumerate() {
-            let row = &mut col[(c * taps + t) * ld + offset..][..s.positions()];
-            if !r.sources.is_empty() {
-                for (o, &i) in row.iter_mut().zip(&r.sources) {
-                    *o = if i == PADDING { 0.0 } else { src[i as usize] };
-                }
-                continue;
+        let rows = &mut col[c * taps * ld..];
+        im2col_channel(&x[c * plane..][..plane], s, ranges, rows, ld, offset);
+    }
+}
+
+/// [`im2col`] of one input channel's plane `src` into its `taps` rows of `col` (row stride
+/// `ld`, from column `offset`): the unit the small-batch forward splits over the threads.
+pub(super) fn im2col_channel(
+    src: &[f32],
+    s: &ConvShape,
+    ranges: &[TapRange],
+    col: &mut [f32],
+    ld: usize,
+    offset: usize,
+) {
+    let plane = s.h * s.w;
+    for (t, r) in ranges.iter().enumerate() {
+        let row = &mut col[t * ld + offset..][..s.positions()];
+        if !r.sources.is_empty() {
+            for (o, &i) in row.iter_mut().zip(&r.sources) {
+                *o = if i == PADDING { 0.0 } else { src[i as usize] };
             }
-            let (oy_lo, oy_hi) = r.oy;
-            let (ox_lo, ox_hi) = r.ox;
-            let width = ox_hi - ox_lo;
-            row[..oy_lo * s.ow].fill(0.0);
-            row[oy_hi * s.ow..].fill(0.0);
-            if s.same_size() {
-                // Every valid output position q reads input q + shift: one block copy of the
-                // valid rows, then zeros at the columns that read padding (on small maps this
-                // replaces a copy call per row).
-                let (a, b) = (oy_lo * s.ow, oy_hi * s.ow);
-                let (lo, hi) = shifted_range(a, b, r.shift, plane);
-                row[a..lo].fill(0.0);
-                row[hi..b].fill(0.0);
-                row[lo..hi].copy_from_slice(&src[lo.wrapping_add_signed(r.shift)..][..hi - lo]);
-                zero_padding_columns(row, s, r);
-                continue;
-            }
-            for (j, oy) in (oy_lo..oy_hi).enumerate() {
-                let out = &mut row[oy * s.ow..(oy + 1) * s.ow];
-                out[..ox_lo].fill(0.0);
-                out[ox_hi..].fill(0.0);
-                let line = &src[(r.iy0 + j * s.g.stride) * s.w..][..s.w];
-                if s.g.stride == 1 {
-                    out[ox_lo..ox_hi].copy_from_slice(&line[r.ix0..r.ix0 + width]);
-                } else {
-                    let taken = line[r.ix0..].iter().step_by(s.g.stride);
-                    for (o, &v) in out[ox_lo..ox_hi].iter_mut().zip(taken) {
-                        *o = v;
-                    }
+            continue;
+        }
+        let (oy_lo, oy_hi) = r.oy;
+        let (ox_lo, ox_hi) = r.ox;
+        let width = ox_hi - ox_lo;
+        row[..oy_lo * s.ow].fill(0.0);
+        row[oy_hi * s.ow..].fill(0.0);
+        if s.same_size() {
+            // Every valid output position q reads input q + shift: one block copy of the
+            // valid rows, then zeros at the columns that read padding (on small maps this
+            // replaces a copy call per row).
+            let (a, b) = (oy_lo * s.ow, oy_hi * s.ow);
+            let (lo, hi) = shifted_range(a, b, r.shift, plane);
+            row[a..lo].fill(0.0);
+            row[hi..b].fill(0.0);
+            row[lo..hi].copy_from_slice(&src[lo.wrapping_add_signed(r.shift)..][..hi - lo]);
+            zero_padding_columns(row, s, r);
+            continue;
+        }
+        for (j, oy) in (oy_lo..oy_hi).enumerate() {
+            let out = &mut row[oy * s.ow..(oy + 1) * s.ow];
+            out[..ox_lo].fill(0.0);
+            out[ox_hi..].fill(0.0);
+            let line = &src[(r.iy0 + j * s.g.stride) * s.w..][..s.w];
+            if s.g.stride == 1 {
+                out[ox_lo..ox_hi].copy_from_slice(&line[r.ix0..r.ix0 + width]);
+            } else {
+                let taken = line[r.ix0..].iter().step_by(s.g.stride);
+                for (o, &v) in out[ox_lo..ox_hi].iter_mut().zip(taken) {
+                    *o = v;
                 }
             }
         }

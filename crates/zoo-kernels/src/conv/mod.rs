@@ -34,8 +34,8 @@ use crate::activation::{fused_relu_grad, relu_f32};
 use crate::gemm::{channel_sums, sgemm, sgemm_new};
 use crate::{contiguous_f32, new_filled, zeroed};
 use geometry::ConvShape;
-use im2col::{Taps, col2im, gather_dy, im2col, tap_ranges};
-use plan::{Plan, for_groups, plan, tiled_plan, winograd_plan};
+use im2col::{Taps, col2im, gather_dy, im2col, im2col_channel, tap_ranges};
+use plan::{Pass, Plan, for_groups, plan, tiled_plan, winograd_plan};
 use scratch::Scratch;
 
 struct Conv2dOp {
@@ -75,27 +75,30 @@ impl CustomOp3 for Conv2dOp {
                 l3.dims()
             )
         }
-        if let Some(p) = winograd_plan(&s) {
+        if let Some(p) = winograd_plan(&s, Pass::Forward) {
             let u = winograd::transform_weights(&p.tiling, w, false);
             let (per_image, relu) = (s.o * s.positions(), self.relu);
             // SAFETY: forward_group writes every element of its images' part of y.
             let y = unsafe {
                 p.split.fill(per_image, |first, count, dst| {
                     let k = p.kernels;
-                    winograd::forward_group(k, &p.tiling, x, &u, bias, relu, first, count, dst)
+                    let images = (first, count);
+                    let wide = p.split.wide;
+                    winograd::forward_group(k, &p.tiling, x, &u, bias, relu, images, wide, dst)
                 })
             };
             return Ok((CpuStorage::F32(y), Shape::from((s.n, s.o, s.oh, s.ow))));
         }
-        if let Some(t) = tiled_plan(&s, &taps) {
+        if let Some(t) = tiled_plan(&s, &taps, Pass::Forward) {
             let wt = tiled::pack_weights_by_tile(w, &t.shape);
             let (per_image, relu) = (s.o * s.positions(), self.relu);
             let (shape, classes) = (&t.shape, &t.classes);
             // SAFETY: forward_group writes every element of its images' part of y.
             let y = unsafe {
                 t.split.fill(per_image, |first, count, dst| {
+                    let (images, wide) = ((first, count), t.split.wide);
                     tiled::forward_group(
-                        t.kernels, shape, classes, x, &wt, bias, relu, first, count, dst,
+                        t.kernels, shape, classes, x, &wt, bias, relu, images, wide, dst,
                     )
                 })
             };
@@ -119,16 +122,31 @@ impl CustomOp3 for Conv2dOp {
                     let first = gi * p.group;
                     let count = p.group.min(s.n - first);
                     let ld = count * pos;
-                    for j in 0..count {
-                        im2col(
-                            &x[(first + j) * in_len..][..in_len],
-                            &s,
-                            &ranges,
-                            col,
-                            ld,
-                            j * pos,
-                        );
-                    }
+                    // With fewer groups than threads (small batches) the columns and the
+                    // copy-out are split over the threads as the product is.
+                    let wide = p.gemm_threads > 1;
+                    let image = |j: usize| &x[(first + j) * in_len..][..in_len];
+                    // A 1x1 convolution with stride 1 and no padding of one image: the
+                    // columns are the image itself.
+                    let pointwise = s.k == 1 && s.g.stride == 1 && s.g.padding == 0;
+                    let columns: &[f32] = if pointwise && count == 1 {
+                        image(0)
+                    } else {
+                        let taps = ranges.len();
+                        let channel = |(c, rows_c): (usize, &mut [f32])| {
+                            for j in 0..count {
+                                let src = &image(j)[c * s.h * s.w..][..s.h * s.w];
+                                im2col_channel(src, &s, &ranges, rows_c, ld, j * pos);
+                            }
+                        };
+                        let col = &mut col[..rows * ld];
+                        if wide {
+                            col.par_chunks_mut(taps * ld).enumerate().for_each(channel);
+                        } else {
+                            col.chunks_mut(taps * ld).enumerate().for_each(channel);
+                        }
+                        col
+                    };
                     // [o, count*pos] = [o, rows] . [rows, count*pos]
                     sgemm(
                         s.o,
@@ -136,16 +154,16 @@ impl CustomOp3 for Conv2dOp {
                         rows,
                         w,
                         false,
-                        col,
+                        columns,
                         false,
                         out,
                         false,
                         p.gemm_threads,
                     );
+                    let out = &out[..];
                     for j in 0..count {
-                        for (o, &b) in bias.iter().enumerate() {
-                            let src = &out[o * ld + j * pos..][..pos];
-                            let dst = &mut dst[(j * s.o + o) * pos..][..pos];
+                        let copy_out = |(o, dst): (usize, &mut [std::mem::MaybeUninit<f32>])| {
+                            let (src, b) = (&out[o * ld + j * pos..][..pos], bias[o]);
                             if relu {
                                 for (d, &v) in dst.iter_mut().zip(src) {
                                     d.write(relu_f32(v + b));
@@ -155,6 +173,12 @@ impl CustomOp3 for Conv2dOp {
                                     d.write(v + b);
                                 }
                             }
+                        };
+                        let planes = &mut dst[j * s.o * pos..][..s.o * pos];
+                        if wide {
+                            planes.par_chunks_mut(pos).enumerate().for_each(copy_out);
+                        } else {
+                            planes.chunks_mut(pos).enumerate().for_each(copy_out);
                         }
                     }
                 });
@@ -222,7 +246,7 @@ impl CustomOp2 for Conv2dInputGradOp {
         let dy = contiguous_f32(self.name(), s2, l2)?;
         let s = ConvShape::new(self.name(), &self.input, l1.dims(), self.geometry)?;
         let taps = Taps::new(&s);
-        if let Some(p) = winograd_plan(&s) {
+        if let Some(p) = winograd_plan(&s, Pass::Gradient) {
             // Stride 1: the forward convolution of dy with the flipped, transposed kernels.
             let tiling = p.tiling.transposed();
             let u = winograd::transform_weights(&tiling, w, true);
@@ -232,12 +256,13 @@ impl CustomOp2 for Conv2dInputGradOp {
             let dx = unsafe {
                 p.split.fill(in_len, |first, count, dst| {
                     let k = p.kernels;
-                    winograd::forward_group(k, &tiling, dy, &u, &zeros, false, first, count, dst)
+                    let images = (first, count);
+                    winograd::forward_group(k, &tiling, dy, &u, &zeros, false, images, false, dst)
                 })
             };
             return Ok((CpuStorage::F32(dx), Shape::from(self.input.as_slice())));
         }
-        if let Some(t) = tiled_plan(&s, &taps) {
+        if let Some(t) = tiled_plan(&s, &taps, Pass::Gradient) {
             let wr = tiled::pack_weights_by_row(w, &t.shape);
             let in_len = s.in_len();
             let mut dx = vec![0f32; s.n * in_len];
@@ -324,7 +349,7 @@ impl CustomOp2 for Conv2dWeightGradOp {
             self.geometry,
         )?;
         let taps = Taps::new(&s);
-        if let Some(p) = winograd_plan(&s) {
+        if let Some(p) = winograd_plan(&s, Pass::Gradient) {
             let partials = p.split.map(|first, count| {
                 winograd::weight_grad_group(p.kernels, &p.tiling, x, dy, first, count)
             });
@@ -332,7 +357,7 @@ impl CustomOp2 for Conv2dWeightGradOp {
             let dw = winograd::finish_weight_grad(&p.tiling, &sum);
             return Ok((CpuStorage::F32(dw), Shape::from((s.o, s.c, s.k, s.k))));
         }
-        if let Some(t) = tiled_plan(&s, &taps) {
+        if let Some(t) = tiled_plan(&s, &taps, Pass::Gradient) {
             let partials = t.split.map(|first, count| {
                 tiled::weight_grad_group(t.kernels, &t.shape, &t.classes, x, dy, first, count)
             });
@@ -468,7 +493,7 @@ mod tests {
         let tiled = |x: [usize; 4], o: usize, k: usize, padding: usize| {
             let g = ConvGeometry { stride: 1, padding };
             let s = ConvShape::new("t", &x, &[o, x[1], k, k], g).unwrap();
-            tiled_plan(&s, &Taps::new(&s)).is_some()
+            tiled_plan(&s, &Taps::new(&s), Pass::Gradient).is_some()
         };
         // NiN's 5x5 on 7x7 (31% of the im2col work on padding) and the test case above.
         assert!(tiled([64, 96, 7, 7], 256, 5, 2));
@@ -485,7 +510,8 @@ mod tests {
     fn winograd_takes_same_3x3s_on_maps_of_4_and_5x5s_on_maps_of_6() {
         let winograd = |x: [usize; 4], o: usize, k: usize, stride: usize, padding: usize| {
             let g = ConvGeometry { stride, padding };
-            winograd_plan(&ConvShape::new("w", &x, &[o, x[1], k, k], g).unwrap()).is_some()
+            let s = ConvShape::new("w", &x, &[o, x[1], k, k], g).unwrap();
+            winograd_plan(&s, Pass::Gradient).is_some()
         };
         // ResNet's 8x8 and 4x4, VGG-11's 8x8, DenseNet's 3x3 to 32 channels, the conv test's
         // odd 9x11 map.
@@ -508,8 +534,98 @@ mod tests {
         assert!(!winograd([64, 64, 8, 8], 64, 5, 1, 1));
         assert!(!winograd([64, 64, 8, 8], 64, 7, 1, 3));
         assert!(!winograd([64, 64, 8, 8], 64, 1, 1, 0));
-        // One image: fewer than the threads.
-        assert!(!winograd([1, 64, 8, 8], 64, 3, 1, 1));
+    }
+
+    /// `f` on a pool of `threads` threads (the small-batch paths depend on the thread count).
+    fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    #[test]
+    fn fewer_images_than_threads_split_the_forward_and_leave_the_gradients_to_the_gemms() {
+        let shape = |x: [usize; 4], o: usize, k: usize, padding: usize| {
+            let g = ConvGeometry { stride: 1, padding };
+            ConvShape::new("t", &x, &[o, x[1], k, k], g).unwrap()
+        };
+        on_threads(4, || {
+            for n in [1, 3] {
+                let s = shape([n, 64, 8, 8], 64, 3, 1);
+                let p = winograd_plan(&s, Pass::Forward).unwrap();
+                assert!(p.split.wide && p.split.group == n, "{n} images");
+                assert!(winograd_plan(&s, Pass::Gradient).is_none(), "{n} images");
+                let s = shape([n, 96, 7, 7], 256, 5, 2);
+                let taps = Taps::new(&s);
+                let t = tiled_plan(&s, &taps, Pass::Forward).unwrap();
+                assert!(t.split.wide && t.split.group == n, "{n} images");
+                assert!(
+                    tiled_plan(&s, &taps, Pass::Gradient).is_none(),
+                    "{n} images"
+                );
+            }
+            // As many images as threads: one group per thread, in both passes.
+            let s = shape([4, 64, 8, 8], 64, 3, 1);
+            let p = winograd_plan(&s, Pass::Forward).unwrap();
+            assert!(!p.split.wide && p.split.group == 1);
+            assert!(winograd_plan(&s, Pass::Gradient).is_some());
+        });
+    }
+
+    #[test]
+    fn small_batches_split_over_the_threads_match_candle() {
+        // Fewer images than the pool's 4 threads, on every path: Winograd F(4x4, 3x3),
+        // F(2x2, 3x3) and F(4x4, 5x5) (odd maps, channels not a multiple of 8 or 16), the tiled
+        // path (panels of several classes), the GEMMs (a 1x1 read in place, a strided 7x7, an
+        // 11x11 stride 4, a 3-channel input), each forward against candle's; the gradients
+        // (on the GEMM path) too.
+        for (x_shape, o, k, stride, padding) in [
+            ([1usize, 20, 9, 11], 19, 3, 1, 1),
+            ([3, 16, 4, 5], 17, 3, 1, 1),
+            ([1, 24, 7, 7], 33, 5, 1, 2),
+            ([2, 5, 7, 7], 9, 5, 1, 2),
+            ([1, 7, 3, 3], 13, 3, 1, 1),
+            ([1, 24, 6, 6], 40, 1, 1, 0),
+            ([2, 24, 6, 6], 40, 1, 1, 0),
+            ([1, 3, 23, 21], 8, 7, 2, 3),
+            ([1, 3, 35, 35], 6, 11, 4, 1),
+            ([1, 3, 12, 12], 16, 3, 1, 1),
+        ] {
+            let c = x_shape[1];
+            let x = Var::from_tensor(&test_input(&x_shape, 1).unwrap()).unwrap();
+            let w = Var::from_tensor(&test_input(&[o, c, k, k], 2).unwrap()).unwrap();
+            let b = Var::from_tensor(&test_input(&[o], 4).unwrap()).unwrap();
+            let g = ConvGeometry { stride, padding };
+            let what = format!("{x_shape:?} o{o} k{k} s{stride} p{padding}");
+            for relu in [false, true] {
+                let (y, grads) = on_threads(4, || {
+                    let y = conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), g, relu).unwrap();
+                    let upstream = test_input(y.dims(), 3).unwrap();
+                    let grads = weighted_sum_grads(&y, &upstream).unwrap();
+                    (y, grads)
+                });
+                let y_ref = x
+                    .as_tensor()
+                    .conv2d(w.as_tensor(), padding, stride, 1, 1)
+                    .unwrap()
+                    .broadcast_add(&b.as_tensor().reshape((1, o, 1, 1)).unwrap())
+                    .unwrap();
+                let y_ref = if relu { y_ref.relu().unwrap() } else { y_ref };
+                assert_close(&format!("{what} relu {relu} forward"), &y, &y_ref, 1e-4);
+                let upstream = test_input(y.dims(), 3).unwrap();
+                let grads_ref = weighted_sum_grads(&y_ref, &upstream).unwrap();
+                for (name, var) in [("dx", &x), ("dw", &w), ("db", &b)] {
+                    assert_close(
+                        &format!("{what} relu {relu} {name}"),
+                        grads.get(var.as_tensor()).unwrap(),
+                        grads_ref.get(var.as_tensor()).unwrap(),
+                        1e-4,
+                    );
+                }
+            }
+        }
     }
 
     #[test]

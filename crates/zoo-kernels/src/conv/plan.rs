@@ -71,13 +71,16 @@ pub(super) fn for_groups<T: Send>(
 /// does not): a kernel larger than 1x1 (a 1x1's im2col is a plain copy) that reaches padding
 /// in at least `MIN_TILED_PADDING` of its multiply-adds, with every tap used (where only some
 /// are, as on 1x1 maps, the GEMM path already drops the others) and not too many weights
-/// (`MAX_TILED_WEIGHTS`), with as many images as threads. The measurements behind each limit:
-/// docs/benchmarks.md, "The convolution's thresholds".
-pub(super) fn tiled_plan(s: &ConvShape, taps: &Taps) -> Option<TiledPlan> {
-    // The tiled path splits the batch over the threads; with fewer images than threads (batch-1
-    // inference) the GEMM path, which splits each product, keeps them all busy.
+/// (`MAX_TILED_WEIGHTS`). The measurements behind each limit: docs/benchmarks.md, "The
+/// convolution's thresholds". With fewer images than threads the gradients take the GEMM path
+/// (which splits each product) and the forward splits each image's panels ([`Pass`]).
+pub(super) fn tiled_plan(s: &ConvShape, taps: &Taps, pass: Pass) -> Option<TiledPlan> {
     let threads = rayon::current_num_threads().max(1);
-    if s.k == 1 || !taps.all(s) || s.o * s.c * s.k * s.k > MAX_TILED_WEIGHTS || s.n < threads {
+    if s.k == 1
+        || !taps.all(s)
+        || s.o * s.c * s.k * s.k > MAX_TILED_WEIGHTS
+        || (s.n < threads && pass == Pass::Gradient)
+    {
         return None;
     }
     let classes = tiled::classes(s);
@@ -89,24 +92,42 @@ pub(super) fn tiled_plan(s: &ConvShape, taps: &Taps) -> Option<TiledPlan> {
         kernels: crate::microkernel::kernels(),
         shape: *s,
         classes,
-        split: BatchSplit::per_thread(s.n),
+        split: BatchSplit::new(s.n, pass),
     })
 }
 
+/// Which computation a path is planned for: the forward takes the Winograd and tiled paths
+/// with fewer images than threads too (split inside each image), the gradients do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pass {
+    Forward,
+    Gradient,
+}
+
 /// A batch of `n` images split into groups of `group` (one per thread) for the Winograd and
-/// tiled paths.
+/// tiled paths; `wide`: fewer images than threads, one group whose work each step splits over
+/// the threads (small-batch inference).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct BatchSplit {
     pub group: usize,
     n: usize,
+    pub wide: bool,
 }
 
 impl BatchSplit {
-    fn per_thread(n: usize) -> Self {
+    fn new(n: usize, pass: Pass) -> Self {
         let threads = rayon::current_num_threads().max(1);
+        if pass == Pass::Forward && n < threads {
+            return Self {
+                group: n,
+                n,
+                wide: true,
+            };
+        }
         Self {
             group: n.div_ceil(threads),
             n,
+            wide: false,
         }
     }
     /// The first image and the image count of group `gi`.
@@ -172,9 +193,9 @@ const MIN_F45_MAP: usize = 6;
 const WINOGRAD_MIN_CHANNELS: usize = 16;
 
 /// The Winograd path: a 3x3 kernel with stride 1 and padding 1 on maps and channel counts as
-/// the constants above say, at least as many images as threads (docs/benchmarks.md, "The
-/// convolution's thresholds").
-pub(super) fn winograd_plan(s: &ConvShape) -> Option<WinogradPlan> {
+/// the constants above say (docs/benchmarks.md, "The convolution's thresholds"); with fewer
+/// images than threads, the forward only ([`Pass`]).
+pub(super) fn winograd_plan(s: &ConvShape, pass: Pass) -> Option<WinogradPlan> {
     let g = s.g;
     let threads = rayon::current_num_threads().max(1);
     if !matches!(s.k, 3 | 5)
@@ -187,7 +208,7 @@ pub(super) fn winograd_plan(s: &ConvShape) -> Option<WinogradPlan> {
                 MIN_F45_MAP
             }
         || s.c.min(s.o) < WINOGRAD_MIN_CHANNELS
-        || s.n < threads
+        || (s.n < threads && pass == Pass::Gradient)
     {
         return None;
     }
@@ -203,7 +224,7 @@ pub(super) fn winograd_plan(s: &ConvShape) -> Option<WinogradPlan> {
                 winograd::Variant::F2x3
             },
         },
-        split: BatchSplit::per_thread(s.n),
+        split: BatchSplit::new(s.n, pass),
     })
 }
 

@@ -37,6 +37,7 @@ use rayon::prelude::*;
 
 use super::geometry::ConvShape;
 use super::scratch::Scratch;
+use crate::disjoint::{DisjointWrites, for_each_range};
 use crate::microkernel::{MR, NR, TileKernels};
 use crate::new_filled;
 
@@ -598,7 +599,8 @@ fn two_axes<const P: usize, const Q: usize, X: OneAxis<P, Q>>(
 
 /// The 2-d transform `F d F^T` (`F` = `X`, `A x P`) of every `P x P` patch, one
 /// per tile (patches `M` apart), of images `first..first + count` of `planes` (`(n, channels,
-/// h, w)`), into `out` as `A * A` `[count * tiles, channels]` matrices. `LANES` channels at a
+/// h, w)`), into `out` as `A * A` `[count * tiles, channels]` matrices, for the channels of
+/// `lane_groups` (groups of `LANES`: concurrent calls take disjoint groups). `LANES` channels at a
 /// time: their planes are copied into a zero-padded buffer of pixels of `LANES` channels, the
 /// image `offset` pixels from its top and left, and each patch is transformed with one vector
 /// per pixel. Used for the inputs (`B^T d B`, `P = A`, offset the padding) and the output
@@ -610,11 +612,11 @@ fn transform_tiles<const P: usize, const A: usize, const M: usize, X: OneAxis<P,
     planes: &[f32],
     channels: usize,
     s: &Tiling,
-    first: usize,
-    count: usize,
+    (first, count): (usize, usize),
+    lane_groups: std::ops::Range<usize>,
     offset: usize,
     index: impl Fn(usize, usize, usize) -> usize,
-    out: &mut [f32],
+    out: &DisjointWrites<f32>,
 ) {
     let (txn, tyn, plane) = (s.tiles_x(), s.tiles_y(), s.plane());
     // Zeros around the image: the offset on the top and left, to the last patch's end on the
@@ -623,7 +625,7 @@ fn transform_tiles<const P: usize, const A: usize, const M: usize, X: OneAxis<P,
     let mut padded = vec![[0f32; LANES]; rows * cols];
     for j in 0..count {
         let image = &planes[(first + j) * channels * plane..][..channels * plane];
-        for c0 in (0..channels).step_by(LANES) {
+        for c0 in lane_groups.clone().map(|g| g * LANES) {
             gather_lanes(image, channels, c0, s, cols, offset, offset, &mut padded);
             let width = LANES.min(channels - c0);
             for ty in 0..tyn {
@@ -636,8 +638,10 @@ fn transform_tiles<const P: usize, const A: usize, const M: usize, X: OneAxis<P,
                     }
                     for r in 0..A {
                         for (q, val) in X::apply(|q| t[q][r]).iter().enumerate() {
-                            let at = index(r * A + q, tile, c0);
-                            store_lanes(&mut out[at..at + width], val);
+                            // SAFETY: the callers give concurrent calls disjoint channel
+                            // groups, and index places each (element, tile, channel) apart.
+                            let dst = unsafe { out.part(index(r * A + q, tile, c0), width) };
+                            store_lanes(dst, val);
                         }
                     }
                 }
@@ -651,17 +655,17 @@ fn transform_tiles<const P: usize, const A: usize, const M: usize, X: OneAxis<P,
 fn transform_input<const A: usize, const R: usize, const M: usize, T: Transform<A, R, M>>(
     x: &[f32],
     s: &Tiling,
-    first: usize,
-    count: usize,
+    images: (usize, usize),
+    lane_groups: std::ops::Range<usize>,
     index: impl Fn(usize, usize, usize) -> usize,
-    v: &mut [f32],
+    v: &DisjointWrites<f32>,
 ) {
     transform_tiles::<A, A, M, InputOf<T, R, M>>(
         x,
         s.shape.c,
         s,
-        first,
-        count,
+        images,
+        lane_groups,
         (R - 1) / 2,
         index,
         v,
@@ -669,7 +673,10 @@ fn transform_input<const A: usize, const R: usize, const M: usize, T: Transform<
 }
 
 /// The forward of images `first..first + count`: `y` (their `(count, o, h, w)` part) = the
-/// convolution + `bias`, ReLU'd when asked, with `u` from [`transform_weights`].
+/// convolution + `bias`, ReLU'd when asked, with `u` from [`transform_weights`]. `wide`: the
+/// images are fewer than the threads (small-batch inference), so each step is split over the
+/// threads instead: the input transform by channels, the products by element, the output
+/// transform by output channels.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_group(
     kernels: TileKernels,
@@ -678,11 +685,11 @@ pub(crate) fn forward_group(
     u: &[f32],
     bias: &[f32],
     relu: bool,
-    first: usize,
-    count: usize,
+    (first, count): (usize, usize),
+    wide: bool,
     y: &mut [std::mem::MaybeUninit<f32>],
 ) {
-    let args = (kernels, s, x, u, bias, relu, first, count, y);
+    let args = (kernels, s, x, u, bias, relu, first, count, wide, y);
     match s.variant {
         Variant::F2x3 => forward_by::<4, 3, 2, F23>(args),
         Variant::F4x3 => forward_by::<6, 3, 4, F43>(args),
@@ -699,43 +706,44 @@ type ForwardArgs<'a> = (
     bool,
     usize,
     usize,
+    bool,
     &'a mut [std::mem::MaybeUninit<f32>],
 );
 
 fn forward_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R, M>>(
-    (kernels, s, x, u, bias, relu, first, count, y): ForwardArgs,
+    (kernels, s, x, u, bias, relu, first, count, wide, y): ForwardArgs,
 ) {
     let xi = A * A;
-    let (txn, tyn, plane) = (s.tiles_x(), s.tiles_y(), s.plane());
+    let (o, plane) = (s.shape.o, s.plane());
     let per_chunk = s.chunk().min(count);
     // Per element, the tiles' transformed inputs as rows of c, in planes of whole NR-tile
     // groups (the tile kernels read all NR columns).
     let v_plane = (per_chunk * s.tiles()).div_ceil(NR) * NR * s.shape.c;
     let mut v = Scratch::take(xi * v_plane);
-    let mut m = Scratch::take(xi * s.shape.o * per_chunk * s.tiles());
-    // One image's outputs for LANES channels, pixel by pixel (whole tiles: m tyn x m txn).
-    let ow = M * txn;
-    let mut out = vec![[0f32; LANES]; M * tyn * ow];
+    let mut m = Scratch::take(xi * o * per_chunk * s.tiles());
     let panel = xi * s.shape.c * MR;
     for c0 in (0..count).step_by(per_chunk) {
         let cc = per_chunk.min(count - c0);
         let tn = cc * s.tiles();
         let at = |e: usize, tile: usize, ci: usize| e * v_plane + tile * s.shape.c + ci;
-        transform_input::<A, R, M, T>(x, s, first + c0, cc, at, &mut v);
+        let v_out = DisjointWrites::new(&mut v);
+        for_each_range(wide, s.shape.c.div_ceil(LANES), |groups| {
+            transform_input::<A, R, M, T>(x, s, (first + c0, cc), groups, at, &v_out)
+        });
         // Per element, [o, tiles] = U [o, c] . V^T [c, tiles], into m as [tiles, o].
-        for e in 0..xi {
+        let products = |(e, m_e): (usize, &mut [f32])| {
             for (p, u_panel) in u.chunks_exact(panel).enumerate() {
-                let (o0, rows) = (p * MR, MR.min(s.shape.o - p * MR));
+                let (o0, rows) = (p * MR, MR.min(o - p * MR));
                 for t0 in (0..tn).step_by(NR) {
-                    // SAFETY: u_panel holds s.shape.c columns of MR for element e; v's plane e holds
-                    // whole NR groups of tiles of s.shape.c channels; m holds tn x o per element.
+                    // SAFETY: u_panel holds s.shape.c columns of MR for element e; v's plane e
+                    // holds whole NR groups of tiles of s.shape.c channels; m_e holds tn x o.
                     unsafe {
                         kernels.tile(
                             rows,
                             NR.min(tn - t0),
                             s.shape.c,
-                            m.as_mut_ptr().add((e * tn + t0) * s.shape.o + o0),
-                            s.shape.o,
+                            m_e.as_mut_ptr().add(t0 * o + o0),
+                            o,
                             u_panel.as_ptr().add(e * s.shape.c * MR),
                             v.as_ptr().add(at(e, t0, 0)),
                             1,
@@ -745,37 +753,82 @@ fn forward_by<const A: usize, const R: usize, const M: usize, T: Transform<A, R,
                     };
                 }
             }
+        };
+        let m_chunk = &mut m[..xi * tn * o];
+        if wide {
+            m_chunk
+                .par_chunks_mut(tn * o)
+                .enumerate()
+                .for_each(products);
+        } else {
+            m_chunk.chunks_mut(tn * o).enumerate().for_each(products);
         }
+        // Back from the products to the outputs, LANES output channels at a time.
+        let new_buffer = || vec![[0f32; LANES]; M * s.tiles_y() * M * s.tiles_x()];
+        let m = &m[..];
         for j in 0..cc {
-            for o0 in (0..s.shape.o).step_by(LANES) {
-                let width = LANES.min(s.shape.o - o0);
-                let b = lanes(|l| bias.get(o0 + l).copied().unwrap_or(0.0));
-                for ty in 0..tyn {
-                    for tx in 0..txn {
-                        let tile = j * s.tiles() + ty * txn + tx;
-                        let e = |e: usize| {
-                            let at = (e * tn + tile) * s.shape.o + o0;
-                            load_lanes(&m[at..at + width])
-                        };
-                        two_axes::<A, M, OutputOf<T, R>>(
-                            |r, q| e(r * A + q),
-                            |a, bx, val| {
-                                out[(M * ty + a) * ow + M * tx + bx] = lanes(|l| {
-                                    let v = val[l] + b[l];
-                                    if relu { relu_f32(v) } else { v }
-                                });
-                            },
-                        );
-                    }
+            let image = &mut y[(c0 + j) * o * plane..][..o * plane];
+            let outputs = |out: &mut Vec<Lanes>, (g, dst): (usize, &mut [_])| {
+                output_lanes::<A, R, M, T>(s, m, tn, j, g * LANES, bias, relu, out, dst)
+            };
+            if wide {
+                image
+                    .par_chunks_mut(LANES * plane)
+                    .enumerate()
+                    .for_each_init(new_buffer, outputs);
+            } else {
+                let mut out = new_buffer();
+                for part in image.chunks_mut(LANES * plane).enumerate() {
+                    outputs(&mut out, part);
                 }
-                for l in 0..width {
-                    let dst = &mut y[((c0 + j) * s.shape.o + o0 + l) * plane..][..plane];
-                    for (oy, line) in dst.chunks_exact_mut(s.shape.w).enumerate() {
-                        for (d, px) in line.iter_mut().zip(&out[oy * ow..]) {
-                            d.write(px[l]);
-                        }
-                    }
-                }
+            }
+        }
+    }
+}
+
+/// `A^T m A` + bias (ReLU'd when asked) of image `j`'s tiles for output channels `o0..o0 +
+/// LANES` (fewer at the end), from the products `m` (per element `[tn, o]`), into `dst` (those
+/// channels' planes), through `out` (one image's outputs pixel by pixel, whole tiles).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn output_lanes<const A: usize, const R: usize, const M: usize, T: Transform<A, R, M>>(
+    s: &Tiling,
+    m: &[f32],
+    tn: usize,
+    j: usize,
+    o0: usize,
+    bias: &[f32],
+    relu: bool,
+    out: &mut [Lanes],
+    dst: &mut [std::mem::MaybeUninit<f32>],
+) {
+    let (o, plane, txn, tyn) = (s.shape.o, s.plane(), s.tiles_x(), s.tiles_y());
+    let ow = M * txn;
+    let width = LANES.min(o - o0);
+    let b = lanes(|l| bias.get(o0 + l).copied().unwrap_or(0.0));
+    for ty in 0..tyn {
+        for tx in 0..txn {
+            let tile = j * s.tiles() + ty * txn + tx;
+            let e = |e: usize| {
+                let at = (e * tn + tile) * o + o0;
+                load_lanes(&m[at..at + width])
+            };
+            two_axes::<A, M, OutputOf<T, R>>(
+                |r, q| e(r * A + q),
+                |a, bx, val| {
+                    out[(M * ty + a) * ow + M * tx + bx] = lanes(|l| {
+                        let v = val[l] + b[l];
+                        if relu { relu_f32(v) } else { v }
+                    });
+                },
+            );
+        }
+    }
+    for l in 0..width {
+        let plane_dst = &mut dst[l * plane..][..plane];
+        for (oy, line) in plane_dst.chunks_exact_mut(s.shape.w).enumerate() {
+            for (d, px) in line.iter_mut().zip(&out[oy * ow..]) {
+                d.write(px[l]);
             }
         }
     }
@@ -824,18 +877,20 @@ fn weight_grad_by<const A: usize, const R: usize, const M: usize, T: Transform<A
         let packed = |e: usize, tile: usize, ci: usize| {
             ((e * c_panels + ci / MR) * tn + tile) * MR + ci % MR
         };
-        transform_input::<A, R, M, T>(x, s, first + c0, cc, packed, &mut v);
+        let images = (first + c0, cc);
+        let c_groups = 0..s.shape.c.div_ceil(LANES);
+        transform_input::<A, R, M, T>(x, s, images, c_groups, packed, &DisjointWrites::new(&mut v));
         // A dy A^T of every output-gradient tile.
         let rows = |e: usize, tile: usize, oi: usize| (e * tn + tile) * s.shape.o + oi;
         transform_tiles::<M, A, M, OutputGradOf<T, R>>(
             dy,
             s.shape.o,
             s,
-            first + c0,
-            cc,
+            images,
+            0..s.shape.o.div_ceil(LANES),
             0,
             rows,
-            &mut d,
+            &DisjointWrites::new(&mut d),
         );
         // Per element, [c, o] (+)= V^T [c, tiles] . D [tiles, o], into p as [o, c].
         for e in 0..xi {

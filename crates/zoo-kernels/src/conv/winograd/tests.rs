@@ -137,15 +137,18 @@ fn matches_with(
     );
     let xi = (s.variant.m() + k - 1) * (s.variant.m() + k - 1);
     let u = transform_weights(s, wt, false);
-    let mut got = vec![std::mem::MaybeUninit::new(f32::NAN); n * o * h * w];
-    for (first, count) in groups {
-        let per_image = o * h * w;
-        let part = &mut got[first * per_image..][..count * per_image];
-        forward_group(kernels, s, x, &u, bias, true, first, count, part);
+    // Each group on one thread, and each group's steps split over the threads (small batches).
+    for wide in [false, true] {
+        let mut got = vec![std::mem::MaybeUninit::new(f32::NAN); n * o * h * w];
+        for (first, count) in groups {
+            let per_image = o * h * w;
+            let part = &mut got[first * per_image..][..count * per_image];
+            forward_group(kernels, s, x, &u, bias, true, (first, count), wide, part);
+        }
+        // SAFETY: forward_group wrote every element (the groups cover all images).
+        let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
+        assert_close(&format!("forward, wide {wide}"), &got, y);
     }
-    // SAFETY: forward_group wrote every element (the groups cover all images).
-    let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
-    assert_close("forward", &got, y);
 
     let t = s.transposed();
     let u = transform_weights(&t, wt, true);
@@ -154,7 +157,17 @@ fn matches_with(
     for (first, count) in groups {
         let per_image = c * h * w;
         let part = &mut got[first * per_image..][..count * per_image];
-        forward_group(kernels, &t, dy, &u, &zeros, false, first, count, part);
+        forward_group(
+            kernels,
+            &t,
+            dy,
+            &u,
+            &zeros,
+            false,
+            (first, count),
+            false,
+            part,
+        );
     }
     // SAFETY: forward_group wrote every element (the groups cover all images).
     let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
