@@ -78,6 +78,11 @@ pub enum Bench {
         /// (comma-separated); the BatchNorm and pooling rows are then left out.
         #[arg(long)]
         only: Option<String>,
+        /// Time these convolutions instead of the built-in ones (comma-separated
+        /// `NxCxHxW:OUT:K:S:P`, e.g. `1x64x56x56:64:3:1:1` for batch-1 inference at 224 px); the
+        /// BatchNorm and pooling rows are then left out.
+        #[arg(long)]
+        cases: Option<String>,
     },
     /// Training-step (forward, cross-entropy, backward, SGD update) and inference images/s of
     /// every registry model at its `cpu` preset input size: warm-up excluded, median of steps.

@@ -60,8 +60,14 @@ fn run(cli: Cli) -> Result<()> {
             &zoo_core::data::resolve::data_root(data_dir.as_deref()),
         )?,
         Command::Bench {
-            what: Bench::Ops { steps, torch, only },
-        } => bench::ops::run(steps, torch.as_deref(), only.as_deref())?,
+            what:
+                Bench::Ops {
+                    steps,
+                    torch,
+                    only,
+                    cases,
+                },
+        } => bench::ops::run(steps, torch.as_deref(), only.as_deref(), cases.as_deref())?,
         Command::Bench {
             what:
                 Bench::Models {

@@ -59,17 +59,6 @@ impl<'a, T> DisjointWrites<'a, T> {
         // SAFETY: in bounds (checked above); exclusive by the caller's promise.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
     }
-
-    /// Element `at`, for writing.
-    ///
-    /// # Safety
-    /// As [`DisjointWrites::part`].
-    #[inline(always)]
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn at(&self, at: usize) -> &mut T {
-        // SAFETY: the caller's promise, passed on.
-        unsafe { &mut self.part(at, 1)[0] }
-    }
 }
 
 #[cfg(test)]
@@ -83,7 +72,7 @@ mod tests {
         (0..8).into_par_iter().for_each(|task| {
             for i in (task..64).step_by(8) {
                 // SAFETY: task t alone writes the indices equal to t modulo 8.
-                unsafe { *w.at(i) = i as u32 * 10 };
+                unsafe { w.part(i, 1)[0] = i as u32 * 10 };
             }
         });
         assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32 * 10));

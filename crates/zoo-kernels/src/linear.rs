@@ -142,6 +142,62 @@ fn panel_product(
     }
 }
 
+/// The most rows (images) the forward takes as dot products ([`dot_products`]) rather than on
+/// the tile kernels, whose 16-row panels would be mostly padding.
+const DOT_ROWS: usize = 4;
+/// Output units per task of [`dot_products`].
+const UNITS_PER_TASK: usize = 64;
+/// Lanes of the dot products' accumulators (vectors the compiler forms).
+const DOT_LANES: usize = 8;
+
+/// `y^T = W . x^T` for a few rows of `x` (`[rows, k]`, at most [`DOT_ROWS`]): per output unit,
+/// the dot products of its weight row with every row of `x`, in parallel over blocks of units.
+/// Small-batch inference is bound by reading the weights (AlexNet's and VGG's 4096 x 4096 are
+/// 64 MB): each weight row is read once, contiguously, for all rows of `x`. Column-major out,
+/// as [`panel_product`]'s.
+fn dot_products(x: &[f32], rows: usize, k: usize, w: &[f32], units: usize) -> Vec<f32> {
+    let mut yt = vec![0f32; units * rows];
+    if k == 0 || rows == 0 {
+        return yt;
+    }
+    yt.par_chunks_mut(UNITS_PER_TASK * rows)
+        .zip(w.par_chunks(UNITS_PER_TASK * k))
+        .for_each(|(out, w_block)| {
+            for (dst, w_row) in out.chunks_mut(rows).zip(w_block.chunks_exact(k)) {
+                match rows {
+                    1 => dots::<1>(x, k, w_row, dst),
+                    2 => dots::<2>(x, k, w_row, dst),
+                    3 => dots::<3>(x, k, w_row, dst),
+                    _ => dots::<4>(x, k, w_row, dst),
+                }
+            }
+        });
+    yt
+}
+
+/// `dst[r] = x_r . w_row` for the `R` rows of `x` (`[R, k]`), with `DOT_LANES` partial sums
+/// per row (one weight load for all rows).
+#[inline(always)]
+fn dots<const R: usize>(x: &[f32], k: usize, w_row: &[f32], dst: &mut [f32]) {
+    let mut acc = [[0f32; DOT_LANES]; R];
+    let whole = k / DOT_LANES * DOT_LANES;
+    for k0 in (0..whole).step_by(DOT_LANES) {
+        let wv: &[f32; DOT_LANES] = w_row[k0..k0 + DOT_LANES].try_into().expect("lanes");
+        for (r, lanes) in acc.iter_mut().enumerate() {
+            let xv: &[f32; DOT_LANES] = x[r * k + k0..r * k + k0 + DOT_LANES]
+                .try_into()
+                .expect("lanes");
+            for l in 0..DOT_LANES {
+                lanes[l] += xv[l] * wv[l];
+            }
+        }
+    }
+    for (r, lanes) in acc.iter().enumerate() {
+        let tail: f32 = (whole..k).map(|kk| x[r * k + kk] * w_row[kk]).sum();
+        dst[r] = lanes.iter().sum::<f32>() + tail;
+    }
+}
+
 /// (x `[b, in]`, w `[out, in]`, bias `[out]`) -> `[b, out]`.
 struct LinearOp {
     relu: bool,
@@ -201,7 +257,11 @@ impl CustomOp3 for LinearOp {
             )
         }
         // y^T [out, b] = W [out, in] . x^T [in, b], column-major: W read in place.
-        let yt = panel_product(kernels(), &panels_of_rows(x, b, i), b, i, w, 1, i, o);
+        let yt = if b <= DOT_ROWS {
+            dot_products(x, b, i, w, o)
+        } else {
+            panel_product(kernels(), &panels_of_rows(x, b, i), b, i, w, 1, i, o)
+        };
         let relu = self.relu;
         let y = transposed(&yt, o, b, |v, oi| {
             let v = v + bias[oi];
@@ -312,8 +372,14 @@ mod tests {
 
     #[test]
     fn linear_matches_candle_forward_and_gradients() -> Result<()> {
+        // Up to DOT_ROWS rows: the dot products (a tail past the lanes, several tasks of
+        // units, a partial last task); more: the tile kernels.
         for (b, i, o) in [
             (1usize, 3usize, 2usize),
+            (1, 300, 200),
+            (2, 37, 70),
+            (3, 64, 5),
+            (4, 130, 129),
             (5, 17, 9),
             (32, 64, 130),
             (37, 200, 97),

@@ -8,9 +8,21 @@ use zoo_core::table::{Align, Table};
 use super::median_ms;
 use crate::project_root;
 
-pub fn run(steps: usize, torch: Option<&str>, only: Option<&str>) -> Result<()> {
-    if only.is_some() {
-        return bench_conv(steps, torch, only);
+pub fn run(
+    steps: usize,
+    torch: Option<&str>,
+    only: Option<&str>,
+    cases: Option<&str>,
+) -> Result<()> {
+    if only.is_some() || cases.is_some() {
+        let cases = match cases {
+            Some(list) => list
+                .split(',')
+                .map(parse_conv_case)
+                .collect::<Result<Vec<_>>>()?,
+            None => CONV_CASES.to_vec(),
+        };
+        return bench_conv(steps, torch, only, &cases);
     }
     use candle_core::{DType, Device, Var};
     use candle_nn::ModuleT;
@@ -75,7 +87,7 @@ pub fn run(steps: usize, torch: Option<&str>, only: Option<&str>) -> Result<()> 
         ]);
     }
     print!("{}", table.markdown());
-    bench_conv(steps, torch, None)
+    bench_conv(steps, torch, None, &CONV_CASES)
 }
 
 /// A convolution case of `bench ops`: input shape, output channels, kernel, stride, padding.
@@ -104,6 +116,41 @@ const CONV_CASES: [ConvCase; 17] = [
     ([32, 64, 32, 32], 128, 3, 1, 1),
 ];
 
+/// A `--cases` entry, `NxCxHxW:OUT:K:S:P`.
+fn parse_conv_case(text: &str) -> Result<ConvCase> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--cases: `{text}` is not NxCxHxW:OUT:K:S:P (e.g. 1x64x56x56:64:3:1:1), every number \
+             a positive integer but padding, which may be 0"
+        )
+    };
+    let number = |v: &str| v.trim().parse::<usize>().map_err(|_| bad());
+    let parts: Vec<&str> = text.split(':').collect();
+    let [input, out, k, stride, padding] = parts[..] else {
+        return Err(bad());
+    };
+    let dims = input.split('x').map(number).collect::<Result<Vec<_>>>()?;
+    let input: [usize; 4] = dims.try_into().map_err(|_| bad())?;
+    let case = (
+        input,
+        number(out)?,
+        number(k)?,
+        number(stride)?,
+        number(padding)?,
+    );
+    let (input, out, k, stride, _) = case;
+    if input.contains(&0) || out == 0 || k == 0 || stride == 0 {
+        return Err(bad());
+    }
+    anyhow::ensure!(
+        k <= input[2] + 2 * case.4 && k <= input[3] + 2 * case.4,
+        "--cases: `{text}`: the {k}x{k} kernel is larger than the padded {}x{} input",
+        input[2],
+        input[3]
+    );
+    Ok(case)
+}
+
 /// A case as `bench_conv_torch.py` takes it: `NxCxHxW:OUT:K:S:P`.
 fn conv_case_name((x, out, k, stride, padding): &ConvCase) -> String {
     format!(
@@ -112,13 +159,18 @@ fn conv_case_name((x, out, k, stride, padding): &ConvCase) -> String {
     )
 }
 
-/// The convolutions of [`CONV_CASES`] (those `only` names), with bias: zoo's kernel, forward and
+/// The convolutions `cases` (those `only` names), with bias: zoo's kernel, forward and
 /// forward + backward, beside PyTorch's (oneDNN) when a Python with torch is given.
-fn bench_conv(steps: usize, torch: Option<&str>, only: Option<&str>) -> Result<()> {
+fn bench_conv(
+    steps: usize,
+    torch: Option<&str>,
+    only: Option<&str>,
+    cases: &[ConvCase],
+) -> Result<()> {
     use candle_core::{DType, Device, Var};
     let time = |f: &mut dyn FnMut() -> Result<()>| median_ms(steps, f);
     let mut zoo_rows = Vec::new();
-    let chosen: Vec<(usize, &ConvCase)> = CONV_CASES
+    let chosen: Vec<(usize, &ConvCase)> = cases
         .iter()
         .enumerate()
         .filter(|(_, case)| {

@@ -89,16 +89,15 @@ impl CustomOp3 for Conv2dOp {
             };
             return Ok((CpuStorage::F32(y), Shape::from((s.n, s.o, s.oh, s.ow))));
         }
-        if let Some(t) = tiled_plan(&s, &taps, Pass::Forward) {
+        if let Some(t) = tiled_plan(&s, &taps) {
             let wt = tiled::pack_weights_by_tile(w, &t.shape);
             let (per_image, relu) = (s.o * s.positions(), self.relu);
             let (shape, classes) = (&t.shape, &t.classes);
             // SAFETY: forward_group writes every element of its images' part of y.
             let y = unsafe {
                 t.split.fill(per_image, |first, count, dst| {
-                    let (images, wide) = ((first, count), t.split.wide);
                     tiled::forward_group(
-                        t.kernels, shape, classes, x, &wt, bias, relu, images, wide, dst,
+                        t.kernels, shape, classes, x, &wt, bias, relu, first, count, dst,
                     )
                 })
             };
@@ -262,7 +261,7 @@ impl CustomOp2 for Conv2dInputGradOp {
             };
             return Ok((CpuStorage::F32(dx), Shape::from(self.input.as_slice())));
         }
-        if let Some(t) = tiled_plan(&s, &taps, Pass::Gradient) {
+        if let Some(t) = tiled_plan(&s, &taps) {
             let wr = tiled::pack_weights_by_row(w, &t.shape);
             let in_len = s.in_len();
             let mut dx = vec![0f32; s.n * in_len];
@@ -357,7 +356,7 @@ impl CustomOp2 for Conv2dWeightGradOp {
             let dw = winograd::finish_weight_grad(&p.tiling, &sum);
             return Ok((CpuStorage::F32(dw), Shape::from((s.o, s.c, s.k, s.k))));
         }
-        if let Some(t) = tiled_plan(&s, &taps, Pass::Gradient) {
+        if let Some(t) = tiled_plan(&s, &taps) {
             let partials = t.split.map(|first, count| {
                 tiled::weight_grad_group(t.kernels, &t.shape, &t.classes, x, dy, first, count)
             });
@@ -493,7 +492,7 @@ mod tests {
         let tiled = |x: [usize; 4], o: usize, k: usize, padding: usize| {
             let g = ConvGeometry { stride: 1, padding };
             let s = ConvShape::new("t", &x, &[o, x[1], k, k], g).unwrap();
-            tiled_plan(&s, &Taps::new(&s), Pass::Gradient).is_some()
+            on_threads(2, || tiled_plan(&s, &Taps::new(&s)).is_some())
         };
         // NiN's 5x5 on 7x7 (31% of the im2col work on padding) and the test case above.
         assert!(tiled([64, 96, 7, 7], 256, 5, 2));
@@ -503,6 +502,9 @@ mod tests {
         assert!(!tiled([64, 96, 7, 7], 96, 1, 0));
         assert!(!tiled([64, 512, 1, 1], 512, 3, 1));
         assert!(!tiled([64, 512, 2, 2], 512, 3, 1));
+        // Fewer than 8 images a thread: the GEMMs, which read the weights in place.
+        assert!(!tiled([15, 96, 7, 7], 256, 5, 2));
+        assert!(tiled([16, 96, 7, 7], 256, 5, 2));
         assert!(!tiled([1, 96, 7, 7], 256, 5, 2));
     }
 
@@ -511,7 +513,7 @@ mod tests {
         let winograd = |x: [usize; 4], o: usize, k: usize, stride: usize, padding: usize| {
             let g = ConvGeometry { stride, padding };
             let s = ConvShape::new("w", &x, &[o, x[1], k, k], g).unwrap();
-            winograd_plan(&s, Pass::Gradient).is_some()
+            on_threads(2, || winograd_plan(&s, Pass::Gradient).is_some())
         };
         // ResNet's 8x8 and 4x4, VGG-11's 8x8, DenseNet's 3x3 to 32 channels, the conv test's
         // odd 9x11 map.
@@ -534,6 +536,10 @@ mod tests {
         assert!(!winograd([64, 64, 8, 8], 64, 5, 1, 1));
         assert!(!winograd([64, 64, 8, 8], 64, 7, 1, 3));
         assert!(!winograd([64, 64, 8, 8], 64, 1, 1, 0));
+        // Fewer than 8 tiles a thread's group: NiN's 5x5 on 7x7 (4 tiles an image) at 2
+        // images, 4 at 4.
+        assert!(!winograd([2, 96, 7, 7], 256, 5, 1, 2));
+        assert!(winograd([4, 96, 7, 7], 256, 5, 1, 2));
     }
 
     /// `f` on a pool of `threads` threads (the small-batch paths depend on the thread count).
@@ -546,28 +552,31 @@ mod tests {
     }
 
     #[test]
-    fn fewer_images_than_threads_split_the_forward_and_leave_the_gradients_to_the_gemms() {
+    fn fewer_images_than_threads_split_the_winograd_forward_over_its_tiles() {
         let shape = |x: [usize; 4], o: usize, k: usize, padding: usize| {
             let g = ConvGeometry { stride: 1, padding };
             ConvShape::new("t", &x, &[o, x[1], k, k], g).unwrap()
         };
         on_threads(4, || {
             for n in [1, 3] {
-                let s = shape([n, 64, 8, 8], 64, 3, 1);
+                // 56x56 maps (196 tiles an image): the forward splits each image, the
+                // gradients go to the GEMMs.
+                let s = shape([n, 64, 56, 56], 64, 3, 1);
                 let p = winograd_plan(&s, Pass::Forward).unwrap();
                 assert!(p.split.wide && p.split.group == n, "{n} images");
                 assert!(winograd_plan(&s, Pass::Gradient).is_none(), "{n} images");
-                let s = shape([n, 96, 7, 7], 256, 5, 2);
-                let taps = Taps::new(&s);
-                let t = tiled_plan(&s, &taps, Pass::Forward).unwrap();
-                assert!(t.split.wide && t.split.group == n, "{n} images");
-                assert!(
-                    tiled_plan(&s, &taps, Pass::Gradient).is_none(),
-                    "{n} images"
-                );
+                // Small maps: the GEMMs, not the tiled path.
+                let s = shape([n, 96, 7, 7], 256, 3, 1);
+                assert!(tiled_plan(&s, &Taps::new(&s)).is_none(), "{n} images");
+            }
+            // Too few tiles for the transformed weights to pay: 14x14 maps (16 tiles), 8x8
+            // (4), three 8x8 images.
+            for x in [[1, 256, 14, 14], [1, 64, 8, 8], [3, 64, 8, 8]] {
+                let s = shape(x, x[1], 3, 1);
+                assert!(winograd_plan(&s, Pass::Forward).is_none(), "{x:?}");
             }
             // As many images as threads: one group per thread, in both passes.
-            let s = shape([4, 64, 8, 8], 64, 3, 1);
+            let s = shape([4, 64, 16, 16], 64, 3, 1);
             let p = winograd_plan(&s, Pass::Forward).unwrap();
             assert!(!p.split.wide && p.split.group == 1);
             assert!(winograd_plan(&s, Pass::Gradient).is_some());
@@ -577,14 +586,14 @@ mod tests {
     #[test]
     fn small_batches_split_over_the_threads_match_candle() {
         // Fewer images than the pool's 4 threads, on every path: Winograd F(4x4, 3x3),
-        // F(2x2, 3x3) and F(4x4, 5x5) (odd maps, channels not a multiple of 8 or 16), the tiled
-        // path (panels of several classes), the GEMMs (a 1x1 read in place, a strided 7x7, an
+        // F(2x2, 3x3) and F(4x4, 5x5) split inside the images (odd maps, channels not a
+        // multiple of 8 or 16), the GEMMs (small maps, a 1x1 read in place, a strided 7x7, an
         // 11x11 stride 4, a 3-channel input), each forward against candle's; the gradients
         // (on the GEMM path) too.
         for (x_shape, o, k, stride, padding) in [
-            ([1usize, 20, 9, 11], 19, 3, 1, 1),
-            ([3, 16, 4, 5], 17, 3, 1, 1),
-            ([1, 24, 7, 7], 33, 5, 1, 2),
+            ([1usize, 20, 23, 25], 19, 3, 1, 1),
+            ([3, 16, 6, 7], 17, 3, 1, 1),
+            ([1, 24, 23, 21], 33, 5, 1, 2),
             ([2, 5, 7, 7], 9, 5, 1, 2),
             ([1, 7, 3, 3], 13, 3, 1, 1),
             ([1, 24, 6, 6], 40, 1, 1, 0),
@@ -718,17 +727,17 @@ mod tests {
             ([3, 4, 2, 2], 6, 3, 2, 1),
             ([2, 3, 1, 1], 4, 5, 1, 2),
             ([2, 3, 1, 3], 4, 3, 1, 1),
-            // The tiled path (a fifth or more of the multiply-adds on padding): 2x2 and 3x3
-            // maps, NiN's 5x5 on 7x7, stride 2, padding 2 (border outputs read only padding),
-            // a partial last panel, more images than threads.
-            ([2, 3, 2, 2], 4, 3, 1, 1),
-            ([3, 5, 3, 3], 7, 3, 1, 1),
-            ([2, 4, 7, 7], 5, 5, 1, 2),
-            ([2, 3, 7, 7], 4, 3, 2, 1),
-            ([2, 2, 5, 6], 3, 3, 1, 2),
-            ([11, 3, 4, 4], 5, 3, 1, 1),
-            ([2, 3, 2, 2], 3, 3, 1, 2),
-            ([2, 3, 2, 2], 3, 3, 1, 3),
+            // The tiled path (a fifth or more of the multiply-adds on padding, 8 images or more
+            // a thread): 2x2 and 3x3 maps, NiN's 5x5 on 7x7, stride 2, padding 2 (border
+            // outputs read only padding), a partial last panel and group.
+            ([16, 3, 2, 2], 4, 3, 1, 1),
+            ([16, 5, 3, 3], 7, 3, 1, 1),
+            ([16, 4, 7, 7], 5, 5, 1, 2),
+            ([16, 3, 7, 7], 4, 3, 2, 1),
+            ([16, 2, 5, 6], 3, 3, 1, 2),
+            ([17, 3, 4, 4], 5, 3, 1, 1),
+            ([16, 3, 2, 2], 3, 3, 1, 2),
+            ([16, 3, 2, 2], 3, 3, 1, 3),
             // More images than any machine has threads: the tiled path (see the test below).
             ([64, 2, 3, 3], 3, 3, 1, 1),
             // The Winograd paths (odd sizes: partial tiles on both edges; several chunks of
@@ -742,9 +751,12 @@ mod tests {
             let w = Var::from_tensor(&test_input(&[o, c, k, k], 2).unwrap()).unwrap();
             let b = Var::from_tensor(&test_input(&[o], 4).unwrap()).unwrap();
             let g = ConvGeometry { stride, padding };
-            // Without and with the fused ReLU, against candle's conv2d + bias (+ relu).
+            // Without and with the fused ReLU, against candle's conv2d + bias (+ relu), on 2
+            // threads (the paths taken depend on the images per thread).
             for relu in [false, true] {
-                let y = conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), g, relu).unwrap();
+                let y = on_threads(2, || {
+                    conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), g, relu).unwrap()
+                });
                 let y_ref = x
                     .as_tensor()
                     .conv2d(w.as_tensor(), padding, stride, 1, 1)
@@ -756,7 +768,7 @@ mod tests {
                 assert_eq!(y.dims(), y_ref.dims(), "{what}");
                 assert_close(&format!("{what} forward"), &y, &y_ref, 1e-4);
                 let upstream = test_input(y.dims(), 3).unwrap();
-                let grads = weighted_sum_grads(&y, &upstream).unwrap();
+                let grads = on_threads(2, || weighted_sum_grads(&y, &upstream).unwrap());
                 let grads_ref = weighted_sum_grads(&y_ref, &upstream).unwrap();
                 for (name, var) in [("dx", &x), ("dw", &w), ("db", &b)] {
                     assert_close(

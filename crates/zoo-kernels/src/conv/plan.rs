@@ -71,15 +71,14 @@ pub(super) fn for_groups<T: Send>(
 /// does not): a kernel larger than 1x1 (a 1x1's im2col is a plain copy) that reaches padding
 /// in at least `MIN_TILED_PADDING` of its multiply-adds, with every tap used (where only some
 /// are, as on 1x1 maps, the GEMM path already drops the others) and not too many weights
-/// (`MAX_TILED_WEIGHTS`). The measurements behind each limit: docs/benchmarks.md, "The
-/// convolution's thresholds". With fewer images than threads the gradients take the GEMM path
-/// (which splits each product) and the forward splits each image's panels ([`Pass`]).
-pub(super) fn tiled_plan(s: &ConvShape, taps: &Taps, pass: Pass) -> Option<TiledPlan> {
+/// (`MAX_TILED_WEIGHTS`), with `MIN_TILED_IMAGES_PER_THREAD` images per thread. The
+/// measurements behind each limit: docs/benchmarks.md, "The convolution's thresholds".
+pub(super) fn tiled_plan(s: &ConvShape, taps: &Taps) -> Option<TiledPlan> {
     let threads = rayon::current_num_threads().max(1);
     if s.k == 1
         || !taps.all(s)
         || s.o * s.c * s.k * s.k > MAX_TILED_WEIGHTS
-        || (s.n < threads && pass == Pass::Gradient)
+        || s.n < threads * MIN_TILED_IMAGES_PER_THREAD
     {
         return None;
     }
@@ -92,12 +91,12 @@ pub(super) fn tiled_plan(s: &ConvShape, taps: &Taps, pass: Pass) -> Option<Tiled
         kernels: crate::microkernel::kernels(),
         shape: *s,
         classes,
-        split: BatchSplit::new(s.n, pass),
+        split: BatchSplit::new(s.n, Pass::Gradient),
     })
 }
 
-/// Which computation a path is planned for: the forward takes the Winograd and tiled paths
-/// with fewer images than threads too (split inside each image), the gradients do not.
+/// Which computation a path is planned for: the forward takes the Winograd path with fewer
+/// images than threads too (split inside each image), the gradients do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pass {
     Forward,
@@ -106,7 +105,7 @@ pub(super) enum Pass {
 
 /// A batch of `n` images split into groups of `group` (one per thread) for the Winograd and
 /// tiled paths; `wide`: fewer images than threads, one group whose work each step splits over
-/// the threads (small-batch inference).
+/// the threads (the Winograd forward of small batches).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct BatchSplit {
     pub group: usize,
@@ -188,6 +187,16 @@ const MIN_WINOGRAD_MAP: usize = 4;
 const MIN_F43_MAP: usize = 8;
 /// The smallest map side that takes F(4x4, 5x5).
 const MIN_F45_MAP: usize = 6;
+/// The fewest tiles per thread's group of images the Winograd path takes: each group reads all
+/// the transformed weights. With 2 threads (AMD EPYC, `bench ops --cases`), NiN's 5x5 on 7x7
+/// maps (4 tiles an image) ran in 1.6x the GEMMs' time at 2 images (one a thread), level at 4,
+/// and in 0.75x at 8.
+const MIN_GROUP_TILES: usize = 8;
+/// The fewest tiles (over all images) the Winograd forward takes with fewer images than threads:
+/// the transformed weights (4x the kernel's size for F(4x4, 3x3)) are written and read once per
+/// call, which pays only over enough tiles. At batch 1 on 2 threads (AMD EPYC, `bench ops
+/// --cases`), 49 tiles (28x28 maps) ran in 0.6 of the GEMMs' time, 16 tiles (14x14) in 1.2.
+const MIN_WIDE_TILES: usize = 32;
 /// The fewest channels in and out it takes: its transforms cost per channel and tile, its
 /// products per channel pair, and network inputs (3 channels) stay on the im2col path.
 const WINOGRAD_MIN_CHANNELS: usize = 16;
@@ -212,22 +221,40 @@ pub(super) fn winograd_plan(s: &ConvShape, pass: Pass) -> Option<WinogradPlan> {
     {
         return None;
     }
+    let tiling = winograd::Tiling {
+        shape: *s,
+        variant: if s.k == 5 {
+            winograd::Variant::F4x5
+        } else if s.h.min(s.w) >= MIN_F43_MAP {
+            winograd::Variant::F4x3
+        } else {
+            winograd::Variant::F2x3
+        },
+    };
+    let split = BatchSplit::new(s.n, pass);
+    let group_tiles = split.group * tiling.tiles();
+    if group_tiles
+        < if split.wide {
+            MIN_WIDE_TILES
+        } else {
+            MIN_GROUP_TILES
+        }
+    {
+        return None;
+    }
     Some(WinogradPlan {
         kernels: crate::microkernel::kernels(),
-        tiling: winograd::Tiling {
-            shape: *s,
-            variant: if s.k == 5 {
-                winograd::Variant::F4x5
-            } else if s.h.min(s.w) >= MIN_F43_MAP {
-                winograd::Variant::F4x3
-            } else {
-                winograd::Variant::F2x3
-            },
-        },
-        split: BatchSplit::new(s.n, pass),
+        tiling,
+        split,
     })
 }
 
+/// The fewest images per thread the tiled path takes: it packs the weights by tile on every
+/// call and each thread's group reads all of them, a cost the GEMMs do not have. With 2 threads
+/// (AMD EPYC, `bench ops --cases`), AlexNet's 3x3s on 3x3 maps (256 -> 384) took 2.0-3.0 ms on
+/// the tiled path from 2 to 16 images, where the GEMMs took 0.34 ms at 2, 1.04 at 8, 2.19 at 16
+/// and 3.12 at 32.
+const MIN_TILED_IMAGES_PER_THREAD: usize = 8;
 /// Share of a convolution's im2col multiply-adds that must be with padding for the tiled
 /// path.
 const MIN_TILED_PADDING: f64 = 0.2;

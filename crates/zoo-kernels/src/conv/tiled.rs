@@ -16,7 +16,6 @@ use rayon::prelude::*;
 
 use super::geometry::{ConvGeometry, ConvShape};
 use crate::activation::relu_f32;
-use crate::disjoint::DisjointWrites;
 use crate::microkernel::{MR, NR, TileKernels};
 use crate::{new_filled, zeroed};
 
@@ -230,9 +229,7 @@ pub(crate) fn unpack_weight_grad(rows: &[f32], s: &ConvShape) -> Vec<f32> {
 const CHUNK_BYTES: usize = 1 << 20;
 
 /// The forward `y = conv(x, w) + bias` (ReLU'd when asked) of images `first..first + count`
-/// into `y` (those images' part of the output), with weights packed by tile (`wt`). `wide`: the
-/// images are fewer than the threads (small-batch inference), so their chunks of panels are
-/// spread over the threads.
+/// into `y` (those images' part of the output), with weights packed by tile (`wt`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_group(
     kernels: TileKernels,
@@ -242,8 +239,8 @@ pub(crate) fn forward_group(
     wt: &[f32],
     bias: &[f32],
     relu: bool,
-    (first, count): (usize, usize),
-    wide: bool,
+    first: usize,
+    count: usize,
     y: &mut [std::mem::MaybeUninit<f32>],
 ) {
     let pos = s.positions();
@@ -266,19 +263,14 @@ pub(crate) fn forward_group(
     let panels = panels(s, classes, first, count);
     let rows = s.k * s.k * s.c;
     // A panel's slot holds its class's rows; the chunk is as many panels as the budget holds
-    // at the largest class (and, when wide, at most a thread's share of the panels).
+    // at the largest class.
     let class_rows = |cl: &Class| (cl.ky.1 - cl.ky.0) * (cl.kx.1 - cl.kx.0) * s.c;
     let slot = classes.iter().map(class_rows).max().unwrap_or(0).max(1) * MR;
-    let mut chunk = (CHUNK_BYTES / (slot * 4)).clamp(1, 64);
-    if wide {
-        let threads = rayon::current_num_threads().max(1);
-        chunk = chunk.min(panels.len().div_ceil(threads).max(1));
-    }
+    let chunk = (CHUNK_BYTES / (slot * 4)).clamp(1, 64);
+    let mut packed = vec![0f32; chunk.min(panels.len()) * slot];
+    let mut tiles = vec![0f32; chunk.min(panels.len()) * s.o.div_ceil(NR) * NR * MR];
     let tile_len = s.o.div_ceil(NR) * NR * MR;
-    let held = chunk.min(panels.len());
-    let new_buffers = || (vec![0f32; held * slot], vec![0f32; held * tile_len]);
-    let y = DisjointWrites::new(y);
-    let one_chunk = |(packed, tiles): &mut (Vec<f32>, Vec<f32>), ch: &[Panel]| {
+    for ch in panels.chunks(chunk) {
         for (pi, p) in ch.iter().enumerate() {
             pack_panel(x, s, &classes[p.class], p, &mut packed[pi * slot..][..slot]);
         }
@@ -316,21 +308,9 @@ pub(crate) fn forward_group(
                 let at = |i: usize| ((p.image[i] - first) * s.o + o) * pos + p.out_pos[i];
                 for (i, &v) in lanes.iter().enumerate() {
                     let v = v + b;
-                    // SAFETY: each output position belongs to one panel, and each panel to
-                    // one chunk.
-                    unsafe { y.at(at(i)) }.write(if relu { relu_f32(v) } else { v });
+                    y[at(i)].write(if relu { relu_f32(v) } else { v });
                 }
             }
-        }
-    };
-    if wide {
-        panels
-            .par_chunks(chunk)
-            .for_each_init(new_buffers, one_chunk);
-    } else {
-        let mut buffers = new_buffers();
-        for ch in panels.chunks(chunk) {
-            one_chunk(&mut buffers, ch);
         }
     }
 }

@@ -82,7 +82,7 @@ impl Tiling {
         self.shape.w.div_ceil(self.variant.m())
     }
     /// Tiles per image.
-    fn tiles(&self) -> usize {
+    pub(crate) fn tiles(&self) -> usize {
         self.tiles_y() * self.tiles_x()
     }
     fn plane(&self) -> usize {
