@@ -10,7 +10,10 @@
 //! 4 (3x3) or 6 (5x5) and more go through Winograd's algorithm ([`winograd`]: 2.25x to
 //! 6.25x fewer multiply-adds per output), and other convolutions that would multiply padding in a fifth or more
 //! of their multiply-adds (small maps) through [`tiled`], which skips those. The order:
-//! Winograd, then tiled, then the GEMMs.
+//! Winograd, then tiled, then the GEMMs. With fewer images than threads (small-batch
+//! inference) the forward splits each image instead of the batch: the Winograd steps by
+//! channels, elements and output channels, the GEMM path's columns and copy-out by channel
+//! around a GEMM split by the gemm crate.
 //!
 //! The folder: [`geometry`] (the one description of a convolution), [`plan`] (which path, and
 //! the batch split), [`im2col`] (the GEMM path's columns), [`tiled`], [`winograd`] and
