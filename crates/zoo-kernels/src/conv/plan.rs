@@ -249,8 +249,10 @@ pub(super) fn winograd_plan(s: &ConvShape, pass: Pass) -> Option<WinogradPlan> {
     })
 }
 
-/// The fewest images per thread the tiled path takes: it packs the weights by tile on every
-/// call and each thread's group reads all of them, a cost the GEMMs do not have. With 2 threads
+/// The fewest images per thread the tiled path takes. Its panels group the positions of one
+/// class (the same taps reach the input) over a thread's images, 16 to a panel; on small maps a
+/// class is a position or a row, so with few images a thread its panels are mostly empty lanes
+/// that the tile kernels compute all the same. With 2 threads
 /// (AMD EPYC, `bench ops --cases`), AlexNet's 3x3s on 3x3 maps (256 -> 384) took 2.0-3.0 ms on
 /// the tiled path from 2 to 16 images, where the GEMMs took 0.34 ms at 2, 1.04 at 8, 2.19 at 16
 /// and 3.12 at 32.
