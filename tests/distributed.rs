@@ -1,7 +1,8 @@
 //! Data-parallel launching through the `zoo` binary, without an engine: the convenience
 //! launcher's command line, and the clear errors of a launch this build or device cannot
-//! serve (torchrun on the CPU, mpirun without the `mpi` feature, malformed variables). The
-//! two-process MPI run against one process is `.ci/run`'s `cargo xtask dist-check` stage.
+//! serve (torchrun on the CPU, mpirun without the `mpi` feature, malformed variables); a
+//! training matrix run by two in-process ranks. The two-process MPI run against one process is
+//! `.ci/run`'s `cargo xtask dist-check` stage.
 
 use std::ffi::OsString;
 use std::process::Command;
@@ -94,4 +95,65 @@ fn launches_this_build_cannot_serve_are_refused_with_what_to_do() {
         !ok && err.contains("--nproc-per-node 0: expected at least one process"),
         "{err}"
     );
+}
+
+#[test]
+fn a_data_parallel_matrix_is_reported_by_rank_0_alone() {
+    use std::sync::Arc;
+    use zoo_core::distributed::Collective;
+    use zoo_core::distributed::local::ThreadGroup;
+
+    let dir = std::env::temp_dir().join(format!("zoo-dp-matrix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let matrix = dir.join("pair.toml");
+    std::fs::write(
+        &matrix,
+        "name = \"pair\"\n[defaults]\nepochs = 1\nbatch_size = 8\ntrain_per_class = 2\n\
+         valid_per_class = 1\n[[run]]\nmodel = \"densenet\"\ninput_size = 32\n",
+    )
+    .unwrap();
+    let (runs, samples) = (dir.join("runs"), repo_samples());
+    let reports: Vec<Option<std::path::PathBuf>> = std::thread::scope(|scope| {
+        let ranks: Vec<_> = ThreadGroup::new(2)
+            .unwrap()
+            .into_iter()
+            .map(|handle| {
+                let (matrix, runs, samples) = (&matrix, &runs, &samples);
+                scope.spawn(move || {
+                    let collective: Arc<dyn Collective> = Arc::new(handle);
+                    let placement = zoo_cli::training::Placement::joined(
+                        Some(collective),
+                        None,
+                        0,
+                        candle_core::Device::Cpu,
+                    );
+                    zoo_cli::matrix::train_all(
+                        matrix,
+                        runs,
+                        &samples.join("no-data"),
+                        samples,
+                        "cpu",
+                        None,
+                        &placement,
+                    )
+                    .unwrap()
+                })
+            })
+            .collect();
+        ranks.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert!(reports[1].is_none(), "rank 1 reported {:?}", reports[1]);
+    let report = reports[0].as_ref().expect("rank 0 reports");
+    let text = std::fs::read_to_string(report).unwrap();
+    let rows = text
+        .lines()
+        .filter(|l| l.starts_with("| `densenet`"))
+        .count();
+    assert_eq!(rows, 1, "{text}");
+}
+
+/// The committed data sample.
+fn repo_samples() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples")
 }

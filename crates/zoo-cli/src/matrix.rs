@@ -160,6 +160,11 @@ pub fn train_all(
             metrics: ckpt.meta.progress.metrics,
         });
     }
+    if !writer {
+        // The figures and the report are rank 0's: another rank's, of no runs, could land
+        // after it and replace them.
+        return Ok(None);
+    }
     write_matrix_figures(&out, &matrix.name, &results)?;
     let report = out.join("report.md");
     let text = report_markdown(&matrix.name, &results, &notices)?;
