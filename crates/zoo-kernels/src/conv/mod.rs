@@ -554,6 +554,49 @@ mod tests {
             .install(f)
     }
 
+    /// `conv2d` without and with the fused ReLU, forward and the three gradients, on a pool of
+    /// `threads`, against candle's conv2d + bias (+ relu) within 1e-4.
+    fn matches_candle_on_threads(
+        threads: usize,
+        x_shape: [usize; 4],
+        o: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) {
+        let c = x_shape[1];
+        let x = Var::from_tensor(&test_input(&x_shape, 1).unwrap()).unwrap();
+        let w = Var::from_tensor(&test_input(&[o, c, k, k], 2).unwrap()).unwrap();
+        let b = Var::from_tensor(&test_input(&[o], 4).unwrap()).unwrap();
+        let g = ConvGeometry { stride, padding };
+        for relu in [false, true] {
+            let what = format!("{x_shape:?} o{o} k{k} s{stride} p{padding} relu {relu}");
+            let y = on_threads(threads, || {
+                conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), g, relu).unwrap()
+            });
+            let y_ref = x
+                .as_tensor()
+                .conv2d(w.as_tensor(), padding, stride, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.as_tensor().reshape((1, o, 1, 1)).unwrap())
+                .unwrap();
+            let y_ref = if relu { y_ref.relu().unwrap() } else { y_ref };
+            assert_eq!(y.dims(), y_ref.dims(), "{what}");
+            assert_close(&format!("{what} forward"), &y, &y_ref, 1e-4);
+            let upstream = test_input(y.dims(), 3).unwrap();
+            let grads = on_threads(threads, || weighted_sum_grads(&y, &upstream).unwrap());
+            let grads_ref = weighted_sum_grads(&y_ref, &upstream).unwrap();
+            for (name, var) in [("dx", &x), ("dw", &w), ("db", &b)] {
+                assert_close(
+                    &format!("{what} {name}"),
+                    grads.get(var.as_tensor()).unwrap(),
+                    grads_ref.get(var.as_tensor()).unwrap(),
+                    1e-4,
+                );
+            }
+        }
+    }
+
     #[test]
     fn fewer_images_than_threads_split_the_winograd_forward_over_its_tiles() {
         let shape = |x: [usize; 4], o: usize, k: usize, padding: usize| {
@@ -605,38 +648,7 @@ mod tests {
             ([1, 3, 35, 35], 6, 11, 4, 1),
             ([1, 3, 12, 12], 16, 3, 1, 1),
         ] {
-            let c = x_shape[1];
-            let x = Var::from_tensor(&test_input(&x_shape, 1).unwrap()).unwrap();
-            let w = Var::from_tensor(&test_input(&[o, c, k, k], 2).unwrap()).unwrap();
-            let b = Var::from_tensor(&test_input(&[o], 4).unwrap()).unwrap();
-            let g = ConvGeometry { stride, padding };
-            let what = format!("{x_shape:?} o{o} k{k} s{stride} p{padding}");
-            for relu in [false, true] {
-                let (y, grads) = on_threads(4, || {
-                    let y = conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), g, relu).unwrap();
-                    let upstream = test_input(y.dims(), 3).unwrap();
-                    let grads = weighted_sum_grads(&y, &upstream).unwrap();
-                    (y, grads)
-                });
-                let y_ref = x
-                    .as_tensor()
-                    .conv2d(w.as_tensor(), padding, stride, 1, 1)
-                    .unwrap()
-                    .broadcast_add(&b.as_tensor().reshape((1, o, 1, 1)).unwrap())
-                    .unwrap();
-                let y_ref = if relu { y_ref.relu().unwrap() } else { y_ref };
-                assert_close(&format!("{what} relu {relu} forward"), &y, &y_ref, 1e-4);
-                let upstream = test_input(y.dims(), 3).unwrap();
-                let grads_ref = weighted_sum_grads(&y_ref, &upstream).unwrap();
-                for (name, var) in [("dx", &x), ("dw", &w), ("db", &b)] {
-                    assert_close(
-                        &format!("{what} relu {relu} {name}"),
-                        grads.get(var.as_tensor()).unwrap(),
-                        grads_ref.get(var.as_tensor()).unwrap(),
-                        1e-4,
-                    );
-                }
-            }
+            matches_candle_on_threads(4, x_shape, o, k, stride, padding);
         }
     }
 
@@ -749,39 +761,8 @@ mod tests {
             ([64, 16, 4, 5], 17, 3, 1, 1),
             ([64, 16, 7, 7], 16, 5, 1, 2),
         ] {
-            let c = x_shape[1];
-            let x = Var::from_tensor(&test_input(&x_shape, 1).unwrap()).unwrap();
-            let w = Var::from_tensor(&test_input(&[o, c, k, k], 2).unwrap()).unwrap();
-            let b = Var::from_tensor(&test_input(&[o], 4).unwrap()).unwrap();
-            let g = ConvGeometry { stride, padding };
-            // Without and with the fused ReLU, against candle's conv2d + bias (+ relu), on 2
-            // threads (the paths taken depend on the images per thread).
-            for relu in [false, true] {
-                let y = on_threads(2, || {
-                    conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), g, relu).unwrap()
-                });
-                let y_ref = x
-                    .as_tensor()
-                    .conv2d(w.as_tensor(), padding, stride, 1, 1)
-                    .unwrap()
-                    .broadcast_add(&b.as_tensor().reshape((1, o, 1, 1)).unwrap())
-                    .unwrap();
-                let y_ref = if relu { y_ref.relu().unwrap() } else { y_ref };
-                let what = format!("{x_shape:?} o{o} k{k} s{stride} p{padding} relu {relu}");
-                assert_eq!(y.dims(), y_ref.dims(), "{what}");
-                assert_close(&format!("{what} forward"), &y, &y_ref, 1e-4);
-                let upstream = test_input(y.dims(), 3).unwrap();
-                let grads = on_threads(2, || weighted_sum_grads(&y, &upstream).unwrap());
-                let grads_ref = weighted_sum_grads(&y_ref, &upstream).unwrap();
-                for (name, var) in [("dx", &x), ("dw", &w), ("db", &b)] {
-                    assert_close(
-                        &format!("{what} {name}"),
-                        grads.get(var.as_tensor()).unwrap(),
-                        grads_ref.get(var.as_tensor()).unwrap(),
-                        1e-4,
-                    );
-                }
-            }
+            // On 2 threads: the paths taken depend on the images per thread.
+            matches_candle_on_threads(2, x_shape, o, k, stride, padding);
         }
     }
 }
