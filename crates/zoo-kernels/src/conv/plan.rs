@@ -91,7 +91,7 @@ pub(super) fn tiled_plan(s: &ConvShape, taps: &Taps) -> Option<TiledPlan> {
         kernels: crate::microkernel::kernels(),
         shape: *s,
         classes,
-        split: BatchSplit::new(s.n, Pass::Gradient),
+        split: BatchSplit::per_thread(s.n),
     })
 }
 
@@ -114,20 +114,25 @@ pub(super) struct BatchSplit {
 }
 
 impl BatchSplit {
+    /// One group of images per thread.
+    fn per_thread(n: usize) -> Self {
+        Self {
+            group: n.div_ceil(rayon::current_num_threads().max(1)),
+            n,
+            wide: false,
+        }
+    }
+    /// As [`BatchSplit::per_thread`], but the forward of fewer images than threads is one wide
+    /// group.
     fn new(n: usize, pass: Pass) -> Self {
-        let threads = rayon::current_num_threads().max(1);
-        if pass == Pass::Forward && n < threads {
+        if pass == Pass::Forward && n < rayon::current_num_threads().max(1) {
             return Self {
                 group: n,
                 n,
                 wide: true,
             };
         }
-        Self {
-            group: n.div_ceil(threads),
-            n,
-            wide: false,
-        }
+        Self::per_thread(n)
     }
     /// The first image and the image count of group `gi`.
     pub(super) fn images(&self, gi: usize) -> (usize, usize) {
@@ -188,13 +193,13 @@ const MIN_F43_MAP: usize = 8;
 /// The smallest map side that takes F(4x4, 5x5).
 const MIN_F45_MAP: usize = 6;
 /// The fewest tiles per thread's group of images the Winograd path takes: each group reads all
-/// the transformed weights. With 2 threads (AMD EPYC, `bench ops --cases`), NiN's 5x5 on 7x7
+/// the transformed weights. With 2 threads (AMD EPYC Zen 3, `bench ops --cases`), NiN's 5x5 on 7x7
 /// maps (4 tiles an image) ran in 1.6x the GEMMs' time at 2 images (one a thread), level at 4,
 /// and in 0.75x at 8.
 const MIN_GROUP_TILES: usize = 8;
 /// The fewest tiles (over all images) the Winograd forward takes with fewer images than threads:
 /// the transformed weights (4x the kernel's size for F(4x4, 3x3)) are written and read once per
-/// call, which pays only over enough tiles. At batch 1 on 2 threads (AMD EPYC, `bench ops
+/// call, which pays only over enough tiles. At batch 1 on 2 threads (AMD EPYC Zen 3, `bench ops
 /// --cases`), 49 tiles (28x28 maps) ran in 0.6 of the GEMMs' time, 16 tiles (14x14) in 1.2.
 const MIN_WIDE_TILES: usize = 32;
 /// The fewest channels in and out it takes: its transforms cost per channel and tile, its
@@ -253,7 +258,7 @@ pub(super) fn winograd_plan(s: &ConvShape, pass: Pass) -> Option<WinogradPlan> {
 /// class (the same taps reach the input) over a thread's images, 16 to a panel; on small maps a
 /// class is a position or a row, so with few images a thread its panels are mostly empty lanes
 /// that the tile kernels compute all the same. With 2 threads
-/// (AMD EPYC, `bench ops --cases`), AlexNet's 3x3s on 3x3 maps (256 -> 384) took 2.0-3.0 ms on
+/// (AMD EPYC Zen 3, `bench ops --cases`), AlexNet's 3x3s on 3x3 maps (256 -> 384) took 2.0-3.0 ms on
 /// the tiled path from 2 to 16 images, where the GEMMs took 0.34 ms at 2, 1.04 at 8, 2.19 at 16
 /// and 3.12 at 32.
 const MIN_TILED_IMAGES_PER_THREAD: usize = 8;
