@@ -113,7 +113,7 @@ fn training_and_evaluation_modes_differ() -> Result<()> {
             "{}: evaluation is deterministic",
             entry.name
         );
-        zoo_core::rng::manual_seed(1);
+        model.context().seed_dropout(1);
         let train = model.forward_t(&x, true)?;
         if entry.name == "googlenet" {
             // The notebook's GoogLeNet has neither BatchNorm nor Dropout: the modes agree.

@@ -12,7 +12,7 @@
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::ModuleT;
 //! use zoo_alexnet::{AlexNet, AlexNetConfig};
-//! use zoo_core::init::{InitScheme, ParamStore};
+//! use zoo_nn::init::{InitScheme, ParamStore};
 //!
 //! let config = AlexNetConfig::alexnet().with_input_size(67);
 //! let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
@@ -24,11 +24,11 @@
 
 use candle_core::Result;
 use candle_nn::VarBuilder;
-use zoo_core::InputSpec;
-use zoo_core::model::{check_config, check_fits};
-use zoo_core::nn::{
+use zoo_nn::model::{check_config, check_fits};
+use zoo_nn::nn::{
     Conv2dSpec, Flatten, MaxPool2d, SequentialT, push_conv_relu, push_dropout_classifier,
 };
+use zoo_nn::{ForwardContext, InputSpec};
 
 /// AlexNet's configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,18 +52,20 @@ impl AlexNetConfig {
     }
 }
 
-zoo_core::impl_input_config!(AlexNetConfig);
+zoo_nn::impl_input_config!(AlexNetConfig);
 
 /// AlexNet: one flat `Sequential` of 21 layers, weights named `0.weight` ... `20.bias`.
 pub struct AlexNet {
     config: AlexNetConfig,
     net: SequentialT,
+    context: ForwardContext,
 }
 
 impl AlexNet {
     pub fn new(config: &AlexNetConfig, vb: VarBuilder) -> Result<Self> {
         check_config("AlexNet", &config.input, config.num_classes)?;
         let c = &config;
+        let context = ForwardContext::default();
         let mut net = SequentialT::new();
         push_conv_relu(
             &mut net,
@@ -82,10 +84,19 @@ impl AlexNet {
         net.push(Flatten);
         // [b, 256, 5, 5] -> [b, 6400] at 224 px
         let features = check_fits("AlexNet", &net, &c.input)?[1];
-        push_dropout_classifier(&mut net, &vb, features, c.hidden, c.num_classes, c.dropout)?;
+        push_dropout_classifier(
+            &mut net,
+            &vb,
+            &context,
+            features,
+            c.hidden,
+            c.num_classes,
+            c.dropout,
+        )?;
         Ok(Self {
             config: config.clone(),
             net,
+            context,
         })
     }
 
@@ -94,16 +105,14 @@ impl AlexNet {
     }
 }
 
-zoo_core::impl_model!(AlexNet);
+zoo_nn::impl_model!(AlexNet);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_nn::ModuleT;
-    use zoo_core::Model;
-    use zoo_core::testing::{
-        check_backward_reaches_every_parameter, check_layer_shapes, test_store,
-    };
+    use zoo_nn::Model;
+    use zoo_nn::testing::{check_backward_reaches_every_parameter, check_layer_shapes, test_store};
 
     /// The notebook's `for layer in alex` table for a 128x3x224x224 input.
     const NOTEBOOK_SHAPES: &[(&str, &[usize])] = &[
@@ -163,7 +172,7 @@ mod tests {
         );
         // An image of another size than configured is an error naming the first linear layer.
         let err = net
-            .forward_t(&zoo_core::testing::test_input(&[1, 3, 99, 99], 0)?, false)
+            .forward_t(&zoo_nn::testing::test_input(&[1, 3, 99, 99], 0)?, false)
             .unwrap_err();
         assert!(err.to_string().contains("Linear `14`"), "{err}");
         Ok(())

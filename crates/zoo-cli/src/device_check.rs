@@ -14,7 +14,7 @@ use zoo_core::data::ImageDataset;
 use zoo_core::data::loader::{Loader, LoaderConfig};
 use zoo_core::data::transforms::InputTransform;
 use zoo_core::init::{InitScheme, ParamStore};
-use zoo_core::rng::{ZooRng, manual_seed};
+use zoo_core::rng::ZooRng;
 use zoo_core::table::{Align, Table};
 use zoo_core::train::checkpoint::{RunInfo, apply_weights};
 use zoo_core::train::loss::cross_entropy;
@@ -406,9 +406,9 @@ fn compare_model(entry: &ModelEntry, target: &Target, batch: usize) -> Result<Ve
     // dropout seeds give the same output (on a third copy: its BatchNorm statistics move).
     let stochastic = {
         let (_, probe) = build(entry, input, &Device::Cpu, DType::F32, 7)?;
-        manual_seed(1);
+        probe.context().seed_dropout(1);
         let a = probe.forward_t(&x, true)?;
-        manual_seed(2);
+        probe.context().seed_dropout(2);
         let b = probe.forward_t(&x, true)?;
         largest(&(a - b)?)? != 0.0
     };

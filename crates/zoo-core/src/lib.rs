@@ -1,49 +1,26 @@
-//! zoo-core: the machinery every zoo network shares.
+//! zoo-core: training, data and checkpoints for zoo's networks, on top of `zoo-nn`.
 //!
-//! - [`nn`]: the layers candle 0.11.1 lacks (a `ModuleT` sequential container, padded and
-//!   adaptive pooling with backward, seeded dropout) behind one [`nn::Layer`] trait that
-//!   derives shapes, parameters and MACs (their CPU kernels, as candle custom ops, are the
-//!   `zoo-kernels` crate);
-//! - [`init`]: seeded Xavier-uniform / PyTorch-default initialisation ([`init::ParamStore`]);
-//! - [`rng`]: the portable seeded generator;
-//! - [`model`] and [`summary`]: the [`model::Model`] trait and layer-by-layer summaries;
-//! - [`data`], [`train`], [`plot`]: datasets and loader, the trainer, figures; [`fs`]: atomic
-//!   writes for every file a run produces.
+//! - [`data`]: datasets (IDX, CIFAR-10 binary, image folders, the hub), transforms
+//!   (Resize/Normalize) and the seeded loader;
+//! - [`train`]: the trainer, optimisers, schedules, EMA, checkpoints, metrics;
+//! - [`distributed`]: data-parallel steps over a [`distributed::Collective`];
+//! - [`plot`], [`canvas`]: figures; [`fs`]: atomic writes for every file a run produces.
 //!
-//! ```
-//! use candle_core::{DType, Device, Tensor};
-//! use candle_nn::ModuleT;
-//! use zoo_core::init::{InitScheme, ParamStore};
-//! use zoo_core::nn::{Conv2d, Conv2dSpec, Layer, MaxPool2d, ReLU, SequentialT};
-//!
-//! let store = ParamStore::new(42, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
-//! let vb = store.var_builder();
-//! let mut net = SequentialT::new();
-//! net.push_with(&vb, |vb| Conv2d::new(Conv2dSpec::new(3, 8, 3).padding(1), vb))?;
-//! net.push(ReLU);
-//! net.push(MaxPool2d::new(3, 2, 1));
-//! assert_eq!(net.output_shape(&[2, 3, 32, 32])?, vec![2, 8, 16, 16]);
-//! let y = net.forward_t(&Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu)?, true)?;
-//! assert_eq!(y.dims(), &[2, 8, 16, 16]);
-//! assert_eq!(store.num_trainable(), 8 * 3 * 9 + 8);
-//! # Ok::<(), candle_core::Error>(())
-//! ```
+//! The layers, initialisation, the [`Model`] trait and summaries are `zoo-nn`'s, re-exported
+//! here under the same paths (`zoo_core::nn`, `zoo_core::init`, ...).
 
 pub mod canvas;
 pub mod data;
 pub mod distributed;
 pub mod fs;
-pub mod init;
-pub mod model;
-pub mod nn;
 pub mod plot;
-pub mod rng;
-pub mod summary;
-pub mod table;
 pub mod testing;
 pub mod train;
 
-pub use model::{InputSpec, Model};
+pub use zoo_nn::{
+    ForwardContext, InputSpec, Model, context, impl_input_config, impl_model, init, model, nn, rng,
+    summary, table,
+};
 
 // Re-exported for the macros the model crates use.
 pub use candle_core;

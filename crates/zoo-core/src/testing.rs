@@ -1,124 +1,25 @@
-//! Checks shared by every model crate's tests: shapes against the notebook, in both modes,
-//! gradients reaching every parameter, and a small learnable dataset.
+//! What the trainer's tests share: a small learnable dataset and network (and zoo-nn's checks,
+//! re-exported).
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
-pub use zoo_kernels::testing::{assert_close, max_abs_diff, weighted_sum_grads};
+pub use zoo_nn::testing::{
+    assert_close, check_backward_reaches_every_parameter, check_layer_shapes, max_abs_diff,
+    test_input, test_store, weighted_sum_grads,
+};
 
+use crate::ForwardContext;
 use crate::data::{ImageDataset, digit_classes};
-use crate::init::{InitScheme, ParamStore};
 use crate::model::{InputSpec, Model};
 use crate::nn::{
     BatchNorm2d, Conv2d, Conv2dSpec, Dropout, Flatten, Linear, MaxPool2d, ReLU, SequentialT,
 };
 
-/// A store with a fixed seed for tests.
-pub fn test_store(seed: u64) -> ParamStore {
-    ParamStore::new(seed, InitScheme::XavierUniform, DType::F32, &Device::Cpu)
-}
-
-/// Deterministic test input in [-1, 1).
-pub fn test_input(shape: &[usize], seed: u64) -> Result<Tensor> {
-    let n = shape.iter().product();
-    let values = crate::rng::ZooRng::new(seed).uniform_vec(n, -1.0, 1.0);
-    Tensor::from_vec(values, shape, &Device::Cpu)
-}
-
-/// Checks the top-level output shapes of `model`:
-/// - derived analytically for `[batch_printed, ..]` against `expected` (the notebook's table);
-/// - computed by a real forward pass with batch `batch_run`, in training and in evaluation mode.
-///
-/// `expected` holds `(kind, shape)` per top-level layer, with the notebook's batch size.
-pub fn check_layer_shapes(
-    model: &dyn Model,
-    input_chw: [usize; 3],
-    expected: &[(&str, &[usize])],
-    batch_run: usize,
-) -> Result<()> {
-    let layers = model.body().layers();
-    if layers.len() != expected.len() {
-        candle_core::bail!(
-            "{} top-level layers, the notebook prints {}",
-            layers.len(),
-            expected.len()
-        )
-    }
-    let batch_printed = expected[0].1[0];
-    let mut shape = vec![batch_printed, input_chw[0], input_chw[1], input_chw[2]];
-    for (i, (layer, (kind, want))) in layers.iter().zip(expected).enumerate() {
-        shape = layer.output_shape(&shape)?;
-        if layer.kind() != *kind || shape.as_slice() != *want {
-            candle_core::bail!(
-                "layer {i}: {} {:?}, the notebook prints {kind} {want:?}",
-                layer.kind(),
-                shape
-            )
-        }
-    }
-    for train in [true, false] {
-        crate::rng::manual_seed(0);
-        let mut x = test_input(&[batch_run, input_chw[0], input_chw[1], input_chw[2]], 1)?;
-        for (i, (layer, (_, want))) in layers.iter().zip(expected).enumerate() {
-            x = layer.forward_t(&x, train)?;
-            let mut want = want.to_vec();
-            want[0] = batch_run;
-            if x.dims() != want.as_slice() {
-                candle_core::bail!(
-                    "layer {i} (train={train}): forward gives {:?}, expected {want:?}",
-                    x.dims()
-                )
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Runs one training-mode forward and backward pass and checks that every trainable tensor of
-/// `store` receives a non-zero gradient, and that the parameter count of the store equals the
-/// model's.
-pub fn check_backward_reaches_every_parameter(
-    store: &ParamStore,
-    model: &dyn Model,
-    input: &[usize],
-) -> Result<()> {
-    crate::rng::manual_seed(3);
-    let x = test_input(input, 2)?;
-    let logits = model.forward_t(&x, true)?;
-    let n = logits.dim(0)?;
-    let labels: Vec<u32> = (0..n as u32)
-        .map(|i| i % model.num_classes() as u32)
-        .collect();
-    let labels = Tensor::new(labels.as_slice(), &Device::Cpu)?;
-    let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-    let grads = loss.backward()?;
-    // Every parameter is in the graph, and every weight gets a non-zero gradient. (A bias
-    // whose convolution feeds a training-mode BatchNorm has an exactly zero gradient: the
-    // normalisation removes it. At 1x1 resolution the closed form makes it exactly 0.)
-    let mut missing = Vec::new();
-    for (name, var) in store.trainable() {
-        match grads.get(var.as_tensor()) {
-            Some(g) if name.ends_with("bias") || g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0 => {}
-            _ => missing.push(name),
-        }
-    }
-    if !missing.is_empty() {
-        candle_core::bail!("no gradient reaches {missing:?}")
-    }
-    if store.num_trainable() != model.num_params() {
-        candle_core::bail!(
-            "store holds {} trainable values, the layers count {}",
-            store.num_trainable(),
-            model.num_params()
-        )
-    }
-    Ok(())
-}
-
 /// 1x8x8 images whose brightness pattern depends on the label: learnable.
 pub fn toy_dataset(n: usize, seed: u64) -> Arc<ImageDataset> {
-    let mut rng = crate::rng::ZooRng::new(seed);
+    let mut rng = zoo_nn::rng::ZooRng::new(seed);
     let mut images = Vec::new();
     let mut labels = Vec::new();
     for i in 0..n {
@@ -143,25 +44,27 @@ pub fn toy_dataset(n: usize, seed: u64) -> Arc<ImageDataset> {
 /// Linear to 10 classes, on 1x8x8 images: the trainer's and data-parallel tests' network.
 pub struct SmallNet {
     net: SequentialT,
+    context: ForwardContext,
 }
 
 impl SmallNet {
     pub fn new(vb: VarBuilder, channels: usize, batch_norm: bool, dropout: bool) -> Result<Self> {
+        let context = ForwardContext::default();
         let mut net = SequentialT::new();
         net.push_with(&vb, |vb| {
             Conv2d::new(Conv2dSpec::new(1, channels, 3).padding(1), vb)
         })?;
         if batch_norm {
-            net.push_with(&vb, |vb| BatchNorm2d::new(channels, vb))?;
+            net.push_with(&vb, |vb| BatchNorm2d::new(channels, vb, &context))?;
         }
         net.push(ReLU);
         net.push(MaxPool2d::new(2, 2, 0));
         net.push(Flatten);
         if dropout {
-            net.push(Dropout::new(0.3)?);
+            net.push(Dropout::new(0.3, &context)?);
         }
         net.push_with(&vb, |vb| Linear::new(channels * 4 * 4, 10, vb))?;
-        Ok(Self { net })
+        Ok(Self { net, context })
     }
 
     /// Eight channels with every stateful piece: BatchNorm (running statistics) and Dropout.
@@ -185,5 +88,8 @@ impl Model for SmallNet {
     }
     fn num_classes(&self) -> usize {
         10
+    }
+    fn context(&self) -> &ForwardContext {
+        &self.context
     }
 }

@@ -11,7 +11,7 @@
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::ModuleT;
-//! use zoo_core::init::{InitScheme, ParamStore};
+//! use zoo_nn::init::{InitScheme, ParamStore};
 //! use zoo_densenet::{DenseNet, DenseNetConfig};
 //!
 //! let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
@@ -23,21 +23,22 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
-use zoo_core::InputSpec;
-use zoo_core::model::{check_config, check_fits};
-use zoo_core::nn::{
+use zoo_nn::model::{check_config, check_fits};
+use zoo_nn::nn::{
     AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Layer, Linear, ReLU,
     SequentialT, conv7_stem, expect_nchw,
 };
+use zoo_nn::{ForwardContext, InputSpec};
 
 /// The notebook's `conv_block`: `BatchNorm2d(in)`, `ReLU`, `Conv2d(in, out, 3, padding 1)`.
 pub fn conv_block(
     input_channels: usize,
     num_channels: usize,
     vb: VarBuilder,
+    context: &ForwardContext,
 ) -> Result<SequentialT> {
     let mut block = SequentialT::new();
-    block.push_with(&vb, |vb| BatchNorm2d::new(input_channels, vb))?;
+    block.push_with(&vb, |vb| BatchNorm2d::new(input_channels, vb, context))?;
     block.push(ReLU);
     block.push_with(&vb, |vb| {
         Conv2d::new(
@@ -53,9 +54,10 @@ pub fn transition_block(
     input_channels: usize,
     num_channels: usize,
     vb: VarBuilder,
+    context: &ForwardContext,
 ) -> Result<SequentialT> {
     let mut block = SequentialT::new();
-    block.push_with(&vb, |vb| BatchNorm2d::new(input_channels, vb))?;
+    block.push_with(&vb, |vb| BatchNorm2d::new(input_channels, vb, context))?;
     block.push(ReLU);
     block.push_with(&vb, |vb| {
         Conv2d::new(Conv2dSpec::new(input_channels, num_channels, 1), vb)
@@ -78,12 +80,13 @@ impl DenseBlock {
         input_channels: usize,
         num_channels: usize,
         vb: VarBuilder,
+        context: &ForwardContext,
     ) -> Result<Self> {
         let vb = vb.pp("net");
         let mut net = SequentialT::new();
         for i in 0..num_convs {
             net.push_with(&vb, |vb| {
-                conv_block(num_channels * i + input_channels, num_channels, vb)
+                conv_block(num_channels * i + input_channels, num_channels, vb, context)
             })?;
         }
         Ok(Self {
@@ -131,7 +134,7 @@ impl Layer for DenseBlock {
         let mut total = 0;
         for (i, block) in self.net.layers().iter().enumerate() {
             let block_macs = block.macs(&[b, self.input_channels + i * self.growth, h, w])?;
-            total = zoo_core::nn::mac_sum("DenseBlock", input, &[total, block_macs])?;
+            total = zoo_nn::nn::mac_sum("DenseBlock", input, &[total, block_macs])?;
         }
         Ok(total)
     }
@@ -162,13 +165,14 @@ impl DenseNetConfig {
     }
 }
 
-zoo_core::impl_input_config!(DenseNetConfig);
+zoo_nn::impl_input_config!(DenseNetConfig);
 
 /// DenseNet: `0` stem, dense and transition blocks alternating, then `BatchNorm2d`, `ReLU`,
 /// `AdaptiveAvgPool2d`, `Flatten`, `Linear`.
 pub struct DenseNet {
     config: DenseNetConfig,
     net: SequentialT,
+    context: ForwardContext,
 }
 
 impl DenseNet {
@@ -178,25 +182,28 @@ impl DenseNet {
         if c.num_convs_in_dense_blocks.is_empty() {
             candle_core::bail!("DenseNet: needs at least one dense block")
         }
+        let context = ForwardContext::default();
         let mut net = SequentialT::new();
         // b1: [b, 64, h/4, w/4]
         net.push_with(&vb, |vb| {
-            conv7_stem(c.input.channels, c.stem_channels, true, vb)
+            conv7_stem(c.input.channels, c.stem_channels, true, vb, &context)
         })?;
         let mut channels = c.stem_channels;
         let last = c.num_convs_in_dense_blocks.len() - 1;
         for (i, &num_convs) in c.num_convs_in_dense_blocks.iter().enumerate() {
             net.push_with(&vb, |vb| {
-                DenseBlock::new(num_convs, channels, c.growth_rate, vb)
+                DenseBlock::new(num_convs, channels, c.growth_rate, vb, &context)
             })?;
             channels += num_convs * c.growth_rate;
             if i != last {
                 // halves channels and resolution
-                net.push_with(&vb, |vb| transition_block(channels, channels / 2, vb))?;
+                net.push_with(&vb, |vb| {
+                    transition_block(channels, channels / 2, vb, &context)
+                })?;
                 channels /= 2;
             }
         }
-        net.push_with(&vb, |vb| BatchNorm2d::new(channels, vb))?;
+        net.push_with(&vb, |vb| BatchNorm2d::new(channels, vb, &context))?;
         net.push(ReLU);
         net.push(AdaptiveAvgPool2d::new(1, 1));
         net.push(Flatten);
@@ -205,6 +212,7 @@ impl DenseNet {
         Ok(Self {
             config: config.clone(),
             net,
+            context,
         })
     }
 
@@ -213,14 +221,14 @@ impl DenseNet {
     }
 }
 
-zoo_core::impl_model!(DenseNet);
+zoo_nn::impl_model!(DenseNet);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_nn::ModuleT;
-    use zoo_core::Model;
-    use zoo_core::testing::{
+    use zoo_nn::Model;
+    use zoo_nn::testing::{
         check_backward_reaches_every_parameter, check_layer_shapes, test_input, test_store,
     };
 
@@ -228,7 +236,13 @@ mod tests {
     fn dense_and_transition_blocks_match_the_notebook() -> Result<()> {
         let x = test_input(&[4, 3, 8, 8], 0)?;
         for train in [true, false] {
-            let blk = DenseBlock::new(2, 3, 10, test_store(0).var_builder())?;
+            let blk = DenseBlock::new(
+                2,
+                3,
+                10,
+                test_store(0).var_builder(),
+                &ForwardContext::default(),
+            )?;
             let y = blk.forward_t(&x, train)?;
             assert_eq!(y.dims(), &[4, 23, 8, 8]);
             // The input passes through unchanged as the first channels.
@@ -237,7 +251,12 @@ mod tests {
                 .max_all()?
                 .to_scalar::<f32>()?;
             assert_eq!(head, 0.0);
-            let trans = transition_block(23, 10, test_store(0).var_builder())?;
+            let trans = transition_block(
+                23,
+                10,
+                test_store(0).var_builder(),
+                &ForwardContext::default(),
+            )?;
             assert_eq!(trans.forward_t(&y, train)?.dims(), &[4, 10, 4, 4]);
         }
         Ok(())

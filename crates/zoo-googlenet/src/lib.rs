@@ -11,7 +11,7 @@
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::ModuleT;
-//! use zoo_core::init::{InitScheme, ParamStore};
+//! use zoo_nn::init::{InitScheme, ParamStore};
 //! use zoo_googlenet::{GoogLeNet, GoogLeNetConfig};
 //!
 //! let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
@@ -23,12 +23,12 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
-use zoo_core::InputSpec;
-use zoo_core::model::{check_config, check_fits};
-use zoo_core::nn::{
+use zoo_nn::model::{check_config, check_fits};
+use zoo_nn::nn::{
     AdaptiveAvgPool2d, Conv2d, Conv2dSpec, Flatten, Layer, Linear, MaxPool2d, SequentialT,
     conv7_stem, expect_nchw, push_conv_relu,
 };
+use zoo_nn::{ForwardContext, InputSpec};
 
 /// Output channels of an Inception block's four paths: `c1`, `(c2_reduce, c2)`,
 /// `(c3_reduce, c3)`, `c4` (the notebook's `Inception(in, c1, c2, c3, c4)`).
@@ -142,7 +142,7 @@ impl Layer for Inception {
             unreachable!("Inception output is 4-d")
         };
         let s = &self.spec;
-        zoo_core::nn::mac_sum(
+        zoo_nn::nn::mac_sum(
             "Inception",
             input,
             &[
@@ -174,7 +174,7 @@ impl GoogLeNetConfig {
     }
 }
 
-zoo_core::impl_input_config!(GoogLeNetConfig);
+zoo_nn::impl_input_config!(GoogLeNetConfig);
 
 fn inception_stage(
     in_channels: usize,
@@ -194,14 +194,18 @@ fn inception_stage(
 pub struct GoogLeNet {
     config: GoogLeNetConfig,
     net: SequentialT,
+    context: ForwardContext,
 }
 
 impl GoogLeNet {
     pub fn new(config: &GoogLeNetConfig, vb: VarBuilder) -> Result<Self> {
         check_config("GoogLeNet", &config.input, config.num_classes)?;
+        let context = ForwardContext::default();
         let mut net = SequentialT::new();
         // b1: [b, 64, h/4, w/4]
-        net.push_with(&vb, |vb| conv7_stem(config.input.channels, 64, false, vb))?;
+        net.push_with(&vb, |vb| {
+            conv7_stem(config.input.channels, 64, false, vb, &context)
+        })?;
         // b2: [b, 192, h/8, w/8]
         net.push_with(&vb, |vb| {
             let mut b2 = SequentialT::new();
@@ -233,6 +237,7 @@ impl GoogLeNet {
         Ok(Self {
             config: config.clone(),
             net,
+            context,
         })
     }
 
@@ -241,17 +246,15 @@ impl GoogLeNet {
     }
 }
 
-zoo_core::impl_model!(GoogLeNet);
+zoo_nn::impl_model!(GoogLeNet);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_nn::ModuleT;
-    use zoo_core::Model;
-    use zoo_core::nn::Layer;
-    use zoo_core::testing::{
-        check_backward_reaches_every_parameter, check_layer_shapes, test_store,
-    };
+    use zoo_nn::Model;
+    use zoo_nn::nn::Layer;
+    use zoo_nn::testing::{check_backward_reaches_every_parameter, check_layer_shapes, test_store};
 
     #[test]
     fn notebook_shapes_and_parameter_count() -> Result<()> {
@@ -275,12 +278,12 @@ mod tests {
     fn inception_concatenates_its_paths() -> Result<()> {
         let store = test_store(0);
         let block = Inception::new(192, STAGE3[0], store.var_builder())?;
-        let x = zoo_core::testing::test_input(&[2, 192, 5, 7], 0)?;
+        let x = zoo_nn::testing::test_input(&[2, 192, 5, 7], 0)?;
         assert_eq!(block.forward_t(&x, true)?.dims(), &[2, 256, 5, 7]);
         // 192*64+64 + 192*96+96 + 96*128*9+128 + 192*16+16 + 16*32*25+32 + 192*32+32
         assert_eq!(block.num_params(), 163_696);
         let err = block
-            .forward_t(&zoo_core::testing::test_input(&[2, 3, 5, 7], 0)?, true)
+            .forward_t(&zoo_nn::testing::test_input(&[2, 3, 5, 7], 0)?, true)
             .unwrap_err();
         assert!(
             err.to_string()

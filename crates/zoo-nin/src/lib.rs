@@ -11,7 +11,7 @@
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::ModuleT;
-//! use zoo_core::init::{InitScheme, ParamStore};
+//! use zoo_nn::init::{InitScheme, ParamStore};
 //! use zoo_nin::{Nin, NinConfig};
 //!
 //! let config = NinConfig::nin_mnist().with_input_size(67);
@@ -24,11 +24,11 @@
 
 use candle_core::Result;
 use candle_nn::VarBuilder;
-use zoo_core::InputSpec;
-use zoo_core::model::{check_config, check_fits};
-use zoo_core::nn::{
+use zoo_nn::model::{check_config, check_fits};
+use zoo_nn::nn::{
     AdaptiveAvgPool2d, Conv2dSpec, Dropout, Flatten, MaxPool2d, SequentialT, push_conv_relu,
 };
+use zoo_nn::{ForwardContext, InputSpec};
 
 /// NiN's configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,7 +57,7 @@ impl NinConfig {
     }
 }
 
-zoo_core::impl_input_config!(NinConfig);
+zoo_nn::impl_input_config!(NinConfig);
 
 /// `nin_block`: `Conv2d(in, out, k, s, p)`, `ReLU`, then twice `Conv2d(out, out, 1)`, `ReLU`.
 pub fn nin_block(spec: Conv2dSpec, vb: VarBuilder) -> Result<SequentialT> {
@@ -74,12 +74,14 @@ pub fn nin_block(spec: Conv2dSpec, vb: VarBuilder) -> Result<SequentialT> {
 pub struct Nin {
     config: NinConfig,
     net: SequentialT,
+    context: ForwardContext,
 }
 
 impl Nin {
     pub fn new(config: &NinConfig, vb: VarBuilder) -> Result<Self> {
         check_config("NiN", &config.input, config.num_classes)?;
         let c = config;
+        let context = ForwardContext::default();
         let mut net = SequentialT::new();
         net.push_with(&vb, |vb| {
             nin_block(Conv2dSpec::new(c.input.channels, 96, 11).stride(4), vb)
@@ -93,7 +95,7 @@ impl Nin {
             nin_block(Conv2dSpec::new(256, 384, 3).padding(1), vb)
         })?;
         net.push(MaxPool2d::new(3, 2, 0));
-        net.push(Dropout::new(c.dropout)?);
+        net.push(Dropout::new(c.dropout, &context)?);
         net.push_with(&vb, |vb| {
             nin_block(Conv2dSpec::new(384, c.num_classes, 3).padding(1), vb)
         })?;
@@ -103,6 +105,7 @@ impl Nin {
         Ok(Self {
             config: config.clone(),
             net,
+            context,
         })
     }
 
@@ -111,16 +114,14 @@ impl Nin {
     }
 }
 
-zoo_core::impl_model!(Nin);
+zoo_nn::impl_model!(Nin);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use zoo_core::Model;
-    use zoo_core::testing::{
-        check_backward_reaches_every_parameter, check_layer_shapes, test_store,
-    };
+    use zoo_nn::Model;
+    use zoo_nn::testing::{check_backward_reaches_every_parameter, check_layer_shapes, test_store};
 
     const NOTEBOOK_SHAPES: &[(&str, &[usize])] = &[
         ("Sequential", &[128, 96, 54, 54]),

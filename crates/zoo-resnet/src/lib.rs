@@ -13,7 +13,7 @@
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::ModuleT;
-//! use zoo_core::init::{InitScheme, ParamStore};
+//! use zoo_nn::init::{InitScheme, ParamStore};
 //! use zoo_resnet::{ResNet, ResNetConfig};
 //!
 //! let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
@@ -25,12 +25,12 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
-use zoo_core::InputSpec;
-use zoo_core::model::{check_config, check_fits};
-use zoo_core::nn::{
+use zoo_nn::model::{check_config, check_fits};
+use zoo_nn::nn::{
     AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Layer, Linear, SequentialT,
     add_relu, conv7_stem,
 };
+use zoo_nn::{ForwardContext, InputSpec};
 
 /// The notebook's `Residual(input_channels, num_channels, use_1x1conv, strides)`.
 /// Weights `conv1`, `conv2`, `conv3` (shortcut, optional), `bn1`, `bn2`.
@@ -49,6 +49,7 @@ impl Residual {
         use_1x1conv: bool,
         strides: usize,
         vb: VarBuilder,
+        context: &ForwardContext,
     ) -> Result<Self> {
         let conv1 = Conv2d::new(
             Conv2dSpec::new(input_channels, num_channels, 3)
@@ -77,8 +78,8 @@ impl Residual {
             conv1,
             conv2,
             conv3,
-            bn1: BatchNorm2d::new(num_channels, vb.pp("bn1"))?,
-            bn2: BatchNorm2d::new(num_channels, vb.pp("bn2"))?,
+            bn1: BatchNorm2d::new(num_channels, vb.pp("bn1"), context)?,
+            bn2: BatchNorm2d::new(num_channels, vb.pp("bn2"), context)?,
         })
     }
 }
@@ -124,7 +125,7 @@ impl Layer for Residual {
             Some(c) => c.macs(input)?,
             None => 0,
         };
-        zoo_core::nn::mac_sum(
+        zoo_nn::nn::mac_sum(
             "Residual",
             input,
             &[self.conv1.macs(input)?, self.conv2.macs(&mid)?, shortcut],
@@ -164,26 +165,27 @@ impl ResNetConfig {
     }
 }
 
-zoo_core::impl_input_config!(ResNetConfig);
+zoo_nn::impl_input_config!(ResNetConfig);
 
 /// The notebook's `resnet_block`: a stage of residual blocks; all but the first stage start
 /// with a strided block that changes the channel count.
-pub fn resnet_stage(
+fn resnet_stage(
     input_channels: usize,
     num_channels: usize,
     num_residuals: usize,
     first_block: bool,
     vb: VarBuilder,
+    context: &ForwardContext,
 ) -> Result<SequentialT> {
     let mut stage = SequentialT::new();
     for i in 0..num_residuals {
         if i == 0 && !first_block {
             stage.push_with(&vb, |vb| {
-                Residual::new(input_channels, num_channels, true, 2, vb)
+                Residual::new(input_channels, num_channels, true, 2, vb, context)
             })?;
         } else {
             stage.push_with(&vb, |vb| {
-                Residual::new(num_channels, num_channels, false, 1, vb)
+                Residual::new(num_channels, num_channels, false, 1, vb, context)
             })?;
         }
     }
@@ -194,6 +196,7 @@ pub fn resnet_stage(
 pub struct ResNet {
     config: ResNetConfig,
     net: SequentialT,
+    context: ForwardContext,
 }
 
 impl ResNet {
@@ -207,16 +210,17 @@ impl ResNet {
                 c.channels
             )
         }
+        let context = ForwardContext::default();
         let mut net = SequentialT::new();
         // b1: [b, 64, h/4, w/4]
         net.push_with(&vb, |vb| {
-            conv7_stem(c.input.channels, c.channels[0], true, vb)
+            conv7_stem(c.input.channels, c.channels[0], true, vb, &context)
         })?;
         let mut channels = c.channels[0];
         for (stage, (&blocks, &out)) in c.blocks.iter().zip(&c.channels).enumerate() {
             // [b, out, h / 2^(stage + 2), ...]
             net.push_with(&vb, |vb| {
-                resnet_stage(channels, out, blocks, stage == 0, vb)
+                resnet_stage(channels, out, blocks, stage == 0, vb, &context)
             })?;
             channels = out;
         }
@@ -227,6 +231,7 @@ impl ResNet {
         Ok(Self {
             config: config.clone(),
             net,
+            context,
         })
     }
 
@@ -235,15 +240,15 @@ impl ResNet {
     }
 }
 
-zoo_core::impl_model!(ResNet);
+zoo_nn::impl_model!(ResNet);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_nn::ModuleT;
-    use zoo_core::Model;
-    use zoo_core::nn::Layer;
-    use zoo_core::testing::{
+    use zoo_nn::Model;
+    use zoo_nn::nn::Layer;
+    use zoo_nn::testing::{
         check_backward_reaches_every_parameter, check_layer_shapes, test_input, test_store,
     };
 
@@ -251,15 +256,36 @@ mod tests {
     fn residual_blocks_match_the_notebook() -> Result<()> {
         let x = test_input(&[4, 3, 6, 6], 0)?;
         for train in [true, false] {
-            let blk = Residual::new(3, 3, false, 1, test_store(0).var_builder())?;
+            let blk = Residual::new(
+                3,
+                3,
+                false,
+                1,
+                test_store(0).var_builder(),
+                &ForwardContext::default(),
+            )?;
             assert_eq!(blk.forward_t(&x, train)?.dims(), &[4, 3, 6, 6]);
-            let blk = Residual::new(3, 6, true, 2, test_store(0).var_builder())?;
+            let blk = Residual::new(
+                3,
+                6,
+                true,
+                2,
+                test_store(0).var_builder(),
+                &ForwardContext::default(),
+            )?;
             assert_eq!(blk.forward_t(&x, train)?.dims(), &[4, 6, 3, 3]);
             assert_eq!(blk.output_shape(&[4, 3, 6, 6])?, vec![4, 6, 3, 3]);
         }
-        let err = Residual::new(3, 6, false, 1, test_store(0).var_builder())
-            .err()
-            .expect("needs 1x1");
+        let err = Residual::new(
+            3,
+            6,
+            false,
+            1,
+            test_store(0).var_builder(),
+            &ForwardContext::default(),
+        )
+        .err()
+        .expect("needs 1x1");
         assert!(err.to_string().contains("needs use_1x1conv"), "{err}");
         Ok(())
     }

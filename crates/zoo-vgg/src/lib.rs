@@ -13,7 +13,7 @@
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::ModuleT;
-//! use zoo_core::init::{InitScheme, ParamStore};
+//! use zoo_nn::init::{InitScheme, ParamStore};
 //! use zoo_vgg::{Vgg, VggConfig};
 //!
 //! let config = VggConfig::vgg11_small().with_input_size(32);
@@ -26,11 +26,11 @@
 
 use candle_core::Result;
 use candle_nn::VarBuilder;
-use zoo_core::InputSpec;
-use zoo_core::model::{check_config, check_fits};
-use zoo_core::nn::{
+use zoo_nn::model::{check_config, check_fits};
+use zoo_nn::nn::{
     Conv2dSpec, Flatten, MaxPool2d, SequentialT, push_conv_relu, push_dropout_classifier,
 };
+use zoo_nn::{ForwardContext, InputSpec};
 
 /// The notebook's `conv_arch`: `(num_convs, out_channels)` per block (VGG-11).
 pub const VGG11_ARCH: [(usize, usize); 5] = [(1, 64), (1, 128), (2, 256), (2, 512), (2, 512)];
@@ -73,7 +73,7 @@ impl VggConfig {
     }
 }
 
-zoo_core::impl_input_config!(VggConfig);
+zoo_nn::impl_input_config!(VggConfig);
 
 /// One VGG block: `num_convs` x (3x3 conv, ReLU), then `MaxPool2d(2, 2)`.
 pub fn vgg_block(
@@ -101,6 +101,7 @@ pub fn vgg_block(
 pub struct Vgg {
     config: VggConfig,
     net: SequentialT,
+    context: ForwardContext,
 }
 
 impl Vgg {
@@ -113,6 +114,7 @@ impl Vgg {
                 c.arch
             )
         }
+        let context = ForwardContext::default();
         let mut net = SequentialT::new();
         let mut channels = c.input.channels;
         for &(num_convs, out_channels) in &c.arch {
@@ -122,10 +124,19 @@ impl Vgg {
         net.push(Flatten);
         // [b, 512, 7, 7] -> [b, 25088] at 224 px
         let features = check_fits("VGG", &net, &c.input)?[1];
-        push_dropout_classifier(&mut net, &vb, features, c.hidden, c.num_classes, c.dropout)?;
+        push_dropout_classifier(
+            &mut net,
+            &vb,
+            &context,
+            features,
+            c.hidden,
+            c.num_classes,
+            c.dropout,
+        )?;
         Ok(Self {
             config: config.clone(),
             net,
+            context,
         })
     }
 
@@ -134,16 +145,14 @@ impl Vgg {
     }
 }
 
-zoo_core::impl_model!(Vgg);
+zoo_nn::impl_model!(Vgg);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use zoo_core::Model;
-    use zoo_core::testing::{
-        check_backward_reaches_every_parameter, check_layer_shapes, test_store,
-    };
+    use zoo_nn::Model;
+    use zoo_nn::testing::{check_backward_reaches_every_parameter, check_layer_shapes, test_store};
 
     const TAIL: [(&str, &[usize]); 7] = [
         ("Linear", &[128, 4096]),

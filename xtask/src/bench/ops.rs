@@ -34,7 +34,7 @@ pub fn run(
         DType::F32,
         &Device::Cpu,
     );
-    let fused = zoo_core::nn::BatchNorm2d::new(64, store.var_builder())?;
+    let fused = zoo_core::nn::BatchNorm2d::new(64, store.var_builder(), &Default::default())?;
     let varmap = candle_nn::VarMap::new();
     let reference = candle_nn::batch_norm(
         64,

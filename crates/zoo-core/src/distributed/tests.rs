@@ -541,7 +541,11 @@ fn a_run_resumes_at_another_world_size() {
 fn a_synchronised_batch_norm_layer_equals_one_over_the_whole_batch() {
     let run = |x: &Tensor, up: &Tensor, relu: bool, c: Option<&Arc<dyn Collective>>| {
         let store = test_store(5);
-        let bn = BatchNorm2d::new(x.dim(1).unwrap(), store.var_builder()).unwrap();
+        let context = zoo_nn::ForwardContext::default();
+        if let Some(c) = c {
+            context.set_batch_norm_group(Some(super::sync_norm::batch_norm_group(c)));
+        }
+        let bn = BatchNorm2d::new(x.dim(1).unwrap(), store.var_builder(), &context).unwrap();
         let x = Var::from_tensor(x).unwrap();
         let forward = || {
             if relu {
@@ -550,10 +554,7 @@ fn a_synchronised_batch_norm_layer_equals_one_over_the_whole_batch() {
                 bn.forward_t(x.as_tensor(), true)
             }
         };
-        let y = match c {
-            Some(c) => super::sync_norm::with_sync_batch_norm(c, forward).unwrap(),
-            None => forward().unwrap(),
-        };
+        let y = forward().unwrap();
         let grads = (&y * up).unwrap().sum_all().unwrap().backward().unwrap();
         let mut out = vec![y, grads.get(x.as_tensor()).unwrap().clone()];
         for (_, v) in store.trainable() {

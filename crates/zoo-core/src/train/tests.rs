@@ -760,7 +760,9 @@ fn loss_falls_and_accuracy_rises_on_real_mnist() {
         Conv2d::new(Conv2dSpec::new(1, 16, 3).padding(1), vb)
     })
     .unwrap();
-    net.push_with(&vb, |vb| BatchNorm2d::new(16, vb)).unwrap();
+    let context = zoo_nn::ForwardContext::default();
+    net.push_with(&vb, |vb| BatchNorm2d::new(16, vb, &context))
+        .unwrap();
     net.push(ReLU);
     net.push(MaxPool2d::new(2, 2, 0));
     net.push_with(&vb, |vb| {
@@ -772,7 +774,7 @@ fn loss_falls_and_accuracy_rises_on_real_mnist() {
     net.push(Flatten);
     net.push_with(&vb, |vb| Linear::new(32 * 7 * 7, 10, vb))
         .unwrap();
-    struct Net(SequentialT);
+    struct Net(SequentialT, zoo_nn::ForwardContext);
     impl ModuleT for Net {
         fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
             self.0.forward_t(x, train)
@@ -788,8 +790,11 @@ fn loss_falls_and_accuracy_rises_on_real_mnist() {
         fn num_classes(&self) -> usize {
             10
         }
+        fn context(&self) -> &zoo_nn::ForwardContext {
+            &self.1
+        }
     }
-    let model = Net(net);
+    let model = Net(net, context);
     let config = LoaderConfig {
         batch_size: 32,
         ..LoaderConfig::notebook(5)

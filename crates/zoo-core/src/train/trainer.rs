@@ -20,10 +20,11 @@ use super::schedule::Schedule;
 use crate::data::loader::{Loader, mix_seed};
 use crate::data::transforms::InputTransform;
 use crate::distributed::sync::{BUCKET_BYTES, all_reduce_grads, all_reduce_values, broadcast_vars};
-use crate::distributed::sync_norm::with_sync_batch_norm;
+use crate::distributed::sync_norm::batch_norm_group;
 use crate::distributed::{Collective, DataParallel};
 use crate::init::{ParamStore, is_buffer};
 use crate::model::Model;
+use zoo_nn::context::with_batch_norm_group;
 
 /// The optimisation recipe of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -263,7 +264,7 @@ impl Trainer<'_> {
                 ema.load_state(&ckpt.ema, source)?;
             }
             if let Some(state) = &ckpt.meta.progress.rng {
-                crate::rng::set_thread_rng_state(state);
+                self.model.context().set_dropout_state(state);
             }
             if ckpt.meta.progress.batch >= steps_per_epoch.max(1) {
                 candle_core::bail!(
@@ -275,13 +276,13 @@ impl Trainer<'_> {
             }
             progress = ckpt.meta.progress;
         } else {
-            crate::rng::manual_seed(self.run.seed);
+            self.model.context().seed_dropout(self.run.seed);
         }
         let rank = dist.map_or(0, |c| c.rank());
         if rank > 0 {
             // Each rank's dropout masks are its own, seeded by the run's seed, the rank and
             // the step it starts at (rank 0 keeps the one-process stream).
-            crate::rng::manual_seed(mix_seed(
+            self.model.context().seed_dropout(mix_seed(
                 self.run.seed,
                 progress.step,
                 0xD0_0000 + rank as u64,
@@ -325,7 +326,11 @@ impl Trainer<'_> {
                 } else {
                     let forward = || self.model.forward_t(&x, true);
                     let logits = match &sync_bn {
-                        Some(c) => with_sync_batch_norm(c, forward)?,
+                        Some(c) => with_batch_norm_group(
+                            self.model.context(),
+                            batch_norm_group(c),
+                            forward,
+                        )?,
                         None => forward()?,
                     };
                     let loss = cross_entropy(&logits, &y, self.recipe.label_smoothing)?;
@@ -379,7 +384,7 @@ impl Trainer<'_> {
                 if (stop || periodic) && progress.batch < steps_per_epoch {
                     self.sync_buffers(dist, ema.as_mut())?;
                     self.check_finite(&last, epoch, progress.batch)?;
-                    progress.rng = Some(crate::rng::thread_rng_state());
+                    progress.rng = Some(self.model.context().dropout_state());
                     progress.partial.wall_seconds =
                         wall_before + wall_clock.elapsed().as_secs_f64();
                     if writer {
@@ -434,7 +439,7 @@ impl Trainer<'_> {
             progress.epoch += 1;
             progress.batch = 0;
             progress.partial = PartialEpoch::default();
-            progress.rng = Some(crate::rng::thread_rng_state());
+            progress.rng = Some(self.model.context().dropout_state());
             // best.safetensors first: a kill between the two writes leaves `last` at the
             // previous epoch, whose resume writes both again. Rank 0 alone writes.
             if writer && row.best_valid_acc() > best_so_far {

@@ -21,6 +21,8 @@ pub use sequential::SequentialT;
 use candle_core::{Result, Tensor};
 use candle_nn::ModuleT;
 
+use crate::context::ForwardContext;
+
 /// A MAC count `factors[0] * factors[1] * ...` for `layer` on `input`, or an error saying it
 /// exceeds u64 (a `zoo summary` of an absurd input must not wrap around silently).
 pub fn mac_product(layer: &str, input: &[usize], factors: &[usize]) -> Result<u64> {
@@ -112,6 +114,7 @@ pub fn conv7_stem(
     out_channels: usize,
     batch_norm: bool,
     vb: candle_nn::VarBuilder,
+    context: &ForwardContext,
 ) -> Result<SequentialT> {
     let mut stem = SequentialT::new();
     let spec = Conv2dSpec::new(in_channels, out_channels, 7)
@@ -119,7 +122,7 @@ pub fn conv7_stem(
         .padding(3);
     stem.push_with(&vb, |vb| Conv2d::new(spec, vb))?;
     if batch_norm {
-        stem.push_with(&vb, |vb| BatchNorm2d::new(out_channels, vb))?;
+        stem.push_with(&vb, |vb| BatchNorm2d::new(out_channels, vb, context))?;
     }
     stem.push(ReLU);
     stem.push(MaxPool2d::new(3, 2, 1));
@@ -127,10 +130,12 @@ pub fn conv7_stem(
 }
 
 /// The classifier AlexNet and VGG share: `Linear(features, hidden)`, `ReLU`, `Dropout(p)`,
-/// `Linear(hidden, hidden)`, `ReLU`, `Dropout(p)`, `Linear(hidden, classes)`, appended to `seq`.
+/// `Linear(hidden, hidden)`, `ReLU`, `Dropout(p)`, `Linear(hidden, classes)`, appended to `seq`;
+/// the dropouts draw from `context`.
 pub fn push_dropout_classifier(
     seq: &mut SequentialT,
     vb: &candle_nn::VarBuilder,
+    context: &ForwardContext,
     features: usize,
     hidden: usize,
     classes: usize,
@@ -138,10 +143,10 @@ pub fn push_dropout_classifier(
 ) -> Result<()> {
     seq.push_with(vb, |vb| Linear::new(features, hidden, vb))?;
     seq.push(ReLU);
-    seq.push(Dropout::new(dropout)?);
+    seq.push(Dropout::new(dropout, context)?);
     seq.push_with(vb, |vb| Linear::new(hidden, hidden, vb))?;
     seq.push(ReLU);
-    seq.push(Dropout::new(dropout)?);
+    seq.push(Dropout::new(dropout, context)?);
     seq.push_with(vb, |vb| Linear::new(hidden, classes, vb))?;
     Ok(())
 }

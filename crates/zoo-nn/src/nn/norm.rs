@@ -5,12 +5,14 @@ use candle_core::{Result, Tensor, Var};
 use candle_nn::{BatchNormConfig, ModuleT, VarBuilder};
 
 use super::{Layer, expect_nchw};
-use crate::distributed::sync_norm::active_group;
+use crate::context::ForwardContext;
 use zoo_kernels::batch_norm::{batch_norm_eval, batch_norm_train_over};
 use zoo_kernels::cpu_f32;
 
 /// `nn.BatchNorm2d(num_features)` with PyTorch's defaults (eps 1e-5, momentum 0.1, affine).
-/// Tensors: `weight`, `bias` (trainable), `running_mean`, `running_var` (state).
+/// Tensors: `weight`, `bias` (trainable), `running_mean`, `running_var` (state). In training
+/// its statistics are the batch's, or the global batch's when the network's
+/// [`ForwardContext`] holds a group (synchronised BatchNorm).
 #[derive(Debug, Clone)]
 pub struct BatchNorm2d {
     name: String,
@@ -24,12 +26,24 @@ pub struct BatchNorm2d {
     running_var: Var,
     momentum: f64,
     eps: f64,
+    context: ForwardContext,
 }
 
 impl BatchNorm2d {
-    pub fn new(num_features: usize, vb: VarBuilder) -> Result<Self> {
+    /// PyTorch's defaults; `context` is the network's (it may synchronise the statistics).
+    pub fn new(num_features: usize, vb: VarBuilder, context: &ForwardContext) -> Result<Self> {
+        Self::with_eps(num_features, 1e-5, vb, context)
+    }
+
+    /// `nn.BatchNorm2d(num_features, eps=eps)` (torchvision's GoogLeNet uses 1e-3).
+    pub fn with_eps(
+        num_features: usize,
+        eps: f64,
+        vb: VarBuilder,
+        context: &ForwardContext,
+    ) -> Result<Self> {
         let config = BatchNormConfig {
-            eps: 1e-5,
+            eps,
             remove_mean: true,
             affine: true,
             momentum: 0.1,
@@ -55,6 +69,7 @@ impl BatchNorm2d {
             running_var,
             momentum: config.momentum,
             eps: config.eps,
+            context: context.clone(),
         })
     }
 
@@ -80,7 +95,11 @@ impl BatchNorm2d {
         self.output_shape(x.dims())?;
         // Data-parallel ranks synchronising BatchNorm: statistics over the global batch, whose
         // count the kernel checks.
-        let group = if train { active_group() } else { None };
+        let group = if train {
+            self.context.batch_norm_group()
+        } else {
+            None
+        };
         if group.is_some() && !cpu_f32(x) {
             candle_core::bail!(
                 "BatchNorm2d `{}`: synchronised BatchNorm runs on f32 CPU tensors, got {:?} on \

@@ -4,7 +4,7 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::ModuleT;
 
 use super::Layer;
-use crate::rng::with_thread_rng;
+use crate::context::ForwardContext;
 
 /// `nn.ReLU()`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -69,20 +69,25 @@ impl Layer for Flatten {
 
 /// `nn.Dropout(p)`: in training, zeroes each element with probability `p` and scales the
 /// rest by `1 / (1 - p)`; in evaluation, the identity. On the CPU the mask comes from the
-/// seeded generator of the running thread ([`crate::rng::manual_seed`]), never from candle's
-/// unseedable CPU generator; on a GPU it is drawn there, from the device's generator (which
-/// the trainer seeds), so that no mask crosses from the host each step.
-#[derive(Debug, Clone, Copy)]
+/// seeded generator of the network's [`ForwardContext`], never from candle's unseedable CPU
+/// generator; on a GPU it is drawn there, from the device's generator (which the trainer
+/// seeds), so that no mask crosses from the host each step.
+#[derive(Debug, Clone)]
 pub struct Dropout {
     p: f32,
+    context: ForwardContext,
 }
 
 impl Dropout {
-    pub fn new(p: f32) -> Result<Self> {
+    /// Dropout with probability `p`, drawing its masks from `context`'s generator.
+    pub fn new(p: f32, context: &ForwardContext) -> Result<Self> {
         if !(0.0..1.0).contains(&p) {
             candle_core::bail!("Dropout: probability must be in [0, 1), got {p}")
         }
-        Ok(Self { p })
+        Ok(Self {
+            p,
+            context: context.clone(),
+        })
     }
 
     pub fn p(&self) -> f32 {
@@ -101,7 +106,7 @@ impl ModuleT for Dropout {
             return x * (keep.to_dtype(x.dtype())? * f64::from(keep_scale))?;
         }
         let n = x.elem_count();
-        let mask: Vec<f32> = with_thread_rng(|rng| {
+        let mask: Vec<f32> = self.context.with_dropout_rng(|rng| {
             (0..n)
                 .map(|_| {
                     if rng.uniform_f32() < self.p {
@@ -137,20 +142,20 @@ impl Layer for Dropout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::manual_seed;
     use candle_core::Device;
 
     #[test]
     fn dropout_is_seeded_scaled_and_off_in_evaluation() -> Result<()> {
         let x = Tensor::ones((64, 64), DType::F32, &Device::Cpu)?;
-        let drop = Dropout::new(0.5)?;
+        let context = ForwardContext::new(3);
+        let drop = Dropout::new(0.5, &context)?;
         assert_eq!(
             drop.forward_t(&x, false)?.to_vec2::<f32>()?,
             x.to_vec2::<f32>()?
         );
-        manual_seed(11);
+        context.seed_dropout(11);
         let a = drop.forward_t(&x, true)?.flatten_all()?.to_vec1::<f32>()?;
-        manual_seed(11);
+        context.seed_dropout(11);
         let b = drop.forward_t(&x, true)?.flatten_all()?.to_vec1::<f32>()?;
         let c = drop.forward_t(&x, true)?.flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(a, b, "same seed, same mask");
@@ -161,7 +166,23 @@ mod tests {
         );
         let dropped = a.iter().filter(|&&v| v == 0.0).count() as f64 / a.len() as f64;
         assert!((dropped - 0.5).abs() < 0.03, "dropped fraction {dropped}");
-        assert!(Dropout::new(1.0).is_err());
+        // A second layer of the same network shares the stream; another network's does not.
+        let other = Dropout::new(0.5, &ForwardContext::new(3))?;
+        context.seed_dropout(11);
+        let shared = Dropout::new(0.5, &context)?;
+        assert_eq!(
+            shared
+                .forward_t(&x, true)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            a
+        );
+        context.seed_dropout(11);
+        assert_ne!(
+            other.forward_t(&x, true)?.flatten_all()?.to_vec1::<f32>()?,
+            a
+        );
+        assert!(Dropout::new(1.0, &context).is_err());
         Ok(())
     }
 }

@@ -4,11 +4,9 @@
 //! random number it needs from [`ZooRng`], a ChaCha8 stream whose output is the same on every
 //! machine and whose state can be saved into a checkpoint and restored.
 //!
-//! Dropout draws from the generator of the thread that runs the forward pass, set with
-//! [`manual_seed`] (the analogue of `torch.manual_seed`); initialisation and shuffling take
-//! their own explicitly seeded [`ZooRng`].
-
-use std::cell::RefCell;
+//! Every use takes its own explicitly seeded [`ZooRng`]: initialisation (the store's seed),
+//! shuffling and augmentation (the loader's), dropout (a network's
+//! [`crate::ForwardContext`]).
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -132,30 +130,6 @@ pub mod streams {
     pub const DROPOUT: u64 = 2;
     pub const SHUFFLE: u64 = 3;
     pub const AUGMENT: u64 = 4;
-}
-
-thread_local! {
-    static THREAD_RNG: RefCell<ZooRng> = RefCell::new(ZooRng::with_stream(0, streams::DROPOUT));
-}
-
-/// Seed this thread's generator (used by dropout), like `torch.manual_seed`.
-pub fn manual_seed(seed: u64) {
-    THREAD_RNG.with(|r| *r.borrow_mut() = ZooRng::with_stream(seed, streams::DROPOUT));
-}
-
-/// The state of this thread's generator, for a checkpoint.
-pub fn thread_rng_state() -> RngState {
-    THREAD_RNG.with(|r| r.borrow().state())
-}
-
-/// Restore this thread's generator from a checkpoint.
-pub fn set_thread_rng_state(state: &RngState) {
-    THREAD_RNG.with(|r| *r.borrow_mut() = ZooRng::from_state(state));
-}
-
-/// Run `f` with this thread's generator.
-pub fn with_thread_rng<T>(f: impl FnOnce(&mut ZooRng) -> T) -> T {
-    THREAD_RNG.with(|r| f(&mut r.borrow_mut()))
 }
 
 #[cfg(test)]

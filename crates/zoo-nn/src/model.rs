@@ -4,6 +4,7 @@ use candle_core::Result;
 use candle_nn::ModuleT;
 use serde::{Deserialize, Serialize};
 
+use crate::context::ForwardContext;
 use crate::nn::{Layer, SequentialT};
 
 /// Image input a network is built for: channels, height, width.
@@ -52,6 +53,10 @@ pub trait Model: ModuleT + Send + Sync {
     /// Number of output classes.
     fn num_classes(&self) -> usize;
 
+    /// What the training forward draws on besides the weights: the dropout generator and
+    /// BatchNorm's synchronisation group, shared by every layer of the network.
+    fn context(&self) -> &ForwardContext;
+
     /// Trainable parameters.
     fn num_params(&self) -> usize {
         self.body().num_params()
@@ -81,7 +86,8 @@ pub fn check_fits(network: &str, net: &SequentialT, input: &InputSpec) -> Result
 }
 
 /// Implements `ModuleT` (through the top-level `net`) and [`Model`] for a network struct with
-/// fields `config` (holding `input` and `num_classes`) and `net: SequentialT`.
+/// fields `config` (holding `input` and `num_classes`), `net: SequentialT` and
+/// `context: ForwardContext`.
 #[macro_export]
 macro_rules! impl_model {
     ($model:ty) => {
@@ -104,6 +110,9 @@ macro_rules! impl_model {
             }
             fn num_classes(&self) -> usize {
                 self.config.num_classes
+            }
+            fn context(&self) -> &$crate::ForwardContext {
+                &self.context
             }
         }
     };

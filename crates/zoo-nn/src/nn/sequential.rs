@@ -132,7 +132,9 @@ mod tests {
             })?;
             seq.push(ReLU);
             seq.push_with(&vb, |vb| Conv2d::new(Conv2dSpec::new(4, 5, 3), vb))?;
-            seq.push_with(&vb, |vb| BatchNorm2d::new(5, vb))?;
+            seq.push_with(&vb, |vb| {
+                BatchNorm2d::new(5, vb, &crate::ForwardContext::default())
+            })?;
             seq.push(ReLU);
             seq.push(ReLU);
             seq.push(Flatten);
