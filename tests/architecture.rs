@@ -1,6 +1,8 @@
 //! The house's rules, checked on the sources: no module imports (`use crate::..`, `super::..`,
 //! or a `crate::` path in code) a module that imports it back, in any crate of the workspace;
-//! zoo-kernels depends on candle-core, the gemm crates and rayon only.
+//! zoo-kernels depends on candle-core, the gemm crates and rayon only; a model crate depends on
+//! zoo-nn (not zoo-core), and its whole dependency tree holds no image codec, plotting, CSV, gzip
+//! or font crate.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -270,4 +272,65 @@ fn zoo_kernels_depends_on_candle_gemm_and_rayon_only() {
         "zoo-kernels depends on {names:?}"
     );
     assert!(names.contains(&"candle-core"));
+}
+
+/// The six model crates.
+const MODEL_CRATES: [&str; 6] = [
+    "zoo-alexnet",
+    "zoo-vgg",
+    "zoo-nin",
+    "zoo-googlenet",
+    "zoo-resnet",
+    "zoo-densenet",
+];
+
+/// Every package in `krate`'s normal (not dev, not build) dependency tree, from `cargo tree`.
+fn normal_dependency_tree(krate: &str) -> BTreeSet<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .current_dir(root())
+        .args(["tree", "-p", krate, "-e", "normal", "--prefix", "none"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo tree -p {krate}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_model_crate_stands_on_zoo_nn_and_carries_no_training_side() {
+    let forbidden = |name: &str| {
+        [
+            "image",
+            "png",
+            "jpeg-decoder",
+            "plotters",
+            "csv",
+            "flate2",
+            "dejavu",
+            "ab_glyph",
+        ]
+        .contains(&name)
+            || name.starts_with("zune-")
+            || name.starts_with("plotters-")
+            || name == "zoo-core"
+    };
+    for krate in MODEL_CRATES {
+        let tree = normal_dependency_tree(krate);
+        assert!(tree.contains("zoo-nn"), "{krate}: {tree:?}");
+        let bad: Vec<&String> = tree.iter().filter(|n| forbidden(n)).collect();
+        assert!(bad.is_empty(), "{krate} depends on {bad:?}");
+    }
+    // The rule has teeth: zoo-core's own tree holds what a model crate must not.
+    let core = normal_dependency_tree("zoo-core");
+    assert!(
+        core.contains("plotters") && core.contains("image"),
+        "{core:?}"
+    );
 }

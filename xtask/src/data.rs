@@ -38,36 +38,52 @@ pub fn prepare_data(shared: &Path, root: &Path) -> Result<()> {
         }
         println!("{name}: {}", dst.display());
     }
+    fill_cifar10(shared, root)
+}
+
+/// CIFAR-10 under `root/cifar10`: its JPEG `train/` and `test/` folders extracted from the
+/// shared tarball where missing. Adds and never removes: a CIFAR-10 already there in the
+/// binary format (`cifar-10-batches-bin/`, which the loader prefers) is kept as it is, and the
+/// extraction goes into a folder of its own (`cifar10.extracting`, the one thing removed, as
+/// zoo's own leftover), each split moved into place whole.
+fn fill_cifar10(shared: &Path, root: &Path) -> Result<()> {
     let cifar = root.join("cifar10");
-    if cifar.join("train").is_dir() && cifar.join("test").is_dir() {
-        println!("cifar10: {} (already extracted)", cifar.display());
-    } else {
-        // Into a folder of its own, renamed when whole: an extraction cut short is never taken
-        // for the dataset (it is removed and done again).
-        let partial = root.join("cifar10.extracting");
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial)
-                .with_context(|| format!("removing {}", partial.display()))?;
-        }
-        std::fs::create_dir_all(&partial)?;
-        let tarball = shared.join("cifar10-jpg.tar.gz");
-        println!("cifar10: extracting {} ...", tarball.display());
-        let status = std::process::Command::new("tar")
-            .arg("xzf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&partial)
-            .status()
-            .context("running tar")?;
-        anyhow::ensure!(status.success(), "tar failed on {}", tarball.display());
-        if cifar.exists() {
-            std::fs::remove_dir_all(&cifar)
-                .with_context(|| format!("removing the incomplete {}", cifar.display()))?;
-        }
-        std::fs::rename(&partial, &cifar)
-            .with_context(|| format!("renaming {} to {}", partial.display(), cifar.display()))?;
-        println!("cifar10: {}", cifar.display());
+    if cifar.join("cifar-10-batches-bin").is_dir() {
+        println!("cifar10: {} (binary batches, kept)", cifar.display());
+        return Ok(());
     }
+    let missing: Vec<&str> = ["train", "test"]
+        .into_iter()
+        .filter(|split| !cifar.join(split).is_dir())
+        .collect();
+    if missing.is_empty() {
+        println!("cifar10: {} (already extracted)", cifar.display());
+        return Ok(());
+    }
+    let partial = root.join("cifar10.extracting");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)
+            .with_context(|| format!("removing {}", partial.display()))?;
+    }
+    std::fs::create_dir_all(&partial)?;
+    let tarball = shared.join("cifar10-jpg.tar.gz");
+    println!("cifar10: extracting {} ...", tarball.display());
+    let status = std::process::Command::new("tar")
+        .arg("xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&partial)
+        .status()
+        .context("running tar")?;
+    anyhow::ensure!(status.success(), "tar failed on {}", tarball.display());
+    std::fs::create_dir_all(&cifar).with_context(|| format!("creating {}", cifar.display()))?;
+    for split in missing {
+        let (from, to) = (partial.join(split), cifar.join(split));
+        std::fs::rename(&from, &to)
+            .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    }
+    std::fs::remove_dir_all(&partial).with_context(|| format!("removing {}", partial.display()))?;
+    println!("cifar10: {}", cifar.display());
     Ok(())
 }
 
@@ -169,6 +185,23 @@ mod tests {
         std::fs::create_dir_all(root.join("cifar10.extracting/train")).unwrap();
         prepare_data(&shared, &root).unwrap();
         assert_eq!(read("cifar10/test/cat/0.jpg"), "test");
+        assert_eq!(read("cifar10/train/cat/0.jpg"), "train");
+        assert!(!root.join("cifar10.extracting").exists());
+        // A CIFAR-10 in the binary format, or anything else of the user's, is never removed.
+        let bin = root.join("cifar10/cifar-10-batches-bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("data_batch_1.bin"), "mine").unwrap();
+        std::fs::write(root.join("cifar10/notes.txt"), "mine too").unwrap();
+        prepare_data(&shared, &root).unwrap();
+        assert_eq!(
+            read("cifar10/cifar-10-batches-bin/data_batch_1.bin"),
+            "mine"
+        );
+        assert_eq!(read("cifar10/notes.txt"), "mine too");
+        std::fs::remove_dir_all(&bin).unwrap();
+        std::fs::remove_dir_all(root.join("cifar10/train")).unwrap();
+        prepare_data(&shared, &root).unwrap();
+        assert_eq!(read("cifar10/notes.txt"), "mine too");
         assert_eq!(read("cifar10/train/cat/0.jpg"), "train");
         assert!(!root.join("cifar10.extracting").exists());
         // Nothing to copy from: an error naming the folder.

@@ -25,13 +25,7 @@ pub fn run(
             "cpu".into()
         }
     });
-    let path = if Path::new(&preset).is_file() {
-        PathBuf::from(&preset)
-    } else {
-        project_root()
-            .join("xtask/matrices")
-            .join(format!("{preset}.toml"))
-    };
+    let path = matrix_path(&preset, &project_root().join("xtask/matrices"))?;
     let data = zoo_core::data::resolve::data_root(data_dir.as_deref());
     // Under a launcher (`--nproc-per-node`, mpirun, torchrun): this process is one rank.
     let launch = zoo_dist::Launch::from_env()?;
@@ -64,6 +58,35 @@ pub fn run(
         update_results_doc(&report, &preset)?;
     }
     Ok(())
+}
+
+/// The file `--matrix` names: an existing file as given, else a preset of `presets` by name; a
+/// missing one is named as given, with the presets there are.
+pub fn matrix_path(matrix: &str, presets: &Path) -> Result<PathBuf> {
+    let as_given = Path::new(matrix);
+    if as_given.is_file() {
+        return Ok(as_given.to_path_buf());
+    }
+    let looks_like_a_file = matrix.ends_with(".toml") || matrix.contains(['/', '\\']);
+    let preset = presets.join(format!("{matrix}.toml"));
+    if !looks_like_a_file && preset.is_file() {
+        return Ok(preset);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(presets)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".toml").map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    anyhow::bail!(
+        "--matrix {matrix}: no such file, and no preset of that name (presets: {})",
+        names.join(", ")
+    )
 }
 
 /// docs/results.md: the latest report of `preset` with the date, machine and command, in that
@@ -143,4 +166,30 @@ fn update_results_doc(report: &Path, preset: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     println!("updated {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_matrix_is_a_file_or_a_preset_and_a_missing_one_is_named_as_given() {
+        let presets = project_root().join("xtask/matrices");
+        assert_eq!(
+            matrix_path("cpu", &presets).unwrap(),
+            presets.join("cpu.toml")
+        );
+        let file = presets.join("smoke.toml");
+        let given = file.to_string_lossy().into_owned();
+        assert_eq!(matrix_path(&given, &presets).unwrap(), file);
+        for missing in ["missing.toml", "dir/missing", "nope"] {
+            let err = matrix_path(missing, &presets).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("--matrix {missing}:"))
+                    && !err.contains(".toml.toml")
+                    && err.contains("cpu, cpu-notebook, reference, smoke"),
+                "{err}"
+            );
+        }
+    }
 }

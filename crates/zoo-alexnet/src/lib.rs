@@ -107,6 +107,19 @@ impl AlexNet {
 
 zoo_nn::impl_model!(AlexNet);
 
+/// The notebook's AlexNet for `num_classes` classes: 3x224x224 input (its first linear layer
+/// is sized for it; [`AlexNetConfig::with_input_size`] builds another).
+pub fn alexnet(num_classes: usize, vb: VarBuilder) -> Result<AlexNet> {
+    AlexNet::new(&AlexNetConfig::alexnet().with_num_classes(num_classes), vb)
+}
+
+/// A whole program with this crate: build, forward, one SGD step, save
+/// (`examples/train_step.rs`, run by `cargo test` as this doc test).
+#[doc = "```"]
+#[doc = include_str!("../examples/train_step.rs")]
+#[doc = "```"]
+pub mod example {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ pub mod recipe;
 pub mod registry;
 pub mod run_config;
 pub mod run_folder;
+pub mod run_lock;
 pub mod runtime;
 pub mod show_batch;
 pub mod summary_cmd;

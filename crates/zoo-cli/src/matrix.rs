@@ -26,10 +26,31 @@ pub struct Matrix {
     pub runs: Vec<RunSpec>,
 }
 
+/// Reads a matrix file and checks its name (a plain file name: the runs go under
+/// `runs/<name>/`).
 pub fn load_matrix(path: &Path) -> Result<Matrix> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    let matrix: Matrix =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    check_plain_name(&matrix.name).with_context(|| format!("{}: field `name`", path.display()))?;
+    Ok(matrix)
+}
+
+/// A name that is one plain path component: not empty, no separator, not `.` or `..`, no
+/// leading dot, no control character.
+pub fn check_plain_name(name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name.starts_with('.')
+        || name.contains(['/', '\\'])
+        || name.chars().any(char::is_control);
+    if bad {
+        anyhow::bail!(
+            "`{name}` is not a plain name (one folder name: letters, digits, `-`, `_`; no `/`, \
+             `\\` or leading `.`)"
+        )
+    }
+    Ok(())
 }
 
 /// What a finished run reports.
@@ -73,6 +94,7 @@ pub fn train_all(
     placement: &Placement,
 ) -> Result<Option<PathBuf>> {
     let matrix = load_matrix(matrix_path)?;
+    let configs = resolve_runs(&matrix, matrix_path, device, only)?;
     let writer = placement.is_writer();
     let out = runs_root.join(&matrix.name);
     if writer {
@@ -80,85 +102,24 @@ pub fn train_all(
     }
     let mut results = Vec::new();
     let mut notices = Vec::new();
-    let mut class_counts = std::collections::HashMap::new();
+    let mut class_counts = ClassCounts::new();
     let total = matrix.runs.len();
-    for (i, spec) in matrix.runs.iter().enumerate() {
-        let config = spec
-            .or(&matrix.defaults)
-            .resolve(device)
-            .with_context(|| format!("{}: run {}", matrix_path.display(), i + 1))?;
-        if only.is_some_and(|m| m != config.model) {
-            continue;
-        }
+    for (i, config) in configs {
         let name = format!("{}-{}", config.model, config.dataset);
         let folder = out.join(&name);
         let root = data_for(&config.dataset, data_root, sample_root, &mut notices);
-        match run_state(&folder, &config)? {
-            RunState::Complete if !writer => continue,
-            RunState::Complete => {
-                let repaired =
-                    crate::run_folder::repair(&folder).with_context(|| format!("run {name}"))?;
-                eprintln!("[{}/{total}] {name}: complete, skipped", i + 1);
-                crate::run_folder::report_repair(&name, &repaired);
-            }
-            state => {
-                if !writer {
-                } else if let RunState::Unfinished { epoch, batch } = state {
-                    eprintln!(
-                        "[{}/{total}] {name}: resuming at epoch {} batch {batch}",
-                        i + 1,
-                        epoch + 1
-                    );
-                } else {
-                    eprintln!(
-                        "[{}/{total}] {name}: {} epochs at {} px",
-                        i + 1,
-                        config.recipe.epochs,
-                        config.input_size
-                    );
-                }
-                run_training(
-                    &config,
-                    &root,
-                    &folder,
-                    true,
-                    None,
-                    placement,
-                    &mut Progress::new(&name).quiet_unless(writer),
-                )
-                .with_context(|| format!("run {name}"))?;
-            }
-        }
+        let step = format!("[{}/{total}] {name}", i + 1);
+        run_or_skip(&config, &root, &folder, &step, placement)?;
         if !writer {
             continue;
         }
-        let ckpt = zoo_core::train::checkpoint::load_checkpoint(
-            &zoo_core::train::trainer::Trainer::last_path(&folder),
-            &candle_core::Device::Cpu,
-        )?;
-        // Image counts for the report: each dataset is decoded once per matrix, not per run.
-        let key = (root.clone(), config.dataset.clone());
-        if !class_counts.contains_key(&key) {
-            let (train, valid) = zoo_core::data::resolve::load_dataset(&root, &config.dataset)?;
-            class_counts.insert(key.clone(), (train.class_counts(), valid.class_counts()));
-        }
-        let (train_counts, valid_counts) = &class_counts[&key];
-        let images = |counts: &[usize], per_class: Option<usize>| -> usize {
-            counts
-                .iter()
-                .map(|&c| per_class.map_or(c, |n| c.min(n)))
-                .sum()
-        };
-        let train_images = images(train_counts, config.train_per_class);
-        let valid_images = images(valid_counts, config.valid_per_class);
-        results.push(RunResult {
+        results.push(finished_result(
             name,
             config,
             folder,
-            train_images,
-            valid_images,
-            metrics: ckpt.meta.progress.metrics,
-        });
+            &root,
+            &mut class_counts,
+        )?);
     }
     if !writer {
         // The figures and the report are rank 0's: another rank's, of no runs, could land
@@ -170,6 +131,121 @@ pub fn train_all(
     let text = report_markdown(&matrix.name, &results, &notices)?;
     zoo_core::fs::write_atomic(&report, text.as_bytes())?;
     Ok(Some(report))
+}
+
+/// Image counts per class (training, validation) of each dataset a matrix has read.
+type ClassCounts = std::collections::HashMap<(PathBuf, String), (Vec<usize>, Vec<usize>)>;
+
+/// What a finished run reports: its metrics (from `last.safetensors`) and image counts (each
+/// dataset decoded once per matrix, not once per run).
+fn finished_result(
+    name: String,
+    config: RunConfig,
+    folder: PathBuf,
+    root: &Path,
+    class_counts: &mut ClassCounts,
+) -> Result<RunResult> {
+    let ckpt = zoo_core::train::checkpoint::load_checkpoint(
+        &zoo_core::train::trainer::Trainer::last_path(&folder),
+        &candle_core::Device::Cpu,
+    )?;
+    let key = (root.to_path_buf(), config.dataset.clone());
+    if !class_counts.contains_key(&key) {
+        let (train, valid) = zoo_core::data::resolve::load_dataset(root, &config.dataset)?;
+        class_counts.insert(key.clone(), (train.class_counts(), valid.class_counts()));
+    }
+    let (train_counts, valid_counts) = &class_counts[&key];
+    let images = |counts: &[usize], per_class: Option<usize>| -> usize {
+        counts
+            .iter()
+            .map(|&c| per_class.map_or(c, |n| c.min(n)))
+            .sum()
+    };
+    Ok(RunResult {
+        train_images: images(train_counts, config.train_per_class),
+        valid_images: images(valid_counts, config.valid_per_class),
+        name,
+        config,
+        folder,
+        metrics: ckpt.meta.progress.metrics,
+    })
+}
+
+/// Every run of `matrix` resolved (all checked before any starts), with its index; only
+/// `only`'s runs when given, and an error naming `only` and the matrix's models when none is.
+fn resolve_runs(
+    matrix: &Matrix,
+    path: &Path,
+    device: &str,
+    only: Option<&str>,
+) -> Result<Vec<(usize, RunConfig)>> {
+    let mut configs = Vec::new();
+    for (i, spec) in matrix.runs.iter().enumerate() {
+        let config = spec
+            .or(&matrix.defaults)
+            .resolve(device)
+            .with_context(|| format!("{}: run {}", path.display(), i + 1))?;
+        configs.push((i, config));
+    }
+    let Some(only) = only else {
+        return Ok(configs);
+    };
+    let models: Vec<String> = configs.iter().map(|(_, c)| c.model.clone()).collect();
+    configs.retain(|(_, c)| c.model == only);
+    if configs.is_empty() {
+        anyhow::bail!(
+            "--only {only}: no run of matrix `{}` ({}) trains it; its models: {}",
+            matrix.name,
+            path.display(),
+            models.join(", ")
+        )
+    }
+    Ok(configs)
+}
+
+/// Trains the run in `folder` unless it is complete (then its outputs are repaired where
+/// needed); `step` is the `[i/n] name` the progress lines start with.
+fn run_or_skip(
+    config: &RunConfig,
+    root: &Path,
+    folder: &Path,
+    step: &str,
+    placement: &Placement,
+) -> Result<()> {
+    let writer = placement.is_writer();
+    let name = folder
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match run_state(folder, config)? {
+        RunState::Complete if !writer => return Ok(()),
+        RunState::Complete => {
+            let repaired =
+                crate::run_folder::repair(folder).with_context(|| format!("run {name}"))?;
+            eprintln!("{step}: complete, skipped");
+            crate::run_folder::report_repair(&name, &repaired);
+            return Ok(());
+        }
+        RunState::Unfinished { epoch, batch } if writer => {
+            eprintln!("{step}: resuming at epoch {} batch {batch}", epoch + 1);
+        }
+        _ if writer => eprintln!(
+            "{step}: {} epochs at {} px",
+            config.recipe.epochs, config.input_size
+        ),
+        _ => {}
+    }
+    run_training(
+        config,
+        root,
+        folder,
+        true,
+        None,
+        placement,
+        &mut Progress::new(&name).quiet_unless(writer),
+    )
+    .with_context(|| format!("run {name}"))?;
+    Ok(())
 }
 
 /// `seconds` as minutes and seconds (`4 min 05 s`, `38 s`).

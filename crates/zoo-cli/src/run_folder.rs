@@ -2,10 +2,9 @@
 //! finished run whose last outputs are missing (a kill between writes, a deleted file) made
 //! whole again from its last checkpoint.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use candle_core::Device;
 use zoo_core::train::checkpoint::{load_checkpoint, save_tensors};
 use zoo_core::train::metrics::{EpochMetrics, write_csv, write_curves};
@@ -42,89 +41,7 @@ pub fn run_state(run_dir: &Path, config: &RunConfig) -> Result<RunState> {
     }
 }
 
-/// The lock file's name inside a run folder.
-pub const LOCK_FILE: &str = "run.lock";
-
-/// A held run-folder lock; dropping it removes the file.
-#[derive(Debug)]
-pub struct RunLock {
-    path: PathBuf,
-}
-
-/// Whether process `pid` exists on this machine (Linux: `/proc/<pid>`; elsewhere every pid
-/// counts as alive, so that no lock is ever taken from a running process).
-fn process_alive(pid: u32) -> bool {
-    if cfg!(target_os = "linux") {
-        Path::new(&format!("/proc/{pid}")).exists()
-    } else {
-        true
-    }
-}
-
-impl RunLock {
-    /// Takes `run_dir/run.lock`, or fails naming the process that holds it. A lock whose
-    /// process no longer exists is stale: it is removed (with a notice) and taken.
-    pub fn acquire(run_dir: &Path) -> Result<Self> {
-        let path = run_dir.join(LOCK_FILE);
-        for _ in 0..3 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut file) => {
-                    writeln!(file, "{}", std::process::id())
-                        .and_then(|_| file.sync_all())
-                        .with_context(|| format!("writing {}", path.display()))?;
-                    return Ok(Self { path });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let text = std::fs::read_to_string(&path).unwrap_or_default();
-                    let age = std::fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .map_or(0.0, |d| d.as_secs_f64());
-                    match text.trim().parse::<u32>() {
-                        Ok(pid) if process_alive(pid) => bail!(
-                            "{} is in use by process {pid} (its {LOCK_FILE}): two runs in one \
-                             folder would overwrite each other's checkpoints; wait for it or stop it",
-                            run_dir.display()
-                        ),
-                        Err(_) if age < 10.0 => bail!(
-                            "{} is being taken by another process ({} has no owner written yet)",
-                            run_dir.display(),
-                            path.display()
-                        ),
-                        _ => {
-                            eprintln!(
-                                "removing the stale lock {} (process {} no longer exists)",
-                                path.display(),
-                                text.trim()
-                            );
-                            match std::fs::remove_file(&path) {
-                                Ok(()) => {}
-                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                                Err(e) => {
-                                    return Err(e)
-                                        .with_context(|| format!("removing {}", path.display()));
-                                }
-                            }
-                        }
-                    }
-                }
-                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
-            }
-        }
-        bail!("could not take the lock {}", path.display())
-    }
-}
-
-impl Drop for RunLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
+pub use crate::run_lock::{LOCK_FILE, RunLock};
 
 /// What [`repair`] rewrote, and what it could not.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -223,6 +223,23 @@ impl DenseNet {
 
 zoo_nn::impl_model!(DenseNet);
 
+/// The notebook's DenseNet for `num_classes` classes on 3-channel images of any size (global
+/// average pooling before the classifier; the config's 224 px only decides what
+/// `zoo summary` prints).
+pub fn densenet(num_classes: usize, vb: VarBuilder) -> Result<DenseNet> {
+    DenseNet::new(
+        &DenseNetConfig::densenet().with_num_classes(num_classes),
+        vb,
+    )
+}
+
+/// A whole program with this crate: build, forward, one SGD step, save
+/// (`examples/train_step.rs`, run by `cargo test` as this doc test).
+#[doc = "```"]
+#[doc = include_str!("../examples/train_step.rs")]
+#[doc = "```"]
+pub mod example {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

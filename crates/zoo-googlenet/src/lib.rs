@@ -248,6 +248,23 @@ impl GoogLeNet {
 
 zoo_nn::impl_model!(GoogLeNet);
 
+/// The notebook's GoogLeNet for `num_classes` classes on 3-channel images of any size its
+/// pools fit (global average pooling before the classifier; the config's 96 px only decides
+/// what `zoo summary` prints).
+pub fn googlenet(num_classes: usize, vb: VarBuilder) -> Result<GoogLeNet> {
+    GoogLeNet::new(
+        &GoogLeNetConfig::googlenet().with_num_classes(num_classes),
+        vb,
+    )
+}
+
+/// A whole program with this crate: build, forward, one SGD step, save
+/// (`examples/train_step.rs`, run by `cargo test` as this doc test).
+#[doc = "```"]
+#[doc = include_str!("../examples/train_step.rs")]
+#[doc = "```"]
+pub mod example {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,6 +116,25 @@ impl Nin {
 
 zoo_nn::impl_model!(Nin);
 
+/// The notebook's NiN for `num_classes` classes on 3-channel images. Its head is a
+/// convolution and a global average pooling: any input its pools fit works (the config's
+/// 224 px only decides what `zoo summary` prints).
+pub fn nin(num_classes: usize, vb: VarBuilder) -> Result<Nin> {
+    Nin::new(&NinConfig::nin().with_num_classes(num_classes), vb)
+}
+
+/// The notebook's NiN for 1-channel images (MNIST), `num_classes` classes, any size its pools fit.
+pub fn nin_mnist(num_classes: usize, vb: VarBuilder) -> Result<Nin> {
+    Nin::new(&NinConfig::nin_mnist().with_num_classes(num_classes), vb)
+}
+
+/// A whole program with this crate: build, forward, one SGD step, save
+/// (`examples/train_step.rs`, run by `cargo test` as this doc test).
+#[doc = "```"]
+#[doc = include_str!("../examples/train_step.rs")]
+#[doc = "```"]
+pub mod example {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

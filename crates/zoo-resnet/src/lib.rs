@@ -242,6 +242,26 @@ impl ResNet {
 
 zoo_nn::impl_model!(ResNet);
 
+/// The notebook's ResNet-18 for `num_classes` classes on 3-channel images of any size
+/// (global average pooling before the classifier; the config's 224 px only decides what
+/// `zoo summary` prints).
+pub fn resnet18(num_classes: usize, vb: VarBuilder) -> Result<ResNet> {
+    ResNet::new(&ResNetConfig::resnet18().with_num_classes(num_classes), vb)
+}
+
+/// ResNet-34 (`[3, 4, 6, 3]` blocks, the notebook's block) for `num_classes` classes on
+/// 3-channel images of any size.
+pub fn resnet34(num_classes: usize, vb: VarBuilder) -> Result<ResNet> {
+    ResNet::new(&ResNetConfig::resnet34().with_num_classes(num_classes), vb)
+}
+
+/// A whole program with this crate: build, forward, one SGD step, save
+/// (`examples/train_step.rs`, run by `cargo test` as this doc test).
+#[doc = "```"]
+#[doc = include_str!("../examples/train_step.rs")]
+#[doc = "```"]
+pub mod example {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -147,6 +147,25 @@ impl Vgg {
 
 zoo_nn::impl_model!(Vgg);
 
+/// The notebook's VGG-11 for `num_classes` classes: 3x224x224 input (its first linear layer
+/// is sized for it; [`VggConfig::with_input_size`] builds another).
+pub fn vgg11(num_classes: usize, vb: VarBuilder) -> Result<Vgg> {
+    Vgg::new(&VggConfig::vgg11().with_num_classes(num_classes), vb)
+}
+
+/// The notebook's small VGG-11 (every width divided by 4) for `num_classes` classes:
+/// 3x224x224 input ([`VggConfig::with_input_size`] builds another).
+pub fn vgg11_small(num_classes: usize, vb: VarBuilder) -> Result<Vgg> {
+    Vgg::new(&VggConfig::vgg11_small().with_num_classes(num_classes), vb)
+}
+
+/// A whole program with this crate: build, forward, one SGD step, save
+/// (`examples/train_step.rs`, run by `cargo test` as this doc test).
+#[doc = "```"]
+#[doc = include_str!("../examples/train_step.rs")]
+#[doc = "```"]
+pub mod example {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -124,7 +124,7 @@ pub struct DeviceCheckArgs {
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
     /// Time training steps at each model's reference input with this batch.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub time_batch: Option<usize>,
     /// Steps before timing (the first use of each GPU kernel compiles it).
     #[arg(long, default_value_t = 3)]
@@ -173,52 +173,52 @@ pub struct TrainArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Square input side (default: the recipe's).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub input_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub epochs: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub batch_size: Option<usize>,
     /// Base learning rate (default: the recipe's).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub lr: Option<f64>,
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerKind>,
     /// SGD momentum.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub momentum: Option<f64>,
     /// SGD with Nesterov momentum (`--nesterov false` turns it off).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub nesterov: Option<bool>,
     /// Weight decay (on weights only, not on biases or BatchNorm).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub weight_decay: Option<f64>,
     #[arg(long, value_enum)]
     pub schedule: Option<ScheduleKind>,
     /// Linear warm-up epochs before the cosine decay.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub warmup_epochs: Option<f64>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub label_smoothing: Option<f64>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub clip_grad_norm: Option<f64>,
     /// Random crop (padding 4) and, except on digits, horizontal flip (`--augment false` off).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub augment: Option<bool>,
     /// Keep an EMA of the weights with this decay and validate it too (0: none).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub ema_decay: Option<f64>,
     /// xavier-uniform (the notebook), pytorch-default, kaiming-normal-fan-out (torchvision's
     /// VGG and ResNet) or kaiming-normal-fan-in (torchvision's DenseNet).
     #[arg(long, value_parser = init_schemes())]
     pub init: Option<InitScheme>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub seed: Option<u64>,
     /// Use the first N training images of each class.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub train_per_class: Option<usize>,
     /// Validate on the first N test images of each class.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub valid_per_class: Option<usize>,
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -231,7 +231,7 @@ pub struct TrainArgs {
     /// Train data-parallel as N ranks on this machine: under mpirun on the CPU (the `mpi`
     /// feature), one GPU each with NCCL (the `nccl` feature). The batch size stays the global
     /// one; each rank takes its slice (docs/distributed.md).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub nproc_per_node: Option<usize>,
     /// Data-parallel: BatchNorm statistics over the global batch (PyTorch's SyncBatchNorm; N
     /// ranks then train as one process does). Default: on for two or more CPU ranks, off on
@@ -253,7 +253,7 @@ pub struct ConvertArgs {
     pub to_pytorch: bool,
     /// The input side the weights were trained at (default: the file's metadata, what
     /// AlexNet's or VGG's first Linear implies, else the notebook's).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub input_size: Option<usize>,
     /// Normalisation mean per channel, comma-separated (default 0.5).
     #[arg(long)]
