@@ -23,7 +23,7 @@ pub enum Command {
         data_dir: Option<PathBuf>,
     },
     /// Run a training matrix (default: `reference` with CUDA, `cpu` without), skipping complete
-    /// runs and resuming unfinished ones; writes runs/<matrix>/report.md.
+    /// runs and resuming unfinished ones; writes runs/MATRIX/report.md.
     TrainAll {
         /// A preset name (cpu, cpu-notebook, smoke, reference) or a matrix file.
         #[arg(long)]

@@ -2,7 +2,7 @@
 //! generated from the registry, the local data folder, benchmarks, the device check's build.
 //!
 //! `main.rs` dispatches; [`flags`] is the command line; one module per task: [`train_all`],
-//! [`data`], [`docs`], [`bench`], [`device`], [`dist_check`]; [`machine`] says where a figure was measured.
+//! [`data`], [`docs`], [`bench`](mod@bench), [`device`], [`dist_check`]; [`machine`] says where a figure was measured.
 
 mod bench;
 mod data;

@@ -314,3 +314,8 @@ mod tests {
         check_backward_reaches_every_parameter(&store, &net, &[2, 3, 32, 32])
     }
 }
+
+/// This crate's README example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;

@@ -192,3 +192,8 @@ mod tests {
         Ok(())
     }
 }
+
+/// This crate's README example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;

@@ -7,17 +7,17 @@
 //! its own column buffer. The bias and an optional ReLU are applied while the GEMM result is
 //! copied out, and undone in one pass in the backward. Two other paths take the forward and both
 //! gradients where they are faster: 3x3 and 5x5 'same' convolutions with stride 1 on maps of
-//! 4 (3x3) or 6 (5x5) and more go through Winograd's algorithm ([`winograd`]: 2.25x to
+//! 4 (3x3) or 6 (5x5) and more go through Winograd's algorithm (`winograd`: 2.25x to
 //! 6.25x fewer multiply-adds per output), and other convolutions that would multiply padding in a fifth or more
-//! of their multiply-adds (small maps) through [`tiled`], which skips those. The order:
+//! of their multiply-adds (small maps) through `tiled`, which skips those. The order:
 //! Winograd, then tiled, then the GEMMs. With fewer images than threads (small-batch
 //! inference) the forward splits each image instead of the batch: the Winograd steps by
 //! channels, elements and output channels, the GEMM path's columns and copy-out by channel
 //! around a GEMM split by the gemm crate.
 //!
-//! The folder: [`geometry`] (the one description of a convolution), [`plan`] (which path, and
-//! the batch split), [`im2col`] (the GEMM path's columns), [`tiled`], [`winograd`] and
-//! [`scratch`] (per-thread buffers); this file holds the three custom ops and [`conv2d`].
+//! The folder: `geometry` (the one description of a convolution), `plan` (which path, and
+//! the batch split), `im2col` (the GEMM path's columns), `tiled`, `winograd` and
+//! `scratch` (per-thread buffers); this file holds the three custom ops and [`conv2d`].
 
 mod geometry;
 mod im2col;

@@ -105,7 +105,7 @@ pub fn push_conv_relu(
 }
 
 /// The stem ResNet, DenseNet (with BatchNorm) and GoogLeNet (without) share:
-/// `Conv2d(in, out, 7, stride 2, padding 3)`, [`BatchNorm2d(out)`], `ReLU`, `MaxPool2d(3, 2, 1)`.
+/// `Conv2d(in, out, 7, stride 2, padding 3)`, `BatchNorm2d(out)`, `ReLU`, `MaxPool2d(3, 2, 1)`.
 ///
 /// # Shapes
 /// `[b, in, h, w] -> [b, out, h / 4, w / 4]` (rounded up)

@@ -222,7 +222,7 @@ pub struct TrainArgs {
     pub valid_per_class: Option<usize>,
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Run folder (default: runs/single/<model>-<dataset>).
+    /// Run folder (default: runs/single/MODEL-DATASET).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
     /// Continue the run in the run folder from its last checkpoint.
