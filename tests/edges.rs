@@ -8,10 +8,7 @@ use zoo_cli::matrix::{load_matrix, train_all};
 use zoo_cli::training::Placement;
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zoo-edges-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    zoo_core::testing::scratch_dir(&format!("edges-{name}"))
 }
 
 #[test]

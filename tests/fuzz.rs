@@ -21,10 +21,7 @@ use zoo_core::{InputSpec, candle_nn};
 const CASES: usize = 48;
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zoo-fuzz-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    zoo_core::testing::scratch_dir(&format!("fuzz-{name}"))
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {

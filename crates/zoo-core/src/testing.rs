@@ -17,6 +17,15 @@ use crate::nn::{
     BatchNorm2d, Conv2d, Conv2dSpec, Dropout, Flatten, Linear, MaxPool2d, ReLU, SequentialT,
 };
 
+/// An empty folder `zoo-<label>-<pid>` in the system's temporary folder (emptied first if a
+/// killed test left it behind).
+pub fn scratch_dir(label: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("zoo-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a writable temporary folder");
+    dir
+}
+
 /// 1x8x8 images whose brightness pattern depends on the label: learnable.
 pub fn toy_dataset(n: usize, seed: u64) -> Arc<ImageDataset> {
     let mut rng = zoo_nn::rng::ZooRng::new(seed);
