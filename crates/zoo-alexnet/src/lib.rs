@@ -22,6 +22,8 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 use candle_core::Result;
 use candle_nn::VarBuilder;
 use zoo_nn::model::{check_config, check_fits};
@@ -33,8 +35,11 @@ use zoo_nn::{ForwardContext, InputSpec};
 /// AlexNet's configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlexNetConfig {
+    /// Number of output classes.
     pub num_classes: usize,
+    /// The input the network is built for (channels, height, width).
     pub input: InputSpec,
+    /// Dropout probability in the classifier.
     pub dropout: f32,
     /// Width of the two hidden linear layers.
     pub hidden: usize,
@@ -62,6 +67,7 @@ pub struct AlexNet {
 }
 
 impl AlexNet {
+    /// Builds the network `config` describes, its weights from `vb` under the notebook's names.
     pub fn new(config: &AlexNetConfig, vb: VarBuilder) -> Result<Self> {
         check_config("AlexNet", &config.input, config.num_classes)?;
         let c = &config;
@@ -100,6 +106,7 @@ impl AlexNet {
         })
     }
 
+    /// The configuration the network was built from.
     pub fn config(&self) -> &AlexNetConfig {
         &self.config
     }

@@ -21,6 +21,8 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 use zoo_nn::model::{check_config, check_fits};
@@ -75,6 +77,7 @@ pub struct DenseBlock {
 }
 
 impl DenseBlock {
+    /// `num_convs` conv blocks of `num_channels` each on `input_channels` channels.
     pub fn new(
         num_convs: usize,
         input_channels: usize,
@@ -145,10 +148,13 @@ impl Layer for DenseBlock {
 pub struct DenseNetConfig {
     /// Channels after the stem.
     pub stem_channels: usize,
+    /// Channels each convolution block adds.
     pub growth_rate: usize,
     /// Conv blocks in each dense block.
     pub num_convs_in_dense_blocks: Vec<usize>,
+    /// Number of output classes.
     pub num_classes: usize,
+    /// The input the network is built for (channels, height, width).
     pub input: InputSpec,
 }
 
@@ -176,6 +182,7 @@ pub struct DenseNet {
 }
 
 impl DenseNet {
+    /// Builds the network `config` describes, its weights from `vb` under the notebook's names.
     pub fn new(config: &DenseNetConfig, vb: VarBuilder) -> Result<Self> {
         check_config("DenseNet", &config.input, config.num_classes)?;
         let c = config;
@@ -216,6 +223,7 @@ impl DenseNet {
         })
     }
 
+    /// The configuration the network was built from.
     pub fn config(&self) -> &DenseNetConfig {
         &self.config
     }

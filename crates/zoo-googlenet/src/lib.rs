@@ -21,6 +21,8 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 use zoo_nn::model::{check_config, check_fits};
@@ -34,13 +36,18 @@ use zoo_nn::{ForwardContext, InputSpec};
 /// `(c3_reduce, c3)`, `c4` (the notebook's `Inception(in, c1, c2, c3, c4)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InceptionSpec {
+    /// Path 1: the 1x1 convolution's output channels.
     pub c1: usize,
+    /// Path 2: 1x1 reduction, then 3x3 output channels.
     pub c2: (usize, usize),
+    /// Path 3: 1x1 reduction, then 5x5 output channels.
     pub c3: (usize, usize),
+    /// Path 4: the 1x1 convolution after 3x3 max pooling.
     pub c4: usize,
 }
 
 impl InceptionSpec {
+    /// The notebook's `Inception(in_channels, c1, c2, c3, c4)` widths.
     pub const fn new(c1: usize, c2: (usize, usize), c3: (usize, usize), c4: usize) -> Self {
         Self { c1, c2, c3, c4 }
     }
@@ -85,6 +92,7 @@ pub struct Inception {
 }
 
 impl Inception {
+    /// An Inception block on `in_channels` channels with `spec`'s widths.
     pub fn new(in_channels: usize, spec: InceptionSpec, vb: VarBuilder) -> Result<Self> {
         let s = spec;
         Ok(Self {
@@ -160,7 +168,9 @@ impl Layer for Inception {
 /// GoogLeNet's configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GoogLeNetConfig {
+    /// Number of output classes.
     pub num_classes: usize,
+    /// The input the network is built for (channels, height, width).
     pub input: InputSpec,
 }
 
@@ -198,6 +208,7 @@ pub struct GoogLeNet {
 }
 
 impl GoogLeNet {
+    /// Builds the network `config` describes, its weights from `vb` under the notebook's names.
     pub fn new(config: &GoogLeNetConfig, vb: VarBuilder) -> Result<Self> {
         check_config("GoogLeNet", &config.input, config.num_classes)?;
         let context = ForwardContext::default();
@@ -241,6 +252,7 @@ impl GoogLeNet {
         })
     }
 
+    /// The configuration the network was built from.
     pub fn config(&self) -> &GoogLeNetConfig {
         &self.config
     }

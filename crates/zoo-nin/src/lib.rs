@@ -22,6 +22,8 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 use candle_core::Result;
 use candle_nn::VarBuilder;
 use zoo_nn::model::{check_config, check_fits};
@@ -33,8 +35,11 @@ use zoo_nn::{ForwardContext, InputSpec};
 /// NiN's configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NinConfig {
+    /// Number of output classes.
     pub num_classes: usize,
+    /// The input the network is built for (channels, height, width).
     pub input: InputSpec,
+    /// Dropout probability in the classifier.
     pub dropout: f32,
 }
 
@@ -78,6 +83,7 @@ pub struct Nin {
 }
 
 impl Nin {
+    /// Builds the network `config` describes, its weights from `vb` under the notebook's names.
     pub fn new(config: &NinConfig, vb: VarBuilder) -> Result<Self> {
         check_config("NiN", &config.input, config.num_classes)?;
         let c = config;
@@ -109,6 +115,7 @@ impl Nin {
         })
     }
 
+    /// The configuration the network was built from.
     pub fn config(&self) -> &NinConfig {
         &self.config
     }

@@ -124,11 +124,13 @@ macro_rules! impl_model {
 macro_rules! impl_input_config {
     ($config:ty) => {
         impl $config {
+            /// The same network for `num_classes` classes.
             pub fn with_num_classes(mut self, num_classes: usize) -> Self {
                 self.num_classes = num_classes;
                 self
             }
 
+            /// The same network for another input (channels, height, width).
             pub fn with_input(mut self, input: $crate::InputSpec) -> Self {
                 self.input = input;
                 self

@@ -23,6 +23,8 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 use zoo_nn::model::{check_config, check_fits};
@@ -43,6 +45,8 @@ pub struct Residual {
 }
 
 impl Residual {
+    /// The notebook's block; an error when the shortcut cannot be added (channels or stride
+    /// change without `use_1x1conv`).
     pub fn new(
         input_channels: usize,
         num_channels: usize,
@@ -140,7 +144,9 @@ pub struct ResNetConfig {
     pub blocks: Vec<usize>,
     /// Output channels of each stage; the stem has `channels[0]`.
     pub channels: Vec<usize>,
+    /// Number of output classes.
     pub num_classes: usize,
+    /// The input the network is built for (channels, height, width).
     pub input: InputSpec,
 }
 
@@ -200,6 +206,7 @@ pub struct ResNet {
 }
 
 impl ResNet {
+    /// Builds the network `config` describes, its weights from `vb` under the notebook's names.
     pub fn new(config: &ResNetConfig, vb: VarBuilder) -> Result<Self> {
         check_config("ResNet", &config.input, config.num_classes)?;
         let c = config;
@@ -235,6 +242,7 @@ impl ResNet {
         })
     }
 
+    /// The configuration the network was built from.
     pub fn config(&self) -> &ResNetConfig {
         &self.config
     }

@@ -24,6 +24,8 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 use candle_core::Result;
 use candle_nn::VarBuilder;
 use zoo_nn::model::{check_config, check_fits};
@@ -40,9 +42,13 @@ pub const VGG11_ARCH: [(usize, usize); 5] = [(1, 64), (1, 128), (2, 256), (2, 51
 pub struct VggConfig {
     /// `(num_convs, out_channels)` per block.
     pub arch: Vec<(usize, usize)>,
+    /// Number of output classes.
     pub num_classes: usize,
+    /// The input the network is built for (channels, height, width).
     pub input: InputSpec,
+    /// Dropout probability in the classifier.
     pub dropout: f32,
+    /// Width of the two hidden linear layers.
     pub hidden: usize,
 }
 
@@ -105,6 +111,7 @@ pub struct Vgg {
 }
 
 impl Vgg {
+    /// Builds the network `config` describes, its weights from `vb` under the notebook's names.
     pub fn new(config: &VggConfig, vb: VarBuilder) -> Result<Self> {
         check_config("VGG", &config.input, config.num_classes)?;
         let c = config;
@@ -140,6 +147,7 @@ impl Vgg {
         })
     }
 
+    /// The configuration the network was built from.
     pub fn config(&self) -> &VggConfig {
         &self.config
     }
