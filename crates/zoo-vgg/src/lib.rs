@@ -30,7 +30,8 @@ use candle_core::Result;
 use candle_nn::VarBuilder;
 use zoo_nn::model::{check_config, check_fits};
 use zoo_nn::nn::{
-    Conv2dSpec, Flatten, MaxPool2d, SequentialT, push_conv_relu, push_dropout_classifier,
+    Conv2dSpec, DropoutClassifier, Flatten, MaxPool2d, SequentialT, push_conv_relu,
+    push_dropout_classifier,
 };
 use zoo_nn::{ForwardContext, InputSpec};
 
@@ -131,15 +132,8 @@ impl Vgg {
         net.push(Flatten);
         // [b, 512, 7, 7] -> [b, 25088] at 224 px
         let features = check_fits("VGG", &net, &c.input)?[1];
-        push_dropout_classifier(
-            &mut net,
-            &vb,
-            &context,
-            features,
-            c.hidden,
-            c.num_classes,
-            c.dropout,
-        )?;
+        let head = DropoutClassifier::new(c.hidden, c.num_classes, c.dropout);
+        push_dropout_classifier(&mut net, &vb, &context, features, head)?;
         Ok(Self {
             config: config.clone(),
             net,

@@ -129,6 +129,28 @@ pub fn conv7_stem(
     Ok(stem)
 }
 
+/// The widths and dropout of the classifier AlexNet and VGG share.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropoutClassifier {
+    /// Width of the two hidden linear layers.
+    pub hidden: usize,
+    /// Output classes.
+    pub classes: usize,
+    /// Dropout probability after each hidden layer.
+    pub dropout: f32,
+}
+
+impl DropoutClassifier {
+    /// `hidden` wide, `classes` outputs, dropout `dropout`.
+    pub const fn new(hidden: usize, classes: usize, dropout: f32) -> Self {
+        Self {
+            hidden,
+            classes,
+            dropout,
+        }
+    }
+}
+
 /// The classifier AlexNet and VGG share: `Linear(features, hidden)`, `ReLU`, `Dropout(p)`,
 /// `Linear(hidden, hidden)`, `ReLU`, `Dropout(p)`, `Linear(hidden, classes)`, appended to `seq`;
 /// the dropouts draw from `context`.
@@ -137,10 +159,13 @@ pub fn push_dropout_classifier(
     vb: &candle_nn::VarBuilder,
     context: &ForwardContext,
     features: usize,
-    hidden: usize,
-    classes: usize,
-    dropout: f32,
+    head: DropoutClassifier,
 ) -> Result<()> {
+    let DropoutClassifier {
+        hidden,
+        classes,
+        dropout,
+    } = head;
     seq.push_with(vb, |vb| Linear::new(features, hidden, vb))?;
     seq.push(ReLU);
     seq.push(Dropout::new(dropout, context)?);
