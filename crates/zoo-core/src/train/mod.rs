@@ -3,14 +3,18 @@
 //! the trainer loop.
 
 pub mod checkpoint;
+pub mod checkpointer;
 pub mod ema;
+pub mod evaluator;
 mod inplace;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+mod ranks;
 pub mod readback;
 pub mod running;
 pub mod schedule;
+mod step;
 pub mod trainer;
 
 #[cfg(test)]

@@ -925,6 +925,10 @@ fn the_training_step_reads_the_device_only_through_readback() {
     // A review kept as a test: the step's files read the device only via `readback`.
     for (file, source) in [
         ("trainer.rs", include_str!("trainer.rs")),
+        ("step.rs", include_str!("step.rs")),
+        ("ranks.rs", include_str!("ranks.rs")),
+        ("checkpointer.rs", include_str!("checkpointer.rs")),
+        ("evaluator.rs", include_str!("evaluator.rs")),
         ("running.rs", include_str!("running.rs")),
         ("optim.rs", include_str!("optim.rs")),
         ("ema.rs", include_str!("ema.rs")),

@@ -1,0 +1,140 @@
+//! The evaluator: accuracy, mean loss and confusion matrix of a model on a loader, in
+//! evaluation mode, alone or summed over data-parallel ranks; and an epoch's evaluation of the
+//! raw weights and their EMA.
+
+use std::path::Path;
+
+use candle_core::{D, DType, Device, Result, Tensor};
+
+use super::ema::Ema;
+use super::loss::{correct_on_device, cross_entropy};
+use super::readback::read_to_host;
+use crate::data::loader::Loader;
+use crate::data::transforms::InputTransform;
+use crate::distributed::Collective;
+use crate::distributed::sync::all_reduce_values;
+use crate::model::Model;
+
+/// Accuracy, mean loss and confusion matrix (`[true][predicted]`) of a model on a loader.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Evaluates `model` in evaluation mode (no graph kept: inputs carry no gradient). Loss, hits
+/// and the confusion matrix add up on the device and are read once, at the end.
+pub fn evaluate(
+    model: &dyn Model,
+    loader: &Loader,
+    transform: &InputTransform,
+    device: &Device,
+) -> Result<Evaluation> {
+    evaluate_on(model, loader, transform, device, None)
+}
+
+/// [`evaluate`] on one rank of a data-parallel group: each rank evaluates its shard of
+/// `loader`'s batches and the totals are summed over ranks, so every rank gets the whole set's
+/// figures. With `None` (or a world of one), [`evaluate`].
+pub fn evaluate_on(
+    model: &dyn Model,
+    loader: &Loader,
+    transform: &InputTransform,
+    device: &Device,
+    collective: Option<&dyn Collective>,
+) -> Result<Evaluation> {
+    let k = model.num_classes();
+    let classes = Tensor::arange(0u32, k as u32, device)?.unsqueeze(0)?;
+    let mut sums: Option<(Tensor, Tensor)> = None;
+    let mut seen = 0usize;
+    for batch in loader.epoch(0, 0) {
+        if batch.is_empty() {
+            continue; // a rank's empty slice of a short last batch
+        }
+        let x = transform.apply(&batch.images_tensor(device)?, device)?;
+        let y = batch.labels_tensor(device)?;
+        let logits = model.forward_t(&x, false)?.detach();
+        let n = batch.len();
+        let loss = (cross_entropy(&logits, &y, 0.0)?.to_dtype(DType::F32)? * n as f64)?;
+        let hits = correct_on_device(&logits, &y)?;
+        // Confusion `[true][predicted]` as one-hot(labels)^T one-hot(predictions): labels
+        // outside the model's classes have an all-zero row and are left out.
+        let truth = y
+            .unsqueeze(1)?
+            .broadcast_eq(&classes)?
+            .to_dtype(DType::F32)?;
+        let predicted = logits.argmax_keepdim(D::Minus1)?.broadcast_eq(&classes)?;
+        let confusion = truth.t()?.matmul(&predicted.to_dtype(DType::F32)?)?;
+        let step = (Tensor::stack(&[loss, hits], 0)?, confusion);
+        sums = Some(match sums.take() {
+            Some((a, c)) => ((a + step.0)?, (c + step.1)?),
+            None => step,
+        });
+        seen += n;
+    }
+    let mut values = match &sums {
+        Some((a, c)) => read_to_host(&Tensor::cat(&[a, &c.flatten_all()?], 0)?)?,
+        None => vec![0.0; 2 + k * k],
+    };
+    if let Some(c) = collective.filter(|c| c.world_size() > 1) {
+        values.push(seen as f64);
+        values = all_reduce_values(c, &values, device)?;
+        seen = values.pop().unwrap_or(0.0).round() as usize;
+    }
+    let confusion = values[2..]
+        .chunks(k)
+        .map(|row| row.iter().map(|&v| v.round() as usize).collect())
+        .collect();
+    Ok(Evaluation {
+        loss: values[0] / seen.max(1) as f64,
+        accuracy: values[1] / seen.max(1) as f64,
+        confusion,
+    })
+}
+
+/// What evaluates a model during training: its validation loader, input transform, device and
+/// (data-parallel) group.
+pub(crate) struct Evaluator<'a> {
+    pub model: &'a dyn Model,
+    pub loader: &'a Loader,
+    pub transform: &'a InputTransform,
+    pub device: &'a Device,
+    pub dist: Option<&'a dyn Collective>,
+}
+
+impl Evaluator<'_> {
+    /// An epoch's evaluation: the raw weights, and their EMA when the run keeps one; an error
+    /// when either loss is not finite (naming which, and where the last good checkpoint is).
+    pub fn epoch(
+        &self,
+        ema: Option<&Ema>,
+        epoch: usize,
+        last: &Path,
+    ) -> Result<(Evaluation, Option<Evaluation>)> {
+        let evaluate = || {
+            evaluate_on(
+                self.model,
+                self.loader,
+                self.transform,
+                self.device,
+                self.dist,
+            )
+        };
+        let eval = evaluate()?;
+        let eval_ema = ema.map(|e| e.with_shadow(evaluate)).transpose()?;
+        for (what, e) in std::iter::once(("the weights", &eval))
+            .chain(eval_ema.as_ref().map(|e| ("the EMA of the weights", e)))
+        {
+            if !e.loss.is_finite() {
+                candle_core::bail!(
+                    "validation loss of {what} is {} after epoch {}: training stopped; {}",
+                    e.loss,
+                    epoch + 1,
+                    super::checkpointer::last_good(last)
+                )
+            }
+        }
+        Ok((eval, eval_ema))
+    }
+}
