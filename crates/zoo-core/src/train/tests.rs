@@ -930,7 +930,10 @@ fn the_training_step_reads_the_device_only_through_readback() {
         ("checkpointer.rs", include_str!("checkpointer.rs")),
         ("evaluator.rs", include_str!("evaluator.rs")),
         ("running.rs", include_str!("running.rs")),
-        ("optim.rs", include_str!("optim.rs")),
+        ("optim/mod.rs", include_str!("optim/mod.rs")),
+        ("optim/sgd.rs", include_str!("optim/sgd.rs")),
+        ("optim/adamw.rs", include_str!("optim/adamw.rs")),
+        ("optim/clip.rs", include_str!("optim/clip.rs")),
         ("ema.rs", include_str!("ema.rs")),
         ("loss.rs", include_str!("loss.rs")),
         ("inplace.rs", include_str!("inplace.rs")),
@@ -943,4 +946,44 @@ fn the_training_step_reads_the_device_only_through_readback() {
             );
         }
     }
+}
+
+#[test]
+fn the_optimizer_serves_as_candle_nns_with_the_same_steps() -> Result<()> {
+    use super::optim::OptimizerSettings;
+    use candle_nn::Optimizer as _;
+    for optimizer in [
+        OptimizerConfig::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-2,
+        },
+        OptimizerConfig::adamw(),
+    ] {
+        let p = Var::new(&[1.0f32, -2.0, 0.5], &Device::Cpu)?;
+        let q = Var::new(&[1.0f32, -2.0, 0.5], &Device::Cpu)?;
+        let settings = OptimizerSettings {
+            optimizer,
+            learning_rate: 0.1,
+        };
+        let mut through_candle =
+            <Optimizer as candle_nn::Optimizer>::new(vec![p.clone()], settings)?;
+        let mut direct = Optimizer::new(optimizer, vec![("0".into(), q.clone())])?;
+        for _ in 0..3 {
+            through_candle.backward_step(&p.as_tensor().sqr()?.sum_all()?)?;
+            direct.step(&q.as_tensor().sqr()?.sum_all()?.backward()?, 0.1)?;
+        }
+        assert_eq!(
+            p.as_tensor().to_vec1::<f32>()?,
+            q.as_tensor().to_vec1::<f32>()?
+        );
+        assert_ne!(p.as_tensor().to_vec1::<f32>()?, vec![1.0, -2.0, 0.5]);
+        assert_eq!(
+            through_candle.state_tensors().len(),
+            direct.state_tensors().len()
+        );
+        through_candle.set_learning_rate(0.5);
+        assert_eq!(through_candle.learning_rate(), 0.5);
+    }
+    Ok(())
 }
