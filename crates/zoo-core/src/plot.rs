@@ -98,22 +98,31 @@ fn padded_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - 0.05 * span, hi + 0.05 * span)
 }
 
-fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, path: &Path) -> Result<()> {
-    let err = |e| drawing_error(path, e);
-    let finite = |s: &Series| -> Vec<(f64, f64)> {
-        s.points
-            .iter()
-            .copied()
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
-            .collect()
-    };
+/// A series' points with both coordinates finite (a NaN loss is left out of the line).
+fn finite(s: &Series) -> Vec<(f64, f64)> {
+    s.points
+        .iter()
+        .copied()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect()
+}
+
+/// The panel's x and y ranges: as given, else padded around every finite point.
+fn axis_ranges(p: &Panel) -> ((f64, f64), (f64, f64)) {
     let all: Vec<(f64, f64)> = p.series.iter().flat_map(finite).collect();
-    let (x0, x1) = p
+    let x = p
         .x_range
         .unwrap_or_else(|| padded_range(all.iter().map(|q| q.0)));
-    let (y0, y1) = p
+    let y = p
         .y_range
         .unwrap_or_else(|| padded_range(all.iter().map(|q| q.1)));
+    (x, y)
+}
+
+/// One panel: axes, a line with points per series, the legend.
+fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, path: &Path) -> Result<()> {
+    let err = |e| drawing_error(path, e);
+    let ((x0, x1), (y0, y1)) = axis_ranges(p);
     let mut chart = ChartBuilder::on(area)
         .caption(&p.title, (FONT, 20))
         .margin(14)

@@ -47,25 +47,12 @@ pub fn decode_image(path: &Path, channels: usize) -> Result<(usize, usize, Vec<u
     Ok((h, w, chw))
 }
 
-/// One split of an image folder dataset, every image converted to `channels`.
-/// All images must share the first image's size.
-pub fn load_image_folder(root: &Path, split: Split, channels: usize) -> Result<ImageDataset> {
-    let dir = root.join(split.name());
-    if !dir.is_dir() {
-        candle_core::bail!(
-            "{}: missing the {} split folder (expected {}/<class>/*.png|jpg)",
-            dir.display(),
-            split.name(),
-            dir.display()
-        )
-    }
-    let class_dirs: Vec<PathBuf> = sorted_entries(&dir)?
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .collect();
-    if class_dirs.is_empty() {
-        candle_core::bail!("{}: no class folders", dir.display())
-    }
+/// An image file and its class's label.
+type LabelledFile = (PathBuf, u8);
+
+/// The class names (folder names, in order) and every image file with its label; an error for
+/// an empty class folder or more than 256 classes.
+fn list_classes(dir: &Path, class_dirs: &[PathBuf]) -> Result<(Vec<String>, Vec<LabelledFile>)> {
     let mut files = Vec::new();
     let mut classes = Vec::new();
     for (label, class_dir) in class_dirs.iter().enumerate() {
@@ -91,6 +78,29 @@ pub fn load_image_folder(root: &Path, split: Split, channels: usize) -> Result<I
         );
         files.extend(images.into_iter().map(|p| (p, label as u8)));
     }
+    Ok((classes, files))
+}
+
+/// One split of an image folder dataset, every image converted to `channels`.
+/// All images must share the first image's size.
+pub fn load_image_folder(root: &Path, split: Split, channels: usize) -> Result<ImageDataset> {
+    let dir = root.join(split.name());
+    if !dir.is_dir() {
+        candle_core::bail!(
+            "{}: missing the {} split folder (expected {}/<class>/*.png|jpg)",
+            dir.display(),
+            split.name(),
+            dir.display()
+        )
+    }
+    let class_dirs: Vec<PathBuf> = sorted_entries(&dir)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect();
+    if class_dirs.is_empty() {
+        candle_core::bail!("{}: no class folders", dir.display())
+    }
+    let (classes, files) = list_classes(&dir, &class_dirs)?;
     let decoded: Vec<(usize, usize, Vec<u8>)> = files
         .par_iter()
         .map(|(path, _)| decode_image(path, channels))

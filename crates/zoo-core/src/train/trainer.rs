@@ -21,7 +21,7 @@ use super::readback::read_to_host;
 use super::running::{RunningTotals, StepTotals};
 use super::schedule::Schedule;
 use super::step::TrainStep;
-use crate::data::loader::Loader;
+use crate::data::loader::{Batch, Loader};
 use crate::data::transforms::InputTransform;
 use crate::distributed::DataParallel;
 use crate::init::ParamStore;
@@ -287,10 +287,7 @@ impl Trainer<'_> {
                 total_steps,
                 steps_per_epoch,
             );
-            let x = self
-                .transform
-                .apply(&batch.images_tensor(&self.device)?, &self.device)?;
-            let y = batch.labels_tensor(&self.device)?;
+            let (x, y) = self.device_batch(&batch)?;
             let next = state.progress.step + 1;
             let output = step.run(
                 &batch,
@@ -321,6 +318,13 @@ impl Trainer<'_> {
             }
         }
         Ok(Ok(lr))
+    }
+
+    /// A batch on the device: its images transformed (resize, normalise), its labels.
+    fn device_batch(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
+        let images = batch.images_tensor(&self.device)?;
+        let x = self.transform.apply(&images, &self.device)?;
+        Ok((x, batch.labels_tensor(&self.device)?))
     }
 
     /// After a step: read the totals when due, tell the observer, write `last` when a periodic
