@@ -120,7 +120,7 @@ fn first_linear_inputs(
 ) -> Option<(usize, usize)> {
     let mut shape = vec![1, channels, side, side];
     for (i, layer) in net.body().layers().iter().enumerate() {
-        if layer.kind() == "Linear" {
+        if layer.kind() == zoo_core::nn::LayerKind::Linear {
             return Some((i, shape[1..].iter().product()));
         }
         shape = layer.output_shape(&shape).ok()?;

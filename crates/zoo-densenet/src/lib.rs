@@ -27,8 +27,8 @@ use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 use zoo_nn::model::{check_config, check_fits};
 use zoo_nn::nn::{
-    AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Layer, Linear, ReLU,
-    SequentialT, conv7_stem, expect_nchw,
+    AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Layer, LayerKind,
+    Linear, ReLU, SequentialT, conv7_stem, expect_nchw,
 };
 use zoo_nn::{ForwardContext, InputSpec};
 
@@ -119,8 +119,8 @@ impl ModuleT for DenseBlock {
 }
 
 impl Layer for DenseBlock {
-    fn kind(&self) -> &'static str {
-        "DenseBlock"
+    fn kind(&self) -> LayerKind {
+        LayerKind::DenseBlock
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {

@@ -27,8 +27,8 @@ use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 use zoo_nn::model::{check_config, check_fits};
 use zoo_nn::nn::{
-    AdaptiveAvgPool2d, Conv2d, Conv2dSpec, Flatten, Layer, Linear, MaxPool2d, SequentialT,
-    conv7_stem, expect_nchw, push_conv_relu,
+    AdaptiveAvgPool2d, Conv2d, Conv2dSpec, Flatten, Layer, LayerKind, Linear, MaxPool2d,
+    SequentialT, conv7_stem, expect_nchw, push_conv_relu,
 };
 use zoo_nn::{ForwardContext, InputSpec};
 
@@ -132,8 +132,8 @@ impl ModuleT for Inception {
 }
 
 impl Layer for Inception {
-    fn kind(&self) -> &'static str {
-        "Inception"
+    fn kind(&self) -> LayerKind {
+        LayerKind::Inception
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {

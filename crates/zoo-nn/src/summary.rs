@@ -46,7 +46,7 @@ impl Summary {
             total_macs = crate::nn::mac_sum(name, input, &[total_macs, macs])?;
             layers.push(LayerSummary {
                 name: index.to_string(),
-                kind: layer.kind().to_string(),
+                kind: layer.kind().name().to_string(),
                 output_shape: shape.clone(),
                 params: layer.num_params(),
                 macs,

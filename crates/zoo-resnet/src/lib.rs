@@ -29,8 +29,8 @@ use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 use zoo_nn::model::{check_config, check_fits};
 use zoo_nn::nn::{
-    AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Layer, Linear, SequentialT,
-    add_relu, conv7_stem,
+    AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Layer, LayerKind, Linear,
+    SequentialT, add_relu, conv7_stem,
 };
 use zoo_nn::{ForwardContext, InputSpec};
 
@@ -106,8 +106,8 @@ impl ModuleT for Residual {
 }
 
 impl Layer for Residual {
-    fn kind(&self) -> &'static str {
-        "Residual"
+    fn kind(&self) -> LayerKind {
+        LayerKind::Residual
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {

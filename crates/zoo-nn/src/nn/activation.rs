@@ -3,7 +3,7 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::ModuleT;
 
-use super::Layer;
+use super::{Layer, LayerKind};
 use crate::context::ForwardContext;
 
 /// `nn.ReLU()`.
@@ -28,8 +28,8 @@ impl ModuleT for ReLU {
 }
 
 impl Layer for ReLU {
-    fn kind(&self) -> &'static str {
-        "ReLU"
+    fn kind(&self) -> LayerKind {
+        LayerKind::ReLU
     }
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         Ok(input.to_vec())
@@ -53,8 +53,8 @@ impl ModuleT for Flatten {
 }
 
 impl Layer for Flatten {
-    fn kind(&self) -> &'static str {
-        "Flatten"
+    fn kind(&self) -> LayerKind {
+        LayerKind::Flatten
     }
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         match input {
@@ -128,8 +128,8 @@ impl ModuleT for Dropout {
 }
 
 impl Layer for Dropout {
-    fn kind(&self) -> &'static str {
-        "Dropout"
+    fn kind(&self) -> LayerKind {
+        LayerKind::Dropout
     }
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         Ok(input.to_vec())

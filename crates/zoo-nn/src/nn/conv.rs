@@ -3,7 +3,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, ModuleT, VarBuilder};
 
-use super::{Layer, count, expect_nchw};
+use super::{Layer, LayerKind, count, expect_nchw};
 use crate::init::{pytorch_bias_hint, pytorch_weight_hint};
 use zoo_kernels::conv::{ConvGeometry, conv2d};
 use zoo_kernels::cpu_f32;
@@ -130,8 +130,8 @@ impl ModuleT for Conv2d {
 }
 
 impl Layer for Conv2d {
-    fn kind(&self) -> &'static str {
-        "Conv2d"
+    fn kind(&self) -> LayerKind {
+        LayerKind::Conv2d
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
@@ -213,8 +213,8 @@ impl ModuleT for Linear {
 }
 
 impl Layer for Linear {
-    fn kind(&self) -> &'static str {
-        "Linear"
+    fn kind(&self) -> LayerKind {
+        LayerKind::Linear
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {

@@ -8,12 +8,14 @@
 
 mod activation;
 mod conv;
+mod kind;
 mod norm;
 mod pool;
 mod sequential;
 
 pub use activation::{Dropout, Flatten, ReLU, add_relu, relu};
 pub use conv::{Conv2d, Conv2dSpec, Linear};
+pub use kind::LayerKind;
 pub use norm::BatchNorm2d;
 pub use pool::{AdaptiveAvgPool2d, AvgPool2d, MaxPool2d};
 pub use sequential::SequentialT;
@@ -48,8 +50,9 @@ fn mac_overflow(layer: &str, input: &[usize]) -> candle_core::Error {
 
 /// A network layer zoo can summarise: shapes, parameters and MACs without a forward pass.
 pub trait Layer: ModuleT + Send + Sync {
-    /// The PyTorch class name the notebook prints (`Conv2d`, `Sequential`, `DenseBlock`, ...).
-    fn kind(&self) -> &'static str;
+    /// What the layer is: its kind prints as the PyTorch class name (`Conv2d`, `Sequential`,
+    /// `DenseBlock`, ...).
+    fn kind(&self) -> LayerKind;
 
     /// The output shape for an input shape (batch first); an error when the input does not fit.
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>>;

@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{BatchNormConfig, ModuleT, VarBuilder};
 
-use super::{Layer, expect_nchw};
+use super::{Layer, LayerKind, expect_nchw};
 use crate::context::ForwardContext;
 use zoo_kernels::batch_norm::{batch_norm_eval, batch_norm_train_over};
 use zoo_kernels::cpu_f32;
@@ -153,8 +153,8 @@ impl BatchNorm2d {
 }
 
 impl Layer for BatchNorm2d {
-    fn kind(&self) -> &'static str {
-        "BatchNorm2d"
+    fn kind(&self) -> LayerKind {
+        LayerKind::BatchNorm2d
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {

@@ -3,7 +3,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::ModuleT;
 
-use super::Layer;
+use super::{Layer, LayerKind};
 use zoo_kernels::pool::{Pool2dParams, adaptive_avg_pool2d, avg_pool2d, max_pool2d};
 
 fn pooled_shape(kind: &str, p: &Pool2dParams, input: &[usize]) -> Result<Vec<usize>> {
@@ -43,8 +43,8 @@ impl ModuleT for MaxPool2d {
 }
 
 impl Layer for MaxPool2d {
-    fn kind(&self) -> &'static str {
-        "MaxPool2d"
+    fn kind(&self) -> LayerKind {
+        LayerKind::MaxPool2d
     }
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         pooled_shape("MaxPool2d", &self.params, input)
@@ -76,8 +76,8 @@ impl ModuleT for AvgPool2d {
 }
 
 impl Layer for AvgPool2d {
-    fn kind(&self) -> &'static str {
-        "AvgPool2d"
+    fn kind(&self) -> LayerKind {
+        LayerKind::AvgPool2d
     }
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         pooled_shape("AvgPool2d", &self.params, input)
@@ -108,8 +108,8 @@ impl ModuleT for AdaptiveAvgPool2d {
 }
 
 impl Layer for AdaptiveAvgPool2d {
-    fn kind(&self) -> &'static str {
-        "AdaptiveAvgPool2d"
+    fn kind(&self) -> LayerKind {
+        LayerKind::AdaptiveAvgPool2d
     }
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         match input {

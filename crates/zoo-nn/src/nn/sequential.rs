@@ -3,7 +3,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 
-use super::Layer;
+use super::{Layer, LayerKind};
 
 /// Layers applied in order. Like PyTorch's `nn.Sequential`, every child takes the next index
 /// as its name, parameterless or not, so weights are named `3.weight`, `1.0.conv1.weight`, ...
@@ -49,7 +49,7 @@ impl SequentialT {
 
 impl std::fmt::Debug for SequentialT {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kinds: Vec<&str> = self.layers.iter().map(|l| l.kind()).collect();
+        let kinds: Vec<&str> = self.layers.iter().map(|l| l.kind().name()).collect();
         f.debug_struct("SequentialT")
             .field("layers", &kinds)
             .finish()
@@ -78,8 +78,8 @@ impl ModuleT for SequentialT {
 }
 
 impl Layer for SequentialT {
-    fn kind(&self) -> &'static str {
-        "Sequential"
+    fn kind(&self) -> LayerKind {
+        LayerKind::Sequential
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
