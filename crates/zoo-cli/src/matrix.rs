@@ -64,9 +64,11 @@ pub struct RunResult {
     pub metrics: Vec<EpochMetrics>,
 }
 
-/// Where a dataset is: the data root if it holds it, else the committed sample (loudly).
+/// Where a dataset is: the data root if it holds it (by its files' presence: nothing decoded; a
+/// damaged dataset there is an error when its run reads it, not a reason to train on another),
+/// else the committed sample (loudly).
 fn data_for(dataset: &str, root: &Path, sample_root: &Path, notices: &mut Vec<String>) -> PathBuf {
-    if zoo_core::data::resolve::load_dataset(root, dataset).is_ok() {
+    if zoo_core::data::resolve::locate(root, dataset).is_ok() {
         return root.to_path_buf();
     }
     let notice = format!(

@@ -4,7 +4,8 @@
 //!   (Resize/Normalize) and the seeded loader;
 //! - [`train`]: the trainer, optimisers, schedules, EMA, checkpoints, metrics;
 //! - [`distributed`]: data-parallel steps over a [`distributed::Collective`];
-//! - [`plot`], [`canvas`]: figures; [`fs`]: atomic writes for every file a run produces.
+//! - [`plot`], [`canvas`]: figures; [`fs`]: atomic writes for every file a run produces;
+//!   [`error`]: why data or a checkpoint could not be read, typed.
 //!
 //! The layers, initialisation, the [`Model`] trait and summaries are `zoo-nn`'s, re-exported
 //! here under the same paths (`zoo_core::nn`, `zoo_core::init`, ...).
@@ -12,6 +13,7 @@
 pub mod canvas;
 pub mod data;
 pub mod distributed;
+pub mod error;
 pub mod fs;
 pub mod plot;
 pub mod testing;

@@ -200,6 +200,5 @@ pub(crate) fn names(list: &[&str]) -> Vec<String> {
 
 /// Reads a whole file, naming it in the error.
 pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| candle_core::Error::Msg(format!("{}: cannot read: {e}", path.display())))
+    Ok(crate::error::read_bytes(path)?)
 }

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Result;
 
+use crate::error::ReadError;
+
 use super::cifar::load_cifar10_bin;
 use super::folder::load_image_folder;
 use super::idx::{find_raw_or_gz, idx_file_names, load_idx_split};
@@ -28,37 +30,91 @@ pub fn dataset_channels(name: &str) -> usize {
     }
 }
 
-/// Loads one split of dataset `name` from `root/name/`, in whichever format is there.
-pub fn load_split(root: &Path, name: &str, split: Split) -> Result<ImageDataset> {
+/// The on-disk format a dataset was found in, and its folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatasetFormat {
+    /// CIFAR-10's binary batches (`cifar-10-batches-bin/`).
+    Cifar10Binary(PathBuf),
+    /// `train/` and `test/` folders of class folders of images.
+    ImageFolders(PathBuf),
+    /// The four IDX files of MNIST or Fashion-MNIST, raw or gzip.
+    Idx(PathBuf),
+}
+
+/// Where one split of dataset `name` is under `root`, by its files' presence alone (nothing is
+/// read or decoded); [`ReadError::NotFound`] saying what to put there otherwise.
+pub fn locate_split(
+    root: &Path,
+    name: &str,
+    split: Split,
+) -> std::result::Result<DatasetFormat, ReadError> {
     let dir = root.join(name);
     match name {
         "cifar10" => {
             let bin = dir.join("cifar-10-batches-bin");
             if bin.is_dir() {
-                load_cifar10_bin(&bin, split)
+                Ok(DatasetFormat::Cifar10Binary(bin))
             } else if dir.join(split.name()).is_dir() {
-                load_image_folder(&dir, split, 3)
+                Ok(DatasetFormat::ImageFolders(dir))
             } else {
-                candle_core::bail!(
-                    "CIFAR-10 not found under {}: put the binary version there as \
+                Err(ReadError::not_found(
+                    &dir,
+                    format!(
+                        "CIFAR-10 not found under {}: put the binary version there as \
                      {}/cifar-10-batches-bin/{{data_batch_1..5.bin,test_batch.bin}} (the official \
                      cifar-10-binary.tar.gz unpacked), or image folders {}/{{train,test}}/<class>/*.png|jpg",
-                    dir.display(),
-                    dir.display(),
-                    dir.display()
-                )
+                        dir.display(),
+                        dir.display(),
+                        dir.display()
+                    ),
+                ))
             }
         }
         "mnist" | "fashion-mnist" => {
             let [images, _] = idx_file_names(split);
-            if find_raw_or_gz(&dir, images).is_none() {
-                candle_core::bail!(
-                    "{name} not found under {}: put the four IDX files there, raw or .gz: \
+            match find_raw_or_gz(&dir, images) {
+                Some(_) => Ok(DatasetFormat::Idx(dir)),
+                None => Err(ReadError::not_found(
+                    &dir,
+                    format!(
+                        "{name} not found under {}: put the four IDX files there, raw or .gz: \
                      train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, \
                      t10k-labels-idx1-ubyte",
-                    dir.display()
-                )
+                        dir.display()
+                    ),
+                )),
             }
+        }
+        _ => {
+            let split_dir = dir.join(split.name());
+            match split_dir.is_dir() {
+                true => Ok(DatasetFormat::ImageFolders(dir)),
+                false => Err(ReadError::not_found(
+                    &split_dir,
+                    format!(
+                        "{}: missing the {} split folder (expected {}/<class>/*.png|jpg)",
+                        split_dir.display(),
+                        split.name(),
+                        split_dir.display()
+                    ),
+                )),
+            }
+        }
+    }
+}
+
+/// Where dataset `name` is under `root`: both splits located, nothing decoded.
+pub fn locate(root: &Path, name: &str) -> std::result::Result<DatasetFormat, ReadError> {
+    locate_split(root, name, Split::Test)?;
+    locate_split(root, name, Split::Train)
+}
+
+/// Loads one split of dataset `name` from `root/name/`, in whichever format is there.
+pub fn load_split(root: &Path, name: &str, split: Split) -> Result<ImageDataset> {
+    match locate_split(root, name, split)? {
+        DatasetFormat::Cifar10Binary(bin) => load_cifar10_bin(&bin, split),
+        DatasetFormat::ImageFolders(dir) => load_image_folder(&dir, split, dataset_channels(name)),
+        DatasetFormat::Idx(dir) => {
             let classes = if name == "mnist" {
                 digit_classes()
             } else {
@@ -66,7 +122,6 @@ pub fn load_split(root: &Path, name: &str, split: Split) -> Result<ImageDataset>
             };
             load_idx_split(&dir, split, classes)
         }
-        _ => load_image_folder(&dir, split, dataset_channels(name)),
     }
 }
 

@@ -17,10 +17,7 @@ use super::transforms::{normalize, resize_bilinear};
 use super::{ImageDataset, Split, digit_classes};
 
 fn fixture_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zoo-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    crate::testing::scratch_dir(&format!("test-{name}"))
 }
 
 fn write(path: &Path, bytes: &[u8]) {
@@ -636,4 +633,39 @@ fn real_cifar10_from_the_shared_tarball() {
     for (m, want) in means.iter().zip([125.3, 123.0, 113.9]) {
         assert!((m - want).abs() < 1.5, "channel means {means:?}");
     }
+}
+
+#[test]
+fn a_dataset_is_located_by_its_files_and_a_missing_one_is_typed_not_found() {
+    use super::resolve::{DatasetFormat, locate};
+    let root = fixture_dir("locate");
+    let err = locate(&root, "cifar10").unwrap_err();
+    assert!(
+        err.is_not_found() && err.to_string().contains("CIFAR-10 not found"),
+        "{err}"
+    );
+    let err = locate(&root, "mnist").unwrap_err();
+    assert!(
+        err.is_not_found() && err.to_string().contains("IDX files"),
+        "{err}"
+    );
+    // Present but unreadable files are located all the same: decoding is the loader's job,
+    // and its error then names the file instead of calling the dataset missing.
+    let bin = root.join("cifar10/cifar-10-batches-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("data_batch_1.bin"), b"not a batch").unwrap();
+    assert_eq!(
+        locate(&root, "cifar10").unwrap(),
+        DatasetFormat::Cifar10Binary(bin.clone())
+    );
+    let err = super::resolve::load_split(&root, "cifar10", Split::Train).unwrap_err();
+    assert!(err.to_string().contains("data_batch_1.bin"), "{err}");
+    // An image folder needs both splits.
+    std::fs::create_dir_all(root.join("pets/train/cat")).unwrap();
+    let err = locate(&root, "pets").unwrap_err();
+    assert!(
+        err.is_not_found() && err.to_string().contains("test split"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
 }
