@@ -60,7 +60,6 @@ pub fn run(check: &DistCheck) -> Result<()> {
     let floor = check
         .out
         .join(format!("one-process-{floor_threads}-threads"));
-    let per_rank = (check.threads / check.nproc).max(1);
     let t_alone = train(check, &alone, None, check.threads)?;
     let t_ranks = train(check, &ranks, Some(check.nproc), check.threads)?;
     let t_floor = train(check, &floor, None, floor_threads)?;
@@ -68,7 +67,18 @@ pub fn run(check: &DistCheck) -> Result<()> {
     let (a, b, c) = (last(&alone)?, last(&ranks)?, last(&floor)?);
     let apart = differences(&a.model, &b.model)?;
     let noise = differences(&a.model, &c.model)?;
+    print_weight_table(check, floor_threads, &apart, &noise);
+    print_metrics_table(
+        check,
+        floor_threads,
+        [(&a, t_alone), (&b, t_ranks), (&c, t_floor)],
+    );
+    judge_distance(check, floor_threads, &apart, &noise)
+}
 
+/// Prints the (up to) eight tensors furthest apart between one process and the ranks, beside
+/// the float floor's difference of each.
+fn print_weight_table(check: &DistCheck, floor_threads: usize, apart: &[Row], noise: &[Row]) {
     let ranks_column = format!("{} ranks: max |a-b|", check.nproc);
     let floor_column = format!("{floor_threads} thread(s): max |a-c|");
     let mut table = Table::new(&[
@@ -95,7 +105,16 @@ pub fn run(check: &DistCheck) -> Result<()> {
         k = apart.len().min(8),
         all = apart.len(),
     );
+}
 
+/// Prints every epoch's metrics and the wall time of the three runs (one process, the ranks,
+/// the float floor), given as (last checkpoint, seconds) in that order.
+fn print_metrics_table(
+    check: &DistCheck,
+    floor_threads: usize,
+    [(a, t_alone), (b, t_ranks), (c, t_floor)]: [(&Checkpoint, f64); 3],
+) {
+    let per_rank = (check.threads / check.nproc).max(1);
     let mut metrics = Table::new(&[
         ("run", Align::Left),
         ("epoch", Align::Right),
@@ -108,17 +127,17 @@ pub fn run(check: &DistCheck) -> Result<()> {
     let runs: [(String, &Checkpoint, f64); 3] = [
         (
             format!("a: 1 process x {} threads", check.threads),
-            &a,
+            a,
             t_alone,
         ),
         (
             format!("b: {} ranks x {per_rank} thread(s)", check.nproc),
-            &b,
+            b,
             t_ranks,
         ),
         (
             format!("c: 1 process x {floor_threads} thread(s)"),
-            &c,
+            c,
             t_floor,
         ),
     ];
@@ -136,8 +155,17 @@ pub fn run(check: &DistCheck) -> Result<()> {
         }
     }
     println!("{}", metrics.text());
+}
 
-    let (ranks_distance, floor_distance) = (distance(&apart), distance(&noise));
+/// Prints the ranks' and the float floor's relative distances from one process, and fails when
+/// the ranks' is above the allowed.
+fn judge_distance(
+    check: &DistCheck,
+    floor_threads: usize,
+    apart: &[Row],
+    noise: &[Row],
+) -> Result<()> {
+    let (ranks_distance, floor_distance) = (distance(apart), distance(noise));
     let allowed = check.tolerance.max(check.floor_factor * floor_distance);
     println!(
         "||a-b|| / ||a|| = {ranks_distance:.2e} ({} ranks against one process); ||a-c|| / ||a|| \

@@ -31,9 +31,6 @@ fn main() -> Result<()> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if matches!(cli.command, Command::Bench { .. }) {
-        machine::print_machine();
-    }
     match cli.command {
         Command::DeviceCheck => device::prepare(&project_root())?,
         Command::Docs => docs::run()?,
@@ -59,26 +56,29 @@ fn run(cli: Cli) -> Result<()> {
             &data::shared_data(),
             &zoo_core::data::resolve::data_root(data_dir.as_deref()),
         )?,
-        Command::Bench {
-            what:
-                Bench::Ops {
-                    steps,
-                    torch,
-                    only,
-                    cases,
-                },
+        Command::Bench { what } => run_bench(what)?,
+    }
+    Ok(())
+}
+
+/// `bench`: the machine described, then the benchmark `what` names.
+fn run_bench(what: Bench) -> Result<()> {
+    machine::print_machine();
+    match what {
+        Bench::Ops {
+            steps,
+            torch,
+            only,
+            cases,
         } => bench::ops::run(steps, torch.as_deref(), only.as_deref(), cases.as_deref())?,
-        Command::Bench {
-            what:
-                Bench::Models {
-                    batch_size,
-                    steps,
-                    only,
-                    reference,
-                    torch,
-                    repeat,
-                    infer_only,
-                },
+        Bench::Models {
+            batch_size,
+            steps,
+            only,
+            reference,
+            torch,
+            repeat,
+            infer_only,
         } => bench::models::run(
             batch_size,
             steps,
@@ -88,11 +88,9 @@ fn run(cli: Cli) -> Result<()> {
             repeat,
             infer_only,
         )?,
-        Command::Bench {
-            what: Bench::Data {
-                data_dir,
-                batch_size,
-            },
+        Bench::Data {
+            data_dir,
+            batch_size,
         } => bench::data::run(
             &zoo_core::data::resolve::data_root(data_dir.as_deref()),
             batch_size,

@@ -16,7 +16,7 @@ use zoo_core::train::checkpoint::{
     CheckpointMeta, RunInfo, apply_weights, load_checkpoint, save_checkpoint,
 };
 
-use crate::registry::{NotebookDataset, find};
+use crate::registry::{ModelEntry, NotebookDataset, find};
 use crate::run_config::MAX_INPUT_SIZE;
 
 /// The zoo name of a PyTorch state-dict key; `None` for keys zoo does not keep.
@@ -128,6 +128,32 @@ fn first_linear_inputs(
     None
 }
 
+/// A registry network built at its smallest input, where the first Linear is smallest (VGG-11's
+/// is 411 MB at 224 px): the layers before it take any size.
+struct FirstLinearProbe {
+    net: Box<dyn zoo_core::Model>,
+    channels: usize,
+}
+
+impl FirstLinearProbe {
+    /// `entry`'s network built at its smallest input with zero weights.
+    fn new(entry: &ModelEntry) -> Result<Self> {
+        let channels = entry.reference_input.channels;
+        let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let net = entry.build(
+            zoo_core::InputSpec::square(channels, entry.min_input),
+            10,
+            vb,
+        )?;
+        Ok(Self { net, channels })
+    }
+
+    /// The first Linear's index and inputs at input side `side` (see [`first_linear_inputs`]).
+    fn at(&self, side: usize) -> Option<(usize, usize)> {
+        first_linear_inputs(self.net.as_ref(), self.channels, side)
+    }
+}
+
 /// The input side of the checkpoint: the one asked for (checked against the weights where they
 /// imply one), else the one the weights imply, else the notebook's.
 fn input_side(
@@ -138,17 +164,9 @@ fn input_side(
 ) -> Result<usize> {
     let entry = find(model)?;
     let r = entry.reference_input;
-    // Built at its smallest input, where the first Linear is smallest (VGG-11's is 411 MB at
-    // 224 px): the layers before it take any size.
-    let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
-    let net = entry.build(
-        zoo_core::InputSpec::square(r.channels, entry.min_input),
-        10,
-        vb,
-    )?;
-    let at = |s| first_linear_inputs(net.as_ref(), r.channels, s);
+    let probe = FirstLinearProbe::new(entry)?;
     // Implied when the first Linear's inputs change with the input size (no global pooling).
-    let implied = at(r.height).map(|x| x.1) != at(2 * r.height).map(|x| x.1);
+    let implied = probe.at(r.height).map(|x| x.1) != probe.at(2 * r.height).map(|x| x.1);
     if let Some(s) = asked {
         ensure!(
             (entry.min_input..=MAX_INPUT_SIZE).contains(&s),
@@ -167,14 +185,28 @@ fn input_side(
             r.height
         }));
     }
-    let (layer, _) = at(r.height).context("a first Linear layer")?;
+    side_implied_by_weights(model, entry, &probe, asked, tensors, source)
+}
+
+/// For a network whose first Linear fixes the input size: the side asked for when the weights
+/// fit it, else the notebook's when they fit it, else the smallest they fit (with a notice).
+fn side_implied_by_weights(
+    model: &str,
+    entry: &ModelEntry,
+    probe: &FirstLinearProbe,
+    asked: Option<usize>,
+    tensors: &HashMap<String, Tensor>,
+    source: &Path,
+) -> Result<usize> {
+    let r = entry.reference_input;
+    let (layer, _) = probe.at(r.height).context("a first Linear layer")?;
     let key = format!("{layer}.weight");
     let target = tensors
         .get(&key)
         .and_then(|t| t.dims().get(1).copied())
         .with_context(|| format!("{}: no tensor `{key}` (the first Linear)", source.display()))?;
     let fits: Vec<usize> = (entry.min_input..=MAX_INPUT_SIZE)
-        .filter(|&s| at(s).map(|x| x.1) == Some(target))
+        .filter(|&s| probe.at(s).map(|x| x.1) == Some(target))
         .collect();
     let range = match (fits.first(), fits.last()) {
         (Some(a), Some(b)) => format!("{a} to {b} px"),
@@ -191,7 +223,7 @@ fn input_side(
             "--input-size {s} contradicts the weights of {}: `{key}` takes {target} inputs, which \
              {model} has at {range} (at {s} px it would take {})",
             source.display(),
-            at(s).map_or(0, |x| x.1)
+            probe.at(s).map_or(0, |x| x.1)
         ),
         None if fits.contains(&r.height) => Ok(r.height),
         None => {
@@ -221,52 +253,12 @@ pub fn import_with(
 ) -> Result<()> {
     let entry = find(model)?;
     let channels = entry.reference_input.channels;
-    let mut tensors = HashMap::new();
-    let mut bad_keys = Vec::new();
-    for (key, tensor) in read_state_dict(input)? {
-        match zoo_name(&key) {
-            Ok(Some(name)) => {
-                tensors.insert(name, tensor.to_dtype(DType::F32)?);
-            }
-            Ok(None) => {}
-            Err(e) => bad_keys.push(e.to_string()),
-        }
-    }
-    if !bad_keys.is_empty() {
-        bail!("{}: {}", input.display(), bad_keys.join("; "))
-    }
+    let tensors = zoo_tensors(input)?;
     let meta = file_metadata(input)?;
-    let from_file = |key: &str| meta.get(key).map(String::as_str);
-    let asked_size = match (options.input_size, from_file("input_size")) {
-        (Some(s), _) => Some(s),
-        (None, Some(text)) => Some(text.trim().parse::<usize>().with_context(|| {
-            format!(
-                "{}: metadata input_size `{text}` is not a size",
-                input.display()
-            )
-        })?),
-        (None, None) => None,
-    };
+    let asked_size = asked_input_size(options, &meta, input)?;
     let side = input_side(model, asked_size, &tensors, input)?;
-    let floats = |given: &Option<Vec<f32>>, key: &str| -> Result<Vec<f32>> {
-        match (given, from_file(key)) {
-            (Some(v), _) => Ok(v.clone()),
-            (None, Some(text)) => {
-                parse_floats(text, &format!("{} metadata {key}", input.display()))
-            }
-            (None, None) => Ok(vec![0.5; channels]),
-        }
-    };
-    let transform = InputTransform {
-        height: side,
-        width: side,
-        mean: floats(&options.mean, "mean")?,
-        std: floats(&options.std, "std")?,
-    };
-    transform
-        .validate(channels)
-        .with_context(|| format!("converting {}", input.display()))?;
-    let classes = match (&options.classes, from_file("classes")) {
+    let transform = import_transform(options, &meta, input, side, channels)?;
+    let classes = match (&options.classes, meta.get("classes").map(String::as_str)) {
         (Some(c), _) => c.clone(),
         (None, Some(text)) => parse_classes(text),
         (None, None) => notebook_classes(model)?,
@@ -292,6 +284,74 @@ pub fn import_with(
     ));
     save_checkpoint(output, &store, None, None, &meta)?;
     Ok(())
+}
+
+/// The state dict of `input` under zoo names, as f32 (the keys zoo does not keep dropped); an
+/// error naming every key that is not the notebook's.
+fn zoo_tensors(input: &Path) -> Result<HashMap<String, Tensor>> {
+    let mut tensors = HashMap::new();
+    let mut bad_keys = Vec::new();
+    for (key, tensor) in read_state_dict(input)? {
+        match zoo_name(&key) {
+            Ok(Some(name)) => {
+                tensors.insert(name, tensor.to_dtype(DType::F32)?);
+            }
+            Ok(None) => {}
+            Err(e) => bad_keys.push(e.to_string()),
+        }
+    }
+    if !bad_keys.is_empty() {
+        bail!("{}: {}", input.display(), bad_keys.join("; "))
+    }
+    Ok(tensors)
+}
+
+/// The input size given (`--input-size`), else the file's `input_size` metadata, else none.
+fn asked_input_size(
+    options: &ImportOptions,
+    meta: &HashMap<String, String>,
+    input: &Path,
+) -> Result<Option<usize>> {
+    Ok(match (options.input_size, meta.get("input_size")) {
+        (Some(s), _) => Some(s),
+        (None, Some(text)) => Some(text.trim().parse::<usize>().with_context(|| {
+            format!(
+                "{}: metadata input_size `{text}` is not a size",
+                input.display()
+            )
+        })?),
+        (None, None) => None,
+    })
+}
+
+/// The evaluation transform at `side` px: mean and std given, else from the file's metadata,
+/// else 0.5 per channel; checked against `channels`.
+fn import_transform(
+    options: &ImportOptions,
+    meta: &HashMap<String, String>,
+    input: &Path,
+    side: usize,
+    channels: usize,
+) -> Result<InputTransform> {
+    let floats = |given: &Option<Vec<f32>>, key: &str| -> Result<Vec<f32>> {
+        match (given, meta.get(key).map(String::as_str)) {
+            (Some(v), _) => Ok(v.clone()),
+            (None, Some(text)) => {
+                parse_floats(text, &format!("{} metadata {key}", input.display()))
+            }
+            (None, None) => Ok(vec![0.5; channels]),
+        }
+    };
+    let transform = InputTransform {
+        height: side,
+        width: side,
+        mean: floats(&options.mean, "mean")?,
+        std: floats(&options.std, "std")?,
+    };
+    transform
+        .validate(channels)
+        .with_context(|| format!("converting {}", input.display()))?;
+    Ok(transform)
 }
 
 /// zoo checkpoint -> PyTorch safetensors with the notebook's keys (`model.` + name), including

@@ -178,6 +178,39 @@ pub fn run_check(options: &CheckOptions) -> Result<CheckReport> {
             options.batch
         )
     }
+    let parity = compare_models(options)?;
+    let torch = match &options.torch_results {
+        Some(path) => read_torch_results(path)?,
+        None => HashMap::new(),
+    };
+    let timings = match options.timing {
+        Some(timing) => time_models(options, timing, &torch)?,
+        None => Vec::new(),
+    };
+    let epoch = match &options.epoch {
+        Some(e) => {
+            let seconds = timed_epoch(e, &options.target).context("the timed epoch")?;
+            eprintln!(
+                "epoch  {} at {} px, {} images: {seconds:.1} s",
+                e.model.name, e.input_size, e.images
+            );
+            Some((e.model.name, e.input_size, e.images, seconds))
+        }
+        None => None,
+    };
+    let collective = check_collective(&options.target).context("the collective check")?;
+    eprintln!("collective {collective}");
+    Ok(CheckReport {
+        target: options.target.name(),
+        parity,
+        timings,
+        epoch,
+        collective,
+    })
+}
+
+/// Every model's comparisons, each printed as a `parity` line as it comes.
+fn compare_models(options: &CheckOptions) -> Result<Vec<Parity>> {
     let mut parity = Vec::new();
     for entry in &options.models {
         for result in compare_model(entry, &options.target, options.batch)
@@ -199,50 +232,35 @@ pub fn run_check(options: &CheckOptions) -> Result<CheckReport> {
             parity.push(result);
         }
     }
-    let torch = match &options.torch_results {
-        Some(path) => read_torch_results(path)?,
-        None => HashMap::new(),
-    };
+    Ok(parity)
+}
+
+/// Every model's training-step timing at its reference input (`(batch, warm-up steps, timed
+/// steps)`), beside PyTorch's from `torch`, each printed as a `step` line as it comes.
+fn time_models(
+    options: &CheckOptions,
+    (batch, warmup, steps): (usize, usize, usize),
+    torch: &HashMap<(String, usize), f64>,
+) -> Result<Vec<Timing>> {
     let mut timings = Vec::new();
-    if let Some((batch, warmup, steps)) = options.timing {
-        for entry in &options.models {
-            let input = entry.reference_input;
-            let images_per_sec = time_steps(entry, &options.target, input, batch, warmup, steps)
-                .with_context(|| format!("timing {}", entry.name))?;
-            let t = Timing {
-                model: entry.name,
-                input: input.height,
-                batch,
-                images_per_sec,
-                torch_images_per_sec: torch.get(&(entry.name.to_string(), input.height)).copied(),
-            };
-            eprintln!(
-                "step   {:<12} {:>3} px batch {batch}: {images_per_sec:.1} img/s",
-                t.model, t.input
-            );
-            timings.push(t);
-        }
+    for entry in &options.models {
+        let input = entry.reference_input;
+        let images_per_sec = time_steps(entry, &options.target, input, batch, warmup, steps)
+            .with_context(|| format!("timing {}", entry.name))?;
+        let t = Timing {
+            model: entry.name,
+            input: input.height,
+            batch,
+            images_per_sec,
+            torch_images_per_sec: torch.get(&(entry.name.to_string(), input.height)).copied(),
+        };
+        eprintln!(
+            "step   {:<12} {:>3} px batch {batch}: {images_per_sec:.1} img/s",
+            t.model, t.input
+        );
+        timings.push(t);
     }
-    let epoch = match &options.epoch {
-        Some(e) => {
-            let seconds = timed_epoch(e, &options.target).context("the timed epoch")?;
-            eprintln!(
-                "epoch  {} at {} px, {} images: {seconds:.1} s",
-                e.model.name, e.input_size, e.images
-            );
-            Some((e.model.name, e.input_size, e.images, seconds))
-        }
-        None => None,
-    };
-    let collective = check_collective(&options.target).context("the collective check")?;
-    eprintln!("collective {collective}");
-    Ok(CheckReport {
-        target: options.target.name(),
-        parity,
-        timings,
-        epoch,
-        collective,
-    })
+    Ok(timings)
 }
 
 /// NCCL in a world of one on the checked GPU: an all-reduce and a broadcast of an odd number
@@ -373,6 +391,60 @@ fn largest(t: &Tensor) -> Result<f64> {
         .to_scalar::<f64>()?)
 }
 
+/// The same model three times with the same weights: zoo's f32 CPU kernels, the checked
+/// target's, and the f64 reference.
+struct ModelCopies {
+    /// The CPU model's weights, which the other copies take.
+    weights: HashMap<String, Tensor>,
+    cpu_store: ParamStore,
+    cpu_model: Box<dyn Model>,
+    dev_store: ParamStore,
+    dev_model: Box<dyn Model>,
+    f64_store: ParamStore,
+    f64_model: Box<dyn Model>,
+}
+
+impl ModelCopies {
+    /// `entry` at `input` on the CPU (seed 7), then on `device` and in f64 with its weights.
+    fn build(entry: &ModelEntry, input: InputSpec, device: &Device) -> Result<Self> {
+        let (cpu_store, cpu_model) = build(entry, input, &Device::Cpu, DType::F32, 7)?;
+        let weights: HashMap<String, Tensor> = cpu_store
+            .named_tensors()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
+        let (dev_store, dev_model) = build(entry, input, device, DType::F32, 7)?;
+        apply_weights(&dev_store, &weights, "the CPU model")?;
+        let (f64_store, f64_model) = build(entry, input, &Device::Cpu, DType::F64, 7)?;
+        apply_weights(&f64_store, &weights, "the CPU model")?;
+        Ok(Self {
+            weights,
+            cpu_store,
+            cpu_model,
+            dev_store,
+            dev_model,
+            f64_store,
+            f64_model,
+        })
+    }
+}
+
+/// The compared batch: images and labels on the CPU, the images in f64, and both on the
+/// checked device.
+struct CheckBatch {
+    x: Tensor,
+    y: Tensor,
+    x_f64: Tensor,
+    x_dev: Tensor,
+    y_dev: Tensor,
+}
+
+/// The gradient tensor nearest to failing: (name, error, floor, share of its allowance).
+type WorstGradient = (String, f64, f64, f64);
+
+/// A jittered CPU copy of the model: its store, the model, and its jittered input.
+type JitteredCopy = (ParamStore, Box<dyn Model>, Tensor);
+
 /// The model on the target against an f64 reference (candle's compositions on the CPU in f64),
 /// with zoo's f32 CPU kernels against the same reference as the yardstick: evaluation mode
 /// always, training mode too where it is deterministic (no dropout, whose masks come from each
@@ -382,17 +454,8 @@ fn compare_model(entry: &ModelEntry, target: &Target, batch: usize) -> Result<Ve
     // values per channel makes training mode too ill-conditioned to compare two f32 paths.
     let size = entry.min_input.max(COMPARE_SIZE);
     let input = InputSpec::square(entry.reference_input.channels, size);
-    let (cpu_store, cpu_model) = build(entry, input, &Device::Cpu, DType::F32, 7)?;
-    let weights: HashMap<String, Tensor> = cpu_store
-        .named_tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().clone()))
-        .collect();
     let device = target.device();
-    let (dev_store, dev_model) = build(entry, input, &device, DType::F32, 7)?;
-    apply_weights(&dev_store, &weights, "the CPU model")?;
-    let (f64_store, f64_model) = build(entry, input, &Device::Cpu, DType::F64, 7)?;
-    apply_weights(&f64_store, &weights, "the CPU model")?;
+    let copies = ModelCopies::build(entry, input, &device)?;
     // Seed 1: with seed 11 one ReLU input of ResNet-34's last stage (training mode, batch 2) lay
     // within f32 rounding of zero, so whether a path rounded it to the other side moved every
     // gradient before it by 1-2% (a true difference of the input, not of the kernels).
@@ -402,20 +465,56 @@ fn compare_model(entry: &ModelEntry, target: &Target, batch: usize) -> Result<Ve
         .collect();
     let x = Tensor::from_vec(values, input.batched(batch).as_slice(), &Device::Cpu)?;
     let y = cycling_labels(batch, &Device::Cpu)?;
-    // Dropout's masks differ per device: training mode is compared only where two different
-    // dropout seeds give the same output (on a third copy: its BatchNorm statistics move).
-    let stochastic = {
-        let (_, probe) = build(entry, input, &Device::Cpu, DType::F32, 7)?;
-        probe.context().seed_dropout(1);
-        let a = probe.forward_t(&x, true)?;
-        probe.context().seed_dropout(2);
-        let b = probe.forward_t(&x, true)?;
-        largest(&(a - b)?)? != 0.0
+    let stochastic = dropout_is_stochastic(entry, input, &x)?;
+    let data = CheckBatch {
+        x_dev: x.to_device(&device)?,
+        y_dev: y.to_device(&device)?,
+        x_f64: x.to_dtype(DType::F64)?,
+        x,
+        y,
     };
-    let (x_dev, y_dev) = (x.to_device(&device)?, y.to_device(&device)?);
-    let x_f64 = x.to_dtype(DType::F64)?;
-    // The jittered copies: every weight and input value times (1 + N(0, NOISE)), the size of
-    // f32 rounding at every layer.
+    let moved_copies = jittered_copies(entry, input, &copies.weights, &data.x, &mut rng)?;
+    let mut results = Vec::new();
+    for train in [false, true] {
+        if train && stochastic {
+            continue;
+        }
+        let (logit_error, logit_noise, worst) =
+            compare_mode(&copies, &moved_copies, &data, target, train)?;
+        results.push(Parity {
+            model: entry.name,
+            input: size,
+            train_mode: train,
+            logit_error,
+            logit_noise,
+            worst_grad: worst.0,
+            grad_error: worst.1,
+            grad_noise: worst.2,
+        });
+    }
+    Ok(results)
+}
+
+/// Whether training mode depends on dropout's masks, which differ per device: two different
+/// dropout seeds give different outputs (on a copy of its own: its BatchNorm statistics move).
+fn dropout_is_stochastic(entry: &ModelEntry, input: InputSpec, x: &Tensor) -> Result<bool> {
+    let (_, probe) = build(entry, input, &Device::Cpu, DType::F32, 7)?;
+    probe.context().seed_dropout(1);
+    let a = probe.forward_t(x, true)?;
+    probe.context().seed_dropout(2);
+    let b = probe.forward_t(x, true)?;
+    Ok(largest(&(a - b)?)? != 0.0)
+}
+
+/// The jittered copies: every weight and input value times (1 + N(0, NOISE)), the size of
+/// f32 rounding at every layer.
+fn jittered_copies(
+    entry: &ModelEntry,
+    input: InputSpec,
+    weights: &HashMap<String, Tensor>,
+    x: &Tensor,
+    rng: &mut ZooRng,
+) -> Result<Vec<JitteredCopy>> {
     let mut moved_copies = Vec::new();
     for _ in 0..NOISE_SAMPLES {
         let mut jitter = |t: &Tensor| -> Result<Tensor> {
@@ -430,54 +529,80 @@ fn compare_model(entry: &ModelEntry, target: &Target, batch: usize) -> Result<Ve
             .collect::<Result<HashMap<_, _>>>()?;
         let (store, model) = build(entry, input, &Device::Cpu, DType::F32, 7)?;
         apply_weights(&store, &moved_weights, "the moved copy")?;
-        moved_copies.push((store, model, jitter(&x)?));
+        moved_copies.push((store, model, jitter(x)?));
     }
-    let mut results = Vec::new();
-    for train in [false, true] {
-        if train && stochastic {
-            continue;
-        }
-        let reference = forward_backward(f64_model.as_ref(), &f64_store, &x_f64, &y, train)?;
-        let cpu = forward_backward(cpu_model.as_ref(), &cpu_store, &x, &y, train)?;
-        let moved = moved_copies
-            .iter()
-            .map(|(store, model, xm)| forward_backward(model.as_ref(), store, xm, &y, train))
-            .collect::<Result<Vec<_>>>()?;
-        let dev = target
-            .run(|| forward_backward(dev_model.as_ref(), &dev_store, &x_dev, &y_dev, train))?;
-        // The floor under each tensor's norm: GRAD_SCALE_FLOOR of the norm it would have at the
-        // model's root-mean-square gradient.
-        let (mut square_sum, mut count) = (0f64, 0usize);
-        for (_, g) in &reference.grads {
-            square_sum += norm(g)?.powi(2);
-            count += g.elem_count();
-        }
-        let rms = (square_sum / count.max(1) as f64).sqrt();
-        let mut worst = (String::new(), 0f64, 0f64, -1f64);
-        for (i, (name, g)) in reference.grads.iter().enumerate() {
-            let floor = GRAD_SCALE_FLOOR * rms * (g.elem_count() as f64).sqrt();
-            let error = relative_error(&dev.grads[i].1, g, floor)?;
-            let jittered: Vec<&Tensor> = moved.iter().map(|m| &m.grads[i].1).collect();
-            let noise = noise_floor(&cpu.grads[i].1, g, &jittered, floor)?;
-            let share = error / GRAD_TOLERANCE.max(NOISE_FACTOR * noise);
-            if share > worst.3 {
-                worst = (name.clone(), error, noise, share);
-            }
-        }
-        let jittered: Vec<&Tensor> = moved.iter().map(|m| &m.logits).collect();
-        let logit_noise = noise_floor(&cpu.logits, &reference.logits, &jittered, 0.0)?;
-        results.push(Parity {
-            model: entry.name,
-            input: size,
-            train_mode: train,
-            logit_error: relative_error(&dev.logits, &reference.logits, 0.0)?,
-            logit_noise,
-            worst_grad: worst.0,
-            grad_error: worst.1,
-            grad_noise: worst.2,
-        });
+    Ok(moved_copies)
+}
+
+/// One mode's comparison: the target's logit error and the logits' floor, and the gradient
+/// tensor nearest to failing as (name, error, floor, share of its allowance).
+fn compare_mode(
+    copies: &ModelCopies,
+    moved_copies: &[JitteredCopy],
+    data: &CheckBatch,
+    target: &Target,
+    train: bool,
+) -> Result<(f64, f64, WorstGradient)> {
+    let ModelCopies {
+        cpu_store,
+        cpu_model,
+        dev_store,
+        dev_model,
+        f64_store,
+        f64_model,
+        ..
+    } = copies;
+    let (x, y) = (&data.x, &data.y);
+    let reference = forward_backward(f64_model.as_ref(), f64_store, &data.x_f64, y, train)?;
+    let cpu = forward_backward(cpu_model.as_ref(), cpu_store, x, y, train)?;
+    let moved = moved_copies
+        .iter()
+        .map(|(store, model, xm)| forward_backward(model.as_ref(), store, xm, y, train))
+        .collect::<Result<Vec<_>>>()?;
+    let dev = target.run(|| {
+        forward_backward(
+            dev_model.as_ref(),
+            dev_store,
+            &data.x_dev,
+            &data.y_dev,
+            train,
+        )
+    })?;
+    let worst = worst_gradient(&reference, &cpu, &moved, &dev)?;
+    let jittered: Vec<&Tensor> = moved.iter().map(|m| &m.logits).collect();
+    let logit_noise = noise_floor(&cpu.logits, &reference.logits, &jittered, 0.0)?;
+    let logit_error = relative_error(&dev.logits, &reference.logits, 0.0)?;
+    Ok((logit_error, logit_noise, worst))
+}
+
+/// The gradient tensor nearest to failing (largest error over its allowance) as (name, error,
+/// floor, share of its allowance).
+fn worst_gradient(
+    reference: &Pass,
+    cpu: &Pass,
+    moved: &[Pass],
+    dev: &Pass,
+) -> Result<WorstGradient> {
+    // The floor under each tensor's norm: GRAD_SCALE_FLOOR of the norm it would have at the
+    // model's root-mean-square gradient.
+    let (mut square_sum, mut count) = (0f64, 0usize);
+    for (_, g) in &reference.grads {
+        square_sum += norm(g)?.powi(2);
+        count += g.elem_count();
     }
-    Ok(results)
+    let rms = (square_sum / count.max(1) as f64).sqrt();
+    let mut worst = (String::new(), 0f64, 0f64, -1f64);
+    for (i, (name, g)) in reference.grads.iter().enumerate() {
+        let floor = GRAD_SCALE_FLOOR * rms * (g.elem_count() as f64).sqrt();
+        let error = relative_error(&dev.grads[i].1, g, floor)?;
+        let jittered: Vec<&Tensor> = moved.iter().map(|m| &m.grads[i].1).collect();
+        let noise = noise_floor(&cpu.grads[i].1, g, &jittered, floor)?;
+        let share = error / GRAD_TOLERANCE.max(NOISE_FACTOR * noise);
+        if share > worst.3 {
+            worst = (name.clone(), error, noise, share);
+        }
+    }
+    Ok(worst)
 }
 
 /// Training images per second: forward, backward and an SGD step, timed after a warm-up (the
@@ -518,76 +643,20 @@ fn time_steps(
 /// synthetic 32-px images resized to the model's input on the device; returns its seconds.
 fn timed_epoch(check: &EpochCheck, target: &Target) -> Result<f64> {
     let device = target.device();
-    let dataset = |n: usize, seed: u64| -> Result<Arc<ImageDataset>> {
-        let mut rng = ZooRng::new(seed);
-        let images = (0..n * 3 * 32 * 32).map(|_| rng.below(256) as u8).collect();
-        let labels = (0..n).map(|i| (i % 10) as u8).collect();
-        let classes = (0..10).map(|i| format!("class{i}")).collect();
-        Ok(Arc::new(ImageDataset::new(
-            "synthetic",
-            [3, 32, 32],
-            classes,
-            images,
-            labels,
-        )?))
-    };
-    let loader = |data, augment| {
-        Loader::new(
-            data,
-            LoaderConfig {
-                augment,
-                batch_size: check.batch,
-                ..LoaderConfig::notebook(0)
-            },
-        )
-    };
-    let train = loader(
-        dataset(check.images, 1)?,
+    let train = epoch_loader(
+        synthetic_dataset(check.images, 1)?,
         zoo_core::data::augment::Augment::for_dataset("cifar10"),
+        check.batch,
     )?;
-    let valid = loader(dataset((check.images / 10).max(10), 2)?, Default::default())?;
-    let input = InputSpec::square(3, check.input_size);
+    let valid = epoch_loader(
+        synthetic_dataset((check.images / 10).max(10), 2)?,
+        Default::default(),
+        check.batch,
+    )?;
     let run_dir = std::env::temp_dir().join(format!("zoo-device-check-{}", std::process::id()));
     std::fs::create_dir_all(&run_dir)?;
     let started = Instant::now();
-    let outcome = target.run(|| -> Result<Outcome> {
-        let store = ParamStore::new(0, InitScheme::KaimingNormalFanOut, DType::F32, &device);
-        let model = check.model.build(input, 10, store.var_builder())?;
-        let transform = InputTransform::notebook(3, check.input_size);
-        let mut trainer = Trainer {
-            model: model.as_ref(),
-            store: &store,
-            recipe: Recipe {
-                optimizer: OptimizerConfig::Sgd {
-                    momentum: 0.9,
-                    nesterov: true,
-                    weight_decay: 5e-4,
-                },
-                schedule: Schedule::Cosine {
-                    warmup_epochs: 0.0,
-                    min_factor: 0.0,
-                },
-                label_smoothing: 0.1,
-                ema_decay: Some(0.998),
-                ..Recipe::notebook(1, 0.1)
-            },
-            transform: transform.clone(),
-            device: device.clone(),
-            run: RunInfo::new(
-                check.model.name,
-                input,
-                (0..10).map(|i| format!("class{i}")).collect(),
-                transform,
-                String::new(),
-                0,
-            ),
-            checkpoint_every: None,
-            stop_after_steps: None,
-            read_every: None,
-            data_parallel: None,
-        };
-        Ok(trainer.fit(&train, &valid, &run_dir, None, &mut Quiet)?)
-    });
+    let outcome = target.run(|| fit_one_epoch(check, &device, &train, &valid, &run_dir));
     device.synchronize()?;
     let seconds = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&run_dir);
@@ -595,6 +664,89 @@ fn timed_epoch(check: &EpochCheck, target: &Target) -> Result<f64> {
         Outcome::Finished(_) => Ok(seconds),
         other => bail!("the timed epoch ended early: {other:?}"),
     }
+}
+
+/// `n` random 32-px RGB images labelled 0, 1, ..., 9, 0, ... in ten classes, from `seed`.
+fn synthetic_dataset(n: usize, seed: u64) -> Result<Arc<ImageDataset>> {
+    let mut rng = ZooRng::new(seed);
+    let images = (0..n * 3 * 32 * 32).map(|_| rng.below(256) as u8).collect();
+    let labels = (0..n).map(|i| (i % 10) as u8).collect();
+    let classes = (0..10).map(|i| format!("class{i}")).collect();
+    Ok(Arc::new(ImageDataset::new(
+        "synthetic",
+        [3, 32, 32],
+        classes,
+        images,
+        labels,
+    )?))
+}
+
+/// The notebook's loader over `data` with `augment`, in batches of `batch_size`.
+fn epoch_loader(
+    data: Arc<ImageDataset>,
+    augment: zoo_core::data::augment::Augment,
+    batch_size: usize,
+) -> Result<Loader> {
+    Ok(Loader::new(
+        data,
+        LoaderConfig {
+            augment,
+            batch_size,
+            ..LoaderConfig::notebook(0)
+        },
+    )?)
+}
+
+/// The timed epoch's recipe: Nesterov SGD, cosine schedule, label smoothing and EMA.
+fn epoch_recipe() -> Recipe {
+    Recipe {
+        optimizer: OptimizerConfig::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+        },
+        schedule: Schedule::Cosine {
+            warmup_epochs: 0.0,
+            min_factor: 0.0,
+        },
+        label_smoothing: 0.1,
+        ema_decay: Some(0.998),
+        ..Recipe::notebook(1, 0.1)
+    }
+}
+
+/// One epoch of the trainer on `device` into `run_dir` (no checkpoints on the way), quietly.
+fn fit_one_epoch(
+    check: &EpochCheck,
+    device: &Device,
+    train: &Loader,
+    valid: &Loader,
+    run_dir: &Path,
+) -> Result<Outcome> {
+    let input = InputSpec::square(3, check.input_size);
+    let store = ParamStore::new(0, InitScheme::KaimingNormalFanOut, DType::F32, device);
+    let model = check.model.build(input, 10, store.var_builder())?;
+    let transform = InputTransform::notebook(3, check.input_size);
+    let mut trainer = Trainer {
+        model: model.as_ref(),
+        store: &store,
+        recipe: epoch_recipe(),
+        transform: transform.clone(),
+        device: device.clone(),
+        run: RunInfo::new(
+            check.model.name,
+            input,
+            (0..10).map(|i| format!("class{i}")).collect(),
+            transform,
+            String::new(),
+            0,
+        ),
+        checkpoint_every: None,
+        stop_after_steps: None,
+        read_every: None,
+        data_parallel: None,
+    };
+    Ok(trainer.fit(train, valid, run_dir, None, &mut Quiet)?)
 }
 
 /// PyTorch's training img/s by (model, size), from `scripts/bench_torch.py`'s output (cases
@@ -629,56 +781,10 @@ pub fn markdown(report: &CheckReport, header: &str) -> String {
          {NOISE_FACTOR} times its floor.\n",
         report.target
     );
-    let mut parity = Table::new(&[
-        ("model", Align::Left),
-        ("input", Align::Right),
-        ("mode", Align::Left),
-        ("logits", Align::Right),
-        ("floor", Align::Right),
-        ("worst gradient", Align::Right),
-        ("floor", Align::Right),
-        ("tensor", Align::Left),
-        ("result", Align::Left),
-    ]);
-    for p in &report.parity {
-        parity.row([
-            format!("`{}`", p.model),
-            format!("{} px", p.input),
-            if p.train_mode { "train" } else { "eval" }.to_string(),
-            format!("{:.1e}", p.logit_error),
-            format!("{:.1e}", p.logit_noise),
-            format!("{:.1e}", p.grad_error),
-            format!("{:.1e}", p.grad_noise),
-            format!("`{}`", p.worst_grad),
-            if p.passed() { "ok" } else { "**failed**" }.to_string(),
-        ]);
-    }
-    md += &parity.markdown();
+    md += &parity_markdown(&report.parity);
     if !report.timings.is_empty() {
         md += "\nTraining step (forward, backward, SGD), reference input:\n\n";
-        let mut timings = Table::new(&[
-            ("model", Align::Left),
-            ("input", Align::Right),
-            ("batch", Align::Right),
-            ("zoo img/s", Align::Right),
-            ("PyTorch img/s", Align::Right),
-            ("zoo / PyTorch", Align::Right),
-        ]);
-        for t in &report.timings {
-            let (torch, ratio) = match t.torch_images_per_sec {
-                Some(p) => (format!("{p:.1}"), format!("{:.2}", t.images_per_sec / p)),
-                None => ("-".to_string(), "-".to_string()),
-            };
-            timings.row([
-                format!("`{}`", t.model),
-                format!("{} px", t.input),
-                t.batch.to_string(),
-                format!("{:.1}", t.images_per_sec),
-                torch,
-                ratio,
-            ]);
-        }
-        md += &timings.markdown();
+        md += &timings_markdown(&report.timings);
     }
     let _ = writeln!(md, "\nData-parallel engine: {}.", report.collective);
     if let Some((model, size, images, seconds)) = report.epoch {
@@ -691,4 +797,60 @@ pub fn markdown(report: &CheckReport, header: &str) -> String {
         );
     }
     md
+}
+
+/// The comparisons as a markdown table.
+fn parity_markdown(results: &[Parity]) -> String {
+    let mut parity = Table::new(&[
+        ("model", Align::Left),
+        ("input", Align::Right),
+        ("mode", Align::Left),
+        ("logits", Align::Right),
+        ("floor", Align::Right),
+        ("worst gradient", Align::Right),
+        ("floor", Align::Right),
+        ("tensor", Align::Left),
+        ("result", Align::Left),
+    ]);
+    for p in results {
+        parity.row([
+            format!("`{}`", p.model),
+            format!("{} px", p.input),
+            if p.train_mode { "train" } else { "eval" }.to_string(),
+            format!("{:.1e}", p.logit_error),
+            format!("{:.1e}", p.logit_noise),
+            format!("{:.1e}", p.grad_error),
+            format!("{:.1e}", p.grad_noise),
+            format!("`{}`", p.worst_grad),
+            if p.passed() { "ok" } else { "**failed**" }.to_string(),
+        ]);
+    }
+    parity.markdown()
+}
+
+/// The training-step timings, beside PyTorch's where known, as a markdown table.
+fn timings_markdown(timings: &[Timing]) -> String {
+    let mut table = Table::new(&[
+        ("model", Align::Left),
+        ("input", Align::Right),
+        ("batch", Align::Right),
+        ("zoo img/s", Align::Right),
+        ("PyTorch img/s", Align::Right),
+        ("zoo / PyTorch", Align::Right),
+    ]);
+    for t in timings {
+        let (torch, ratio) = match t.torch_images_per_sec {
+            Some(p) => (format!("{p:.1}"), format!("{:.2}", t.images_per_sec / p)),
+            None => ("-".to_string(), "-".to_string()),
+        };
+        table.row([
+            format!("`{}`", t.model),
+            format!("{} px", t.input),
+            t.batch.to_string(),
+            format!("{:.1}", t.images_per_sec),
+            torch,
+            ratio,
+        ]);
+    }
+    table.markdown()
 }

@@ -263,38 +263,8 @@ pub fn format_duration(seconds: f64) -> String {
 /// The matrix's two figures: every run's validation accuracy (the better of the raw weights
 /// and their EMA) against wall-clock minutes and against epochs, one colour per run in both.
 pub fn write_matrix_figures(out: &Path, matrix: &str, results: &[RunResult]) -> Result<()> {
-    use zoo_core::plot::{Legend, Panel, Series, colours::PALETTE, write_panels};
-    let series = |by_time: bool| -> Vec<Series> {
-        results
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let elapsed = zoo_core::train::metrics::elapsed_seconds(&r.metrics);
-                Series {
-                    label: r.name.clone(),
-                    points: r
-                        .metrics
-                        .iter()
-                        .zip(&elapsed)
-                        .map(|(m, t)| {
-                            let x = if by_time { t / 60.0 } else { m.epoch as f64 };
-                            (x, m.best_valid_acc())
-                        })
-                        .collect(),
-                    colour: PALETTE[i % PALETTE.len()],
-                }
-            })
-            .collect()
-    };
-    let minutes = results
-        .iter()
-        .filter_map(|r| {
-            zoo_core::train::metrics::elapsed_seconds(&r.metrics)
-                .last()
-                .copied()
-        })
-        .fold(0.0, f64::max)
-        / 60.0;
+    use zoo_core::plot::{Legend, Panel, write_panels};
+    let minutes = longest_minutes(results);
     let epochs = results.iter().map(|r| r.metrics.len()).max().unwrap_or(1) as f64;
     for (file, title, x_label, by_time) in [
         (
@@ -326,16 +296,54 @@ pub fn write_matrix_figures(out: &Path, matrix: &str, results: &[RunResult]) -> 
                 }),
                 y_range: Some((0.0, 1.0)),
                 legend: Legend::LowerRight,
-                series: series(by_time),
+                series: accuracy_series(results, by_time),
             }],
         )?;
     }
     Ok(())
 }
 
+/// One curve per run, in the palette's colours: the better validation accuracy against
+/// wall-clock minutes (`by_time`) or against epochs.
+fn accuracy_series(results: &[RunResult], by_time: bool) -> Vec<zoo_core::plot::Series> {
+    use zoo_core::plot::{Series, colours::PALETTE};
+    results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let elapsed = zoo_core::train::metrics::elapsed_seconds(&r.metrics);
+            Series {
+                label: r.name.clone(),
+                points: r
+                    .metrics
+                    .iter()
+                    .zip(&elapsed)
+                    .map(|(m, t)| {
+                        let x = if by_time { t / 60.0 } else { m.epoch as f64 };
+                        (x, m.best_valid_acc())
+                    })
+                    .collect(),
+                colour: PALETTE[i % PALETTE.len()],
+            }
+        })
+        .collect()
+}
+
+/// The longest run's wall-clock minutes (0 without any).
+fn longest_minutes(results: &[RunResult]) -> f64 {
+    results
+        .iter()
+        .filter_map(|r| {
+            zoo_core::train::metrics::elapsed_seconds(&r.metrics)
+                .last()
+                .copied()
+        })
+        .fold(0.0, f64::max)
+        / 60.0
+}
+
 /// The results table (also copied into docs/results.md).
 fn report_markdown(matrix: &str, results: &[RunResult], notices: &[String]) -> Result<String> {
-    use zoo_core::train::metrics::{time_to_accuracy, time_to_best};
     let mut md = format!("# Training matrix `{matrix}`\n\n");
     for n in notices {
         md += &format!("> **{n}**\n\n");
@@ -370,50 +378,7 @@ fn report_markdown(matrix: &str, results: &[RunResult], notices: &[String]) -> R
         ("notebook (10 epochs, 224 px, GPU)", Align::Right),
     ]);
     for r in results {
-        let entry = find(&r.config.model)?;
-        let params = crate::summary_cmd::summarize(
-            &r.config.model,
-            Some([
-                1,
-                entry.reference_input.channels,
-                r.config.input_size,
-                r.config.input_size,
-            ]),
-        )?
-        .params;
-        let best = r.metrics.iter().map(|m| m.valid_acc).fold(0.0, f64::max);
-        let best_ema = r
-            .metrics
-            .iter()
-            .filter_map(|m| m.valid_acc_ema)
-            .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
-        let last = r.metrics.last();
-        let total: f64 = r.metrics.iter().map(|m| m.wall_seconds).sum();
-        let reached = |x: Option<zoo_core::train::metrics::Reached>| {
-            x.map_or("not reached".into(), |x| {
-                format!("{} (epoch {})", format_duration(x.seconds), x.epoch)
-            })
-        };
-        table.row([
-            format!("`{}`", r.config.model),
-            r.config.dataset.clone(),
-            r.config.recipe_name.name().to_string(),
-            format!("{} px", r.config.input_size),
-            group_thousands(r.train_images as u64),
-            group_thousands(r.valid_images as u64),
-            group_thousands(params as u64),
-            r.metrics.len().to_string(),
-            format!("{best:.4}"),
-            best_ema.map_or("-".into(), |a| format!("{a:.4}")),
-            format!("{:.4}", last.map_or(0.0, |m| m.valid_acc)),
-            reached(time_to_accuracy(&r.metrics, 0.5)),
-            reached(time_to_best(&r.metrics)),
-            format_duration(total),
-            format!("{:.0}", last.map_or(0.0, |m| m.images_per_sec)),
-            entry
-                .notebook
-                .map_or("-".into(), |n| format!("{:.4}", n.valid_acc)),
-        ]);
+        table.row(result_row(r)?);
     }
     md += &table.markdown();
     md += "\n![validation accuracy against time](accuracy_vs_time.png)\n\n\
@@ -424,4 +389,54 @@ fn report_markdown(matrix: &str, results: &[RunResult], notices: &[String]) -> R
         md += &format!("\n### {name}\n\n![{name}]({name}/curves.png)\n");
     }
     Ok(md)
+}
+
+/// One run's line of the results table: its setup, parameters, accuracies, times and the
+/// notebook's accuracy.
+fn result_row(r: &RunResult) -> Result<[String; 16]> {
+    use zoo_core::train::metrics::{time_to_accuracy, time_to_best};
+    let entry = find(&r.config.model)?;
+    let params = crate::summary_cmd::summarize(
+        &r.config.model,
+        Some([
+            1,
+            entry.reference_input.channels,
+            r.config.input_size,
+            r.config.input_size,
+        ]),
+    )?
+    .params;
+    let best = r.metrics.iter().map(|m| m.valid_acc).fold(0.0, f64::max);
+    let best_ema = r
+        .metrics
+        .iter()
+        .filter_map(|m| m.valid_acc_ema)
+        .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
+    let last = r.metrics.last();
+    let total: f64 = r.metrics.iter().map(|m| m.wall_seconds).sum();
+    let reached = |x: Option<zoo_core::train::metrics::Reached>| {
+        x.map_or("not reached".into(), |x| {
+            format!("{} (epoch {})", format_duration(x.seconds), x.epoch)
+        })
+    };
+    Ok([
+        format!("`{}`", r.config.model),
+        r.config.dataset.clone(),
+        r.config.recipe_name.name().to_string(),
+        format!("{} px", r.config.input_size),
+        group_thousands(r.train_images as u64),
+        group_thousands(r.valid_images as u64),
+        group_thousands(params as u64),
+        r.metrics.len().to_string(),
+        format!("{best:.4}"),
+        best_ema.map_or("-".into(), |a| format!("{a:.4}")),
+        format!("{:.4}", last.map_or(0.0, |m| m.valid_acc)),
+        reached(time_to_accuracy(&r.metrics, 0.5)),
+        reached(time_to_best(&r.metrics)),
+        format_duration(total),
+        format!("{:.0}", last.map_or(0.0, |m| m.images_per_sec)),
+        entry
+            .notebook
+            .map_or("-".into(), |n| format!("{:.4}", n.valid_acc)),
+    ])
 }

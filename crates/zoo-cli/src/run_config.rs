@@ -121,7 +121,6 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         let entry = find(&self.model)?;
         let r = &self.recipe;
-        let finite_in = |v: f64, lo: f64, hi: f64| v.is_finite() && v >= lo && v <= hi;
         ensure!(
             r.epochs >= 1,
             "--epochs / epochs: {} (expected at least 1)",
@@ -144,52 +143,64 @@ impl RunConfig {
             entry.min_input,
             self.model
         );
-        if let OptimizerConfig::Sgd {
-            momentum, nesterov, ..
-        } = r.optimizer
-        {
-            ensure!(
-                finite_in(momentum, 0.0, 1.0) && momentum < 1.0,
-                "--momentum / momentum: {momentum} (expected 0 <= momentum < 1)"
-            );
-            ensure!(
-                !nesterov || momentum > 0.0,
-                "--nesterov / nesterov: Nesterov momentum needs --momentum above 0"
-            );
-        }
-        let wd = r.optimizer.weight_decay();
-        ensure!(
-            finite_in(wd, 0.0, f64::MAX),
-            "--weight-decay / weight_decay: {wd} (expected a finite number >= 0)"
-        );
-        ensure!(
-            finite_in(r.label_smoothing, 0.0, 1.0),
-            "--label-smoothing / label_smoothing: {} (expected 0 to 1)",
-            r.label_smoothing
-        );
-        if let Some(c) = r.clip_grad_norm {
-            ensure!(
-                c.is_finite() && c > 0.0,
-                "--clip-grad-norm / clip_grad_norm: {c} (expected a finite number above 0)"
-            );
-        }
-        if let Some(d) = r.ema_decay {
-            ensure!(
-                finite_in(d, 0.0, 1.0) && d < 1.0,
-                "--ema-decay / ema_decay: {d} (expected 0 < decay < 1, or 0 for none)"
-            );
-        }
-        if let Schedule::Cosine { warmup_epochs, .. } = r.schedule {
-            ensure!(
-                finite_in(warmup_epochs, 0.0, r.epochs as f64),
-                "--warmup-epochs / warmup_epochs: {warmup_epochs} (expected 0 to the {} epochs)",
-                r.epochs
-            );
-        }
+        validate_recipe_numbers(r)?;
         self.eval_transform()
             .validate(entry.reference_input.channels)?;
         Ok(())
     }
+}
+
+/// Whether `v` is a finite number from `lo` to `hi`.
+fn finite_in(v: f64, lo: f64, hi: f64) -> bool {
+    v.is_finite() && v >= lo && v <= hi
+}
+
+/// The recipe's optimiser, regularisation and schedule numbers checked (part of
+/// [`RunConfig::validate`]), with the flag and matrix field named.
+fn validate_recipe_numbers(r: &Recipe) -> Result<()> {
+    if let OptimizerConfig::Sgd {
+        momentum, nesterov, ..
+    } = r.optimizer
+    {
+        ensure!(
+            finite_in(momentum, 0.0, 1.0) && momentum < 1.0,
+            "--momentum / momentum: {momentum} (expected 0 <= momentum < 1)"
+        );
+        ensure!(
+            !nesterov || momentum > 0.0,
+            "--nesterov / nesterov: Nesterov momentum needs --momentum above 0"
+        );
+    }
+    let wd = r.optimizer.weight_decay();
+    ensure!(
+        finite_in(wd, 0.0, f64::MAX),
+        "--weight-decay / weight_decay: {wd} (expected a finite number >= 0)"
+    );
+    ensure!(
+        finite_in(r.label_smoothing, 0.0, 1.0),
+        "--label-smoothing / label_smoothing: {} (expected 0 to 1)",
+        r.label_smoothing
+    );
+    if let Some(c) = r.clip_grad_norm {
+        ensure!(
+            c.is_finite() && c > 0.0,
+            "--clip-grad-norm / clip_grad_norm: {c} (expected a finite number above 0)"
+        );
+    }
+    if let Some(d) = r.ema_decay {
+        ensure!(
+            finite_in(d, 0.0, 1.0) && d < 1.0,
+            "--ema-decay / ema_decay: {d} (expected 0 < decay < 1, or 0 for none)"
+        );
+    }
+    if let Schedule::Cosine { warmup_epochs, .. } = r.schedule {
+        ensure!(
+            finite_in(warmup_epochs, 0.0, r.epochs as f64),
+            "--warmup-epochs / warmup_epochs: {warmup_epochs} (expected 0 to the {} epochs)",
+            r.epochs
+        );
+    }
+    Ok(())
 }
 
 /// A run as a matrix entry or the `zoo train` flags give it: a model, a recipe, and the fields

@@ -1,22 +1,25 @@
 //! One training run from a resolved configuration: data, model, loaders, trainer, in its run
 //! folder (locked, resumable).
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
-use zoo_core::InputSpec;
+use zoo_core::data::ImageDataset;
 use zoo_core::data::augment::Augment;
 use zoo_core::data::loader::{Loader, LoaderConfig};
 use zoo_core::distributed::{Collective, DataParallel, Shard};
 use zoo_core::init::ParamStore;
-use zoo_core::train::checkpoint::{RunInfo, load_checkpoint};
+use zoo_core::train::checkpoint::{Checkpoint, RunInfo, load_checkpoint};
 use zoo_core::train::trainer::{Outcome, TrainObserver, Trainer};
+use zoo_core::{InputSpec, Model};
 
 use crate::device::parse_device_for_rank;
-use crate::registry::find;
+use crate::registry::{ModelEntry, find};
 use crate::run_config::{RunConfig, load_data};
+use crate::run_folder::RunLock;
 
 /// Where this process trains: alone, or as one rank of a data-parallel group.
 #[derive(Clone)]
@@ -87,75 +90,23 @@ pub fn run_training(
         None => parse_device_for_rank(&config.device, placement.local_rank)?,
     };
     let writer = placement.is_writer();
-    let _lock = if writer {
-        std::fs::create_dir_all(run_dir)
-            .with_context(|| format!("creating {}", run_dir.display()))?;
-        Some(crate::run_folder::RunLock::acquire(run_dir)?)
-    } else {
-        None
-    };
-    if let Some(c) = placement.collective() {
-        // The others read the folder once rank 0 holds it.
-        c.barrier()
-            .context("waiting for rank 0 to take the run folder")?;
-    }
+    let _lock = take_run_folder(run_dir, placement)?;
     let config_toml = config.to_toml()?;
     let config_path = run_dir.join("config.toml");
-    let last = Trainer::last_path(run_dir);
-    let resume_from = if resume && last.is_file() {
-        let ckpt = load_checkpoint(&last, &device)
-            .with_context(|| format!("reading {}", last.display()))?;
-        if ckpt.meta.run.config != config_toml {
-            bail!(
-                "{} was written by another configuration; move the run folder away or resume with the \
-                 same settings (its config.toml)",
-                last.display()
-            )
+    let resume_from = if resume {
+        match checkpoint_to_resume(config, run_dir, &config_toml, &device, writer)? {
+            ControlFlow::Break(finished) => return Ok(finished),
+            ControlFlow::Continue(ckpt) => ckpt,
         }
-        if ckpt.meta.progress.epoch >= config.recipe.epochs {
-            // Finished: make its outputs whole (a kill between the last writes) and stop.
-            if writer {
-                let repaired = crate::run_folder::repair(run_dir)?;
-                crate::run_folder::report_repair(&run_dir.display().to_string(), &repaired);
-            }
-            return Ok(Outcome::Finished(ckpt.meta.progress.metrics));
-        }
-        Some(ckpt)
     } else {
         None
     };
     let (train, test) = load_data(data_root, config)?;
-    if train.channels != entry.reference_input.channels {
-        bail!(
-            "{} has {}-channel images; {} takes {} channels",
-            config.dataset,
-            train.channels,
-            config.model,
-            entry.reference_input.channels
-        )
-    }
     let input = InputSpec::square(train.channels, config.input_size);
     let store = ParamStore::new(config.seed, config.init, DType::F32, &device);
-    let model = entry
-        .build(input, train.classes.len(), store.var_builder())
-        .with_context(|| format!("building {} for {input}", config.model))?;
-    let loader_config = LoaderConfig {
-        batch_size: config.batch_size,
-        augment: config.augment,
-        ..LoaderConfig::notebook(config.seed)
-    };
+    let model = build_model(entry, config, &train, input, &store)?;
     let classes = train.classes.clone();
-    let shard = placement.collective().map_or(Shard::WHOLE, Shard::of);
-    let train_loader = Loader::new(Arc::new(train), loader_config)?.sharded(shard);
-    let valid_loader = Loader::new(
-        Arc::new(test),
-        LoaderConfig {
-            shuffle: false,
-            augment: Augment::default(),
-            ..loader_config
-        },
-    )?
-    .sharded(shard);
+    let (train_loader, valid_loader) = sharded_loaders(config, train, test, placement)?;
     if writer {
         zoo_core::fs::write_atomic(&config_path, config_toml.as_bytes())?;
     }
@@ -179,4 +130,108 @@ pub fn run_training(
         data_parallel: placement.data_parallel.clone(),
     };
     Ok(trainer.fit(&train_loader, &valid_loader, run_dir, resume_from, observer)?)
+}
+
+/// The run folder created and locked by the writer (its lock, held until dropped); the other
+/// ranks wait until rank 0 holds it.
+fn take_run_folder(run_dir: &Path, placement: &Placement) -> Result<Option<RunLock>> {
+    let lock = if placement.is_writer() {
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+        Some(RunLock::acquire(run_dir)?)
+    } else {
+        None
+    };
+    if let Some(c) = placement.collective() {
+        // The others read the folder once rank 0 holds it.
+        c.barrier()
+            .context("waiting for rank 0 to take the run folder")?;
+    }
+    Ok(lock)
+}
+
+/// The last checkpoint to resume from (none when the folder has none), or `Break` with the
+/// outcome when that checkpoint already finished the run (the writer first makes its outputs
+/// whole); an error when another configuration wrote it.
+fn checkpoint_to_resume(
+    config: &RunConfig,
+    run_dir: &Path,
+    config_toml: &str,
+    device: &Device,
+    writer: bool,
+) -> Result<ControlFlow<Outcome, Option<Checkpoint>>> {
+    let last = Trainer::last_path(run_dir);
+    if !last.is_file() {
+        return Ok(ControlFlow::Continue(None));
+    }
+    let ckpt =
+        load_checkpoint(&last, device).with_context(|| format!("reading {}", last.display()))?;
+    if ckpt.meta.run.config != config_toml {
+        bail!(
+            "{} was written by another configuration; move the run folder away or resume with the \
+             same settings (its config.toml)",
+            last.display()
+        )
+    }
+    if ckpt.meta.progress.epoch >= config.recipe.epochs {
+        // Finished: make its outputs whole (a kill between the last writes) and stop.
+        if writer {
+            let repaired = crate::run_folder::repair(run_dir)?;
+            crate::run_folder::report_repair(&run_dir.display().to_string(), &repaired);
+        }
+        return Ok(ControlFlow::Break(Outcome::Finished(
+            ckpt.meta.progress.metrics,
+        )));
+    }
+    Ok(ControlFlow::Continue(Some(ckpt)))
+}
+
+/// `entry`'s network for `input` and `train`'s classes, its parameters in `store`; an error
+/// when the data's channels are not the model's.
+fn build_model(
+    entry: &ModelEntry,
+    config: &RunConfig,
+    train: &ImageDataset,
+    input: InputSpec,
+    store: &ParamStore,
+) -> Result<Box<dyn Model>> {
+    if train.channels != entry.reference_input.channels {
+        bail!(
+            "{} has {}-channel images; {} takes {} channels",
+            config.dataset,
+            train.channels,
+            config.model,
+            entry.reference_input.channels
+        )
+    }
+    entry
+        .build(input, train.classes.len(), store.var_builder())
+        .with_context(|| format!("building {} for {input}", config.model))
+}
+
+/// The training loader (shuffled, augmented as configured) and the validation loader (in
+/// order, not augmented), each reading this rank's shard.
+fn sharded_loaders(
+    config: &RunConfig,
+    train: ImageDataset,
+    test: ImageDataset,
+    placement: &Placement,
+) -> Result<(Loader, Loader)> {
+    let loader_config = LoaderConfig {
+        batch_size: config.batch_size,
+        augment: config.augment,
+        ..LoaderConfig::notebook(config.seed)
+    };
+    let shard = placement.collective().map_or(Shard::WHOLE, Shard::of);
+    let train_loader = Loader::new(Arc::new(train), loader_config)?.sharded(shard);
+    let valid_loader = Loader::new(
+        Arc::new(test),
+        LoaderConfig {
+            shuffle: false,
+            augment: Augment::default(),
+            ..loader_config
+        },
+    )?
+    .sharded(shard);
+    Ok((train_loader, valid_loader))
 }

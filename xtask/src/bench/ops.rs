@@ -24,6 +24,32 @@ pub fn run(
         };
         return bench_conv(steps, torch, only, &cases);
     }
+    let (bn_zoo, bn_candle) = time_batch_norm(steps)?;
+    let (pool_zoo, pool_ref) = time_max_pool(steps)?;
+    let mut table = Table::new(&[
+        ("op (forward + backward)", Align::Left),
+        ("zoo kernel ms", Align::Right),
+        ("candle composition ms", Align::Right),
+        ("speed-up", Align::Right),
+    ]);
+    for (op, zoo, candle) in [
+        ("BatchNorm2d train, 32x64x24x24", bn_zoo, bn_candle),
+        ("MaxPool2d(3, 2, 1), 32x64x48x48", pool_zoo, pool_ref),
+    ] {
+        table.row([
+            op.to_string(),
+            format!("{zoo:.2}"),
+            format!("{candle:.2}"),
+            format!("{:.1}x", candle / zoo),
+        ]);
+    }
+    print!("{}", table.markdown());
+    bench_conv(steps, torch, None, &CONV_CASES)
+}
+
+/// Milliseconds of a training-mode BatchNorm2d forward + backward on 32x64x24x24: zoo's fused
+/// kernel and candle's composition.
+fn time_batch_norm(steps: usize) -> Result<(f64, f64)> {
     use candle_core::{DType, Device, Var};
     use candle_nn::ModuleT;
     let time = |f: &mut dyn FnMut() -> Result<()>| median_ms(steps, f);
@@ -55,6 +81,14 @@ pub fn run(
             .backward()?;
         Ok(())
     })?;
+    Ok((bn_zoo, bn_candle))
+}
+
+/// Milliseconds of a MaxPool2d(3, 2, 1) forward + backward on 32x64x48x48: zoo's kernel and
+/// the composed reference.
+fn time_max_pool(steps: usize) -> Result<(f64, f64)> {
+    use candle_core::Var;
+    let time = |f: &mut dyn FnMut() -> Result<()>| median_ms(steps, f);
     let p = zoo_kernels::pool::Pool2dParams::new(3, 2, 1);
     let xp = Var::from_tensor(&zoo_core::testing::test_input(&[32, 64, 48, 48], 2)?)?;
     let pool_zoo = time(&mut || {
@@ -69,25 +103,7 @@ pub fn run(
             .backward()?;
         Ok(())
     })?;
-    let mut table = Table::new(&[
-        ("op (forward + backward)", Align::Left),
-        ("zoo kernel ms", Align::Right),
-        ("candle composition ms", Align::Right),
-        ("speed-up", Align::Right),
-    ]);
-    for (op, zoo, candle) in [
-        ("BatchNorm2d train, 32x64x24x24", bn_zoo, bn_candle),
-        ("MaxPool2d(3, 2, 1), 32x64x48x48", pool_zoo, pool_ref),
-    ] {
-        table.row([
-            op.to_string(),
-            format!("{zoo:.2}"),
-            format!("{candle:.2}"),
-            format!("{:.1}x", candle / zoo),
-        ]);
-    }
-    print!("{}", table.markdown());
-    bench_conv(steps, torch, None, &CONV_CASES)
+    Ok((pool_zoo, pool_ref))
 }
 
 /// A convolution case of `bench ops`: input shape, output channels, kernel, stride, padding.
@@ -159,6 +175,9 @@ fn conv_case_name((x, out, k, stride, padding): &ConvCase) -> String {
     )
 }
 
+/// One timed convolution: its case name, forward ms and forward + backward ms.
+type ConvTiming = (String, f64, f64);
+
 /// The convolutions `cases` (those `only` names), with bias: zoo's kernel, forward and
 /// forward + backward, beside PyTorch's (oneDNN) when a Python with torch is given.
 fn bench_conv(
@@ -167,71 +186,14 @@ fn bench_conv(
     only: Option<&str>,
     cases: &[ConvCase],
 ) -> Result<()> {
-    use candle_core::{DType, Device, Var};
-    let time = |f: &mut dyn FnMut() -> Result<()>| median_ms(steps, f);
+    let chosen = chosen_conv_cases(cases, only)?;
     let mut zoo_rows = Vec::new();
-    let chosen: Vec<(usize, &ConvCase)> = cases
-        .iter()
-        .enumerate()
-        .filter(|(_, case)| {
-            only.is_none_or(|o| o.split(',').any(|part| conv_case_name(case).contains(part)))
-        })
-        .collect();
-    anyhow::ensure!(
-        !chosen.is_empty(),
-        "bench ops: no convolution case matches --only"
-    );
     for &(i, case) in &chosen {
-        let (shape, out, k, stride, padding) = *case;
-        let c = shape[1];
-        let x = Var::from_tensor(&zoo_core::testing::test_input(&shape, i as u64)?)?;
-        let w = Var::from_tensor(&zoo_core::testing::test_input(&[out, c, k, k], 7)?)?;
-        let b = Var::from_tensor(&candle_core::Tensor::zeros(out, DType::F32, &Device::Cpu)?)?;
-        let geometry = zoo_kernels::conv::ConvGeometry { stride, padding };
-        let run = || {
-            zoo_kernels::conv::conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), geometry, false)
-        };
-        let forward = time(&mut || {
-            run()?;
-            Ok(())
-        })?;
-        let both = time(&mut || {
-            run()?.sum_all()?.backward()?;
-            Ok(())
-        })?;
-        zoo_rows.push((conv_case_name(case), forward, both));
+        zoo_rows.push(time_zoo_conv(steps, i, case)?);
     }
-    let torch_rows: Vec<(String, f64, f64)> = match torch {
+    let torch_rows: Vec<ConvTiming> = match torch {
         None => Vec::new(),
-        Some(python) => {
-            let cases: Vec<String> = chosen
-                .iter()
-                .map(|(_, case)| conv_case_name(case))
-                .collect();
-            let out = std::process::Command::new(python)
-                .arg(project_root().join("scripts/bench_conv_torch.py"))
-                .args(["--steps", &steps.to_string(), "--cases", &cases.join(",")])
-                .output()
-                .with_context(|| format!("running {python} scripts/bench_conv_torch.py"))?;
-            anyhow::ensure!(
-                out.status.success(),
-                "bench_conv_torch.py failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let mut rows = Vec::new();
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                if f.len() != 5 || f[0] != "RESULT" {
-                    continue;
-                }
-                let parse = |v: &str| {
-                    v.parse::<f64>()
-                        .with_context(|| format!("bench_conv_torch.py: bad number in {line:?}"))
-                };
-                rows.push((f[2].to_string(), parse(f[3])?, parse(f[4])?));
-            }
-            rows
-        }
+        Some(python) => torch_conv_timings(python, steps, &chosen)?,
     };
     let mut table = Table::new(&[
         ("convolution (input:out:kernel:stride:padding)", Align::Left),
@@ -255,4 +217,83 @@ fn bench_conv(
     }
     println!("\n{}", table.markdown());
     Ok(())
+}
+
+/// The cases (with their index, the input's seed) whose name contains a part of `only`, or
+/// all; an error when none does.
+fn chosen_conv_cases<'a>(
+    cases: &'a [ConvCase],
+    only: Option<&str>,
+) -> Result<Vec<(usize, &'a ConvCase)>> {
+    let chosen: Vec<(usize, &ConvCase)> = cases
+        .iter()
+        .enumerate()
+        .filter(|(_, case)| {
+            only.is_none_or(|o| o.split(',').any(|part| conv_case_name(case).contains(part)))
+        })
+        .collect();
+    anyhow::ensure!(
+        !chosen.is_empty(),
+        "bench ops: no convolution case matches --only"
+    );
+    Ok(chosen)
+}
+
+/// Zoo's kernel on one case (input seeded with `seed`): forward ms and forward + backward ms.
+fn time_zoo_conv(steps: usize, seed: usize, case: &ConvCase) -> Result<ConvTiming> {
+    use candle_core::{DType, Device, Var};
+    let time = |f: &mut dyn FnMut() -> Result<()>| median_ms(steps, f);
+    let (shape, out, k, stride, padding) = *case;
+    let c = shape[1];
+    let x = Var::from_tensor(&zoo_core::testing::test_input(&shape, seed as u64)?)?;
+    let w = Var::from_tensor(&zoo_core::testing::test_input(&[out, c, k, k], 7)?)?;
+    let b = Var::from_tensor(&candle_core::Tensor::zeros(out, DType::F32, &Device::Cpu)?)?;
+    let geometry = zoo_kernels::conv::ConvGeometry { stride, padding };
+    let run =
+        || zoo_kernels::conv::conv2d(x.as_tensor(), w.as_tensor(), b.as_tensor(), geometry, false);
+    let forward = time(&mut || {
+        run()?;
+        Ok(())
+    })?;
+    let both = time(&mut || {
+        run()?.sum_all()?.backward()?;
+        Ok(())
+    })?;
+    Ok((conv_case_name(case), forward, both))
+}
+
+/// PyTorch's timings of the chosen cases (scripts/bench_conv_torch.py), from its `RESULT`
+/// lines.
+fn torch_conv_timings(
+    python: &str,
+    steps: usize,
+    chosen: &[(usize, &ConvCase)],
+) -> Result<Vec<ConvTiming>> {
+    let cases: Vec<String> = chosen
+        .iter()
+        .map(|(_, case)| conv_case_name(case))
+        .collect();
+    let out = std::process::Command::new(python)
+        .arg(project_root().join("scripts/bench_conv_torch.py"))
+        .args(["--steps", &steps.to_string(), "--cases", &cases.join(",")])
+        .output()
+        .with_context(|| format!("running {python} scripts/bench_conv_torch.py"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bench_conv_torch.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rows = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() != 5 || f[0] != "RESULT" {
+            continue;
+        }
+        let parse = |v: &str| {
+            v.parse::<f64>()
+                .with_context(|| format!("bench_conv_torch.py: bad number in {line:?}"))
+        };
+        rows.push((f[2].to_string(), parse(f[3])?, parse(f[4])?));
+    }
+    Ok(rows)
 }

@@ -2,6 +2,7 @@
 //! its report written, and a failure when a comparison is outside its tolerance.
 
 use anyhow::Result;
+use zoo_cli::ModelEntry;
 use zoo_cli::device_check::{CheckOptions, EpochCheck, Target, markdown, run_check};
 
 use crate::cli::DeviceCheckArgs;
@@ -13,13 +14,7 @@ pub fn run(args: &DeviceCheckArgs) -> Result<()> {
     } else {
         Target::Device(zoo_cli::device::parse_device(&args.device)?)
     };
-    let models = match &args.models {
-        Some(list) => list
-            .split(',')
-            .map(|name| zoo_cli::find(name.trim()).map_err(anyhow::Error::from))
-            .collect::<Result<Vec<_>>>()?,
-        None => zoo_cli::registry().iter().collect(),
-    };
+    let models = chosen_models(args)?;
     if args.print_cases {
         let cases: Vec<String> = models
             .iter()
@@ -28,15 +23,7 @@ pub fn run(args: &DeviceCheckArgs) -> Result<()> {
         println!("{}", cases.join(","));
         return Ok(());
     }
-    let epoch = match args.epoch_images {
-        0 => None,
-        images => Some(EpochCheck {
-            model: zoo_cli::find(&args.epoch_model)?,
-            input_size: args.epoch_size,
-            images,
-            batch: args.epoch_batch,
-        }),
-    };
+    let epoch = epoch_check(args)?;
     let options = CheckOptions {
         target,
         models,
@@ -46,14 +33,7 @@ pub fn run(args: &DeviceCheckArgs) -> Result<()> {
         epoch,
     };
     let report = run_check(&options)?;
-    let text = markdown(&report, &args.header);
-    match &args.out {
-        Some(path) => {
-            zoo_core::fs::write_atomic(path, text.as_bytes())?;
-            println!("wrote {}", path.display());
-        }
-        None => print!("{text}"),
-    }
+    write_report(args, &markdown(&report, &args.header))?;
     let failed = report.failures();
     anyhow::ensure!(
         failed.is_empty(),
@@ -66,5 +46,41 @@ pub fn run(args: &DeviceCheckArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    Ok(())
+}
+
+/// The models `--models` names (comma-separated), or every registry model.
+fn chosen_models(args: &DeviceCheckArgs) -> Result<Vec<&'static ModelEntry>> {
+    Ok(match &args.models {
+        Some(list) => list
+            .split(',')
+            .map(|name| zoo_cli::find(name.trim()).map_err(anyhow::Error::from))
+            .collect::<Result<Vec<_>>>()?,
+        None => zoo_cli::registry().iter().collect(),
+    })
+}
+
+/// The timed epoch the flags ask for (none with `--epoch-images 0`).
+fn epoch_check(args: &DeviceCheckArgs) -> Result<Option<EpochCheck>> {
+    Ok(match args.epoch_images {
+        0 => None,
+        images => Some(EpochCheck {
+            model: zoo_cli::find(&args.epoch_model)?,
+            input_size: args.epoch_size,
+            images,
+            batch: args.epoch_batch,
+        }),
+    })
+}
+
+/// The report `text` written to `--out` (and that said), or printed.
+fn write_report(args: &DeviceCheckArgs, text: &str) -> Result<()> {
+    match &args.out {
+        Some(path) => {
+            zoo_core::fs::write_atomic(path, text.as_bytes())?;
+            println!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
     Ok(())
 }
