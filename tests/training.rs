@@ -200,7 +200,7 @@ fn tiny_vgg_config() -> zoo_cli::run_config::RunConfig {
 #[test]
 fn resumed_cli_run_matches_an_uninterrupted_one() {
     use zoo_cli::training::run_training;
-    use zoo_core::train::trainer::{Outcome, Quiet};
+    use zoo_core::train::trainer::{Outcome, Quiet, StopAfterSteps};
     let samples = repo().join("samples");
     let mut config = tiny_vgg_config();
     let straight = scratch("straight");
@@ -211,7 +211,6 @@ fn resumed_cli_run_matches_an_uninterrupted_one() {
             &samples,
             &straight,
             false,
-            None,
             &Placement::ALONE,
             &mut Quiet
         )
@@ -224,9 +223,8 @@ fn resumed_cli_run_matches_an_uninterrupted_one() {
         &samples,
         &interrupted,
         false,
-        Some(4),
         &Placement::ALONE,
-        &mut Quiet,
+        &mut StopAfterSteps::new(4, &mut Quiet),
     )
     .unwrap();
     assert_eq!(stopped, Outcome::Interrupted { epoch: 1, batch: 1 });
@@ -236,7 +234,6 @@ fn resumed_cli_run_matches_an_uninterrupted_one() {
             &samples,
             &interrupted,
             true,
-            None,
             &Placement::ALONE,
             &mut Quiet
         )
@@ -264,7 +261,6 @@ fn resumed_cli_run_matches_an_uninterrupted_one() {
         &samples,
         &interrupted,
         true,
-        None,
         &Placement::ALONE,
         &mut Quiet,
     )
@@ -290,7 +286,6 @@ fn a_run_folder_is_locked_and_a_finished_run_is_made_whole() {
         &samples,
         &dir,
         false,
-        None,
         &Placement::ALONE,
         &mut Quiet,
     )
@@ -310,7 +305,6 @@ fn a_run_folder_is_locked_and_a_finished_run_is_made_whole() {
             &samples,
             &dir,
             false,
-            None,
             &Placement::ALONE,
             &mut Quiet
         )
@@ -331,16 +325,7 @@ fn a_run_folder_is_locked_and_a_finished_run_is_made_whole() {
         std::fs::remove_file(dir.join(file)).unwrap();
     }
     assert!(matches!(
-        run_training(
-            &config,
-            &samples,
-            &dir,
-            true,
-            None,
-            &Placement::ALONE,
-            &mut Quiet
-        )
-        .unwrap(),
+        run_training(&config, &samples, &dir, true, &Placement::ALONE, &mut Quiet).unwrap(),
         Outcome::Finished(_)
     ));
     assert_eq!(

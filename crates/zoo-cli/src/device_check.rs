@@ -742,7 +742,6 @@ fn fit_one_epoch(
             0,
         ),
         checkpoint_every: None,
-        stop_after_steps: None,
         read_every: None,
         data_parallel: None,
     };

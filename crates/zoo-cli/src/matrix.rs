@@ -242,7 +242,6 @@ fn run_or_skip(
         root,
         folder,
         true,
-        None,
         placement,
         &mut Progress::new(&name).quiet_unless(writer),
     )

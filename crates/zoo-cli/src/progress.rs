@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use zoo_core::train::metrics::EpochMetrics;
-use zoo_core::train::trainer::TrainObserver;
+use zoo_core::train::trainer::{Control, TrainObserver};
 
 /// Progress: a bar on a terminal, otherwise one line per epoch.
 pub struct Progress {
@@ -50,9 +50,9 @@ impl TrainObserver for Progress {
             self.bar = Some(bar);
         }
     }
-    fn step(&mut self, _batch: usize, loss: Option<f64>) {
+    fn step(&mut self, _batch: usize, loss: Option<f64>) -> Control {
         if self.silent {
-            return;
+            return Control::Continue;
         }
         if let Some(bar) = &self.bar {
             bar.inc(1);
@@ -60,6 +60,7 @@ impl TrainObserver for Progress {
                 bar.set_message(format!("loss {loss:.4}"));
             }
         }
+        Control::Continue
     }
     fn evaluating(&mut self) {
         if self.silent {
@@ -69,9 +70,9 @@ impl TrainObserver for Progress {
             bar.set_message("evaluating");
         }
     }
-    fn epoch_end(&mut self, m: &EpochMetrics) {
+    fn epoch_end(&mut self, m: &EpochMetrics) -> Control {
         if self.silent {
-            return;
+            return Control::Continue;
         }
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
@@ -88,5 +89,6 @@ impl TrainObserver for Progress {
             m.seconds,
             m.images_per_sec
         );
+        Control::Continue
     }
 }

@@ -79,7 +79,6 @@ pub fn run_training(
     data_root: &Path,
     run_dir: &Path,
     resume: bool,
-    stop_after_steps: Option<u64>,
     placement: &Placement,
     observer: &mut dyn TrainObserver,
 ) -> Result<Outcome> {
@@ -125,7 +124,6 @@ pub fn run_training(
             config.seed,
         ),
         checkpoint_every: Some(50),
-        stop_after_steps,
         read_every: None,
         data_parallel: placement.data_parallel.clone(),
     };

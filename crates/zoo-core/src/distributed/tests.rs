@@ -23,7 +23,7 @@ use crate::train::checkpoint::{RunInfo, load_checkpoint};
 use crate::train::metrics::EpochMetrics;
 use crate::train::optim::OptimizerConfig;
 use crate::train::schedule::Schedule;
-use crate::train::trainer::{Outcome, Quiet, Recipe, Trainer};
+use crate::train::trainer::{Outcome, Quiet, Recipe, StopAfterSteps, TrainObserver, Trainer};
 
 /// Runs `f(rank's handle)` on `world` threads and returns their results in rank order.
 fn on_ranks<T: Send>(world: usize, f: impl Fn(&dyn Collective) -> T + Sync) -> Vec<T> {
@@ -304,7 +304,6 @@ fn train_rank(dir: &std::path::Path, setup: Setup, c: Option<Arc<dyn Collective>
             23,
         ),
         checkpoint_every: None,
-        stop_after_steps: setup.stop_after,
         read_every: None,
         data_parallel: c.map(|c| DataParallel {
             collective: c,
@@ -314,9 +313,13 @@ fn train_rank(dir: &std::path::Path, setup: Setup, c: Option<Arc<dyn Collective>
     let resume = setup
         .resume
         .then(|| load_checkpoint(&Trainer::last_path(dir), &Device::Cpu).unwrap());
-    let outcome = trainer
-        .fit(&train, &valid, dir, resume, &mut Quiet)
-        .unwrap();
+    let mut quiet = Quiet;
+    let mut stopper = setup.stop_after.map(|n| StopAfterSteps::new(n, &mut quiet));
+    let observer: &mut dyn TrainObserver = match &mut stopper {
+        Some(s) => s,
+        None => &mut Quiet,
+    };
+    let outcome = trainer.fit(&train, &valid, dir, resume, observer).unwrap();
     let weights = store
         .named_tensors()
         .into_iter()
@@ -468,7 +471,6 @@ fn synchronised_batch_norm_makes_n_ranks_train_as_one_process() {
                 1,
             ),
             checkpoint_every: None,
-            stop_after_steps: None,
             read_every: None,
             data_parallel: Some(DataParallel::new(c)),
         };

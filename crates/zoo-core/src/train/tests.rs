@@ -11,7 +11,7 @@ use super::checkpoint::{CheckpointMeta, RunInfo, apply_weights, load_checkpoint,
 use super::loss::cross_entropy;
 use super::optim::{Optimizer, OptimizerConfig};
 use super::schedule::Schedule;
-use super::trainer::{Outcome, Quiet, Recipe, Trainer};
+use super::trainer::{Control, Outcome, Quiet, Recipe, StopAfterSteps, TrainObserver, Trainer};
 use crate::data::digit_classes;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::transforms::InputTransform;
@@ -308,14 +308,17 @@ fn train_tiny(
         device: Device::Cpu,
         run: run_info(17),
         checkpoint_every: None,
-        stop_after_steps: stop_after,
         read_every: None,
         data_parallel: None,
     };
     let resume = resume.then(|| load_checkpoint(&Trainer::last_path(dir), &Device::Cpu).unwrap());
-    let outcome = trainer
-        .fit(&train, &valid, dir, resume, &mut Quiet)
-        .unwrap();
+    let mut quiet = Quiet;
+    let mut stopper = stop_after.map(|n| StopAfterSteps::new(n, &mut quiet));
+    let observer: &mut dyn TrainObserver = match &mut stopper {
+        Some(s) => s,
+        None => &mut Quiet,
+    };
+    let outcome = trainer.fit(&train, &valid, dir, resume, observer).unwrap();
     (store, outcome)
 }
 
@@ -350,7 +353,6 @@ fn a_checkpoint_past_the_end_of_an_epoch_is_refused() {
         device: Device::Cpu,
         run: run_info(17),
         checkpoint_every: None,
-        stop_after_steps: None,
         read_every: None,
         data_parallel: None,
     };
@@ -615,7 +617,6 @@ fn nan_loss_stops_the_run_with_a_clear_message() {
         device: Device::Cpu,
         run: run_info(1),
         checkpoint_every: None,
-        stop_after_steps: None,
         read_every: None,
         data_parallel: None,
     };
@@ -827,7 +828,6 @@ fn loss_falls_and_accuracy_rises_on_real_mnist() {
             ..run_info(5)
         },
         checkpoint_every: None,
-        stop_after_steps: None,
         read_every: None,
         data_parallel: None,
     };
@@ -856,10 +856,11 @@ struct CountReads {
     losses: Vec<f64>,
 }
 
-impl super::trainer::TrainObserver for CountReads {
-    fn step(&mut self, _batch: usize, loss: Option<f64>) {
+impl TrainObserver for CountReads {
+    fn step(&mut self, _batch: usize, loss: Option<f64>) -> Control {
         self.steps += 1;
         self.losses.extend(loss);
+        Control::Continue
     }
 }
 
@@ -885,7 +886,6 @@ fn fit_reading_every(read_every: usize) -> (u64, CountReads, super::metrics::Epo
         device: Device::Cpu,
         run: run_info(5),
         checkpoint_every: None,
-        stop_after_steps: None,
         read_every: Some(read_every),
         data_parallel: None,
     };

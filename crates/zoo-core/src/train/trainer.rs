@@ -66,27 +66,86 @@ impl Recipe {
     }
 }
 
-/// Told about progress; the CLI draws a bar or prints lines.
+/// What an observer tells the trainer after a step or an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Go on.
+    Continue,
+    /// Stop here with a checkpoint written (as a kill would, but cleanly): `fit` returns
+    /// [`Outcome::Interrupted`], and a resume continues exactly.
+    Stop,
+}
+
+/// Told about progress (the CLI draws a bar or prints lines); may stop the run.
 pub trait TrainObserver {
     fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _batches: usize, _start_batch: usize) {
     }
     /// A step finished; `loss` is the mean training loss of the steps since the last read,
     /// when the trainer read it at this step.
-    fn step(&mut self, _batch: usize, _loss: Option<f64>) {}
+    fn step(&mut self, _batch: usize, _loss: Option<f64>) -> Control {
+        Control::Continue
+    }
     fn evaluating(&mut self) {}
-    fn epoch_end(&mut self, _metrics: &EpochMetrics) {}
+    fn epoch_end(&mut self, _metrics: &EpochMetrics) -> Control {
+        Control::Continue
+    }
 }
 
 /// An observer that says nothing.
 pub struct Quiet;
 impl TrainObserver for Quiet {}
 
+/// Stops a run after `steps` optimiser steps of this call (at that step, or, when it ends an
+/// epoch, after the epoch's evaluation and checkpoint), passing everything on to `inner`: a
+/// time-boxed run, or a test's kill.
+pub struct StopAfterSteps<'a> {
+    steps: u64,
+    taken: u64,
+    inner: &'a mut dyn TrainObserver,
+}
+
+impl<'a> StopAfterSteps<'a> {
+    pub fn new(steps: u64, inner: &'a mut dyn TrainObserver) -> Self {
+        Self {
+            steps,
+            taken: 0,
+            inner,
+        }
+    }
+}
+
+impl TrainObserver for StopAfterSteps<'_> {
+    fn epoch_start(&mut self, epoch: usize, epochs: usize, batches: usize, start_batch: usize) {
+        self.inner.epoch_start(epoch, epochs, batches, start_batch)
+    }
+    fn step(&mut self, batch: usize, loss: Option<f64>) -> Control {
+        self.taken += 1;
+        let inner = self.inner.step(batch, loss);
+        if self.taken == self.steps {
+            Control::Stop
+        } else {
+            inner
+        }
+    }
+    fn evaluating(&mut self) {
+        self.inner.evaluating()
+    }
+    fn epoch_end(&mut self, metrics: &EpochMetrics) -> Control {
+        let inner = self.inner.epoch_end(metrics);
+        if self.taken >= self.steps {
+            Control::Stop
+        } else {
+            inner
+        }
+    }
+}
+
 /// Where a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// All epochs done.
     Finished(Vec<EpochMetrics>),
-    /// Stopped by `stop_after_steps` with a checkpoint written (as if killed).
+    /// Stopped by its observer ([`Control::Stop`]) with a checkpoint written (as if killed).
     Interrupted { epoch: usize, batch: usize },
 }
 
@@ -101,8 +160,6 @@ pub struct Trainer<'a> {
     pub run: RunInfo,
     /// Write `last.safetensors` every this many steps inside an epoch too.
     pub checkpoint_every: Option<usize>,
-    /// Stop (with a checkpoint) after this many optimiser steps in this call: a test's "kill".
-    pub stop_after_steps: Option<u64>,
     /// Read the step's loss and accuracy from the device every this many steps (and at every
     /// checkpoint and epoch end); `None`: [`default_read_every`].
     pub read_every: Option<usize>,
@@ -120,7 +177,6 @@ struct RunState {
     ema: Option<Ema>,
     progress: RunProgress,
     totals: RunningTotals,
-    steps_this_call: u64,
 }
 
 /// When an epoch (or the part of it this call runs) started, and the wall time it had before.
@@ -182,12 +238,9 @@ impl Trainer<'_> {
                 Ok(lr) => lr,
                 Err(outcome) => return Ok(outcome),
             };
-            self.end_epoch(valid, &ranks, &files, &mut state, (lr, clock), observer)?;
-            if self
-                .stop_after_steps
-                .is_some_and(|s| state.steps_this_call >= s)
-                && state.progress.epoch < self.recipe.epochs
-            {
+            let control =
+                self.end_epoch(valid, &ranks, &files, &mut state, (lr, clock), observer)?;
+            if control == Control::Stop && state.progress.epoch < self.recipe.epochs {
                 return Ok(Outcome::Interrupted {
                     epoch: state.progress.epoch,
                     batch: 0,
@@ -226,7 +279,6 @@ impl Trainer<'_> {
             ema,
             progress,
             totals: RunningTotals::new(),
-            steps_this_call: 0,
         })
     }
 
@@ -304,7 +356,6 @@ impl Trainer<'_> {
                 None => state.totals.add_empty(batch.index),
             }
             state.progress.partial.seconds += started.elapsed().as_secs_f64();
-            state.steps_this_call += 1;
             if let Some(outcome) = self.after_step(
                 batch.index,
                 steps_per_epoch,
@@ -341,7 +392,6 @@ impl Trainer<'_> {
         observer: &mut dyn TrainObserver,
     ) -> Result<Option<Outcome>> {
         let progress = &state.progress;
-        let stop = self.stop_after_steps == Some(state.steps_this_call);
         let periodic = self
             .checkpoint_every
             .is_some_and(|n| progress.step.is_multiple_of(n as u64));
@@ -350,16 +400,17 @@ impl Trainer<'_> {
             .unwrap_or(default_read_every(&self.device))
             .max(1);
         let end_of_epoch = progress.batch >= steps_per_epoch;
-        let mean_loss = if state.totals.pending() >= read_every || stop || periodic || end_of_epoch
-        {
-            let read_started = Instant::now();
-            let mean = self.read_totals(state, ranks, &files.last())?;
-            state.progress.partial.seconds += read_started.elapsed().as_secs_f64();
-            mean
+        let due = state.totals.pending() >= read_every || periodic || end_of_epoch;
+        let mean_loss = if due {
+            self.timed_read(state, ranks, files)?
         } else {
             None
         };
-        observer.step(batch, mean_loss);
+        let stop = observer.step(batch, mean_loss) == Control::Stop;
+        if stop && !due {
+            // The checkpoint holds every step's totals.
+            self.timed_read(state, ranks, files)?;
+        }
         if (stop || periodic) && !end_of_epoch {
             ranks.sync_buffers(self.store, state.ema.as_mut())?;
             self.check_finite(&files.last(), state.progress.epoch, state.progress.batch)?;
@@ -384,7 +435,7 @@ impl Trainer<'_> {
         state: &mut RunState,
         (lr, clock): (f64, EpochClock),
         observer: &mut dyn TrainObserver,
-    ) -> Result<()> {
+    ) -> Result<Control> {
         let epoch = state.progress.epoch;
         let last = files.last();
         ranks.sync_buffers(self.store, state.ema.as_mut())?;
@@ -429,8 +480,20 @@ impl Trainer<'_> {
             &state.progress,
             best_so_far,
         )?;
-        observer.epoch_end(&row);
-        Ok(())
+        Ok(observer.epoch_end(&row))
+    }
+
+    /// [`Self::read_totals`], its time counted in the epoch's training seconds.
+    fn timed_read(
+        &self,
+        state: &mut RunState,
+        ranks: &Ranks,
+        files: &Checkpointer,
+    ) -> Result<Option<f64>> {
+        let started = Instant::now();
+        let mean = self.read_totals(state, ranks, &files.last())?;
+        state.progress.partial.seconds += started.elapsed().as_secs_f64();
+        Ok(mean)
     }
 
     /// Reads the step totals into `state.progress.partial` (summed over ranks); an error if

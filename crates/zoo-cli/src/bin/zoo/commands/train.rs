@@ -33,7 +33,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         &root,
         &run_dir,
         args.resume,
-        None,
         &placement,
         &mut Progress::new(&label).quiet_unless(placement.is_writer()),
     )? {
