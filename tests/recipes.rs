@@ -4,7 +4,7 @@
 use zoo_cli::matrix::load_matrix;
 use zoo_cli::recipe::{OptimizerKind, RecipeName, ScheduleKind};
 use zoo_cli::registry;
-use zoo_cli::run_config::RunSpec;
+use zoo_cli::run_config::{RunSpec, improved_recipe};
 use zoo_core::init::InitScheme;
 use zoo_core::train::optim::OptimizerConfig;
 use zoo_core::train::schedule::Schedule;
@@ -22,32 +22,59 @@ fn error_of(spec: RunSpec) -> String {
 }
 
 #[test]
-fn the_improved_recipe_comes_from_the_registry() {
+fn the_improved_recipe_comes_from_its_data_file() {
     for entry in registry() {
         let c = spec(entry.name, RecipeName::Improved)
             .resolve("cpu")
             .unwrap();
-        let r = entry.improved;
+        let r = improved_recipe(entry.name).unwrap();
         assert_eq!(c.recipe_name, RecipeName::Improved);
-        assert_eq!(c.input_size, r.input_size, "{}", entry.name);
-        assert_eq!(c.init, r.init);
-        assert_eq!(c.recipe.epochs, r.epochs);
-        assert_eq!(c.recipe.learning_rate, r.learning_rate);
-        assert_eq!(c.recipe.ema_decay, r.ema_decay);
-        assert_eq!(c.recipe.label_smoothing, r.label_smoothing);
+        assert_eq!(Some(c.input_size), r.input_size, "{}", entry.name);
+        assert_eq!(Some(c.init), r.init);
+        assert_eq!(Some(c.recipe.epochs), r.epochs);
+        assert_eq!(Some(c.recipe.learning_rate), r.learning_rate);
+        assert_eq!(c.recipe.ema_decay, Some(0.998), "[defaults]");
+        assert_eq!((c.batch_size, c.recipe.label_smoothing), (128, 0.1));
         assert!(!c.recipe.decay_1d_params);
-        assert_eq!(c.recipe.optimizer, r.optimizer);
+        assert_eq!(Some(c.recipe.optimizer.weight_decay()), r.weight_decay);
         assert_eq!(
             c.recipe.schedule,
             Schedule::Cosine {
-                warmup_epochs: r.warmup_epochs,
+                warmup_epochs: 1.0,
                 min_factor: 0.0
             }
         );
-        assert_eq!(c.augment, r.augment, "{}", entry.name);
         // Digits are never flipped.
         assert!(!(c.augment.hflip && c.dataset == "mnist"), "{}", entry.name);
     }
+    // Per-network values the file sets: AdamW without augmentation for AlexNet, Nesterov SGD
+    // for ResNet-18, a 2-pixel crop without flips for NiN on MNIST.
+    let resolve = |m: &str| spec(m, RecipeName::Improved).resolve("cpu").unwrap();
+    let alexnet = resolve("alexnet");
+    assert_eq!(
+        alexnet.recipe.optimizer,
+        OptimizerConfig::adamw().with_weight_decay(0.05)
+    );
+    assert!(alexnet.augment.is_none());
+    let resnet = resolve("resnet18");
+    assert_eq!(
+        resnet.recipe.optimizer,
+        OptimizerConfig::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4
+        }
+    );
+    assert_eq!(
+        (resnet.augment.crop_padding, resnet.augment.hflip),
+        (Some(4), true)
+    );
+    let digits = resolve("nin-mnist");
+    assert_eq!(
+        (digits.augment.crop_padding, digits.augment.hflip),
+        (Some(2), false)
+    );
+    assert!(improved_recipe("resnet50").is_err());
     // The notebook's recipe is unchanged.
     let n = spec("resnet18", RecipeName::Notebook)
         .resolve("cpu")
@@ -223,4 +250,47 @@ fn every_preset_matrix_resolves() {
         assert_eq!(c.recipe_name, RecipeName::Improved);
         assert_eq!((c.train_per_class, c.valid_per_class), (None, None));
     }
+}
+
+#[test]
+fn flags_matrix_fields_and_recipe_files_are_one_list() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        spec: RunSpec,
+    }
+    let from_flags = Flags::try_parse_from([
+        "zoo-train",
+        "--lr",
+        "0.3",
+        "--epochs",
+        "3",
+        "--crop-padding",
+        "2",
+        "--augment",
+        "--init",
+        "kaiming-normal-fan-in",
+        "--optimizer",
+        "adamw",
+        "--ema-decay",
+        "0",
+    ])
+    .unwrap()
+    .spec;
+    let from_toml: RunSpec = toml::from_str(
+        "learning_rate = 0.3\nepochs = 3\ncrop_padding = 2\naugment = true\n\
+         init = \"kaiming-normal-fan-in\"\noptimizer = \"adamw\"\nema_decay = 0.0\n",
+    )
+    .unwrap();
+    assert_eq!(from_flags, from_toml);
+    // Merging is field by field: the entry's values win, the defaults fill the rest.
+    let merged = RunSpec {
+        epochs: Some(9),
+        ..RunSpec::default()
+    }
+    .or(&from_toml);
+    assert_eq!(merged.epochs, Some(9));
+    assert_eq!(merged.learning_rate, Some(0.3));
+    assert_eq!(merged.crop_padding, Some(2));
 }

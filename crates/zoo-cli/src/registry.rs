@@ -4,17 +4,12 @@
 use candle_core::Result;
 use candle_nn::VarBuilder;
 use zoo_alexnet::{AlexNet, AlexNetConfig};
-use zoo_core::data::augment::Augment;
-use zoo_core::init::InitScheme;
-use zoo_core::train::optim::OptimizerConfig;
 use zoo_core::{InputSpec, Model};
 use zoo_densenet::{DenseNet, DenseNetConfig};
 use zoo_googlenet::{GoogLeNet, GoogLeNetConfig};
 use zoo_nin::{Nin, NinConfig};
 use zoo_resnet::{ResNet, ResNetConfig};
 use zoo_vgg::{Vgg, VggConfig};
-
-use crate::recipe::ImprovedRecipe;
 
 /// A dataset the notebook trains on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,8 +54,6 @@ pub struct ModelEntry {
     pub min_input: usize,
     /// The notebook's training run (`None` for networks it does not train).
     pub notebook: Option<NotebookRun>,
-    /// The improved recipe (`zoo train MODEL --recipe improved`, the `cpu` matrix).
-    pub improved: ImprovedRecipe,
     build: BuildFn,
 }
 
@@ -91,45 +84,6 @@ impl ModelEntry {
     }
 }
 
-/// SGD with Nesterov momentum 0.9 and weight decay 5e-4: for the networks with BatchNorm.
-const NESTEROV: OptimizerConfig = OptimizerConfig::Sgd {
-    momentum: 0.9,
-    nesterov: true,
-    weight_decay: 5e-4,
-};
-
-/// AdamW with weight decay 0.05: for the networks without BatchNorm, which SGD moves off
-/// chance level slowly in a CPU budget of a few epochs (docs/recipes.md).
-const ADAMW: OptimizerConfig = OptimizerConfig::adamw().with_weight_decay(0.05);
-
-/// No crop or flip: short budgets underfit, and augmentation then costs accuracy.
-const NO_AUGMENT: Augment = Augment::NONE;
-
-/// The improved recipe's common values: batch 128, weight decay on the weights only (not on
-/// biases or BatchNorm), one warm-up epoch then cosine decay, label smoothing 0.1, random crop
-/// (padding 4) and flip, EMA of the weights at 0.998.
-const fn improved(
-    input_size: usize,
-    epochs: usize,
-    init: InitScheme,
-    optimizer: OptimizerConfig,
-    learning_rate: f64,
-) -> ImprovedRecipe {
-    ImprovedRecipe {
-        input_size,
-        epochs,
-        batch_size: 128,
-        init,
-        learning_rate,
-        warmup_epochs: 1.0,
-        optimizer,
-        label_smoothing: 0.1,
-        augment: Augment::CROP_FLIP,
-        ema_decay: Some(0.998),
-        clip_grad_norm: None,
-    }
-}
-
 fn boxed<M: Model + 'static>(m: Result<M>) -> Result<Box<dyn Model>> {
     Ok(Box::new(m?))
 }
@@ -149,10 +103,6 @@ static REGISTRY: [ModelEntry; 9] = [
         }),
         // Two epochs are too few to profit from crop + flip (docs/recipes.md: 0.650 without,
         // 0.596 with).
-        improved: ImprovedRecipe {
-            augment: NO_AUGMENT,
-            ..improved(65, 2, InitScheme::KaimingNormalFanIn, ADAMW, 1e-3)
-        },
         build: |input, classes, vb| {
             boxed(AlexNet::new(
                 &AlexNetConfig::alexnet()
@@ -174,7 +124,6 @@ static REGISTRY: [ModelEntry; 9] = [
             learning_rate: 0.1,
             valid_acc: 0.5388,
         }),
-        improved: improved(32, 2, InitScheme::KaimingNormalFanIn, ADAMW, 1e-3),
         build: |input, classes, vb| {
             boxed(Vgg::new(
                 &VggConfig::vgg11()
@@ -197,10 +146,6 @@ static REGISTRY: [ModelEntry; 9] = [
             valid_acc: 0.4949,
         }),
         // Four epochs: 0.650 without crop + flip, 0.598 with (docs/recipes.md).
-        improved: ImprovedRecipe {
-            augment: NO_AUGMENT,
-            ..improved(32, 4, InitScheme::KaimingNormalFanIn, ADAMW, 1e-3)
-        },
         build: |input, classes, vb| {
             let config = VggConfig::vgg11_small()
                 .with_input(input)
@@ -221,10 +166,6 @@ static REGISTRY: [ModelEntry; 9] = [
             valid_acc: 0.5,
         }),
         // Four epochs: 0.643 without crop + flip, 0.58-0.60 with (docs/recipes.md).
-        improved: ImprovedRecipe {
-            augment: NO_AUGMENT,
-            ..improved(67, 4, InitScheme::XavierUniform, ADAMW, 1e-3)
-        },
         build: |input, classes, vb| {
             boxed(Nin::new(
                 &NinConfig::nin().with_input(input).with_num_classes(classes),
@@ -244,13 +185,6 @@ static REGISTRY: [ModelEntry; 9] = [
             learning_rate: 0.1,
             valid_acc: 0.9866,
         }),
-        improved: ImprovedRecipe {
-            augment: Augment {
-                crop_padding: Some(2),
-                hflip: false,
-            },
-            ..improved(67, 2, InitScheme::XavierUniform, ADAMW, 1e-3)
-        },
         build: |input, classes, vb| {
             boxed(Nin::new(
                 &NinConfig::nin_mnist()
@@ -272,7 +206,6 @@ static REGISTRY: [ModelEntry; 9] = [
             learning_rate: 0.1,
             valid_acc: 0.6863,
         }),
-        improved: improved(32, 4, InitScheme::KaimingNormalFanIn, ADAMW, 1e-3),
         build: |input, classes, vb| {
             boxed(GoogLeNet::new(
                 &GoogLeNetConfig::googlenet()
@@ -294,7 +227,6 @@ static REGISTRY: [ModelEntry; 9] = [
             learning_rate: 0.05,
             valid_acc: 0.8163,
         }),
-        improved: improved(32, 6, InitScheme::KaimingNormalFanOut, NESTEROV, 0.1),
         build: |input, classes, vb| {
             boxed(ResNet::new(
                 &ResNetConfig::resnet18()
@@ -312,7 +244,6 @@ static REGISTRY: [ModelEntry; 9] = [
         reference_params: None,
         min_input: 1,
         notebook: None,
-        improved: improved(32, 6, InitScheme::KaimingNormalFanOut, NESTEROV, 0.1),
         build: |input, classes, vb| {
             boxed(ResNet::new(
                 &ResNetConfig::resnet34()
@@ -334,7 +265,6 @@ static REGISTRY: [ModelEntry; 9] = [
             learning_rate: 0.1,
             valid_acc: 0.7458,
         }),
-        improved: improved(32, 7, InitScheme::KaimingNormalFanOut, NESTEROV, 0.1),
         build: |input, classes, vb| {
             boxed(DenseNet::new(
                 &DenseNetConfig::densenet()

@@ -89,29 +89,17 @@ impl RunConfig {
 }
 
 impl RunConfig {
-    /// `model` trained with `recipe`.
+    /// `model` trained with `recipe`: the notebook's run, with the improved recipe's fields
+    /// (`recipes/improved.toml`) applied for `improved`.
     pub fn from_recipe(model: &str, recipe: RecipeName) -> Result<Self> {
         let mut c = Self::notebook(model, None)?;
         if recipe == RecipeName::Notebook {
             return Ok(c);
         }
-        let r = find(model)?.improved;
+        improved_recipe(model)?
+            .apply(&mut c)
+            .with_context(|| format!("the improved recipe of {model}"))?;
         c.recipe_name = recipe;
-        c.input_size = r.input_size;
-        c.batch_size = r.batch_size;
-        c.init = r.init;
-        c.augment = r.augment;
-        c.recipe.epochs = r.epochs;
-        c.recipe.learning_rate = r.learning_rate;
-        c.recipe.optimizer = r.optimizer;
-        c.recipe.schedule = Schedule::Cosine {
-            warmup_epochs: r.warmup_epochs,
-            min_factor: 0.0,
-        };
-        c.recipe.label_smoothing = r.label_smoothing;
-        c.recipe.clip_grad_norm = r.clip_grad_norm;
-        c.recipe.ema_decay = r.ema_decay;
-        c.recipe.decay_1d_params = false;
         Ok(c)
     }
 
@@ -205,66 +193,132 @@ fn validate_recipe_numbers(r: &Recipe) -> Result<()> {
 
 /// A run as a matrix entry or the `zoo train` flags give it: a model, a recipe, and the fields
 /// that override the recipe's. Unset fields come from `[defaults]` (in a matrix), then from the
-/// recipe.
-#[derive(Debug, Default, Clone, Deserialize)]
+/// recipe. The one list of a run's settings: the flags (clap), matrix entries and the recipe
+/// files (serde) are all this struct, and [`RunSpec::apply`] is the one place a field changes
+/// a run.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
+    /// Registry name (the positional argument of `zoo train`).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The recipe to start from (`--recipe` of `zoo train`).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub recipe: Option<RecipeName>,
+    /// Dataset (default: the notebook's for this model).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dataset: Option<String>,
+    /// Square input side (default: the recipe's).
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub input_size: Option<usize>,
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub epochs: Option<usize>,
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
+    /// Base learning rate (default: the recipe's).
+    #[arg(long = "lr", allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub learning_rate: Option<f64>,
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub optimizer: Option<OptimizerKind>,
+    /// SGD momentum.
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub momentum: Option<f64>,
+    /// SGD with Nesterov momentum (`--nesterov false` turns it off).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nesterov: Option<bool>,
+    /// Weight decay (on weights only, not on biases or BatchNorm).
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f64>,
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleKind>,
+    /// Linear warm-up epochs before the cosine decay.
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub warmup_epochs: Option<f64>,
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub label_smoothing: Option<f64>,
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub clip_grad_norm: Option<f64>,
+    /// Random crop (padding 4) and, except on digits, horizontal flip (`--augment false` off).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub augment: Option<bool>,
+    /// The random crop's padding in pixels (0: no crop), after `--augment`.
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crop_padding: Option<usize>,
+    /// xavier-uniform (the notebook), pytorch-default, kaiming-normal-fan-out (torchvision's
+    /// VGG and ResNet) or kaiming-normal-fan-in (torchvision's DenseNet).
+    #[arg(long, value_parser = init_schemes())]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub init: Option<InitScheme>,
-    /// 0 turns the EMA off.
+    /// Keep an EMA of the weights with this decay and validate it too (0: none).
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ema_decay: Option<f64>,
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Use the first N training images of each class.
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub train_per_class: Option<usize>,
+    /// Validate on the first N test images of each class.
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub valid_per_class: Option<usize>,
+}
+
+/// Every network's improved recipe as data: `[defaults]` and one table per registry name, each
+/// a [`RunSpec`].
+const IMPROVED_RECIPES: &str = include_str!("../recipes/improved.toml");
+
+/// `model`'s improved recipe: its table of `recipes/improved.toml` over `[defaults]`.
+pub fn improved_recipe(model: &str) -> Result<RunSpec> {
+    let tables: std::collections::BTreeMap<String, RunSpec> =
+        toml::from_str(IMPROVED_RECIPES).context("parsing recipes/improved.toml")?;
+    let defaults = tables.get("defaults").cloned().unwrap_or_default();
+    let spec = tables
+        .get(model)
+        .with_context(|| format!("recipes/improved.toml has no recipe for `{model}`"))?;
+    Ok(spec.or(&defaults))
+}
+
+/// The `--init` names, parsed into [`InitScheme`].
+fn init_schemes() -> impl clap::builder::TypedValueParser<Value = InitScheme> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(InitScheme::ALL.map(|s| s.name()))
+        .try_map(|name| name.parse::<InitScheme>())
 }
 
 /// The largest input side accepted.
 pub use zoo_core::data::transforms::MAX_IMAGE_SIDE as MAX_INPUT_SIZE;
 
 impl RunSpec {
-    /// This spec's fields, with `defaults`' where this one has none.
-    pub fn or(&self, d: &RunSpec) -> RunSpec {
-        macro_rules! pick {
-            ($($f:ident),*) => { RunSpec { $($f: self.$f.clone().or(d.$f.clone())),* } };
-        }
-        pick!(
-            model,
-            recipe,
-            dataset,
-            input_size,
-            epochs,
-            batch_size,
-            learning_rate,
-            optimizer,
-            momentum,
-            nesterov,
-            weight_decay,
-            schedule,
-            warmup_epochs,
-            label_smoothing,
-            clip_grad_norm,
-            augment,
-            init,
-            ema_decay,
-            seed,
-            train_per_class,
-            valid_per_class
-        )
+    /// This spec's fields, with `defaults`' where this one has none (field by field, through
+    /// serde: no list of fields to keep in step).
+    pub fn or(&self, defaults: &RunSpec) -> RunSpec {
+        let table = |spec: &RunSpec| match serde_json::to_value(spec) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        let mut merged = table(defaults);
+        merged.extend(table(self));
+        serde_json::from_value(serde_json::Value::Object(merged)).unwrap_or_else(|_| self.clone())
     }
 
     /// The recipe's run configuration with this spec's fields applied, checked.
@@ -273,51 +327,43 @@ impl RunSpec {
         let recipe = self.recipe.unwrap_or_default();
         let mut c = RunConfig::from_recipe(model, recipe)?;
         c.device = device.to_string();
+        self.apply(&mut c)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Sets every field this spec has in `c` (the model and recipe fields excepted: they choose
+    /// the run `c` starts from).
+    pub fn apply(&self, c: &mut RunConfig) -> Result<()> {
         if let Some(d) = &self.dataset {
             c.dataset = d.clone();
         }
-        if let Some(v) = self.input_size {
-            c.input_size = v;
-        }
-        if let Some(v) = self.batch_size {
-            c.batch_size = v;
-        }
-        if let Some(v) = self.seed {
-            c.seed = v;
-        }
-        if let Some(v) = self.init {
-            c.init = v;
-        }
+        c.input_size = self.input_size.unwrap_or(c.input_size);
+        c.batch_size = self.batch_size.unwrap_or(c.batch_size);
+        c.seed = self.seed.unwrap_or(c.seed);
+        c.init = self.init.unwrap_or(c.init);
         if let Some(v) = self.augment {
-            c.augment = if v {
-                Augment::for_dataset(&c.dataset)
-            } else {
-                Augment::default()
+            c.augment = match v {
+                true => Augment::for_dataset(&c.dataset),
+                false => Augment::default(),
             };
+        }
+        if let Some(p) = self.crop_padding {
+            c.augment.crop_padding = (p > 0).then_some(p);
         }
         c.train_per_class = self.train_per_class.or(c.train_per_class);
         c.valid_per_class = self.valid_per_class.or(c.valid_per_class);
         let r = &mut c.recipe;
-        if let Some(v) = self.epochs {
-            r.epochs = v;
-        }
-        if let Some(v) = self.learning_rate {
-            r.learning_rate = v;
-        }
-        if let Some(v) = self.label_smoothing {
-            r.label_smoothing = v;
-        }
-        if let Some(v) = self.clip_grad_norm {
-            r.clip_grad_norm = Some(v);
-        }
+        r.epochs = self.epochs.unwrap_or(r.epochs);
+        r.learning_rate = self.learning_rate.unwrap_or(r.learning_rate);
+        r.label_smoothing = self.label_smoothing.unwrap_or(r.label_smoothing);
+        r.clip_grad_norm = self.clip_grad_norm.or(r.clip_grad_norm);
         if let Some(v) = self.ema_decay {
             r.ema_decay = (v != 0.0).then_some(v);
         }
         r.optimizer = self.optimizer_over(r.optimizer)?;
         r.schedule = self.schedule_over(r.schedule, r.epochs)?;
-        c.recipe_name = recipe;
-        c.validate()?;
-        Ok(c)
+        Ok(())
     }
 
     fn optimizer_over(&self, base: OptimizerConfig) -> Result<OptimizerConfig> {

@@ -3,11 +3,10 @@
 
 use std::path::PathBuf;
 
-use clap::builder::TypedValueParser;
 use clap::{Parser, Subcommand, ValueEnum};
-use zoo_cli::recipe::{OptimizerKind, RecipeName, ScheduleKind};
+use zoo_cli::recipe::RecipeName;
+use zoo_cli::run_config::RunSpec;
 use zoo_core::data::Split;
-use zoo_core::init::InitScheme;
 
 /// zoo: the classic CNNs (AlexNet, VGG, NiN, GoogLeNet, ResNet, DenseNet) on candle.
 #[derive(Parser)]
@@ -82,13 +81,6 @@ pub enum Command {
         #[arg(long, default_value = "grid.png")]
         out: PathBuf,
     },
-}
-
-/// `--init`: the names of [`InitScheme::ALL`] (shown in `--help` and in the error for another
-/// name), parsed by the library's own `FromStr`.
-fn init_schemes() -> impl TypedValueParser<Value = InitScheme> {
-    clap::builder::PossibleValuesParser::new(InitScheme::ALL.map(|s| s.name()))
-        .try_map(|name| name.parse::<InitScheme>())
 }
 
 /// The `--split` of `zoo eval`.
@@ -167,59 +159,11 @@ pub struct TrainArgs {
     /// docs/recipes.md); the flags below override single values.
     #[arg(long, value_enum, default_value = "notebook")]
     pub recipe: RecipeName,
-    /// Dataset (default: the notebook's for this model).
-    #[arg(long)]
-    pub dataset: Option<String>,
+    /// The run's settings: the same fields a matrix entry or a recipe file sets.
+    #[command(flatten)]
+    pub spec: RunSpec,
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Square input side (default: the recipe's).
-    #[arg(long, allow_hyphen_values = true)]
-    pub input_size: Option<usize>,
-    #[arg(long, allow_hyphen_values = true)]
-    pub epochs: Option<usize>,
-    #[arg(long, allow_hyphen_values = true)]
-    pub batch_size: Option<usize>,
-    /// Base learning rate (default: the recipe's).
-    #[arg(long, allow_hyphen_values = true)]
-    pub lr: Option<f64>,
-    #[arg(long, value_enum)]
-    pub optimizer: Option<OptimizerKind>,
-    /// SGD momentum.
-    #[arg(long, allow_hyphen_values = true)]
-    pub momentum: Option<f64>,
-    /// SGD with Nesterov momentum (`--nesterov false` turns it off).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub nesterov: Option<bool>,
-    /// Weight decay (on weights only, not on biases or BatchNorm).
-    #[arg(long, allow_hyphen_values = true)]
-    pub weight_decay: Option<f64>,
-    #[arg(long, value_enum)]
-    pub schedule: Option<ScheduleKind>,
-    /// Linear warm-up epochs before the cosine decay.
-    #[arg(long, allow_hyphen_values = true)]
-    pub warmup_epochs: Option<f64>,
-    #[arg(long, allow_hyphen_values = true)]
-    pub label_smoothing: Option<f64>,
-    #[arg(long, allow_hyphen_values = true)]
-    pub clip_grad_norm: Option<f64>,
-    /// Random crop (padding 4) and, except on digits, horizontal flip (`--augment false` off).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub augment: Option<bool>,
-    /// Keep an EMA of the weights with this decay and validate it too (0: none).
-    #[arg(long, allow_hyphen_values = true)]
-    pub ema_decay: Option<f64>,
-    /// xavier-uniform (the notebook), pytorch-default, kaiming-normal-fan-out (torchvision's
-    /// VGG and ResNet) or kaiming-normal-fan-in (torchvision's DenseNet).
-    #[arg(long, value_parser = init_schemes())]
-    pub init: Option<InitScheme>,
-    #[arg(long, allow_hyphen_values = true)]
-    pub seed: Option<u64>,
-    /// Use the first N training images of each class.
-    #[arg(long, allow_hyphen_values = true)]
-    pub train_per_class: Option<usize>,
-    /// Validate on the first N test images of each class.
-    #[arg(long, allow_hyphen_values = true)]
-    pub valid_per_class: Option<usize>,
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Run folder (default: runs/single/MODEL-DATASET).

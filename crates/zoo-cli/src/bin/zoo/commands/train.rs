@@ -56,25 +56,7 @@ fn run_config(a: &TrainArgs) -> Result<RunConfig> {
     RunSpec {
         model: Some(a.model.clone()),
         recipe: Some(a.recipe),
-        dataset: a.dataset.clone(),
-        input_size: a.input_size,
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        learning_rate: a.lr,
-        optimizer: a.optimizer,
-        momentum: a.momentum,
-        nesterov: a.nesterov,
-        weight_decay: a.weight_decay,
-        schedule: a.schedule,
-        warmup_epochs: a.warmup_epochs,
-        label_smoothing: a.label_smoothing,
-        clip_grad_norm: a.clip_grad_norm,
-        augment: a.augment,
-        init: a.init,
-        ema_decay: a.ema_decay,
-        seed: a.seed,
-        train_per_class: a.train_per_class,
-        valid_per_class: a.valid_per_class,
+        ..a.spec.clone()
     }
     .resolve(&a.device)
 }
