@@ -96,8 +96,10 @@ pub fn make_sample(root: &Path) -> Result<()> {
     let out = project_root().join("samples");
     let cifar_dir = out.join("cifar10/cifar-10-batches-bin");
     std::fs::create_dir_all(&cifar_dir)?;
-    let train = load_split(root, "cifar10", Split::Train)?.per_class_prefix(200);
-    let test = load_split(root, "cifar10", Split::Test)?.per_class_prefix(50);
+    let train =
+        load_split(root, &zoo_core::data::Dataset::Cifar10, Split::Train)?.per_class_prefix(200);
+    let test =
+        load_split(root, &zoo_core::data::Dataset::Cifar10, Split::Test)?.per_class_prefix(50);
     let encode = |ds: &zoo_core::data::ImageDataset, range: std::ops::Range<usize>| {
         let images: Vec<u8> = range.clone().flat_map(|i| ds.image(i).to_vec()).collect();
         zoo_core::data::cifar::encode_cifar_batch(&images, &ds.labels()[range])
@@ -116,7 +118,7 @@ pub fn make_sample(root: &Path) -> Result<()> {
     let mnist_dir = out.join("mnist");
     std::fs::create_dir_all(&mnist_dir)?;
     for (split, n, prefix) in [(Split::Train, 200, "train"), (Split::Test, 50, "t10k")] {
-        let ds = load_split(root, "mnist", split)?.per_class_prefix(n);
+        let ds = load_split(root, &zoo_core::data::Dataset::Mnist, split)?.per_class_prefix(n);
         let images: Vec<u8> = (0..ds.len()).flat_map(|i| ds.image(i).to_vec()).collect();
         for (name, bytes) in [
             (

@@ -28,9 +28,12 @@ fn models_doc() -> Result<String> {
     let mut tables = String::new();
     for entry in registry() {
         let summary = summarize(entry.name, None).with_context(|| entry.name.to_string())?;
-        let (lr, acc) = entry.notebook.map_or(("-".into(), "-".into()), |n| {
-            (n.learning_rate.to_string(), format!("{:.4}", n.valid_acc))
-        });
+        let (lr, acc) = entry
+            .notebook
+            .as_ref()
+            .map_or(("-".into(), "-".into()), |n| {
+                (n.learning_rate.to_string(), format!("{:.4}", n.valid_acc))
+            });
         doc += &format!(
             "| `{}` | `{}` | {} | {} | {:.2} | {} px | {} | {} |\n",
             entry.name,

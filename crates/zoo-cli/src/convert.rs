@@ -16,8 +16,9 @@ use zoo_core::train::checkpoint::{
     CheckpointMeta, RunInfo, apply_weights, load_checkpoint, save_checkpoint,
 };
 
-use crate::registry::{ModelEntry, NotebookDataset, find};
+use crate::registry::{ModelEntry, find};
 use crate::run_config::MAX_INPUT_SIZE;
+use zoo_core::data::Dataset;
 
 /// The zoo name of a PyTorch state-dict key; `None` for keys zoo does not keep.
 pub fn zoo_name(key: &str) -> Result<Option<String>> {
@@ -65,8 +66,8 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
 
 /// The notebook's class names for a registry model's dataset.
 fn notebook_classes(model: &str) -> Result<Vec<String>> {
-    Ok(match find(model)?.notebook.map(|n| n.dataset) {
-        Some(NotebookDataset::Mnist) => zoo_core::data::digit_classes(),
+    Ok(match find(model)?.notebook.as_ref().map(|n| &n.dataset) {
+        Some(Dataset::Mnist) => zoo_core::data::digit_classes(),
         _ => zoo_core::data::CIFAR10_CLASSES
             .iter()
             .map(|s| s.to_string())

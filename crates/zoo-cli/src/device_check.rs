@@ -645,7 +645,7 @@ fn timed_epoch(check: &EpochCheck, target: &Target) -> Result<f64> {
     let device = target.device();
     let train = epoch_loader(
         synthetic_dataset(check.images, 1)?,
-        zoo_core::data::augment::Augment::for_dataset("cifar10"),
+        zoo_core::data::augment::Augment::for_dataset(&zoo_core::data::Dataset::Cifar10),
         check.batch,
     )?;
     let valid = epoch_loader(

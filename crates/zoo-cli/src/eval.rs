@@ -21,7 +21,8 @@ pub fn eval_checkpoint(
     device: &str,
 ) -> Result<(LoadedModel, Evaluation)> {
     let loaded = load_model(checkpoint, device)?;
-    let data = load_split(data_root, dataset, split)?;
+    let dataset = zoo_core::data::Dataset::parse(dataset).map_err(anyhow::Error::msg)?;
+    let data = load_split(data_root, &dataset, split)?;
     zoo_core::data::resolve::same_classes(
         &loaded.meta.run.classes,
         &data.classes,

@@ -67,7 +67,12 @@ pub struct RunResult {
 /// Where a dataset is: the data root if it holds it (by its files' presence: nothing decoded; a
 /// damaged dataset there is an error when its run reads it, not a reason to train on another),
 /// else the committed sample (loudly).
-fn data_for(dataset: &str, root: &Path, sample_root: &Path, notices: &mut Vec<String>) -> PathBuf {
+fn data_for(
+    dataset: &zoo_core::data::Dataset,
+    root: &Path,
+    sample_root: &Path,
+    notices: &mut Vec<String>,
+) -> PathBuf {
     if zoo_core::data::resolve::locate(root, dataset).is_ok() {
         return root.to_path_buf();
     }
@@ -136,7 +141,8 @@ pub fn train_all(
 }
 
 /// Image counts per class (training, validation) of each dataset a matrix has read.
-type ClassCounts = std::collections::HashMap<(PathBuf, String), (Vec<usize>, Vec<usize>)>;
+type ClassCounts =
+    std::collections::HashMap<(PathBuf, zoo_core::data::Dataset), (Vec<usize>, Vec<usize>)>;
 
 /// What a finished run reports: its metrics (from `last.safetensors`) and image counts (each
 /// dataset decoded once per matrix, not once per run).
@@ -420,7 +426,7 @@ fn result_row(r: &RunResult) -> Result<[String; 16]> {
     };
     Ok([
         format!("`{}`", r.config.model),
-        r.config.dataset.clone(),
+        r.config.dataset.to_string(),
         r.config.recipe_name.name().to_string(),
         format!("{} px", r.config.input_size),
         group_thousands(r.train_images as u64),
@@ -436,6 +442,7 @@ fn result_row(r: &RunResult) -> Result<[String; 16]> {
         format!("{:.0}", last.map_or(0.0, |m| m.images_per_sec)),
         entry
             .notebook
+            .as_ref()
             .map_or("-".into(), |n| format!("{:.4}", n.valid_acc)),
     ])
 }

@@ -4,6 +4,7 @@
 use candle_core::Result;
 use candle_nn::VarBuilder;
 use zoo_alexnet::{AlexNet, AlexNetConfig};
+use zoo_core::data::Dataset;
 use zoo_core::{InputSpec, Model};
 use zoo_densenet::{DenseNet, DenseNetConfig};
 use zoo_googlenet::{GoogLeNet, GoogLeNetConfig};
@@ -11,26 +12,10 @@ use zoo_nin::{Nin, NinConfig};
 use zoo_resnet::{ResNet, ResNetConfig};
 use zoo_vgg::{Vgg, VggConfig};
 
-/// A dataset the notebook trains on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotebookDataset {
-    Cifar10,
-    Mnist,
-}
-
-impl NotebookDataset {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Cifar10 => "cifar10",
-            Self::Mnist => "mnist",
-        }
-    }
-}
-
 /// What the notebook did with a model: its dataset, learning rate and 10-epoch result.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NotebookRun {
-    pub dataset: NotebookDataset,
+    pub dataset: Dataset,
     pub learning_rate: f64,
     /// Validation accuracy after 10 epochs, as printed.
     pub valid_acc: f64,
@@ -76,8 +61,8 @@ impl ModelEntry {
     /// The square input side used for fast CPU training on this model's dataset: the native
     /// image size (32 for CIFAR-10, 28 for MNIST) or the smallest the network accepts.
     pub fn cpu_input_size(&self) -> usize {
-        let native = match self.notebook.map(|n| n.dataset) {
-            Some(NotebookDataset::Mnist) => 28,
+        let native = match self.notebook.as_ref().map(|n| &n.dataset) {
+            Some(Dataset::Mnist) => 28,
             _ => 32,
         };
         native.max(self.min_input)
@@ -97,7 +82,7 @@ static REGISTRY: [ModelEntry; 9] = [
         reference_params: Some(46_787_978),
         min_input: 65,
         notebook: Some(NotebookRun {
-            dataset: NotebookDataset::Cifar10,
+            dataset: Dataset::Cifar10,
             learning_rate: 0.1,
             valid_acc: 0.7768,
         }),
@@ -120,7 +105,7 @@ static REGISTRY: [ModelEntry; 9] = [
         reference_params: Some(128_807_306),
         min_input: 32,
         notebook: Some(NotebookRun {
-            dataset: NotebookDataset::Cifar10,
+            dataset: Dataset::Cifar10,
             learning_rate: 0.1,
             valid_acc: 0.5388,
         }),
@@ -141,7 +126,7 @@ static REGISTRY: [ModelEntry; 9] = [
         reference_params: Some(43_093_610),
         min_input: 32,
         notebook: Some(NotebookRun {
-            dataset: NotebookDataset::Cifar10,
+            dataset: Dataset::Cifar10,
             learning_rate: 0.1,
             valid_acc: 0.4949,
         }),
@@ -161,7 +146,7 @@ static REGISTRY: [ModelEntry; 9] = [
         reference_params: Some(2_015_398),
         min_input: 67,
         notebook: Some(NotebookRun {
-            dataset: NotebookDataset::Cifar10,
+            dataset: Dataset::Cifar10,
             learning_rate: 0.1,
             valid_acc: 0.5,
         }),
@@ -181,7 +166,7 @@ static REGISTRY: [ModelEntry; 9] = [
         reference_params: Some(1_992_166),
         min_input: 67,
         notebook: Some(NotebookRun {
-            dataset: NotebookDataset::Mnist,
+            dataset: Dataset::Mnist,
             learning_rate: 0.1,
             valid_acc: 0.9866,
         }),
@@ -202,7 +187,7 @@ static REGISTRY: [ModelEntry; 9] = [
         reference_params: Some(5_983_802),
         min_input: 1,
         notebook: Some(NotebookRun {
-            dataset: NotebookDataset::Cifar10,
+            dataset: Dataset::Cifar10,
             learning_rate: 0.1,
             valid_acc: 0.6863,
         }),
@@ -223,7 +208,7 @@ static REGISTRY: [ModelEntry; 9] = [
         reference_params: Some(11_184_650),
         min_input: 1,
         notebook: Some(NotebookRun {
-            dataset: NotebookDataset::Cifar10,
+            dataset: Dataset::Cifar10,
             learning_rate: 0.05,
             valid_acc: 0.8163,
         }),
@@ -261,7 +246,7 @@ static REGISTRY: [ModelEntry; 9] = [
         reference_params: Some(764_498),
         min_input: 29,
         notebook: Some(NotebookRun {
-            dataset: NotebookDataset::Cifar10,
+            dataset: Dataset::Cifar10,
             learning_rate: 0.1,
             valid_acc: 0.7458,
         }),

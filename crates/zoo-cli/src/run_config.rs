@@ -6,9 +6,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
-use zoo_core::data::ImageDataset;
 use zoo_core::data::augment::Augment;
 use zoo_core::data::transforms::InputTransform;
+use zoo_core::data::{Dataset, ImageDataset};
 use zoo_core::init::InitScheme;
 use zoo_core::train::optim::OptimizerConfig;
 use zoo_core::train::schedule::Schedule;
@@ -21,7 +21,7 @@ use crate::registry::find;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
     pub model: String,
-    pub dataset: String,
+    pub dataset: Dataset,
     /// Square input side the images are resized to.
     pub input_size: usize,
     pub batch_size: usize,
@@ -53,12 +53,13 @@ impl RunConfig {
         let entry = find(model)?;
         let (dataset, lr) = entry
             .notebook
-            .map(|n| (n.dataset.name(), n.learning_rate))
-            .unwrap_or(("cifar10", 0.05));
+            .as_ref()
+            .map(|n| (n.dataset.clone(), n.learning_rate))
+            .unwrap_or((Dataset::Cifar10, 0.05));
         let c = entry.reference_input.channels;
         Ok(Self {
             model: model.to_string(),
-            dataset: dataset.to_string(),
+            dataset,
             input_size: input_size.unwrap_or(entry.reference_input.height),
             batch_size: 128,
             seed: 0,
@@ -210,7 +211,7 @@ pub struct RunSpec {
     /// Dataset (default: the notebook's for this model).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dataset: Option<String>,
+    pub dataset: Option<Dataset>,
     /// Square input side (default: the recipe's).
     #[arg(long, allow_hyphen_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -58,7 +58,8 @@ pub fn batch_grid(
 
 /// Loads the training split of `dataset` under `root` and writes its grid to `out`.
 pub fn show_batch(root: &Path, dataset: &str, seed: u64, out: &Path) -> Result<()> {
-    let train = load_split(root, dataset, Split::Train)
+    let parsed = zoo_core::data::Dataset::parse(dataset).map_err(anyhow::Error::msg)?;
+    let train = load_split(root, &parsed, Split::Train)
         .with_context(|| format!("loading {dataset} from {}", root.display()))?;
     let canvas = batch_grid(Arc::new(train), seed, 6, 10)?;
     canvas

@@ -10,13 +10,17 @@ pub fn run(root: &Path, batch_size: usize) -> Result<()> {
     use zoo_core::data::augment::Augment;
     use zoo_core::data::loader::{Loader, LoaderConfig};
     use zoo_core::data::transforms::InputTransform;
-    let train = zoo_core::data::resolve::load_split(root, "cifar10", zoo_core::data::Split::Train)
-        .with_context(|| {
-            format!(
-                "loading CIFAR-10 from {} (run `cargo xtask data` first)",
-                root.display()
-            )
-        })?;
+    let train = zoo_core::data::resolve::load_split(
+        root,
+        &zoo_core::data::Dataset::Cifar10,
+        zoo_core::data::Split::Train,
+    )
+    .with_context(|| {
+        format!(
+            "loading CIFAR-10 from {} (run `cargo xtask data` first)",
+            root.display()
+        )
+    })?;
     let train = Arc::new(train);
     println!(
         "CIFAR-10 train: {} images from {}; batch {batch_size}; RAYON_NUM_THREADS={}",

@@ -28,9 +28,9 @@ impl Augment {
 
     /// Training augmentation for a dataset: random crop with 4 pixels of padding, plus a
     /// horizontal flip where mirrored images are still of their class (not for digits).
-    pub fn for_dataset(dataset: &str) -> Self {
+    pub fn for_dataset(dataset: &super::Dataset) -> Self {
         Self {
-            hflip: !matches!(dataset, "mnist" | "fashion-mnist"),
+            hflip: !dataset.is_digits(),
             ..Self::CROP_FLIP
         }
     }

@@ -50,10 +50,12 @@ pub fn from_hub_tensors(
 
 /// Downloads (or reads from the hub cache) both splits of `name`.
 #[cfg(feature = "hub")]
-pub fn download(name: &str) -> candle_core::Result<(ImageDataset, ImageDataset)> {
+pub fn download(dataset: &super::Dataset) -> candle_core::Result<(ImageDataset, ImageDataset)> {
+    use super::Dataset;
     use candle_datasets::vision;
-    let (data, layout, classes) = match name {
-        "mnist" => (
+    let name = dataset.name();
+    let (data, layout, classes) = match dataset {
+        Dataset::Mnist => (
             vision::mnist::load()?,
             HubLayout::FlatGrey {
                 height: 28,
@@ -61,7 +63,7 @@ pub fn download(name: &str) -> candle_core::Result<(ImageDataset, ImageDataset)>
             },
             digit_classes(),
         ),
-        "fashion-mnist" => (
+        Dataset::FashionMnist => (
             vision::fashion_mnist::load()?,
             HubLayout::FlatGrey {
                 height: 28,
@@ -69,12 +71,12 @@ pub fn download(name: &str) -> candle_core::Result<(ImageDataset, ImageDataset)>
             },
             names(&FASHION_MNIST_CLASSES),
         ),
-        "cifar10" => (
+        Dataset::Cifar10 => (
             vision::cifar::load()?,
             HubLayout::ChannelsWidthHeight,
             names(&CIFAR10_CLASSES),
         ),
-        other => {
+        Dataset::Folder(other) => {
             candle_core::bail!("{other}: no hub source (known: mnist, fashion-mnist, cifar10)")
         }
     };

@@ -7,12 +7,15 @@
 
 pub mod augment;
 pub mod cifar;
+mod dataset;
 pub mod folder;
 pub mod hub;
 pub mod idx;
 pub mod loader;
 pub mod resolve;
 pub mod transforms;
+
+pub use dataset::Dataset;
 
 #[cfg(test)]
 mod tests;

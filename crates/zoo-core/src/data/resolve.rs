@@ -10,24 +10,13 @@ use crate::error::ReadError;
 use super::cifar::load_cifar10_bin;
 use super::folder::load_image_folder;
 use super::idx::{find_raw_or_gz, idx_file_names, load_idx_split};
-use super::{FASHION_MNIST_CLASSES, ImageDataset, Split, digit_classes, names};
+use super::{Dataset, FASHION_MNIST_CLASSES, ImageDataset, Split, digit_classes, names};
 
 /// The data root: the flag, else `$ZOO_DATA`, else `./data`.
 pub fn data_root(flag: Option<&Path>) -> PathBuf {
     flag.map(Path::to_path_buf)
         .or_else(|| std::env::var_os("ZOO_DATA").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("data"))
-}
-
-/// The datasets zoo knows by name; any other name is an image folder under the root.
-pub const KNOWN_DATASETS: [&str; 3] = ["cifar10", "mnist", "fashion-mnist"];
-
-/// Channels of a dataset's images (image folders are read as RGB).
-pub fn dataset_channels(name: &str) -> usize {
-    match name {
-        "mnist" | "fashion-mnist" => 1,
-        _ => 3,
-    }
 }
 
 /// The on-disk format a dataset was found in, and its folder.
@@ -45,12 +34,13 @@ pub enum DatasetFormat {
 /// read or decoded); [`ReadError::NotFound`] saying what to put there otherwise.
 pub fn locate_split(
     root: &Path,
-    name: &str,
+    dataset: &Dataset,
     split: Split,
 ) -> std::result::Result<DatasetFormat, ReadError> {
+    let name = dataset.name();
     let dir = root.join(name);
-    match name {
-        "cifar10" => {
+    match dataset {
+        Dataset::Cifar10 => {
             let bin = dir.join("cifar-10-batches-bin");
             if bin.is_dir() {
                 Ok(DatasetFormat::Cifar10Binary(bin))
@@ -70,7 +60,7 @@ pub fn locate_split(
                 ))
             }
         }
-        "mnist" | "fashion-mnist" => {
+        Dataset::Mnist | Dataset::FashionMnist => {
             let [images, _] = idx_file_names(split);
             match find_raw_or_gz(&dir, images) {
                 Some(_) => Ok(DatasetFormat::Idx(dir)),
@@ -85,7 +75,7 @@ pub fn locate_split(
                 )),
             }
         }
-        _ => {
+        Dataset::Folder(_) => {
             let split_dir = dir.join(split.name());
             match split_dir.is_dir() {
                 true => Ok(DatasetFormat::ImageFolders(dir)),
@@ -104,18 +94,18 @@ pub fn locate_split(
 }
 
 /// Where dataset `name` is under `root`: both splits located, nothing decoded.
-pub fn locate(root: &Path, name: &str) -> std::result::Result<DatasetFormat, ReadError> {
-    locate_split(root, name, Split::Test)?;
-    locate_split(root, name, Split::Train)
+pub fn locate(root: &Path, dataset: &Dataset) -> std::result::Result<DatasetFormat, ReadError> {
+    locate_split(root, dataset, Split::Test)?;
+    locate_split(root, dataset, Split::Train)
 }
 
 /// Loads one split of dataset `name` from `root/name/`, in whichever format is there.
-pub fn load_split(root: &Path, name: &str, split: Split) -> Result<ImageDataset> {
-    match locate_split(root, name, split)? {
+pub fn load_split(root: &Path, dataset: &Dataset, split: Split) -> Result<ImageDataset> {
+    match locate_split(root, dataset, split)? {
         DatasetFormat::Cifar10Binary(bin) => load_cifar10_bin(&bin, split),
-        DatasetFormat::ImageFolders(dir) => load_image_folder(&dir, split, dataset_channels(name)),
+        DatasetFormat::ImageFolders(dir) => load_image_folder(&dir, split, dataset.channels()),
         DatasetFormat::Idx(dir) => {
-            let classes = if name == "mnist" {
+            let classes = if *dataset == Dataset::Mnist {
                 digit_classes()
             } else {
                 names(&FASHION_MNIST_CLASSES)
@@ -126,9 +116,10 @@ pub fn load_split(root: &Path, name: &str, split: Split) -> Result<ImageDataset>
 }
 
 /// Both splits, which must have the same classes (by name, in the same order).
-pub fn load_dataset(root: &Path, name: &str) -> Result<(ImageDataset, ImageDataset)> {
-    let train = load_split(root, name, Split::Train)?;
-    let test = load_split(root, name, Split::Test)?;
+pub fn load_dataset(root: &Path, dataset: &Dataset) -> Result<(ImageDataset, ImageDataset)> {
+    let train = load_split(root, dataset, Split::Train)?;
+    let test = load_split(root, dataset, Split::Test)?;
+    let name = dataset.name();
     same_classes(
         &train.classes,
         &test.classes,

@@ -256,19 +256,24 @@ fn write_png_folder(root: &Path, split: &str, ds: &ImageDataset) {
 fn cifar_binary_and_image_folder_give_the_same_pixels() {
     let root = fixture_dir("cifar");
     let expected = cifar_fixture(&root, 4);
-    let bin = load_split(&root, "cifar10", Split::Train).unwrap();
+    let bin = load_split(&root, &crate::data::Dataset::Cifar10, Split::Train).unwrap();
     assert_eq!(bin.len(), 20);
     assert_eq!(bin.class_counts(), vec![2; 10]);
     for i in 0..20 {
         assert_eq!(bin.image(i), expected.image(i), "image {i}");
         assert_eq!(bin.label(i), expected.label(i));
     }
-    assert_eq!(load_split(&root, "cifar10", Split::Test).unwrap().len(), 4);
+    assert_eq!(
+        load_split(&root, &crate::data::Dataset::Cifar10, Split::Test)
+            .unwrap()
+            .len(),
+        4
+    );
 
     // The same images as PNG folders in another root: class folders sort by name, files by name.
     let folder_root = fixture_dir("cifar-folder");
     write_png_folder(&folder_root.join("cifar10"), "train", &expected);
-    let folder = load_split(&folder_root, "cifar10", Split::Train).unwrap();
+    let folder = load_split(&folder_root, &crate::data::Dataset::Cifar10, Split::Train).unwrap();
     assert_eq!(folder.classes, expected.classes);
     // Folder order is by class, then file name: compare as sets of (label, pixels).
     let mut from_folder: Vec<(u8, Vec<u8>)> = (0..folder.len())
@@ -299,7 +304,9 @@ fn splits_with_different_classes_are_refused_before_training() {
     for class in ["cat", "emu", "fox"] {
         png(&root.join(format!("pets/test/{class}/0.png")));
     }
-    let err = load_dataset(&root, "pets").unwrap_err().to_string();
+    let err = load_dataset(&root, &crate::data::Dataset::parse("pets").unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("only in pets under")
             && err.contains("[\"dog\"]")
@@ -308,7 +315,7 @@ fn splits_with_different_classes_are_refused_before_training() {
     );
     std::fs::remove_dir_all(root.join("pets/test/fox")).unwrap();
     png(&root.join("pets/test/dog/0.png"));
-    let (train, test) = load_dataset(&root, "pets").unwrap();
+    let (train, test) = load_dataset(&root, &crate::data::Dataset::parse("pets").unwrap()).unwrap();
     assert_eq!(train.classes, test.classes);
 }
 
@@ -347,14 +354,14 @@ fn malformed_cifar_and_folders_are_named_errors() {
     );
 
     let empty = fixture_dir("cifar-none");
-    let err = load_split(&empty, "cifar10", Split::Train)
+    let err = load_split(&empty, &crate::data::Dataset::Cifar10, Split::Train)
         .unwrap_err()
         .to_string();
     assert!(
         err.contains("cifar-10-batches-bin/{data_batch_1..5.bin,test_batch.bin}"),
         "{err}"
     );
-    let err = load_split(&empty, "mnist", Split::Train)
+    let err = load_split(&empty, &crate::data::Dataset::Mnist, Split::Train)
         .unwrap_err()
         .to_string();
     assert!(err.contains("put the four IDX files there"), "{err}");
@@ -569,7 +576,7 @@ fn real_mnist_and_fashion_mnist_from_shared_data() {
         println!("skipped: ../shared/data is not present");
         return;
     };
-    let (train, test) = super::resolve::load_dataset(&root, "mnist").unwrap();
+    let (train, test) = super::resolve::load_dataset(&root, &crate::data::Dataset::Mnist).unwrap();
     assert_eq!((train.len(), test.len()), (60_000, 10_000));
     assert_eq!((train.channels, train.height, train.width), (1, 28, 28));
     // The published MNIST class counts of the training set.
@@ -581,7 +588,8 @@ fn real_mnist_and_fashion_mnist_from_shared_data() {
     // Image 0 (a 5): the top rows are blank, row 5 starts its stroke at column 12.
     assert!(train.image(0)[..28 * 4].iter().all(|&p| p == 0));
     assert_eq!(&train.image(0)[5 * 28 + 12..5 * 28 + 16], &[3, 18, 18, 18]);
-    let (ftrain, ftest) = super::resolve::load_dataset(&root, "fashion-mnist").unwrap();
+    let (ftrain, ftest) =
+        super::resolve::load_dataset(&root, &crate::data::Dataset::FashionMnist).unwrap();
     assert_eq!((ftrain.len(), ftest.len()), (60_000, 10_000));
     assert_eq!(ftrain.class_counts(), vec![6000; 10]);
     assert_eq!(ftrain.classes[9], "Ankle boot");
@@ -609,7 +617,8 @@ fn real_cifar10_from_the_shared_tarball() {
         assert!(status.success());
         std::fs::write(dir.join(".complete"), b"").unwrap();
     }
-    let (train, test) = super::resolve::load_dataset(&data_root, "cifar10").unwrap();
+    let (train, test) =
+        super::resolve::load_dataset(&data_root, &crate::data::Dataset::Cifar10).unwrap();
     assert_eq!((train.len(), test.len()), (50_000, 10_000));
     assert_eq!(train.classes, super::names(&super::CIFAR10_CLASSES));
     assert_eq!(train.class_counts(), vec![5000; 10]);
@@ -639,12 +648,12 @@ fn real_cifar10_from_the_shared_tarball() {
 fn a_dataset_is_located_by_its_files_and_a_missing_one_is_typed_not_found() {
     use super::resolve::{DatasetFormat, locate};
     let root = fixture_dir("locate");
-    let err = locate(&root, "cifar10").unwrap_err();
+    let err = locate(&root, &crate::data::Dataset::Cifar10).unwrap_err();
     assert!(
         err.is_not_found() && err.to_string().contains("CIFAR-10 not found"),
         "{err}"
     );
-    let err = locate(&root, "mnist").unwrap_err();
+    let err = locate(&root, &crate::data::Dataset::Mnist).unwrap_err();
     assert!(
         err.is_not_found() && err.to_string().contains("IDX files"),
         "{err}"
@@ -655,14 +664,15 @@ fn a_dataset_is_located_by_its_files_and_a_missing_one_is_typed_not_found() {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::write(bin.join("data_batch_1.bin"), b"not a batch").unwrap();
     assert_eq!(
-        locate(&root, "cifar10").unwrap(),
+        locate(&root, &crate::data::Dataset::Cifar10).unwrap(),
         DatasetFormat::Cifar10Binary(bin.clone())
     );
-    let err = super::resolve::load_split(&root, "cifar10", Split::Train).unwrap_err();
+    let err = super::resolve::load_split(&root, &crate::data::Dataset::Cifar10, Split::Train)
+        .unwrap_err();
     assert!(err.to_string().contains("data_batch_1.bin"), "{err}");
     // An image folder needs both splits.
     std::fs::create_dir_all(root.join("pets/train/cat")).unwrap();
-    let err = locate(&root, "pets").unwrap_err();
+    let err = locate(&root, &crate::data::Dataset::parse("pets").unwrap()).unwrap_err();
     assert!(
         err.is_not_found() && err.to_string().contains("test split"),
         "{err}"

@@ -747,12 +747,20 @@ fn loss_falls_and_accuracy_rises_on_real_mnist() {
         println!("skipped: ../shared/data is not present");
         return;
     }
-    let train = crate::data::resolve::load_split(&root, "mnist", crate::data::Split::Train)
-        .unwrap()
-        .per_class_prefix(300);
-    let test = crate::data::resolve::load_split(&root, "mnist", crate::data::Split::Test)
-        .unwrap()
-        .per_class_prefix(100);
+    let train = crate::data::resolve::load_split(
+        &root,
+        &crate::data::Dataset::Mnist,
+        crate::data::Split::Train,
+    )
+    .unwrap()
+    .per_class_prefix(300);
+    let test = crate::data::resolve::load_split(
+        &root,
+        &crate::data::Dataset::Mnist,
+        crate::data::Split::Test,
+    )
+    .unwrap()
+    .per_class_prefix(100);
     // conv(1->16) BN ReLU pool, conv(16->32) ReLU pool, linear: small enough for a test.
     let store = test_store(5);
     let vb = store.var_builder();

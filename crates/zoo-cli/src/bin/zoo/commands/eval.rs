@@ -26,7 +26,7 @@ pub fn run(
                 &candle_core::Device::Cpu,
             )?;
             let config: Option<RunConfig> = toml::from_str(&ckpt.meta.run.config).ok();
-            config.map(|c| c.dataset).ok_or_else(|| {
+            config.map(|c| c.dataset.to_string()).ok_or_else(|| {
                 anyhow::anyhow!(
                     "--dataset is needed: {} does not say which dataset it was trained on \
                      (a converted checkpoint)",
