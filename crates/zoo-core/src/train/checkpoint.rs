@@ -190,8 +190,7 @@ fn write_checkpoint(
 
 /// Reads a zoo checkpoint.
 pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| candle_core::Error::Msg(format!("{}: cannot read: {e}", path.display())))?;
+    let bytes = crate::error::read_bytes(path)?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
         candle_core::Error::Msg(format!("{}: not a safetensors file: {e}", path.display()))
     })?;
