@@ -115,9 +115,9 @@ pub fn alexnet(num_classes: usize, vb: VarBuilder) -> Result<AlexNet> {
 }
 
 /// A whole program with this crate: build, forward, one SGD step, save
-/// (`examples/train_step.rs`, run by `cargo test` as this doc test).
+/// (`examples/alexnet_train_step.rs`, run by `cargo test` as this doc test).
 #[doc = "```"]
-#[doc = include_str!("../examples/train_step.rs")]
+#[doc = include_str!("../examples/alexnet_train_step.rs")]
 #[doc = "```"]
 pub mod example {}
 

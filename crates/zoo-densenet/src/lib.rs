@@ -242,9 +242,9 @@ pub fn densenet(num_classes: usize, vb: VarBuilder) -> Result<DenseNet> {
 }
 
 /// A whole program with this crate: build, forward, one SGD step, save
-/// (`examples/train_step.rs`, run by `cargo test` as this doc test).
+/// (`examples/densenet_train_step.rs`, run by `cargo test` as this doc test).
 #[doc = "```"]
-#[doc = include_str!("../examples/train_step.rs")]
+#[doc = include_str!("../examples/densenet_train_step.rs")]
 #[doc = "```"]
 pub mod example {}
 

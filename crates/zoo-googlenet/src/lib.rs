@@ -271,9 +271,9 @@ pub fn googlenet(num_classes: usize, vb: VarBuilder) -> Result<GoogLeNet> {
 }
 
 /// A whole program with this crate: build, forward, one SGD step, save
-/// (`examples/train_step.rs`, run by `cargo test` as this doc test).
+/// (`examples/googlenet_train_step.rs`, run by `cargo test` as this doc test).
 #[doc = "```"]
-#[doc = include_str!("../examples/train_step.rs")]
+#[doc = include_str!("../examples/googlenet_train_step.rs")]
 #[doc = "```"]
 pub mod example {}
 

@@ -136,9 +136,9 @@ pub fn nin_mnist(num_classes: usize, vb: VarBuilder) -> Result<Nin> {
 }
 
 /// A whole program with this crate: build, forward, one SGD step, save
-/// (`examples/train_step.rs`, run by `cargo test` as this doc test).
+/// (`examples/nin_train_step.rs`, run by `cargo test` as this doc test).
 #[doc = "```"]
-#[doc = include_str!("../examples/train_step.rs")]
+#[doc = include_str!("../examples/nin_train_step.rs")]
 #[doc = "```"]
 pub mod example {}
 

@@ -264,9 +264,9 @@ pub fn resnet34(num_classes: usize, vb: VarBuilder) -> Result<ResNet> {
 }
 
 /// A whole program with this crate: build, forward, one SGD step, save
-/// (`examples/train_step.rs`, run by `cargo test` as this doc test).
+/// (`examples/resnet_train_step.rs`, run by `cargo test` as this doc test).
 #[doc = "```"]
-#[doc = include_str!("../examples/train_step.rs")]
+#[doc = include_str!("../examples/resnet_train_step.rs")]
 #[doc = "```"]
 pub mod example {}
 

@@ -162,9 +162,9 @@ pub fn vgg11_small(num_classes: usize, vb: VarBuilder) -> Result<Vgg> {
 }
 
 /// A whole program with this crate: build, forward, one SGD step, save
-/// (`examples/train_step.rs`, run by `cargo test` as this doc test).
+/// (`examples/vgg_train_step.rs`, run by `cargo test` as this doc test).
 #[doc = "```"]
-#[doc = include_str!("../examples/train_step.rs")]
+#[doc = include_str!("../examples/vgg_train_step.rs")]
 #[doc = "```"]
 pub mod example {}
 

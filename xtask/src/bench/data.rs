@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+/// Loader images/s on CIFAR-10 under `root`, without and with augmentation, then the device
+/// transform's.
 pub fn run(root: &Path, batch_size: usize) -> Result<()> {
     use zoo_core::data::augment::Augment;
     use zoo_core::data::loader::{Loader, LoaderConfig};
-    use zoo_core::data::transforms::InputTransform;
     let train = zoo_core::data::resolve::load_split(
         root,
         &zoo_core::data::Dataset::Cifar10,
@@ -46,8 +47,15 @@ pub fn run(root: &Path, batch_size: usize) -> Result<()> {
         let rate = images as f64 / start.elapsed().as_secs_f64();
         println!("{name:<40} {rate:>12.0}");
     }
+    bench_transforms(train, batch_size)
+}
+
+/// The device transform (u8 -> f32, resize, normalise) after the loader, at three sizes.
+fn bench_transforms(train: Arc<zoo_core::data::ImageDataset>, batch_size: usize) -> Result<()> {
+    use zoo_core::data::loader::{Loader, LoaderConfig};
+    use zoo_core::data::transforms::InputTransform;
     let loader = Loader::new(
-        train.clone(),
+        train,
         LoaderConfig {
             batch_size,
             ..LoaderConfig::notebook(0)

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod optim;
 mod ranks;
 pub mod readback;
+pub mod recipe;
 pub mod running;
 pub mod schedule;
 mod step;

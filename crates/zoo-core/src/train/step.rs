@@ -8,7 +8,7 @@ use super::ema::Ema;
 use super::loss::cross_entropy;
 use super::optim::{Optimizer, clip_grad_norm};
 use super::ranks::Ranks;
-use super::trainer::Recipe;
+use super::recipe::Recipe;
 use crate::data::loader::Batch;
 use crate::model::Model;
 

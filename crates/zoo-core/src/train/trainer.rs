@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{Checkpoint, PartialEpoch, RunInfo, RunProgress, apply_weights};
 use super::checkpointer::{Checkpointer, best_path, last_good, last_path};
@@ -15,56 +14,17 @@ use super::ema::Ema;
 use super::evaluator::Evaluator;
 pub use super::evaluator::{Evaluation, evaluate, evaluate_on};
 use super::metrics::EpochMetrics;
-use super::optim::{Optimizer, OptimizerConfig};
+use super::optim::Optimizer;
 use super::ranks::Ranks;
 use super::readback::read_to_host;
+pub use super::recipe::Recipe;
 use super::running::{RunningTotals, StepTotals};
-use super::schedule::Schedule;
 use super::step::TrainStep;
 use crate::data::loader::{Batch, Loader};
 use crate::data::transforms::InputTransform;
 use crate::distributed::DataParallel;
 use crate::init::ParamStore;
 use crate::model::Model;
-
-/// The optimisation recipe of a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Recipe {
-    pub epochs: usize,
-    /// Base learning rate (the notebook's per-model `learning_rate`).
-    pub learning_rate: f64,
-    pub optimizer: OptimizerConfig,
-    pub schedule: Schedule,
-    #[serde(default)]
-    pub label_smoothing: f64,
-    /// Clip the global gradient norm to this value.
-    #[serde(default)]
-    pub clip_grad_norm: Option<f64>,
-    /// Keep an exponential moving average of the weights with this decay and evaluate it
-    /// beside the raw weights every epoch (timm's `--model-ema`).
-    #[serde(default)]
-    pub ema_decay: Option<f64>,
-    /// Apply the weight decay to one-dimensional parameters (biases, BatchNorm) too; off, they
-    /// are not decayed, as timm and torchvision's reference recipes do.
-    #[serde(default)]
-    pub decay_1d_params: bool,
-}
-
-impl Recipe {
-    /// The notebook's recipe: plain SGD at a constant rate, plain cross-entropy.
-    pub fn notebook(epochs: usize, learning_rate: f64) -> Self {
-        Self {
-            epochs,
-            learning_rate,
-            optimizer: OptimizerConfig::plain_sgd(),
-            schedule: Schedule::Constant,
-            label_smoothing: 0.0,
-            clip_grad_norm: None,
-            ema_decay: None,
-            decay_1d_params: false,
-        }
-    }
-}
 
 /// What an observer tells the trainer after a step or an epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

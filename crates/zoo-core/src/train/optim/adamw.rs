@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
 
 use super::super::inplace::update_in_place;
-use super::{ParamState, UpdateRule, UpdateStep, in_place};
+use super::{ParamState, UpdateRule, UpdateStep};
 
 /// `torch.optim.AdamW(params, lr, betas, eps, weight_decay)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -16,31 +16,6 @@ pub struct AdamW {
 }
 
 impl UpdateRule for AdamW {
-    fn update(
-        &self,
-        var: &Var,
-        grad: &Tensor,
-        step: UpdateStep,
-        state: &mut ParamState,
-    ) -> Result<()> {
-        let weight_decay = if step.decay { self.weight_decay } else { 0.0 };
-        if in_place(var.as_tensor(), grad) {
-            self.update_in_place(var, grad, step, weight_decay, state)
-        } else {
-            self.update_composed(var, grad, step, weight_decay, state)
-        }
-    }
-
-    fn slots(&self) -> &'static [&'static str] {
-        &["first", "second"]
-    }
-
-    fn weight_decay(&self) -> f64 {
-        self.weight_decay
-    }
-}
-
-impl AdamW {
     /// Three passes over the parameter's size, no allocation after the first step.
     fn update_in_place(
         &self,
@@ -101,6 +76,14 @@ impl AdamW {
         state.first = Some(m);
         state.second = Some(v);
         Ok(())
+    }
+
+    fn slots(&self) -> &'static [&'static str] {
+        &["first", "second"]
+    }
+
+    fn weight_decay(&self) -> f64 {
+        self.weight_decay
     }
 }
 

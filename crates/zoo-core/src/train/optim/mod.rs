@@ -34,18 +34,29 @@ pub struct UpdateStep {
     pub lr: f64,
     /// The step's number, from 1 (AdamW's bias corrections).
     pub t: i32,
-    /// Whether this parameter is decayed (biases and BatchNorm's are not, by default).
-    pub decay: bool,
 }
 
-/// An optimiser's rule: how it updates one parameter and what state it keeps.
+/// An optimiser's rule: how it updates one parameter and what state it keeps. [`Optimizer`]
+/// picks the path (in place on contiguous f32 CPU tensors, candle's ops elsewhere) and the
+/// weight decay (0 for a parameter left out of it).
 pub trait UpdateRule: Send + Sync {
-    /// Updates `var` in place from `grad` (detached), keeping `state`.
-    fn update(
+    /// Updates an f32 CPU `var` in place from `grad` (detached, contiguous), keeping `state`.
+    fn update_in_place(
         &self,
         var: &Var,
         grad: &Tensor,
         step: UpdateStep,
+        weight_decay: f64,
+        state: &mut ParamState,
+    ) -> Result<()>;
+
+    /// The same update with candle's ops (another device or dtype).
+    fn update_composed(
+        &self,
+        var: &Var,
+        grad: &Tensor,
+        step: UpdateStep,
+        weight_decay: f64,
         state: &mut ParamState,
     ) -> Result<()>;
 
@@ -128,10 +139,20 @@ impl Optimizer {
             // Detached: the update and the optimiser state must not record a graph, or every
             // step's state would keep the previous step's alive (memory grows without bound).
             let grad = &grad.detach();
-            let decay = !self.no_decay.contains(name);
+            // Biases and BatchNorm's parameters are left out of the decay by default.
+            let weight_decay = match self.no_decay.contains(name) {
+                true => 0.0,
+                false => self.rule.weight_decay(),
+            };
             let state = self.state.entry(name.clone()).or_default();
-            self.rule
-                .update(var, grad, UpdateStep { lr, t, decay }, state)?;
+            let step = UpdateStep { lr, t };
+            if in_place(var.as_tensor(), grad) {
+                self.rule
+                    .update_in_place(var, grad, step, weight_decay, state)?;
+            } else {
+                self.rule
+                    .update_composed(var, grad, step, weight_decay, state)?;
+            }
         }
         Ok(())
     }

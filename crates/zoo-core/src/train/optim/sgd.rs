@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
 
 use super::super::inplace::update_in_place;
-use super::{ParamState, UpdateRule, UpdateStep, in_place};
+use super::{ParamState, UpdateRule, UpdateStep};
 
 /// `torch.optim.SGD(params, lr, momentum, weight_decay, nesterov)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -15,47 +15,18 @@ pub struct Sgd {
 }
 
 impl UpdateRule for Sgd {
-    fn update(
-        &self,
-        var: &Var,
-        grad: &Tensor,
-        step: UpdateStep,
-        state: &mut ParamState,
-    ) -> Result<()> {
-        let weight_decay = if step.decay { self.weight_decay } else { 0.0 };
-        if in_place(var.as_tensor(), grad) {
-            self.update_in_place(var, grad, step.lr, weight_decay, state)
-        } else {
-            self.update_composed(var, grad, step.lr, weight_decay, state)
-        }
-    }
-
-    fn slots(&self) -> &'static [&'static str] {
-        if self.momentum != 0.0 {
-            &["first"]
-        } else {
-            &[]
-        }
-    }
-
-    fn weight_decay(&self) -> f64 {
-        self.weight_decay
-    }
-}
-
-impl Sgd {
     /// One pass over the parameter (and its momentum buffer), no allocation.
     fn update_in_place(
         &self,
         var: &Var,
         grad: &Tensor,
-        lr: f64,
+        step: UpdateStep,
         weight_decay: f64,
         state: &mut ParamState,
     ) -> Result<()> {
         let momentum = self.momentum;
         let step = SgdInPlace {
-            lr,
+            lr: step.lr,
             momentum,
             nesterov: self.nesterov,
             weight_decay,
@@ -84,10 +55,11 @@ impl Sgd {
         &self,
         var: &Var,
         grad: &Tensor,
-        lr: f64,
+        step: UpdateStep,
         weight_decay: f64,
         state: &mut ParamState,
     ) -> Result<()> {
+        let lr = step.lr;
         let p = &var.as_tensor().detach();
         let mut d = if weight_decay != 0.0 {
             (grad + (p * weight_decay)?)?
@@ -107,6 +79,18 @@ impl Sgd {
             state.first = Some(buf);
         }
         var.set(&(p - (d * lr)?)?)
+    }
+
+    fn slots(&self) -> &'static [&'static str] {
+        if self.momentum != 0.0 {
+            &["first"]
+        } else {
+            &[]
+        }
+    }
+
+    fn weight_decay(&self) -> f64 {
+        self.weight_decay
     }
 }
 
