@@ -142,7 +142,7 @@ fn results_stamp(preset: &str) -> String {
 }
 
 /// The report `table` as a section (its heading one level down), its figures and each run's
-/// curves copied to docs/results/<matrix>/ and its links pointed there (runs/ is not
+/// curves copied to `docs/results/<matrix>/` and its links pointed there (runs/ is not
 /// committed).
 fn copy_report_figures(report: &Path, table: &str, preset: &str) -> Result<String> {
     let report_dir = report.parent().context("report folder")?;

@@ -164,8 +164,8 @@ impl Trainer<'_> {
     }
 
     /// Trains from scratch, or from `resume`, writing checkpoints, `metrics.csv` and
-    /// `curves.png` into `run_dir`: an epoch loop over the [`TrainStep`], the [`Evaluator`] and
-    /// the [`Checkpointer`], data-parallel as [`Ranks`] says.
+    /// `curves.png` into `run_dir`: an epoch loop over the `TrainStep`, the `Evaluator` and
+    /// the `Checkpointer`, data-parallel as `Ranks` says.
     pub fn fit(
         &mut self,
         train: &Loader,
