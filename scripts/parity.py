@@ -291,14 +291,16 @@ def formula(key, shape, kind, fan_in=1):
     return v.to(torch.float32).reshape(shape)
 
 
-def fill(model):
+def fill(model, prefix="model."):
+    """Every state-dict tensor of `model` by `formula`, named as zoo names it (the key without
+    `prefix`: the notebook's wrapper attribute)."""
     modules = dict(model.named_modules())
     with torch.no_grad():
         for key, t in model.state_dict().items():
             if key.endswith("num_batches_tracked"):
                 continue
             owner = modules[key.rsplit(".", 1)[0]]
-            name = key[len("model."):]
+            name = key[len(prefix):]
             is_bn = isinstance(owner, nn.BatchNorm2d)
             if key.endswith("running_mean"):
                 kind = "running_mean"

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use zoo_cli::registry::registry;
 use zoo_core::init::{InitScheme, ParamStore};
+use zoo_core::testing::{fill_by_formula as fill, formula_input as input};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -18,59 +19,6 @@ fn load_fixture() -> serde_json::Value {
     let text = std::fs::read_to_string(fixtures().join("parity.json"))
         .expect("tests/fixtures/parity.json");
     serde_json::from_str(&text).expect("valid JSON")
-}
-
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
-    })
-}
-
-/// `2u - 1` with `u = splitmix64(i + fnv1a(key) * golden) >> 11 / 2^53`, as `scripts/parity.py`.
-fn signed_uniform(n: usize, key: &str) -> impl Iterator<Item = f64> {
-    let offset = fnv1a(key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (0..n as u64).map(move |i| {
-        let mut z = i.wrapping_add(offset);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        2.0 * ((z >> 11) as f64 / (1u64 << 53) as f64) - 1.0
-    })
-}
-
-/// The formula of `scripts/parity.py` for the tensor `name` of shape `dims`.
-fn formula(name: &str, dims: &[usize]) -> Vec<f32> {
-    let n: usize = dims.iter().product();
-    let s = signed_uniform(n, name);
-    let values: Vec<f64> = if name.ends_with("running_mean") {
-        s.map(|v| 0.1 * v).collect()
-    } else if name.ends_with("running_var") {
-        s.map(|v| 1.0 + 0.5 * v.abs()).collect()
-    } else if name.ends_with("weight") && dims.len() >= 2 {
-        let fan_in: usize = dims[1..].iter().product();
-        let scale = (3.0 / fan_in as f64).sqrt();
-        s.map(|v| v * scale).collect()
-    } else if name.ends_with("weight") {
-        s.map(|v| 1.0 + 0.1 * v).collect()
-    } else {
-        s.map(|v| 0.1 * v).collect()
-    };
-    values.into_iter().map(|v| v as f32).collect()
-}
-
-fn fill(store: &ParamStore) {
-    for (name, var) in store.named_tensors() {
-        let dims = var.as_tensor().dims().to_vec();
-        var.set(&Tensor::from_vec(formula(&name, &dims), dims, &Device::Cpu).unwrap())
-            .unwrap();
-    }
-}
-
-fn input(c: usize, size: usize) -> Tensor {
-    let v: Vec<f32> = signed_uniform(2 * c * size * size, "input")
-        .map(|v| v as f32)
-        .collect();
-    Tensor::from_vec(v, (2, c, size, size), &Device::Cpu).unwrap()
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 pub use zoo_nn::testing::{
-    assert_close, check_backward_reaches_every_parameter, check_layer_shapes, max_abs_diff,
-    test_input, test_store, weighted_sum_grads,
+    assert_close, check_backward_reaches_every_parameter, check_layer_shapes, fill_by_formula,
+    formula, formula_input, max_abs_diff, signed_uniform, test_input, test_store,
+    weighted_sum_grads,
 };
 
 use crate::ForwardContext;

@@ -40,12 +40,13 @@ impl Summary {
         let mut shape = input.to_vec();
         let mut layers = Vec::new();
         let mut total_macs = 0u64;
-        for (index, layer) in model.body().layers().iter().enumerate() {
+        let body = model.body();
+        for (name, layer) in body.names().iter().zip(body.layers()) {
             let macs = layer.macs(&shape)? / batch as u64;
             shape = layer.output_shape(&shape)?;
             total_macs = crate::nn::mac_sum(name, input, &[total_macs, macs])?;
             layers.push(LayerSummary {
-                name: index.to_string(),
+                name: name.clone(),
                 kind: layer.kind().name().to_string(),
                 output_shape: shape.clone(),
                 params: layer.num_params(),

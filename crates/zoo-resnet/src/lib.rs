@@ -4,7 +4,8 @@
 //! BatchNorm, plus a strided 1x1 convolution on the shortcut where the shape changes), global
 //! average pooling and one linear layer. The notebook's ResNet-18 is
 //! [`ResNetConfig::resnet18`]; [`ResNetConfig::resnet34`] is the same code with the paper's
-//! `[3, 4, 6, 3]` blocks per stage.
+//! `[3, 4, 6, 3]` blocks per stage. [`tv`] holds torchvision's ResNets (18 to 152, basic and
+//! bottleneck blocks), named as torchvision's state dicts name them.
 //!
 //! # Shapes (ResNet-18)
 //! `[b, 3, 224, 224] -> [b, 64, 56, 56] -> [b, 128, 28, 28] -> [b, 256, 14, 14]
@@ -24,6 +25,8 @@
 //! ```
 
 #![warn(missing_docs)]
+
+pub mod tv;
 
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};

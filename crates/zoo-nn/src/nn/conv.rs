@@ -8,7 +8,7 @@ use crate::init::{pytorch_bias_hint, pytorch_weight_hint};
 use zoo_kernels::conv::{ConvGeometry, conv2d};
 use zoo_kernels::cpu_f32;
 
-/// The arguments of `nn.Conv2d(in, out, kernel_size, stride, padding)` (square kernels).
+/// The arguments of `nn.Conv2d(in, out, kernel_size, stride, padding, bias)` (square kernels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2dSpec {
     pub in_channels: usize,
@@ -16,6 +16,9 @@ pub struct Conv2dSpec {
     pub kernel: usize,
     pub stride: usize,
     pub padding: usize,
+    /// Whether it has a bias (PyTorch's default; torchvision's convolutions before a BatchNorm
+    /// have none).
+    pub bias: bool,
 }
 
 impl Conv2dSpec {
@@ -27,7 +30,14 @@ impl Conv2dSpec {
             kernel,
             stride: 1,
             padding: 0,
+            bias: true,
         }
+    }
+
+    /// `bias=False`.
+    pub fn no_bias(mut self) -> Self {
+        self.bias = false;
+        self
     }
 
     pub fn stride(mut self, stride: usize) -> Self {
@@ -41,12 +51,15 @@ impl Conv2dSpec {
     }
 }
 
-/// `nn.Conv2d` with bias. Weights `weight` `(out, in, k, k)` and `bias` `(out,)`.
+/// `nn.Conv2d`. Weights `weight` `(out, in, k, k)` and, unless the spec says `no_bias`, `bias`
+/// `(out,)`.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     name: String,
     spec: Conv2dSpec,
     inner: candle_nn::Conv2d,
+    /// The bias zoo's kernel adds: the layer's, or zeros (not a parameter) without one.
+    kernel_bias: Tensor,
 }
 
 impl Conv2d {
@@ -60,11 +73,18 @@ impl Conv2d {
             "weight",
             pytorch_weight_hint(),
         )?;
-        let bias = vb.get_with_hints(
-            spec.out_channels,
-            "bias",
-            pytorch_bias_hint(spec.in_channels * k * k),
-        )?;
+        let bias = match spec.bias {
+            true => Some(vb.get_with_hints(
+                spec.out_channels,
+                "bias",
+                pytorch_bias_hint(spec.in_channels * k * k),
+            )?),
+            false => None,
+        };
+        let kernel_bias = match &bias {
+            Some(b) => b.clone(),
+            None => Tensor::zeros(spec.out_channels, weight.dtype(), weight.device())?,
+        };
         let config = Conv2dConfig {
             padding: spec.padding,
             stride: spec.stride,
@@ -75,7 +95,8 @@ impl Conv2d {
         Ok(Self {
             name: vb.prefix(),
             spec,
-            inner: candle_nn::Conv2d::new(weight, Some(bias), config),
+            inner: candle_nn::Conv2d::new(weight, bias, config),
+            kernel_bias,
         })
     }
 
@@ -113,11 +134,7 @@ impl Conv2d {
                 stride: self.spec.stride,
                 padding: self.spec.padding,
             };
-            // `Conv2d::new` always creates the bias (PyTorch's default `bias=True`).
-            let bias = self.inner.bias().ok_or_else(|| {
-                candle_core::Error::Msg(format!("Conv2d `{}`: no bias tensor", self.name))
-            })?;
-            return conv2d(x, self.inner.weight(), bias, geometry, relu);
+            return conv2d(x, self.inner.weight(), &self.kernel_bias, geometry, relu);
         }
         zoo_kernels::activation::relu_composed_if(self.inner.forward(x)?, relu)
     }

@@ -6,10 +6,13 @@ use candle_nn::{ModuleT, VarBuilder};
 use super::{Layer, LayerKind};
 
 /// Layers applied in order. Like PyTorch's `nn.Sequential`, every child takes the next index
-/// as its name, parameterless or not, so weights are named `3.weight`, `1.0.conv1.weight`, ...
+/// as its name, parameterless or not, so weights are named `3.weight`, `1.0.conv1.weight`, ...;
+/// or, pushed with [`SequentialT::push_named`], the attribute name a PyTorch module gives it
+/// (`conv1`, `layer1`: torchvision's networks).
 #[derive(Default)]
 pub struct SequentialT {
     layers: Vec<Box<dyn Layer>>,
+    names: Vec<String>,
 }
 
 impl SequentialT {
@@ -17,10 +20,24 @@ impl SequentialT {
         Self::default()
     }
 
-    /// Appends a layer (build it with `vb.pp(seq.len())` when it has weights).
+    /// Appends a layer named by its index (build it with `vb.pp(seq.len())` when it has
+    /// weights).
     pub fn push(&mut self, layer: impl Layer + 'static) -> &mut Self {
+        self.names.push(self.layers.len().to_string());
         self.layers.push(Box::new(layer));
         self
+    }
+
+    /// Builds a layer under `vb.pp(name)` and appends it as `name`.
+    pub fn push_named<L, F>(&mut self, vb: &VarBuilder, name: &str, build: F) -> Result<&mut Self>
+    where
+        L: Layer + 'static,
+        F: FnOnce(VarBuilder) -> Result<L>,
+    {
+        let layer = build(vb.pp(name))?;
+        self.layers.push(Box::new(layer));
+        self.names.push(name.to_string());
+        Ok(self)
     }
 
     /// Builds the next layer under `vb.pp(<its index>)` and appends it.
@@ -41,9 +58,14 @@ impl SequentialT {
         self.layers.is_empty()
     }
 
-    /// The children, in order; child `i` is named `i`.
+    /// The children, in order.
     pub fn layers(&self) -> &[Box<dyn Layer>] {
         &self.layers
+    }
+
+    /// The children's names, in order: their index, or the name they were pushed with.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 }
 
