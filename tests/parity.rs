@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use zoo_cli::registry::registry;
 use zoo_core::init::{InitScheme, ParamStore};
-use zoo_core::testing::{fill_by_formula as fill, formula_input as input};
+use zoo_core::testing::{
+    fill_by_formula as fill, formula_input as input, max_relative_error as rel_error,
+};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -27,16 +29,6 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
         .iter()
         .map(|x| x.as_f64().unwrap() as f32)
         .collect()
-}
-
-/// max |got - want| / max |want|.
-fn rel_error(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    got.iter()
-        .zip(want)
-        .fold(0f32, |m, (g, w)| m.max((g - w).abs()))
-        / scale
 }
 
 #[test]

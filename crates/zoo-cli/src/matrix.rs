@@ -37,14 +37,9 @@ pub fn load_matrix(path: &Path) -> Result<Matrix> {
     Ok(matrix)
 }
 
-/// A name that is one plain path component: not empty, no separator, not `.` or `..`, no
-/// leading dot, no control character.
+/// `name` as one plain path component ([`zoo_core::fs::is_plain_name`]), or an error saying so.
 pub fn check_plain_name(name: &str) -> Result<()> {
-    let bad = name.is_empty()
-        || name.starts_with('.')
-        || name.contains(['/', '\\'])
-        || name.chars().any(char::is_control);
-    if bad {
+    if !zoo_core::fs::is_plain_name(name) {
         anyhow::bail!(
             "`{name}` is not a plain name (one folder name: letters, digits, `-`, `_`; no `/`, \
              `\\` or leading `.`)"

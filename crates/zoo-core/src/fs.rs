@@ -40,6 +40,16 @@ pub fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
     write_atomic(to, &bytes)
 }
 
+/// Whether `name` is one plain path component: not empty, no `/` or `\\`, no leading dot (so
+/// neither `.` nor `..`), no control character. A name that becomes a folder under a root a
+/// run writes to or reads from (a matrix's runs, an image-folder dataset) must be one.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(char::is_control)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,8 @@ use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 pub use zoo_nn::testing::{
     assert_close, check_backward_reaches_every_parameter, check_layer_shapes, fill_by_formula,
-    formula, formula_input, max_abs_diff, signed_uniform, test_input, test_store,
-    weighted_sum_grads,
+    formula, formula_input, max_abs_diff, max_relative_error, signed_uniform, test_input,
+    test_store, weighted_sum_grads,
 };
 
 use crate::ForwardContext;

@@ -106,15 +106,17 @@ impl ForwardContext {
     }
 }
 
-/// Runs `f` and clears `context`'s BatchNorm group afterwards, whatever `f` returns.
+/// Runs `f` with `context`'s BatchNorm synchronised over `group`, and puts back the group it
+/// had before afterwards, whatever `f` returns.
 pub fn with_batch_norm_group<T>(
     context: &ForwardContext,
     group: SumOverRanks,
     f: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
+    let previous = context.batch_norm_group();
     context.set_batch_norm_group(Some(group));
     let out = f();
-    context.set_batch_norm_group(None);
+    context.set_batch_norm_group(previous);
     out
 }
 
@@ -137,5 +139,33 @@ mod tests {
         a.seed_dropout(5);
         assert_eq!(b.with_dropout_rng(|r| r.next_u32()), first);
         assert!(!a.same_as(&ForwardContext::new(5)));
+    }
+
+    #[test]
+    fn a_scoped_group_is_set_inside_and_the_previous_one_put_back() -> Result<()> {
+        let context = ForwardContext::default();
+        let outer: SumOverRanks = Arc::new(|_| Ok(()));
+        let inner: SumOverRanks = Arc::new(|v| {
+            v.iter_mut().for_each(|x| *x *= 2.0);
+            Ok(())
+        });
+        context.set_batch_norm_group(Some(outer.clone()));
+        let seen =
+            with_batch_norm_group(&context, inner.clone(), || Ok(context.batch_norm_group()))?;
+        assert!(seen.is_some_and(|g| Arc::ptr_eq(&g, &inner)));
+        assert!(
+            context
+                .batch_norm_group()
+                .is_some_and(|g| Arc::ptr_eq(&g, &outer))
+        );
+        // Also when `f` fails.
+        let failed: Result<()> = with_batch_norm_group(&context, inner, || candle_core::bail!("x"));
+        assert!(failed.is_err());
+        assert!(
+            context
+                .batch_norm_group()
+                .is_some_and(|g| Arc::ptr_eq(&g, &outer))
+        );
+        Ok(())
     }
 }

@@ -167,3 +167,18 @@ pub fn formula_input(c: usize, size: usize) -> Tensor {
         .collect();
     Tensor::from_vec(v, (2, c, size, size), &Device::Cpu).expect("the size it was given")
 }
+
+/// `max |got - want| / max |want|`: how far a result lies from a reference, relative to the
+/// reference's scale (the parity tests' measure).
+pub fn max_relative_error(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "a result and its reference differ in length"
+    );
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    got.iter()
+        .zip(want)
+        .fold(0f32, |m, (g, w)| m.max((g - w).abs()))
+        / scale
+}

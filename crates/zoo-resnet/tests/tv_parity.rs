@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Result};
 use candle_nn::ModuleT;
 use zoo_nn::init::{InitScheme, ParamStore};
-use zoo_nn::testing::{fill_by_formula, formula_input};
+use zoo_nn::testing::{fill_by_formula, formula_input, max_relative_error as rel_error};
 use zoo_resnet::tv;
 
 fn fixture() -> serde_json::Value {
@@ -21,16 +21,6 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
         .iter()
         .map(|x| x.as_f64().expect("a number") as f32)
         .collect()
-}
-
-/// max |got - want| / max |want|.
-fn rel_error(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    got.iter()
-        .zip(want)
-        .fold(0f32, |m, (g, w)| m.max((g - w).abs()))
-        / scale
 }
 
 type Build = fn(usize, candle_nn::VarBuilder) -> Result<tv::TvResNet>;

@@ -50,11 +50,7 @@ impl Dataset {
             "fashion-mnist" => return Ok(Self::FashionMnist),
             _ => {}
         }
-        let plain = !name.is_empty()
-            && !name.starts_with('.')
-            && !name.contains(['/', '\\'])
-            && !name.chars().any(char::is_control);
-        if !plain {
+        if !crate::fs::is_plain_name(name) {
             return Err(format!(
                 "dataset `{name}`: expected cifar10, mnist, fashion-mnist or the name of an image \
                  folder under the data root (one folder name, no `/`)"

@@ -17,6 +17,8 @@ use crate::init::ParamStore;
 /// A run folder's writer.
 pub(crate) struct Checkpointer<'a> {
     run_dir: &'a Path,
+    /// `last.safetensors` of this run.
+    last: PathBuf,
     store: &'a ParamStore,
     run: &'a RunInfo,
     /// Whether this process writes (rank 0 of a data-parallel group, or alone).
@@ -46,6 +48,7 @@ impl<'a> Checkpointer<'a> {
     pub fn new(run_dir: &'a Path, store: &'a ParamStore, run: &'a RunInfo, writer: bool) -> Self {
         Self {
             run_dir,
+            last: last_path(run_dir),
             store,
             run,
             writer,
@@ -53,8 +56,8 @@ impl<'a> Checkpointer<'a> {
     }
 
     /// `last.safetensors` of this run.
-    pub fn last(&self) -> PathBuf {
-        last_path(self.run_dir)
+    pub fn last(&self) -> &Path {
+        &self.last
     }
 
     /// The checkpoint metadata of this run at `progress`.
@@ -77,7 +80,7 @@ impl<'a> Checkpointer<'a> {
             return Ok(());
         }
         let meta = self.meta(progress);
-        save_checkpoint(&self.last(), self.store, Some(optimizer), ema, &meta)
+        save_checkpoint(&self.last, self.store, Some(optimizer), ema, &meta)
     }
 
     /// An epoch's files, `row` its metrics row (already in `progress`): `best.safetensors` when

@@ -3,6 +3,7 @@
 //! step (`step.rs`), the evaluator (`evaluator.rs`), the checkpointer (`checkpointer.rs`) and
 //! the data-parallel strategy (`ranks.rs`), reporting to a [`TrainObserver`].
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -195,8 +196,8 @@ impl Trainer<'_> {
                 ranks: &ranks,
             };
             let lr = match self.train_epoch(train, &step, &files, &mut state, clock, observer)? {
-                Ok(lr) => lr,
-                Err(outcome) => return Ok(outcome),
+                ControlFlow::Continue(lr) => lr,
+                ControlFlow::Break(outcome) => return Ok(outcome),
             };
             let control =
                 self.end_epoch(valid, &ranks, &files, &mut state, (lr, clock), observer)?;
@@ -280,7 +281,7 @@ impl Trainer<'_> {
         state: &mut RunState,
         clock: EpochClock,
         observer: &mut dyn TrainObserver,
-    ) -> Result<std::result::Result<f64, Outcome>> {
+    ) -> Result<ControlFlow<Outcome, f64>> {
         let epoch = state.progress.epoch;
         let steps_per_epoch = train.num_batches();
         let total_steps = steps_per_epoch * self.recipe.epochs;
@@ -325,10 +326,10 @@ impl Trainer<'_> {
                 clock,
                 observer,
             )? {
-                return Ok(Err(outcome));
+                return Ok(ControlFlow::Break(outcome));
             }
         }
-        Ok(Ok(lr))
+        Ok(ControlFlow::Continue(lr))
     }
 
     /// A batch on the device: its images transformed (resize, normalise), its labels.
@@ -373,7 +374,7 @@ impl Trainer<'_> {
         }
         if (stop || periodic) && !end_of_epoch {
             ranks.sync_buffers(self.store, state.ema.as_mut())?;
-            self.check_finite(&files.last(), state.progress.epoch, state.progress.batch)?;
+            self.check_finite(files.last(), state.progress.epoch, state.progress.batch)?;
             state.progress.rng = Some(self.model.context().dropout_state());
             state.progress.partial.wall_seconds = clock.wall_seconds();
             files.save_last(&state.optimizer, state.ema.as_ref(), &state.progress)?;
@@ -399,7 +400,7 @@ impl Trainer<'_> {
         let epoch = state.progress.epoch;
         let last = files.last();
         ranks.sync_buffers(self.store, state.ema.as_mut())?;
-        self.check_finite(&last, epoch, state.progress.batch)?;
+        self.check_finite(last, epoch, state.progress.batch)?;
         observer.evaluating();
         let evaluator = Evaluator {
             model: self.model,
@@ -408,7 +409,7 @@ impl Trainer<'_> {
             device: &self.device,
             dist: ranks.dist(),
         };
-        let (eval, eval_ema) = evaluator.epoch(state.ema.as_ref(), epoch, &last)?;
+        let (eval, eval_ema) = evaluator.epoch(state.ema.as_ref(), epoch, last)?;
         let p = state.progress.partial;
         let row = EpochMetrics {
             epoch: epoch + 1,
@@ -451,7 +452,7 @@ impl Trainer<'_> {
         files: &Checkpointer,
     ) -> Result<Option<f64>> {
         let started = Instant::now();
-        let mean = self.read_totals(state, ranks, &files.last())?;
+        let mean = self.read_totals(state, ranks, files.last())?;
         state.progress.partial.seconds += started.elapsed().as_secs_f64();
         Ok(mean)
     }
