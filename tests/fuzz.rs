@@ -178,6 +178,6 @@ fn pytorch_state_dicts() {
     let valid = std::fs::read(&fixture).unwrap();
     let path = dir.join("cifar_densenet.pt");
     fuzz("PyTorch .pt", &valid, &path, &path, 6, || {
-        zoo_cli::convert::read_state_dict(&path).map_err(|e| format!("{e:#}"))
+        zoo_cli::state_dict::read_state_dict(&path).map_err(|e| format!("{e:#}"))
     });
 }

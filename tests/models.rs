@@ -1,5 +1,5 @@
 //! Registry-wide model tests: every registered network builds, counts its parameters as the
-//! notebook does, runs forward and backward in both modes, and summarises from the CLI.
+//! notebook or torchvision does, runs forward and backward in both modes, and summarises from the CLI.
 
 use candle_core::{DType, Device, Result};
 use zoo_cli::registry::registry;
@@ -22,7 +22,7 @@ fn reference_parameter_counts_and_unique_weight_names() -> Result<()> {
         }
         let r = entry.reference_input;
         let out = model.output_shape(&[128, r.channels, r.height, r.width])?;
-        assert_eq!(out, vec![128, 10], "{}", entry.name);
+        assert_eq!(out, vec![128, entry.reference_classes], "{}", entry.name);
     }
     Ok(())
 }
@@ -208,7 +208,7 @@ fn zoo_summary_json_for_every_model() {
         }
         assert_eq!(
             layers.last().unwrap()["output_shape"],
-            serde_json::json!([128, 10])
+            serde_json::json!([128, entry.reference_classes])
         );
         assert!(json["macs"].as_u64().unwrap() > 0);
         for key in ["name", "kind", "output_shape", "params"] {

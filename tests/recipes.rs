@@ -4,6 +4,7 @@
 use zoo_cli::matrix::load_matrix;
 use zoo_cli::recipe::{OptimizerKind, RecipeName, ScheduleKind};
 use zoo_cli::registry;
+use zoo_cli::registry::Origin;
 use zoo_cli::run_config::{RunSpec, improved_recipe};
 use zoo_core::init::InitScheme;
 use zoo_core::train::optim::OptimizerConfig;
@@ -23,7 +24,7 @@ fn error_of(spec: RunSpec) -> String {
 
 #[test]
 fn the_improved_recipe_comes_from_its_data_file() {
-    for entry in registry() {
+    for entry in registry().iter().filter(|e| e.origin == Origin::Notebook) {
         let c = spec(entry.name, RecipeName::Improved)
             .resolve("cpu")
             .unwrap();

@@ -1,9 +1,12 @@
-//! `zoo convert`: the notebook's PyTorch state dicts (`.pt` zip pickles or `.safetensors`, with
-//! or without DataParallel's `module.` prefix) to zoo checkpoints, and back.
+//! `zoo convert`: PyTorch state dicts (zip or legacy `.pth`/`.pt`, or `.safetensors`, with or
+//! without DataParallel's `module.` prefix) to zoo checkpoints, and back.
 //!
-//! Key rule: PyTorch key = `[module.]model.` + zoo name. `num_batches_tracked` buffers have no
-//! zoo counterpart: dropped on import, written as 0 on export (so `load_state_dict(strict=True)`
-//! accepts the file).
+//! Key rules (docs/interop.md): for the notebook's networks, PyTorch key = `model.` + zoo name;
+//! for torchvision's, PyTorch key = zoo name, with DenseNet's legacy keys
+//! (`denselayer1.norm.1.weight`) renamed as torchvision's loader does and GoogLeNet's aux heads
+//! (`aux1.*`, `aux2.*`, untrained in the published file and unused at inference) left out.
+//! `num_batches_tracked` buffers have no zoo counterpart: dropped on import, written as 0 on
+//! export (so `load_state_dict(strict=True)` accepts the file).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,63 +19,77 @@ use zoo_core::train::checkpoint::{
     CheckpointMeta, RunInfo, apply_weights, load_checkpoint, save_checkpoint,
 };
 
-use crate::registry::{ModelEntry, find};
+use crate::registry::{ModelEntry, Origin, find};
 use crate::run_config::MAX_INPUT_SIZE;
+pub use crate::state_dict::read_state_dict;
 use zoo_core::data::Dataset;
 
-/// The zoo name of a PyTorch state-dict key; `None` for keys zoo does not keep.
-pub fn zoo_name(key: &str) -> Result<Option<String>> {
+/// The zoo name of a PyTorch state-dict key of a network from `origin`; `None` for keys zoo
+/// does not keep.
+pub fn zoo_name(origin: Origin, key: &str) -> Result<Option<String>> {
     let key = key.strip_prefix("module.").unwrap_or(key);
     if key.ends_with("num_batches_tracked") {
         return Ok(None);
     }
-    match key.strip_prefix("model.") {
-        Some(name) => Ok(Some(name.to_string())),
-        None => bail!(
-            "key `{key}` does not start with `model.` (the notebook's `self.model = nn.Sequential(...)`)"
-        ),
+    match origin {
+        Origin::Notebook => match key.strip_prefix("model.") {
+            Some(name) => Ok(Some(name.to_string())),
+            None => bail!(
+                "key `{key}` does not start with `model.` (the notebook's `self.model = \
+                 nn.Sequential(...)`)"
+            ),
+        },
+        Origin::Torchvision if key.starts_with("aux1.") || key.starts_with("aux2.") => Ok(None),
+        Origin::Torchvision => Ok(Some(modern_densenet_key(key))),
     }
 }
 
-/// The PyTorch key of a zoo name.
-pub fn pytorch_key(name: &str) -> String {
-    format!("model.{name}")
+/// torchvision's rename of DenseNet's pre-0.3 keys (`_load_state_dict`'s pattern):
+/// `...denselayerN.norm.1.weight` -> `...denselayerN.norm1.weight` (also `conv.2`, `relu.1`);
+/// other keys unchanged.
+pub fn modern_densenet_key(key: &str) -> String {
+    let parts: Vec<&str> = key.split('.').collect();
+    let n = parts.len();
+    let legacy = n >= 4
+        && parts[n - 4]
+            .strip_prefix("denselayer")
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        && matches!(parts[n - 3], "norm" | "relu" | "conv")
+        && matches!(parts[n - 2], "1" | "2")
+        && matches!(
+            parts[n - 1],
+            "weight" | "bias" | "running_mean" | "running_var"
+        );
+    if !legacy {
+        return key.to_string();
+    }
+    let merged = format!("{}{}", parts[n - 3], parts[n - 2]);
+    [&parts[..n - 3], &[merged.as_str(), parts[n - 1]]]
+        .concat()
+        .join(".")
 }
 
-/// Reads a state dict from `.pt` / `.pth` (PyTorch zip pickle) or `.safetensors`.
-pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    match ext {
-        "safetensors" => Ok(candle_core::safetensors::load(path, &Device::Cpu)
-            .with_context(|| format!("reading {}", path.display()))?
-            .into_iter()
-            .collect()),
-        // The pickle reader is third-party code on untrusted bytes: a panic in it is an error
-        // naming the file, not a crash.
-        "pt" | "pth" | "bin" => std::panic::catch_unwind(|| candle_core::pickle::read_all(path))
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "{}: malformed PyTorch file (its reader failed on the data)",
-                    path.display()
-                )
-            })?
-            .with_context(|| format!("reading {} as a PyTorch state dict", path.display())),
-        _ => bail!(
-            "{}: expected a .pt, .pth or .safetensors file",
-            path.display()
-        ),
+/// The PyTorch key of a zoo name of a network from `origin`.
+pub fn pytorch_key(origin: Origin, name: &str) -> String {
+    match origin {
+        Origin::Notebook => format!("model.{name}"),
+        Origin::Torchvision => name.to_string(),
     }
 }
 
-/// The notebook's class names for a registry model's dataset.
-fn notebook_classes(model: &str) -> Result<Vec<String>> {
-    Ok(match find(model)?.notebook.as_ref().map(|n| &n.dataset) {
+/// The class names a registry model's weights come with by default: ImageNet's 1000 for
+/// torchvision's networks, the notebook's dataset's for the notebook's.
+fn default_classes(entry: &ModelEntry) -> Vec<String> {
+    if entry.origin == Origin::Torchvision {
+        return zoo_core::data::imagenet_classes();
+    }
+    match entry.notebook.as_ref().map(|n| &n.dataset) {
         Some(Dataset::Mnist) => zoo_core::data::digit_classes(),
         _ => zoo_core::data::CIFAR10_CLASSES
             .iter()
             .map(|s| s.to_string())
             .collect(),
-    })
+    }
 }
 
 /// What the converted checkpoint says about the images its weights take. Unset fields come
@@ -254,15 +271,22 @@ pub fn import_with(
 ) -> Result<()> {
     let entry = find(model)?;
     let channels = entry.reference_input.channels;
-    let tensors = zoo_tensors(input)?;
+    let tensors = zoo_tensors(entry.origin, input)?;
     let meta = file_metadata(input)?;
     let asked_size = asked_input_size(options, &meta, input)?;
-    let side = input_side(model, asked_size, &tensors, input)?;
-    let transform = import_transform(options, &meta, input, side, channels)?;
+    let (side, transform) = match entry.origin {
+        Origin::Notebook => {
+            let side = input_side(model, asked_size, &tensors, input)?;
+            let half = vec![0.5; channels];
+            let transform = import_transform(options, &meta, input, side, (&half, &half))?;
+            (side, transform)
+        }
+        Origin::Torchvision => torchvision_transform(entry, options, &meta, input, asked_size)?,
+    };
     let classes = match (&options.classes, meta.get("classes").map(String::as_str)) {
         (Some(c), _) => c.clone(),
         (None, Some(text)) => parse_classes(text),
-        (None, None) => notebook_classes(model)?,
+        (None, None) => default_classes(entry),
     };
     let spec = zoo_core::InputSpec::square(channels, side);
     let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
@@ -287,13 +311,39 @@ pub fn import_with(
     Ok(())
 }
 
+/// torchvision's evaluation transform for its networks: `Resize(side * 256 / 224)` and
+/// `CenterCrop(side)` (224 unless asked), ImageNet's mean and std unless given.
+fn torchvision_transform(
+    entry: &ModelEntry,
+    options: &ImportOptions,
+    meta: &HashMap<String, String>,
+    input: &Path,
+    asked: Option<usize>,
+) -> Result<(usize, InputTransform)> {
+    let side = asked.unwrap_or(entry.reference_input.height);
+    ensure!(
+        (entry.min_input..=MAX_INPUT_SIZE).contains(&side),
+        "--input-size {side}: expected {} to {MAX_INPUT_SIZE} for {}",
+        entry.min_input,
+        entry.name
+    );
+    use zoo_core::data::transforms::{IMAGENET_MEAN, IMAGENET_STD};
+    let mut transform =
+        import_transform(options, meta, input, side, (&IMAGENET_MEAN, &IMAGENET_STD))?;
+    transform.resize_shorter = Some((side * 256).div_ceil(224));
+    transform
+        .validate(3)
+        .with_context(|| format!("converting {}", input.display()))?;
+    Ok((side, transform))
+}
+
 /// The state dict of `input` under zoo names, as f32 (the keys zoo does not keep dropped); an
-/// error naming every key that is not the notebook's.
-fn zoo_tensors(input: &Path) -> Result<HashMap<String, Tensor>> {
+/// error naming every key that does not follow `origin`'s rule.
+fn zoo_tensors(origin: Origin, input: &Path) -> Result<HashMap<String, Tensor>> {
     let mut tensors = HashMap::new();
     let mut bad_keys = Vec::new();
     for (key, tensor) in read_state_dict(input)? {
-        match zoo_name(&key) {
+        match zoo_name(origin, &key) {
             Ok(Some(name)) => {
                 tensors.insert(name, tensor.to_dtype(DType::F32)?);
             }
@@ -326,28 +376,30 @@ fn asked_input_size(
 }
 
 /// The evaluation transform at `side` px: mean and std given, else from the file's metadata,
-/// else 0.5 per channel; checked against `channels`.
+/// else the `(mean, std)` defaults; checked against the defaults' channel count.
 fn import_transform(
     options: &ImportOptions,
     meta: &HashMap<String, String>,
     input: &Path,
     side: usize,
-    channels: usize,
+    (default_mean, default_std): (&[f32], &[f32]),
 ) -> Result<InputTransform> {
-    let floats = |given: &Option<Vec<f32>>, key: &str| -> Result<Vec<f32>> {
+    let channels = default_mean.len();
+    let floats = |given: &Option<Vec<f32>>, key: &str, default: &[f32]| -> Result<Vec<f32>> {
         match (given, meta.get(key).map(String::as_str)) {
             (Some(v), _) => Ok(v.clone()),
             (None, Some(text)) => {
                 parse_floats(text, &format!("{} metadata {key}", input.display()))
             }
-            (None, None) => Ok(vec![0.5; channels]),
+            (None, None) => Ok(default.to_vec()),
         }
     };
     let transform = InputTransform {
         height: side,
         width: side,
-        mean: floats(&options.mean, "mean")?,
-        std: floats(&options.std, "std")?,
+        mean: floats(&options.mean, "mean", default_mean)?,
+        std: floats(&options.std, "std", default_std)?,
+        resize_shorter: None,
     };
     transform
         .validate(channels)
@@ -355,7 +407,8 @@ fn import_transform(
     Ok(transform)
 }
 
-/// zoo checkpoint -> PyTorch safetensors with the notebook's keys (`model.` + name), including
+/// zoo checkpoint -> PyTorch safetensors with its origin's keys (`model.` + name for the
+/// notebook's networks, the name for torchvision's), including
 /// `num_batches_tracked` for every BatchNorm, so `load_state_dict(strict=True)` accepts it.
 pub fn export(input: &Path, output: &Path) -> Result<()> {
     if output.extension().and_then(|e| e.to_str()) != Some("safetensors") {
@@ -365,12 +418,13 @@ pub fn export(input: &Path, output: &Path) -> Result<()> {
         )
     }
     let ckpt = load_checkpoint(input, &Device::Cpu)?;
+    let origin = find(&ckpt.meta.run.model)?.origin;
     let mut out: Vec<(String, Tensor)> = Vec::new();
     for (name, tensor) in &ckpt.model {
-        out.push((pytorch_key(name), tensor.clone()));
+        out.push((pytorch_key(origin, name), tensor.clone()));
         if let Some(bn) = name.strip_suffix("running_mean") {
             out.push((
-                pytorch_key(&format!("{bn}num_batches_tracked")),
+                pytorch_key(origin, &format!("{bn}num_batches_tracked")),
                 Tensor::new(0i64, &Device::Cpu)?,
             ));
         }

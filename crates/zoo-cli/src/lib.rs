@@ -16,6 +16,7 @@ pub mod run_folder;
 pub mod run_lock;
 pub mod runtime;
 pub mod show_batch;
+pub mod state_dict;
 pub mod summary_cmd;
 pub mod torch_bench;
 pub mod training;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::loaded_model::load_model;
@@ -23,9 +23,13 @@ pub fn predict(checkpoint: &Path, images: &[PathBuf], device: &str) -> Result<Ve
     let input = loaded.meta.run.input;
     let mut out = Vec::new();
     for path in images {
+        let transform = &loaded.meta.run.eval_transform;
         let (h, w, chw) = zoo_core::data::folder::decode_image(path, input.channels)?;
+        let (h, w, chw) = transform
+            .prepare_image(chw, input.channels, (h, w))
+            .with_context(|| path.display().to_string())?;
         let x = candle_core::Tensor::from_vec(chw, (1, input.channels, h, w), &loaded.device)?;
-        let x = loaded.meta.run.eval_transform.apply(&x, &loaded.device)?;
+        let x = transform.apply(&x, &loaded.device)?;
         let logits = loaded.model.forward_t(&x, false)?.squeeze(0)?;
         let probs = candle_nn::ops::softmax(&logits, 0)?.to_vec1::<f32>()?;
         let mut ranked: Vec<(usize, f32)> = probs.iter().copied().enumerate().collect();

@@ -9,6 +9,7 @@ use zoo_core::{InputSpec, Model};
 use zoo_densenet::{DenseNet, DenseNetConfig};
 use zoo_googlenet::{GoogLeNet, GoogLeNetConfig};
 use zoo_nin::{Nin, NinConfig};
+use zoo_resnet::tv::{TvResNet, TvResNetConfig};
 use zoo_resnet::{ResNet, ResNetConfig};
 use zoo_vgg::{Vgg, VggConfig};
 
@@ -21,6 +22,15 @@ pub struct NotebookRun {
     pub valid_acc: f64,
 }
 
+/// Where a network's definition comes from, which decides the keys of its PyTorch weight files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The lecture notebook's `nn.Sequential` networks: PyTorch key = `model.` + zoo name.
+    Notebook,
+    /// `torchvision.models`, as built for its ImageNet weights: PyTorch key = zoo name.
+    Torchvision,
+}
+
 type BuildFn = fn(InputSpec, usize, VarBuilder) -> Result<Box<dyn Model>>;
 
 /// One registered model.
@@ -30,10 +40,14 @@ pub struct ModelEntry {
     pub description: &'static str,
     /// The crate that defines it.
     pub crate_name: &'static str,
-    /// The input the notebook uses (channels, height, width).
+    /// Whose definition it is.
+    pub origin: Origin,
+    /// The input its origin uses (channels, height, width): the notebook's, or ImageNet's 224.
     pub reference_input: InputSpec,
-    /// Trainable parameters at the reference input with 10 classes, as the issue and the
-    /// notebook's definitions give them (`None` where the notebook has no such network).
+    /// The number of classes its origin uses: 10 for the notebook's, 1000 for torchvision's.
+    pub reference_classes: usize,
+    /// Trainable parameters at the reference input and classes, as the notebook's definitions
+    /// and torchvision give them (`None` where neither has such a network).
     pub reference_params: Option<usize>,
     /// The smallest square input side the network's geometry accepts.
     pub min_input: usize,
@@ -53,9 +67,9 @@ impl ModelEntry {
         (self.build)(input, num_classes, vb)
     }
 
-    /// Builds the model exactly as the notebook does (reference input, 10 classes).
+    /// Builds the model exactly as its origin does (reference input and classes).
     pub fn build_reference(&self, vb: VarBuilder) -> Result<Box<dyn Model>> {
-        self.build(self.reference_input, 10, vb)
+        self.build(self.reference_input, self.reference_classes, vb)
     }
 
     /// The square input side used for fast CPU training on this model's dataset: the native
@@ -73,12 +87,14 @@ fn boxed<M: Model + 'static>(m: Result<M>) -> Result<Box<dyn Model>> {
     Ok(Box::new(m?))
 }
 
-static REGISTRY: [ModelEntry; 9] = [
+static REGISTRY: [ModelEntry; 14] = [
     ModelEntry {
         name: "alexnet",
         description: "AlexNet: 5 conv + 3 linear layers with dropout",
         crate_name: "zoo-alexnet",
+        origin: Origin::Notebook,
         reference_input: InputSpec::square(3, 224),
+        reference_classes: 10,
         reference_params: Some(46_787_978),
         min_input: 65,
         notebook: Some(NotebookRun {
@@ -101,7 +117,9 @@ static REGISTRY: [ModelEntry; 9] = [
         name: "vgg11",
         description: "VGG-11: the notebook's conv_arch, 3 linear layers",
         crate_name: "zoo-vgg",
+        origin: Origin::Notebook,
         reference_input: InputSpec::square(3, 224),
+        reference_classes: 10,
         reference_params: Some(128_807_306),
         min_input: 32,
         notebook: Some(NotebookRun {
@@ -122,7 +140,9 @@ static REGISTRY: [ModelEntry; 9] = [
         name: "vgg11-small",
         description: "VGG-11 with every channel count divided by 4",
         crate_name: "zoo-vgg",
+        origin: Origin::Notebook,
         reference_input: InputSpec::square(3, 224),
+        reference_classes: 10,
         reference_params: Some(43_093_610),
         min_input: 32,
         notebook: Some(NotebookRun {
@@ -142,7 +162,9 @@ static REGISTRY: [ModelEntry; 9] = [
         name: "nin",
         description: "Network in Network, 3-channel input (CIFAR-10)",
         crate_name: "zoo-nin",
+        origin: Origin::Notebook,
         reference_input: InputSpec::square(3, 224),
+        reference_classes: 10,
         reference_params: Some(2_015_398),
         min_input: 67,
         notebook: Some(NotebookRun {
@@ -162,7 +184,9 @@ static REGISTRY: [ModelEntry; 9] = [
         name: "nin-mnist",
         description: "Network in Network, 1-channel input (MNIST)",
         crate_name: "zoo-nin",
+        origin: Origin::Notebook,
         reference_input: InputSpec::square(1, 224),
+        reference_classes: 10,
         reference_params: Some(1_992_166),
         min_input: 67,
         notebook: Some(NotebookRun {
@@ -183,7 +207,9 @@ static REGISTRY: [ModelEntry; 9] = [
         name: "googlenet",
         description: "GoogLeNet: 9 Inception blocks, trained at 96 px",
         crate_name: "zoo-googlenet",
+        origin: Origin::Notebook,
         reference_input: InputSpec::square(3, 96),
+        reference_classes: 10,
         reference_params: Some(5_983_802),
         min_input: 1,
         notebook: Some(NotebookRun {
@@ -204,7 +230,9 @@ static REGISTRY: [ModelEntry; 9] = [
         name: "resnet18",
         description: "ResNet-18 with the notebook's Residual block",
         crate_name: "zoo-resnet",
+        origin: Origin::Notebook,
         reference_input: InputSpec::square(3, 224),
+        reference_classes: 10,
         reference_params: Some(11_184_650),
         min_input: 1,
         notebook: Some(NotebookRun {
@@ -225,7 +253,9 @@ static REGISTRY: [ModelEntry; 9] = [
         name: "resnet34",
         description: "ResNet-34 depth ([3, 4, 6, 3]) with the notebook's Residual block",
         crate_name: "zoo-resnet",
+        origin: Origin::Notebook,
         reference_input: InputSpec::square(3, 224),
+        reference_classes: 10,
         reference_params: None,
         min_input: 1,
         notebook: None,
@@ -242,7 +272,9 @@ static REGISTRY: [ModelEntry; 9] = [
         name: "densenet",
         description: "DenseNet: 4 dense blocks of 4 conv blocks, growth 32",
         crate_name: "zoo-densenet",
+        origin: Origin::Notebook,
         reference_input: InputSpec::square(3, 224),
+        reference_classes: 10,
         reference_params: Some(764_498),
         min_input: 29,
         notebook: Some(NotebookRun {
@@ -259,9 +291,107 @@ static REGISTRY: [ModelEntry; 9] = [
             ))
         },
     },
+    torchvision(
+        "tv-resnet18",
+        "torchvision's ResNet-18: basic blocks [2, 2, 2, 2], bias-free convolutions",
+        "zoo-resnet",
+        11_689_512,
+        1,
+        |input, classes, vb| {
+            boxed(TvResNet::new(
+                &TvResNetConfig::resnet18()
+                    .with_input(input)
+                    .with_num_classes(classes),
+                vb,
+            ))
+        },
+    ),
+    torchvision(
+        "tv-resnet34",
+        "torchvision's ResNet-34: basic blocks [3, 4, 6, 3]",
+        "zoo-resnet",
+        21_797_672,
+        1,
+        |input, classes, vb| {
+            boxed(TvResNet::new(
+                &TvResNetConfig::resnet34()
+                    .with_input(input)
+                    .with_num_classes(classes),
+                vb,
+            ))
+        },
+    ),
+    torchvision(
+        "tv-resnet50",
+        "torchvision's ResNet-50: bottlenecks [3, 4, 6, 3] (v1.5)",
+        "zoo-resnet",
+        25_557_032,
+        1,
+        |input, classes, vb| {
+            boxed(TvResNet::new(
+                &TvResNetConfig::resnet50()
+                    .with_input(input)
+                    .with_num_classes(classes),
+                vb,
+            ))
+        },
+    ),
+    torchvision(
+        "tv-resnet101",
+        "torchvision's ResNet-101: bottlenecks [3, 4, 23, 3]",
+        "zoo-resnet",
+        44_549_160,
+        1,
+        |input, classes, vb| {
+            boxed(TvResNet::new(
+                &TvResNetConfig::resnet101()
+                    .with_input(input)
+                    .with_num_classes(classes),
+                vb,
+            ))
+        },
+    ),
+    torchvision(
+        "tv-resnet152",
+        "torchvision's ResNet-152: bottlenecks [3, 8, 36, 3]",
+        "zoo-resnet",
+        60_192_808,
+        1,
+        |input, classes, vb| {
+            boxed(TvResNet::new(
+                &TvResNetConfig::resnet152()
+                    .with_input(input)
+                    .with_num_classes(classes),
+                vb,
+            ))
+        },
+    ),
 ];
 
-/// Every registered model, in the notebook's order.
+/// A torchvision network's entry: ImageNet's input and 1000 classes, no notebook run.
+const fn torchvision(
+    name: &'static str,
+    description: &'static str,
+    crate_name: &'static str,
+    params: usize,
+    min_input: usize,
+    build: BuildFn,
+) -> ModelEntry {
+    ModelEntry {
+        name,
+        description,
+        crate_name,
+        origin: Origin::Torchvision,
+        reference_input: InputSpec::square(3, 224),
+        reference_classes: 1000,
+        reference_params: Some(params),
+        min_input,
+        notebook: None,
+        build,
+    }
+}
+
+/// Every registered model: the notebook's in its order, then torchvision's.
 pub fn registry() -> &'static [ModelEntry] {
     &REGISTRY
 }

@@ -85,6 +85,7 @@ impl RunConfig {
             width: self.input_size,
             mean: self.mean.clone(),
             std: self.std.clone(),
+            resize_shorter: None,
         }
     }
 }

@@ -37,7 +37,7 @@ pub fn summarize(name: &str, input: Option<[usize; 4]>) -> Result<Summary> {
     }
     let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
     let model = entry
-        .build(InputSpec::new(c, h, w), 10, vb)
+        .build(InputSpec::new(c, h, w), entry.reference_classes, vb)
         .with_context(|| format!("building {name} for input {n}x{c}x{h}x{w}"))?;
     Summary::of(name, model.as_ref(), &[n, c, h, w]).with_context(|| format!("summarising {name}"))
 }

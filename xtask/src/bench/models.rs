@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 
-use zoo_cli::registry::{ModelEntry, registry};
+use zoo_cli::registry::{ModelEntry, Origin, registry};
 use zoo_core::Model;
 use zoo_core::table::{Align, Table};
 use zoo_core::train::optim::Optimizer;
@@ -70,11 +70,14 @@ pub fn run(
     Ok(())
 }
 
-/// The registry entries named in `--only` (comma-separated), or all of them.
+/// The registry entries named in `--only` (comma-separated), or the notebook's networks.
 fn selected_entries(only: Option<&str>) -> Vec<&'static ModelEntry> {
     registry()
         .iter()
-        .filter(|e| only.is_none_or(|o| o.split(',').any(|m| m == e.name)))
+        .filter(|e| match only {
+            Some(o) => o.split(',').any(|m| m == e.name),
+            None => e.origin == Origin::Notebook,
+        })
         .collect()
 }
 

@@ -12,6 +12,7 @@ pub mod folder;
 pub mod hub;
 pub mod idx;
 pub mod loader;
+pub mod resample;
 pub mod resolve;
 pub mod transforms;
 
@@ -195,6 +196,15 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
 /// `"0"` ... `"9"`.
 pub fn digit_classes() -> Vec<String> {
     (0..10).map(|d| d.to_string()).collect()
+}
+
+/// The 1000 ImageNet-1k class names in index order, as torchvision's weights give them
+/// (`weights.meta["categories"]`, torchvision 0.29).
+pub fn imagenet_classes() -> Vec<String> {
+    include_str!("imagenet_classes.txt")
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 pub(crate) fn names(list: &[&str]) -> Vec<String> {

@@ -556,6 +556,7 @@ fn eval_transform_equals_scale_resize_normalize() {
         width: 4,
         mean: vec![0.4, 0.5, 0.6],
         std: vec![0.2, 0.25, 0.3],
+        resize_shorter: None,
     };
     let fused = t.apply(&batch, &Device::Cpu).unwrap();
     let x = (batch.to_dtype(candle_core::DType::F32).unwrap() * (1.0 / 255.0)).unwrap();
@@ -678,4 +679,45 @@ fn a_dataset_is_located_by_its_files_and_a_missing_one_is_typed_not_found() {
         "{err}"
     );
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn imagenet_classes_are_torchvisions_thousand() {
+    let c = super::imagenet_classes();
+    assert_eq!(c.len(), 1000);
+    assert_eq!((c[0].as_str(), c[1].as_str()), ("tench", "goldfish"));
+    assert_eq!(c[207], "golden retriever");
+    assert_eq!(c[999], "toilet tissue");
+}
+
+#[test]
+fn an_imagenet_transform_resizes_crops_and_is_validated() {
+    let t = super::transforms::InputTransform::imagenet();
+    t.validate(3).unwrap();
+    // A 3x300x400 image: shorter side 256 -> 256x341, crop 224x224.
+    let img = vec![128u8; 3 * 300 * 400];
+    let (h, w, bytes) = t.prepare_image(img, 3, (300, 400)).unwrap();
+    assert_eq!((h, w, bytes.len()), (224, 224, 3 * 224 * 224));
+    let x = Tensor::from_vec(bytes, (1, 3, 224, 224), &Device::Cpu).unwrap();
+    let y = t.apply(&x, &Device::Cpu).unwrap().flatten_all().unwrap();
+    let first = y.to_vec1::<f32>().unwrap()[0];
+    assert!(
+        (first - (128.0 / 255.0 - 0.485) / 0.229).abs() < 1e-5,
+        "{first}"
+    );
+    // A crop larger than the resize is refused, naming the field.
+    let bad = super::transforms::InputTransform {
+        resize_shorter: Some(200),
+        ..t.clone()
+    };
+    assert!(
+        bad.validate(3)
+            .unwrap_err()
+            .to_string()
+            .contains("resize_shorter 200")
+    );
+    // A plain transform leaves the image to the batch resize.
+    let plain = super::transforms::InputTransform::notebook(3, 32);
+    let (h, w, _) = plain.prepare_image(vec![0; 3 * 5 * 7], 3, (5, 7)).unwrap();
+    assert_eq!((h, w), (5, 7));
 }

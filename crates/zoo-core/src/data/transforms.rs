@@ -75,13 +75,26 @@ pub const MAX_IMAGE_SIDE: usize = 2048;
 
 /// What turns a u8 batch into the network's input: size and normalisation. A checkpoint
 /// carries it so that prediction needs no other flags.
+///
+/// Two kinds: a plain resize to `height x width` (the notebook's), or, with `resize_shorter`,
+/// torchvision's evaluation transform for photos of any size: the shorter side resized to
+/// `resize_shorter`, then a centre crop of `height x width` ([`InputTransform::imagenet`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputTransform {
     pub height: usize,
     pub width: usize,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// Resize the shorter side to this, then centre-crop `height x width` (`None`: resize the
+    /// whole image to `height x width`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize_shorter: Option<usize>,
 }
+
+/// ImageNet's per-channel mean, as torchvision's weights expect.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet's per-channel standard deviation, as torchvision's weights expect.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 impl InputTransform {
     /// The notebook's transform: resize to `size`, mean 0.5, std 0.5 on every channel.
@@ -91,6 +104,38 @@ impl InputTransform {
             width: size,
             mean: vec![0.5; channels],
             std: vec![0.5; channels],
+            resize_shorter: None,
+        }
+    }
+
+    /// torchvision's ImageNet evaluation transform: `Resize(256)` (bilinear, antialiased),
+    /// `CenterCrop(224)`, ImageNet mean and std.
+    pub fn imagenet() -> Self {
+        Self {
+            height: 224,
+            width: 224,
+            mean: IMAGENET_MEAN.to_vec(),
+            std: IMAGENET_STD.to_vec(),
+            resize_shorter: Some(256),
+        }
+    }
+
+    /// One decoded CHW u8 image of `h x w` made ready for [`InputTransform::apply`]: resized and
+    /// centre-cropped when the transform resizes the shorter side, unchanged otherwise (the
+    /// batch resize then does it). Returns the new size and bytes.
+    pub fn prepare_image(
+        &self,
+        chw: Vec<u8>,
+        channels: usize,
+        (h, w): (usize, usize),
+    ) -> Result<(usize, usize, Vec<u8>)> {
+        match self.resize_shorter {
+            None => Ok((h, w, chw)),
+            Some(s) => {
+                let out = (self.height, self.width);
+                let bytes = super::resample::resize_then_crop(&chw, channels, (h, w), s, out)?;
+                Ok((self.height, self.width, bytes))
+            }
         }
     }
 
@@ -110,6 +155,15 @@ impl InputTransform {
                     "evaluation transform: {what} {v:?} (expected {channels} finite values)"
                 )
             }
+        }
+        if let Some(s) = self.resize_shorter
+            && !(self.height.max(self.width)..=MAX_IMAGE_SIDE).contains(&s)
+        {
+            candle_core::bail!(
+                "evaluation transform: resize_shorter {s} (expected {} to {MAX_IMAGE_SIDE}: at \
+                 least the crop)",
+                self.height.max(self.width)
+            )
         }
         if self.std.iter().any(|&s| s <= 0.0) {
             candle_core::bail!(

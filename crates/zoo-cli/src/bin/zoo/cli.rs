@@ -60,8 +60,9 @@ pub enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
-    /// Convert a PyTorch state dict of a registry model (.pt or .safetensors, with or without
-    /// DataParallel's `module.` prefix) to a zoo checkpoint, or back with --to-pytorch.
+    /// Convert a PyTorch state dict of a registry model (.pth/.pt in the zip or legacy format, or
+    /// .safetensors; with or without DataParallel's `module.` prefix) to a zoo checkpoint, or
+    /// back with --to-pytorch. torchvision's files convert as they are for the `tv-` models.
     Convert(Box<ConvertArgs>),
     /// Every model's forward and backward on a GPU against zoo's CPU kernels, step timings
     /// and one timed epoch: the prepared device check (docs/gpu.md).

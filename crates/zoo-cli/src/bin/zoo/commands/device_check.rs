@@ -49,14 +49,17 @@ pub fn run(args: &DeviceCheckArgs) -> Result<()> {
     Ok(())
 }
 
-/// The models `--models` names (comma-separated), or every registry model.
+/// The models `--models` names (comma-separated), or every notebook model of the registry.
 fn chosen_models(args: &DeviceCheckArgs) -> Result<Vec<&'static ModelEntry>> {
     Ok(match &args.models {
         Some(list) => list
             .split(',')
             .map(|name| zoo_cli::find(name.trim()).map_err(anyhow::Error::from))
             .collect::<Result<Vec<_>>>()?,
-        None => zoo_cli::registry().iter().collect(),
+        None => zoo_cli::registry()
+            .iter()
+            .filter(|e| e.origin == zoo_cli::registry::Origin::Notebook)
+            .collect(),
     })
 }
 
