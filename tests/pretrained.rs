@@ -155,15 +155,22 @@ fn zoo(args: &[&str]) -> std::process::Output {
         .expect("zoo runs")
 }
 
-#[test]
-fn a_torchvision_state_dict_converts_and_predicts_imagenet_top5() {
+/// tv-resnet18 with seeded weights (random BatchNorm statistics too), saved in `dir` as
+/// DataParallel would save a state dict (`module.` prefix, `num_batches_tracked`), in
+/// safetensors; and the network.
+fn tv_resnet18_file(dir: &Path) -> (PathBuf, Box<dyn zoo_core::Model>) {
     use zoo_core::init::{InitScheme, ParamStore};
-    let dir = scratch("convert");
-    // tv-resnet18 with seeded weights, saved as DataParallel would (`module.` prefix,
-    // `num_batches_tracked`) in safetensors.
     let entry = zoo_cli::find("tv-resnet18").unwrap();
     let store = ParamStore::new(3, InitScheme::PytorchDefault, DType::F32, &Device::Cpu);
     let net = entry.build_reference(store.var_builder()).unwrap();
+    for (name, var) in store.named_tensors() {
+        let t = var.as_tensor();
+        if name.ends_with("running_var") {
+            var.set(&(t.rand_like(0.5, 1.5).unwrap())).unwrap();
+        } else if name.ends_with("running_mean") {
+            var.set(&(t.randn_like(0.0, 0.1).unwrap())).unwrap();
+        }
+    }
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for (name, var) in store.named_tensors() {
         if let Some(bn) = name.strip_suffix("running_mean") {
@@ -174,6 +181,13 @@ fn a_torchvision_state_dict_converts_and_predicts_imagenet_top5() {
     }
     let weights = dir.join("resnet18.safetensors");
     candle_core::safetensors::save(&tensors.into_iter().collect(), &weights).unwrap();
+    (weights, net)
+}
+
+#[test]
+fn a_torchvision_state_dict_converts_and_predicts_imagenet_top5() {
+    let dir = scratch("convert");
+    let (weights, net) = tv_resnet18_file(&dir);
     let converted = dir.join("converted.safetensors");
     let out = zoo(&[
         "convert",
@@ -277,4 +291,205 @@ fn a_torchvision_file_with_a_wrong_tensor_is_refused_naming_it() {
         "{err}"
     );
     assert!(!out.exists(), "no checkpoint is left behind");
+}
+
+/// An image folder `root/shapes/{train,test}/{red,green,blue}/` of PNGs of mixed sizes, each
+/// class a dominant colour with noise.
+fn shapes_folder(root: &Path) {
+    for (split, per_class) in [("train", 6), ("test", 2)] {
+        for (c, class) in ["red", "green", "blue"].iter().enumerate() {
+            let dir = root.join("shapes").join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..per_class {
+                let (w, h) = (36 + 4 * i as u32, 30 + 6 * (i as u32 % 3));
+                let img = image::RgbImage::from_fn(w, h, |x, y| {
+                    let noise = ((x * 31 + y * 17 + i as u32 * 7) % 64) as u8;
+                    let mut px = [noise; 3];
+                    px[c] = 160 + noise;
+                    image::Rgb(px)
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+fn converted_checkpoint(dir: &Path) -> PathBuf {
+    let (weights, _) = tv_resnet18_file(dir);
+    let converted = dir.join("tv-resnet18.safetensors");
+    let out = zoo(&[
+        "convert",
+        "--model",
+        "tv-resnet18",
+        weights.to_str().unwrap(),
+        converted.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    converted
+}
+
+#[test]
+fn a_frozen_fine_tune_changes_only_the_new_head() {
+    let dir = scratch("frozen");
+    let pretrained = converted_checkpoint(&dir);
+    shapes_folder(&dir);
+    let run = dir.join("run");
+    let out = zoo(&[
+        "train",
+        "tv-resnet18",
+        "--recipe",
+        "finetune",
+        "--pretrained",
+        pretrained.to_str().unwrap(),
+        "--freeze",
+        "backbone",
+        "--dataset",
+        "shapes",
+        "--input-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "6",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--run-dir",
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let load = |p: &Path| zoo_core::train::checkpoint::load_checkpoint(p, &Device::Cpu).unwrap();
+    let (before, after) = (load(&pretrained), load(&run.join("last.safetensors")));
+    assert_eq!(after.meta.run.classes, ["blue", "green", "red"]);
+    assert_eq!(after.model["fc.weight"].dims(), &[3, 512]);
+    let mut same = 0;
+    for (name, t) in &after.model {
+        if name.starts_with("fc.") {
+            continue;
+        }
+        let diff = zoo_core::testing::max_abs_diff(t, &before.model[name]).unwrap();
+        assert_eq!(diff, 0.0, "{name} changed (BatchNorm statistics included)");
+        same += 1;
+    }
+    assert_eq!(same, after.model.len() - 2);
+    // The optimiser kept state for the head alone.
+    let mut states: Vec<&String> = after.optimizer.keys().collect();
+    states.sort();
+    assert_eq!(states, ["first.fc.bias", "first.fc.weight"]);
+    // The evaluation transform carried over, scaled to 32 px: shorter side 37, crop 32.
+    let t = &after.meta.run.eval_transform;
+    assert_eq!((t.height, t.resize_shorter), (32, Some(37)));
+    assert_eq!(t.mean, zoo_core::data::transforms::IMAGENET_MEAN);
+}
+
+#[test]
+fn an_unfrozen_fine_tune_resumes_exactly() {
+    use zoo_cli::run_config::RunSpec;
+    use zoo_cli::training::{Placement, run_training};
+    use zoo_core::train::trainer::{Outcome, Quiet, StopAfterSteps};
+    let dir = scratch("unfrozen");
+    let pretrained = converted_checkpoint(&dir);
+    shapes_folder(&dir);
+    let spec = RunSpec {
+        model: Some("tv-resnet18".into()),
+        recipe: Some(zoo_cli::recipe::RecipeName::Finetune),
+        pretrained: Some(pretrained.clone()),
+        dataset: Some(zoo_core::data::Dataset::Folder("shapes".into())),
+        input_size: Some(32),
+        epochs: Some(2),
+        batch_size: Some(6),
+        ..RunSpec::default()
+    };
+    let config = spec.resolve("cpu").unwrap();
+    assert_eq!(config.recipe.backbone_lr_factor, Some(0.1));
+    let run = |folder: &str, resume: bool, stop: Option<u64>| {
+        let mut quiet = Quiet;
+        let mut stopper = StopAfterSteps::new(stop.unwrap_or(u64::MAX), &mut quiet);
+        let observer: &mut dyn zoo_core::train::trainer::TrainObserver = match stop {
+            Some(_) => &mut stopper,
+            None => &mut Quiet,
+        };
+        run_training(
+            &config,
+            &dir,
+            &dir.join(folder),
+            resume,
+            &Placement::ALONE,
+            observer,
+        )
+        .unwrap()
+    };
+    assert!(matches!(run("straight", false, None), Outcome::Finished(_)));
+    // 18 images / 6 = 3 steps per epoch: stop after 4 (epoch 2, batch 1), then resume with the
+    // pretrained file gone (a resume reads the run's own checkpoint).
+    assert_eq!(
+        run("killed", false, Some(4)),
+        Outcome::Interrupted { epoch: 1, batch: 1 }
+    );
+    std::fs::rename(&pretrained, dir.join("moved.safetensors")).unwrap();
+    assert!(matches!(run("killed", true, None), Outcome::Finished(_)));
+    let load = |p: PathBuf| zoo_core::train::checkpoint::load_checkpoint(&p, &Device::Cpu).unwrap();
+    let a = load(dir.join("straight/last.safetensors"));
+    let b = load(dir.join("killed/last.safetensors"));
+    let mut moved = 0;
+    for (name, t) in &a.model {
+        assert_eq!(
+            zoo_core::testing::max_abs_diff(t, &b.model[name]).unwrap(),
+            0.0,
+            "{name}"
+        );
+        moved += usize::from(name == "conv1.weight");
+    }
+    assert_eq!(moved, 1);
+    // Unfrozen, the backbone trained (at a tenth of the head's rate).
+    let before = load(dir.join("moved.safetensors"));
+    let d =
+        zoo_core::testing::max_abs_diff(&a.model["conv1.weight"], &before.model["conv1.weight"])
+            .unwrap();
+    assert!(d > 0.0, "the backbone trains");
+}
+
+#[test]
+fn fine_tune_flags_are_checked() {
+    use zoo_cli::run_config::{Freeze, RunSpec};
+    let dir = scratch("flags");
+    let pretrained = converted_checkpoint(&dir);
+    let spec = |model: &str| RunSpec {
+        model: Some(model.into()),
+        pretrained: Some(pretrained.clone()),
+        ..RunSpec::default()
+    };
+    let err = format!("{:#}", spec("tv-resnet34").resolve("cpu").unwrap_err());
+    assert!(
+        err.contains("holds tv-resnet18, and this run trains tv-resnet34"),
+        "{err}"
+    );
+    let frozen_alone = RunSpec {
+        freeze: Some(Freeze::Backbone),
+        pretrained: None,
+        ..spec("tv-resnet18")
+    };
+    let err = format!("{:#}", frozen_alone.resolve("cpu").unwrap_err());
+    assert!(
+        err.contains("--freeze backbone") && err.contains("--pretrained"),
+        "{err}"
+    );
+    let missing = RunSpec {
+        pretrained: Some(dir.join("nope.safetensors")),
+        ..spec("tv-resnet18")
+    };
+    let err = format!("{:#}", missing.resolve("cpu").unwrap_err());
+    assert!(
+        err.contains("--pretrained") && err.contains("nope.safetensors"),
+        "{err}"
+    );
 }

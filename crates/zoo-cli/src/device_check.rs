@@ -744,6 +744,7 @@ fn fit_one_epoch(
         checkpoint_every: None,
         read_every: None,
         data_parallel: None,
+        finetune: None,
     };
     Ok(trainer.fit(train, valid, run_dir, None, &mut Quiet)?)
 }

@@ -4,6 +4,7 @@ pub mod convert;
 pub mod device;
 pub mod device_check;
 pub mod eval;
+pub mod finetune;
 pub mod launcher;
 pub mod loaded_model;
 pub mod matrix;

@@ -14,6 +14,9 @@ pub enum RecipeName {
     Notebook,
     /// The network's improved recipe (its table in `recipes/improved.toml`).
     Improved,
+    /// Fine-tuning pretrained weights (`recipes/finetune.toml`, one for every network): a
+    /// lower rate for the backbone than for the new head, a short warm-up, cosine decay.
+    Finetune,
 }
 
 impl RecipeName {
@@ -21,6 +24,7 @@ impl RecipeName {
         match self {
             Self::Notebook => "notebook",
             Self::Improved => "improved",
+            Self::Finetune => "finetune",
         }
     }
 }

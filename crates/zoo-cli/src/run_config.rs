@@ -2,7 +2,7 @@
 //! outputs), resolved from a recipe and the field-by-field overrides that flags and matrix
 //! entries make, and the checks a resolved run must pass.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,18 @@ pub struct RunConfig {
     #[serde(default)]
     pub recipe_name: RecipeName,
     pub recipe: Recipe,
+    /// A fine-tune: the zoo checkpoint whose weights the run starts from (all but a new head
+    /// for other classes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<PathBuf>,
+    /// A fine-tune that trains the new head alone (`--freeze backbone`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub freeze_backbone: bool,
+    /// The evaluation transform resizes the shorter side to this, then centre-crops
+    /// `input_size` (a pretrained checkpoint's, such as ImageNet's 256 -> 224); image folders
+    /// are prepared so at load, whatever their images' sizes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize_shorter: Option<usize>,
 }
 
 impl RunConfig {
@@ -72,6 +84,9 @@ impl RunConfig {
             device: "auto".into(),
             recipe_name: RecipeName::Notebook,
             recipe: Recipe::notebook(10, lr),
+            pretrained: None,
+            freeze_backbone: false,
+            resize_shorter: None,
         })
     }
 
@@ -85,7 +100,7 @@ impl RunConfig {
             width: self.input_size,
             mean: self.mean.clone(),
             std: self.std.clone(),
-            resize_shorter: None,
+            resize_shorter: self.resize_shorter,
         }
     }
 }
@@ -95,12 +110,13 @@ impl RunConfig {
     /// (`recipes/improved.toml`) applied for `improved`.
     pub fn from_recipe(model: &str, recipe: RecipeName) -> Result<Self> {
         let mut c = Self::notebook(model, None)?;
-        if recipe == RecipeName::Notebook {
-            return Ok(c);
-        }
-        improved_recipe(model)?
-            .apply(&mut c)
-            .with_context(|| format!("the improved recipe of {model}"))?;
+        let spec = match recipe {
+            RecipeName::Notebook => return Ok(c),
+            RecipeName::Improved => improved_recipe(model)?,
+            RecipeName::Finetune => finetune_recipe()?,
+        };
+        spec.apply(&mut c)
+            .with_context(|| format!("the {} recipe of {model}", recipe.name()))?;
         c.recipe_name = recipe;
         Ok(c)
     }
@@ -134,8 +150,49 @@ impl RunConfig {
             self.model
         );
         validate_recipe_numbers(r)?;
+        self.validate_fine_tune()?;
         self.eval_transform()
             .validate(entry.reference_input.channels)?;
+        Ok(())
+    }
+}
+
+impl RunConfig {
+    /// Takes the pretrained checkpoint's evaluation transform (mean, std, input size and any
+    /// shorter-side resize, scaled when `--input-size` asks for another size).
+    fn carry_pretrained_transform(&mut self, path: &Path, asked_size: Option<usize>) -> Result<()> {
+        let ckpt = crate::finetune::read_pretrained(path, &self.model)?;
+        let t = ckpt.meta.run.eval_transform;
+        self.mean = t.mean;
+        self.std = t.std;
+        self.input_size = asked_size.unwrap_or(t.height);
+        self.resize_shorter = t
+            .resize_shorter
+            .map(|s| (s * self.input_size).div_ceil(t.height));
+        Ok(())
+    }
+
+    /// The fine-tuning fields agree: `--freeze` and `--backbone-lr-factor` need
+    /// `--pretrained`, and the factor is a rate.
+    fn validate_fine_tune(&self) -> Result<()> {
+        let factor = self.recipe.backbone_lr_factor;
+        if self.pretrained.is_none() {
+            ensure!(
+                !self.freeze_backbone,
+                "--freeze backbone: freezes a pretrained backbone; give --pretrained CHECKPOINT"
+            );
+            ensure!(
+                factor.is_none(),
+                "--backbone-lr-factor / backbone_lr_factor: a fine-tune's setting; give \
+                 --pretrained CHECKPOINT (or --backbone-lr-factor 1)"
+            );
+        }
+        if let Some(f) = factor {
+            ensure!(
+                finite_in(f, 0.0, f64::MAX),
+                "--backbone-lr-factor / backbone_lr_factor: {f} (expected a finite number >= 0)"
+            );
+        }
         Ok(())
     }
 }
@@ -283,6 +340,39 @@ pub struct RunSpec {
     #[arg(long, allow_hyphen_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub valid_per_class: Option<usize>,
+    /// Fine-tune: start from this zoo checkpoint's weights (`zoo convert` makes one of
+    /// torchvision's files); the classifier is replaced when the dataset's classes differ, and
+    /// the checkpoint's evaluation transform carries over.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<PathBuf>,
+    /// With --pretrained: `backbone` trains the new head alone (the backbone's weights fixed,
+    /// its BatchNorm in evaluation mode); `none` trains everything.
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freeze: Option<Freeze>,
+    /// With --pretrained: the backbone's learning rate as a factor of the head's.
+    #[arg(long, allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backbone_lr_factor: Option<f64>,
+}
+
+/// What a fine-tune keeps fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Freeze {
+    /// Nothing: every weight trains.
+    None,
+    /// Everything but the new head.
+    Backbone,
+}
+
+/// The fine-tuning recipe as data (one for every network).
+const FINETUNE_RECIPE: &str = include_str!("../recipes/finetune.toml");
+
+/// The `finetune` recipe: `recipes/finetune.toml`.
+pub fn finetune_recipe() -> Result<RunSpec> {
+    toml::from_str(FINETUNE_RECIPE).context("parsing recipes/finetune.toml")
 }
 
 /// Every network's improved recipe as data: `[defaults]` and one table per registry name, each
@@ -330,6 +420,9 @@ impl RunSpec {
         let mut c = RunConfig::from_recipe(model, recipe)?;
         c.device = device.to_string();
         self.apply(&mut c)?;
+        if let Some(path) = c.pretrained.clone() {
+            c.carry_pretrained_transform(&path, self.input_size)?;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -355,7 +448,14 @@ impl RunSpec {
         }
         c.train_per_class = self.train_per_class.or(c.train_per_class);
         c.valid_per_class = self.valid_per_class.or(c.valid_per_class);
+        c.pretrained = self.pretrained.clone().or(c.pretrained.take());
+        if let Some(f) = self.freeze {
+            c.freeze_backbone = f == Freeze::Backbone;
+        }
         let r = &mut c.recipe;
+        if let Some(f) = self.backbone_lr_factor {
+            r.backbone_lr_factor = (f != 1.0).then_some(f);
+        }
         r.epochs = self.epochs.unwrap_or(r.epochs);
         r.learning_rate = self.learning_rate.unwrap_or(r.learning_rate);
         r.label_smoothing = self.label_smoothing.unwrap_or(r.label_smoothing);
@@ -450,7 +550,13 @@ pub fn load_data(root: &Path, config: &RunConfig) -> Result<(ImageDataset, Image
         None => ds,
     };
     // Any local format, else (with the `hub` feature) the Hugging Face hub.
-    let (train, test) = zoo_core::data::resolve::load_dataset(root, &config.dataset)
+    let fit = config
+        .resize_shorter
+        .map(|shorter| zoo_core::data::folder::Fit {
+            shorter,
+            crop: config.input_size,
+        });
+    let (train, test) = zoo_core::data::resolve::load_dataset_fitted(root, &config.dataset, fit)
         .with_context(|| format!("loading {}", config.dataset))?;
     Ok((
         cut(train, config.train_per_class),

@@ -13,10 +13,11 @@ use zoo_core::data::loader::{Loader, LoaderConfig};
 use zoo_core::distributed::{Collective, DataParallel, Shard};
 use zoo_core::init::ParamStore;
 use zoo_core::train::checkpoint::{Checkpoint, RunInfo, load_checkpoint};
-use zoo_core::train::trainer::{Outcome, TrainObserver, Trainer};
+use zoo_core::train::trainer::{FineTune, Outcome, TrainObserver, Trainer};
 use zoo_core::{InputSpec, Model};
 
 use crate::device::parse_device_for_rank;
+use crate::finetune::{fine_tune, load_pretrained, read_pretrained};
 use crate::registry::{ModelEntry, find};
 use crate::run_config::{RunConfig, load_data};
 use crate::run_folder::RunLock;
@@ -105,6 +106,16 @@ pub fn run_training(
     let store = ParamStore::new(config.seed, config.init, DType::F32, &device);
     let model = build_model(entry, config, &train, input, &store)?;
     let classes = train.classes.clone();
+    let finetune = match &config.pretrained {
+        Some(path) => Some(start_fine_tune(
+            entry,
+            config,
+            (input, &classes),
+            &store,
+            (path, resume_from.is_none()),
+        )?),
+        None => None,
+    };
     let (train_loader, valid_loader) = sharded_loaders(config, train, test, placement)?;
     if writer {
         zoo_core::fs::write_atomic(&config_path, config_toml.as_bytes())?;
@@ -126,6 +137,7 @@ pub fn run_training(
         checkpoint_every: Some(50),
         read_every: None,
         data_parallel: placement.data_parallel.clone(),
+        finetune,
     };
     Ok(trainer.fit(&train_loader, &valid_loader, run_dir, resume_from, observer)?)
 }
@@ -182,6 +194,23 @@ fn checkpoint_to_resume(
         )));
     }
     Ok(ControlFlow::Continue(Some(ckpt)))
+}
+
+/// A fine-tune's split of `entry`'s parameters; on a fresh start (not a resume, which takes
+/// its weights from the run's own checkpoint) the pretrained weights copied into `store`.
+fn start_fine_tune(
+    entry: &ModelEntry,
+    config: &RunConfig,
+    (input, classes): (InputSpec, &[String]),
+    store: &ParamStore,
+    (path, fresh): (&Path, bool),
+) -> Result<FineTune> {
+    let finetune = fine_tune(entry, input, config.freeze_backbone)?;
+    if fresh {
+        let ckpt = read_pretrained(path, &config.model)?;
+        load_pretrained(store, &ckpt, &finetune.head, classes, path)?;
+    }
+    Ok(finetune)
 }
 
 /// `entry`'s network for `input` and `train`'s classes, its parameters in `store`; an error

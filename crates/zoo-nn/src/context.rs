@@ -6,6 +6,7 @@
 //! layers; [`crate::Model::context`] gives it back, so that a trainer can seed the dropout
 //! generator, save and restore its state, and synchronise BatchNorm over data-parallel ranks.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use candle_core::Result;
@@ -23,6 +24,7 @@ pub struct ForwardContext {
 struct Inner {
     dropout: Mutex<ZooRng>,
     batch_norm_group: RwLock<Option<SumOverRanks>>,
+    batch_norm_frozen: AtomicBool,
 }
 
 impl Default for ForwardContext {
@@ -39,6 +41,7 @@ impl std::fmt::Debug for ForwardContext {
                 "synchronised_batch_norm",
                 &self.batch_norm_group().is_some(),
             )
+            .field("frozen_batch_norm", &self.batch_norm_frozen())
             .finish()
     }
 }
@@ -51,6 +54,7 @@ impl ForwardContext {
             inner: Arc::new(Inner {
                 dropout: Mutex::new(ZooRng::with_stream(seed, streams::DROPOUT)),
                 batch_norm_group: RwLock::new(None),
+                batch_norm_frozen: AtomicBool::new(false),
             }),
         }
     }
@@ -93,6 +97,20 @@ impl ForwardContext {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Freezes (or thaws) every BatchNorm layer of the network: frozen, a training-mode
+    /// forward normalises with the running statistics and leaves them unchanged, as
+    /// evaluation does (a fine-tune that trains only a new head; Dropout is unaffected).
+    pub fn set_batch_norm_frozen(&self, frozen: bool) {
+        self.inner
+            .batch_norm_frozen
+            .store(frozen, Ordering::Relaxed);
+    }
+
+    /// Whether BatchNorm is frozen ([`Self::set_batch_norm_frozen`]).
+    pub fn batch_norm_frozen(&self) -> bool {
+        self.inner.batch_norm_frozen.load(Ordering::Relaxed)
     }
 
     /// Whether `other` is this context (the same shared state).

@@ -84,6 +84,25 @@ fn list_classes(dir: &Path, class_dirs: &[PathBuf]) -> Result<(Vec<String>, Vec<
 /// One split of an image folder dataset, every image converted to `channels`.
 /// All images must share the first image's size.
 pub fn load_image_folder(root: &Path, split: Split, channels: usize) -> Result<ImageDataset> {
+    load_image_folder_fitted(root, split, channels, None)
+}
+
+/// How an image folder's images of any size are brought to one: torchvision's `Resize` of the
+/// shorter side to `shorter`, then `CenterCrop` to `crop` x `crop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fit {
+    pub shorter: usize,
+    pub crop: usize,
+}
+
+/// [`load_image_folder`], each image first resized and centre-cropped by `fit` when given
+/// (then the images may have any sizes).
+pub fn load_image_folder_fitted(
+    root: &Path,
+    split: Split,
+    channels: usize,
+    fit: Option<Fit>,
+) -> Result<ImageDataset> {
     let dir = root.join(split.name());
     if !dir.is_dir() {
         candle_core::bail!(
@@ -103,7 +122,16 @@ pub fn load_image_folder(root: &Path, split: Split, channels: usize) -> Result<I
     let (classes, files) = list_classes(&dir, &class_dirs)?;
     let decoded: Vec<(usize, usize, Vec<u8>)> = files
         .par_iter()
-        .map(|(path, _)| decode_image(path, channels))
+        .map(|(path, _)| {
+            let (h, w, chw) = decode_image(path, channels)?;
+            let Some(Fit { shorter, crop }) = fit else {
+                return Ok((h, w, chw));
+            };
+            let fitted =
+                super::resample::resize_then_crop(&chw, channels, (h, w), shorter, (crop, crop))
+                    .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
+            Ok((crop, crop, fitted))
+        })
         .collect::<Result<_>>()?;
     let (h, w) = (decoded[0].0, decoded[0].1);
     let mut images = Vec::with_capacity(decoded.len() * channels * h * w);

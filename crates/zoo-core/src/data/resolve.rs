@@ -8,7 +8,7 @@ use candle_core::Result;
 use crate::error::ReadError;
 
 use super::cifar::load_cifar10_bin;
-use super::folder::load_image_folder;
+use super::folder::{Fit, load_image_folder_fitted};
 use super::idx::{find_raw_or_gz, idx_file_names, load_idx_split};
 use super::{Dataset, FASHION_MNIST_CLASSES, ImageDataset, Split, digit_classes, names};
 
@@ -101,9 +101,22 @@ pub fn locate(root: &Path, dataset: &Dataset) -> std::result::Result<DatasetForm
 
 /// Loads one split of dataset `name` from `root/name/`, in whichever format is there.
 pub fn load_split(root: &Path, dataset: &Dataset, split: Split) -> Result<ImageDataset> {
+    load_split_fitted(root, dataset, split, None)
+}
+
+/// [`load_split`], the images of an image-folder dataset brought to one size by `fit` (the
+/// fixed-size formats are left as they are).
+pub fn load_split_fitted(
+    root: &Path,
+    dataset: &Dataset,
+    split: Split,
+    fit: Option<Fit>,
+) -> Result<ImageDataset> {
     match locate_split(root, dataset, split)? {
         DatasetFormat::Cifar10Binary(bin) => load_cifar10_bin(&bin, split),
-        DatasetFormat::ImageFolders(dir) => load_image_folder(&dir, split, dataset.channels()),
+        DatasetFormat::ImageFolders(dir) => {
+            load_image_folder_fitted(&dir, split, dataset.channels(), fit)
+        }
         DatasetFormat::Idx(dir) => {
             let classes = if *dataset == Dataset::Mnist {
                 digit_classes()
@@ -117,8 +130,17 @@ pub fn load_split(root: &Path, dataset: &Dataset, split: Split) -> Result<ImageD
 
 /// Both splits, which must have the same classes (by name, in the same order).
 pub fn load_dataset(root: &Path, dataset: &Dataset) -> Result<(ImageDataset, ImageDataset)> {
-    let train = load_split(root, dataset, Split::Train)?;
-    let test = load_split(root, dataset, Split::Test)?;
+    load_dataset_fitted(root, dataset, None)
+}
+
+/// [`load_dataset`], an image folder's images brought to one size by `fit`.
+pub fn load_dataset_fitted(
+    root: &Path,
+    dataset: &Dataset,
+    fit: Option<Fit>,
+) -> Result<(ImageDataset, ImageDataset)> {
+    let train = load_split_fitted(root, dataset, Split::Train, fit)?;
+    let test = load_split_fitted(root, dataset, Split::Test, fit)?;
     let name = dataset.name();
     same_classes(
         &train.classes,

@@ -309,6 +309,7 @@ fn train_rank(dir: &std::path::Path, setup: Setup, c: Option<Arc<dyn Collective>
             collective: c,
             sync_batch_norm: setup.sync_bn,
         }),
+        finetune: None,
     };
     let resume = setup
         .resume
@@ -473,6 +474,7 @@ fn synchronised_batch_norm_makes_n_ranks_train_as_one_process() {
             checkpoint_every: None,
             read_every: None,
             data_parallel: Some(DataParallel::new(c)),
+            finetune: None,
         };
         match trainer.fit(&loader, &loader, &run_dir("sync-three"), None, &mut Quiet) {
             Err(e) => e.to_string(),

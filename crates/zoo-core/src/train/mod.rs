@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod checkpointer;
 pub mod ema;
 pub mod evaluator;
+pub mod finetune;
 mod inplace;
 pub mod loss;
 pub mod metrics;

@@ -27,6 +27,10 @@ pub struct Recipe {
     /// are not decayed, as timm and torchvision's reference recipes do.
     #[serde(default)]
     pub decay_1d_params: bool,
+    /// A fine-tune's learning rate for the pretrained backbone, as a factor of the head's
+    /// (`None`: one rate for all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone_lr_factor: Option<f64>,
 }
 
 impl Recipe {
@@ -41,6 +45,7 @@ impl Recipe {
             clip_grad_norm: None,
             ema_decay: None,
             decay_1d_params: false,
+            backbone_lr_factor: None,
         }
     }
 }

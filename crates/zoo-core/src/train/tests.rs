@@ -310,6 +310,7 @@ fn train_tiny(
         checkpoint_every: None,
         read_every: None,
         data_parallel: None,
+        finetune: None,
     };
     let resume = resume.then(|| load_checkpoint(&Trainer::last_path(dir), &Device::Cpu).unwrap());
     let mut quiet = Quiet;
@@ -355,6 +356,7 @@ fn a_checkpoint_past_the_end_of_an_epoch_is_refused() {
         checkpoint_every: None,
         read_every: None,
         data_parallel: None,
+        finetune: None,
     };
     let resume = load_checkpoint(&last, &Device::Cpu).unwrap();
     let err = match trainer.fit(&loader, &loader, &dir, Some(resume), &mut Quiet) {
@@ -619,6 +621,7 @@ fn nan_loss_stops_the_run_with_a_clear_message() {
         checkpoint_every: None,
         read_every: None,
         data_parallel: None,
+        finetune: None,
     };
     let err = trainer
         .fit(&train, &train, &dir, None, &mut Quiet)
@@ -838,6 +841,7 @@ fn loss_falls_and_accuracy_rises_on_real_mnist() {
         checkpoint_every: None,
         read_every: None,
         data_parallel: None,
+        finetune: None,
     };
     // 2 epochs x 94 batches of real MNIST digits.
     let Outcome::Finished(m) = trainer
@@ -896,6 +900,7 @@ fn fit_reading_every(read_every: usize) -> (u64, CountReads, super::metrics::Epo
         checkpoint_every: None,
         read_every: Some(read_every),
         data_parallel: None,
+        finetune: None,
     };
     let mut observer = CountReads::default();
     let before = super::readback::host_reads();
@@ -993,5 +998,23 @@ fn the_optimizer_serves_as_candle_nns_with_the_same_steps() -> Result<()> {
         through_candle.set_learning_rate(0.5);
         assert_eq!(through_candle.learning_rate(), 0.5);
     }
+    Ok(())
+}
+
+#[test]
+fn an_lr_factor_scales_the_chosen_parameters_updates() -> Result<()> {
+    let a = Var::new(&[1.0f32, 2.0], &Device::Cpu)?;
+    let b = Var::new(&[1.0f32, 2.0], &Device::Cpu)?;
+    let params = vec![
+        ("backbone.w".to_string(), a.clone()),
+        ("head.w".to_string(), b.clone()),
+    ];
+    let mut opt = Optimizer::new(OptimizerConfig::plain_sgd(), params)?
+        .with_lr_factor(0.1, |name| name.starts_with("backbone."));
+    let loss = (a.as_tensor().sum_all()? + b.as_tensor().sum_all()?)?;
+    opt.step(&loss.backward()?, 0.5)?;
+    // Gradient 1 everywhere: the head moves by 0.5, the backbone by 0.05.
+    assert_eq!(b.as_tensor().to_vec1::<f32>()?, [0.5, 1.5]);
+    assert_eq!(a.as_tensor().to_vec1::<f32>()?, [0.95, 1.95]);
     Ok(())
 }

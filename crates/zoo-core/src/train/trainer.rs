@@ -14,6 +14,7 @@ use super::checkpointer::{Checkpointer, best_path, last_good, last_path};
 use super::ema::Ema;
 use super::evaluator::Evaluator;
 pub use super::evaluator::{Evaluation, evaluate, evaluate_on};
+pub use super::finetune::FineTune;
 use super::metrics::EpochMetrics;
 use super::optim::Optimizer;
 use super::ranks::Ranks;
@@ -129,6 +130,9 @@ pub struct Trainer<'a> {
     /// loaders must be sharded for the same rank ([`Loader::sharded`]). `None` or a world of
     /// one: one process, bit for bit.
     pub data_parallel: Option<DataParallel>,
+    /// A fine-tune of pretrained weights: the new head, and whether the backbone is frozen
+    /// (`None`: every parameter trains at the recipe's rate).
+    pub finetune: Option<FineTune>,
 }
 
 /// What `fit` carries from step to step: the optimiser, the EMA, the run's progress and the
@@ -180,7 +184,10 @@ impl Trainer<'_> {
         if resume.is_none() {
             ranks.start(self.store)?;
         }
-        let params = self.store.trainable();
+        let params = match &self.finetune {
+            Some(f) => f.prepare(self.model, self.store.trainable()),
+            None => self.store.trainable(),
+        };
         let mut state = self.start_state(&params, train.num_batches(), resume)?;
         ranks.seed_dropout(self.model, &self.device, self.run.seed, state.progress.step)?;
         let files = Checkpointer::new(run_dir, self.store, &self.run, ranks.writer());
@@ -222,6 +229,9 @@ impl Trainer<'_> {
         let mut optimizer = Optimizer::new(self.recipe.optimizer, Vec::from(params))?;
         if !self.recipe.decay_1d_params {
             optimizer = optimizer.without_decay_on_1d();
+        }
+        if let (Some(f), Some(factor)) = (&self.finetune, self.recipe.backbone_lr_factor) {
+            optimizer = optimizer.with_lr_factor(factor, |name| !f.head.contains(name));
         }
         let mut ema = self
             .recipe

@@ -93,6 +93,8 @@ impl BatchNorm2d {
     /// statistics in training, running ones in evaluation), candle's layer elsewhere.
     fn forward_fused(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         self.output_shape(x.dims())?;
+        // Frozen (a fine-tune's backbone): running statistics in both modes.
+        let train = train && !self.context.batch_norm_frozen();
         // Data-parallel ranks synchronising BatchNorm: statistics over the global batch, whose
         // count the kernel checks.
         let group = if train {
@@ -172,5 +174,46 @@ impl Layer for BatchNorm2d {
 
     fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_fused(x, train, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::{InitScheme, ParamStore};
+    use candle_core::{DType, Device};
+
+    fn sum_of(store: &ParamStore, suffix: &str) -> f32 {
+        let (_, var) = store
+            .named_tensors()
+            .into_iter()
+            .find(|(n, _)| n.ends_with(suffix))
+            .unwrap();
+        var.as_tensor()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn frozen_batch_norm_trains_as_it_evaluates_and_keeps_its_statistics() -> Result<()> {
+        let store = ParamStore::new(1, InitScheme::PytorchDefault, DType::F32, &Device::Cpu);
+        let context = ForwardContext::default();
+        let bn = BatchNorm2d::new(3, store.var_builder().pp("bn"), &context)?;
+        let x = crate::testing::test_input(&[4, 3, 5, 5], 7)?.affine(2.0, 1.0)?;
+        let eval = bn.forward_t(&x, false)?;
+        context.set_batch_norm_frozen(true);
+        let frozen = bn.forward_t(&x, true)?;
+        assert_eq!(crate::testing::max_abs_diff(&frozen, &eval)?, 0.0);
+        assert_eq!(sum_of(&store, "running_mean"), 0.0, "statistics unchanged");
+        context.set_batch_norm_frozen(false);
+        let train = bn.forward_t(&x, true)?;
+        assert!(crate::testing::max_abs_diff(&train, &eval)? > 0.1);
+        assert!(
+            sum_of(&store, "running_mean") > 0.1,
+            "thawed, it updates them"
+        );
+        Ok(())
     }
 }

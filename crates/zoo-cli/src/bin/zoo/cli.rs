@@ -156,8 +156,9 @@ pub struct DeviceCheckArgs {
 pub struct TrainArgs {
     /// Registry name (see `zoo list`).
     pub model: String,
-    /// The recipe to start from: the notebook's, or the network's improved one (its values:
-    /// docs/recipes.md); the flags below override single values.
+    /// The recipe to start from: the notebook's, the network's improved one (its values:
+    /// docs/recipes.md), or `finetune` (with --pretrained); the flags below override single
+    /// values.
     #[arg(long, value_enum, default_value = "notebook")]
     pub recipe: RecipeName,
     /// The run's settings: the same fields a matrix entry or a recipe file sets.

@@ -78,6 +78,8 @@ pub struct Optimizer {
     /// Parameters stepped without weight decay (biases and BatchNorm's, as timm and the
     /// torchvision reference recipes leave them).
     no_decay: HashSet<String>,
+    /// Learning-rate factors of single parameters (a fine-tune's backbone); 1 for the others.
+    lr_factor: HashMap<String, f64>,
     /// Steps taken.
     pub steps: u64,
     /// The learning rate `candle_nn::Optimizer::step` uses.
@@ -101,6 +103,7 @@ impl Optimizer {
             params,
             state: HashMap::new(),
             no_decay: HashSet::new(),
+            lr_factor: HashMap::new(),
             steps: 0,
             learning_rate: 0.0,
         })
@@ -115,6 +118,17 @@ impl Optimizer {
             .filter(|(_, v)| v.as_tensor().rank() <= 1)
             .map(|(n, _)| n.clone())
             .collect();
+        self
+    }
+
+    /// Steps the parameters `chosen` names at `factor` times the learning rate (PyTorch's
+    /// parameter groups with their own `lr`).
+    pub fn with_lr_factor(mut self, factor: f64, chosen: impl Fn(&str) -> bool) -> Self {
+        for (name, _) in &self.params {
+            if chosen(name) {
+                self.lr_factor.insert(name.clone(), factor);
+            }
+        }
         self
     }
 
@@ -145,6 +159,7 @@ impl Optimizer {
                 false => self.rule.weight_decay(),
             };
             let state = self.state.entry(name.clone()).or_default();
+            let lr = lr * self.lr_factor.get(name).copied().unwrap_or(1.0);
             let step = UpdateStep { lr, t };
             if in_place(var.as_tensor(), grad) {
                 self.rule
