@@ -56,14 +56,23 @@ impl MaxPool2d {
     /// needs for the floor-mode kernel to give that length (0 without `ceil_mode`).
     fn out_len(&self, len: usize) -> Result<(usize, usize)> {
         let p = self.params;
-        let floor = p.out_len(len)?;
         if !self.ceil_mode {
-            return Ok((floor, 0));
+            return Ok((p.out_len(len)?, 0));
         }
-        // PyTorch's `pooling_output_shape`: round up, but the last window must start inside
-        // the input or its left padding.
-        let span = len + 2 * p.padding - p.kernel;
-        let mut out = span.div_ceil(p.stride) + 1;
+        // The kernel's checks of kernel, stride and padding, on an input it accepts.
+        p.out_len(p.kernel)?;
+        // PyTorch's `pooling_output_shape`: round up (so an input smaller than the kernel may
+        // still give one window), but the last window must start inside the input or its left
+        // padding.
+        let Some(span) = (len + 2 * p.padding + p.stride - 1).checked_sub(p.kernel) else {
+            candle_core::bail!(
+                "input size {len} (padded {}) gives no window of the pooling kernel {} in ceil \
+                 mode",
+                len + 2 * p.padding,
+                p.kernel
+            )
+        };
+        let mut out = span / p.stride + 1;
         if (out - 1) * p.stride >= len + p.padding {
             out -= 1;
         }
@@ -287,12 +296,28 @@ mod tests {
             )?;
             assert_eq!(y.dims(), [1, 1, ceil, ceil]);
         }
-        assert!(
-            MaxPool2d::new(2, 2, 0)
-                .ceil_mode()
-                .output_shape(&[1, 1, 1, 1])
-                .is_err()
-        );
+        // Inputs smaller than the kernel: one window in ceil mode where PyTorch gives one.
+        for ((len, k, s, p), ceil) in [
+            ((1, 2, 2, 0), Some(1)),
+            ((2, 3, 2, 0), Some(1)),
+            ((1, 3, 3, 0), Some(1)),
+            ((1, 3, 2, 0), None),
+            ((2, 5, 3, 0), None),
+            ((1, 2, 1, 0), None),
+        ] {
+            let shape = [1, 1, len, len];
+            let pool = MaxPool2d::new(k, s, p);
+            assert!(pool.output_shape(&shape).is_err());
+            match ceil {
+                Some(n) => {
+                    assert_eq!(pool.ceil_mode().output_shape(&shape)?, [1, 1, n, n]);
+                    let x = Tensor::ones(&shape[..], candle_core::DType::F32, &Device::Cpu)?;
+                    let y = pool.ceil_mode().forward_t(&x, false)?;
+                    assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, vec![1.0; n * n]);
+                }
+                None => assert!(pool.ceil_mode().output_shape(&shape).is_err()),
+            }
+        }
         Ok(())
     }
 }
