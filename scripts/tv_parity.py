@@ -13,10 +13,10 @@ the `num_batches_tracked` buffers, which zoo has none of: as a tree of module pa
 (`{"features": {"0": {"weight": [64, 3, 11, 11], ...}}}`), and as the count and FNV-1a digest
 of its sorted `name:d0,d1,..` lines (`zoo_nn::testing::state_dict_digest`). DenseNet-169 and
 -201 record the digest only, without the tree and the running sums (together 110 KB of JSON for
-about 1,700 tensors, built by the same code as DenseNet-121's, which the fixture details).
+1,852 tensors, built by the same code as DenseNet-121's, which the fixture details).
 
 Input sizes: ResNet and DenseNet 128 px (at 64 px their last stages normalise eight values per
-channel in training mode, and the deepest networks drift apart by float rounding alone);
+channel in training mode, where the deepest ResNets drift apart by float rounding alone);
 AlexNet 128 px (3x3 maps before its 6x6 adaptive pooling, which upsamples); VGG 96 px (3x3 maps
 into its 7x7 adaptive pooling); GoogLeNet 100 px (odd lengths, so that its ceil-mode poolings
 round up where floor mode would not).
