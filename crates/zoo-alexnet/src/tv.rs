@@ -143,6 +143,7 @@ mod tests {
     use candle_core::{DType, Device};
     use candle_nn::ModuleT;
     use zoo_nn::Model;
+    use zoo_nn::summary::Summary;
     use zoo_nn::testing::{check_backward_reaches_every_parameter, test_input, test_store};
 
     #[test]
@@ -150,6 +151,9 @@ mod tests {
         // torchvision 0.29, 1000 classes (`sum(p.numel() for p in m.parameters())`).
         let net = alexnet(1000, VarBuilder::zeros(DType::F32, &Device::Cpu))?;
         assert_eq!(net.num_params(), 61_100_840);
+        // torchvision's `AlexNet_Weights.IMAGENET1K_V1.meta["_ops"]`: 0.714 GMACs at 224 px.
+        let macs = Summary::of("alexnet", &net, &[1, 3, 224, 224])?.macs;
+        assert!((macs as f64 / 1e9 - 0.714).abs() < 5e-4, "{macs}");
         assert_eq!(
             net.body().names(),
             ["features", "avgpool", "flatten", "classifier"].map(String::from)

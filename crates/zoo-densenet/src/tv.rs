@@ -352,18 +352,25 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
     use zoo_nn::Model;
+    use zoo_nn::summary::Summary;
     use zoo_nn::testing::{check_backward_reaches_every_parameter, test_input, test_store};
 
     #[test]
     fn parameter_counts_and_shapes_equal_torchvisions() -> Result<()> {
         // torchvision 0.29, 1000 classes (`sum(p.numel() for p in m.parameters())`).
-        for (config, params, channels) in [
-            (TvDenseNetConfig::densenet121(), 7_978_856, 1024),
-            (TvDenseNetConfig::densenet169(), 14_149_480, 1664),
-            (TvDenseNetConfig::densenet201(), 20_013_928, 1920),
+        // GMACs at 224 px: the weights' `meta["_ops"]`.
+        for (config, params, gmacs, channels) in [
+            (TvDenseNetConfig::densenet121(), 7_978_856, 2.834, 1024),
+            (TvDenseNetConfig::densenet169(), 14_149_480, 3.36, 1664),
+            (TvDenseNetConfig::densenet201(), 20_013_928, 4.291, 1920),
         ] {
             let net = TvDenseNet::new(&config, VarBuilder::zeros(DType::F32, &Device::Cpu))?;
             assert_eq!(net.num_params(), params, "{config:?}");
+            let macs = Summary::of("densenet", &net, &[1, 3, 224, 224])?.macs;
+            assert!(
+                (macs as f64 / 1e9 - gmacs).abs() < 5e-4,
+                "{config:?}: {macs}"
+            );
             assert_eq!(
                 net.body().names(),
                 ["features", "relu", "avgpool", "flatten", "classifier"].map(String::from)

@@ -337,6 +337,7 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
     use zoo_nn::Model;
+    use zoo_nn::summary::Summary;
     use zoo_nn::testing::{check_backward_reaches_every_parameter, test_input, test_store};
 
     #[test]
@@ -345,6 +346,9 @@ mod tests {
         // (`sum(p.numel() for p in m.parameters())`).
         let net = googlenet(1000, VarBuilder::zeros(DType::F32, &Device::Cpu))?;
         assert_eq!(net.num_params(), 6_624_904);
+        // torchvision's `GoogLeNet_Weights.IMAGENET1K_V1.meta["_ops"]`: 1.498 GMACs at 224 px.
+        let macs = Summary::of("googlenet", &net, &[1, 3, 224, 224])?.macs;
+        assert!((macs as f64 / 1e9 - 1.498).abs() < 5e-4, "{macs}");
         let names = net.body().names();
         assert_eq!(
             names[..3],

@@ -243,19 +243,26 @@ mod tests {
     use candle_core::{DType, Device};
     use candle_nn::ModuleT;
     use zoo_nn::Model;
+    use zoo_nn::summary::Summary;
     use zoo_nn::testing::{check_backward_reaches_every_parameter, test_input, test_store};
 
     #[test]
     fn parameter_counts_and_shapes_equal_torchvisions() -> Result<()> {
         // torchvision 0.29, 1000 classes (`sum(p.numel() for p in m.parameters())`).
-        for (config, params) in [
-            (TvVggConfig::vgg11(), 132_863_336),
-            (TvVggConfig::vgg11_bn(), 132_868_840),
-            (TvVggConfig::vgg16(), 138_357_544),
-            (TvVggConfig::vgg16_bn(), 138_365_992),
+        // GMACs at 224 px: the weights' `meta["_ops"]`.
+        for (config, params, gmacs) in [
+            (TvVggConfig::vgg11(), 132_863_336, 7.609),
+            (TvVggConfig::vgg11_bn(), 132_868_840, 7.609),
+            (TvVggConfig::vgg16(), 138_357_544, 15.47),
+            (TvVggConfig::vgg16_bn(), 138_365_992, 15.47),
         ] {
             let net = TvVgg::new(&config, VarBuilder::zeros(DType::F32, &Device::Cpu))?;
             assert_eq!(net.num_params(), params, "{config:?}");
+            let macs = Summary::of("vgg", &net, &[1, 3, 224, 224])?.macs;
+            assert!(
+                (macs as f64 / 1e9 - gmacs).abs() < 5e-4,
+                "{config:?}: {macs}"
+            );
             assert_eq!(
                 net.body().names(),
                 ["features", "avgpool", "flatten", "classifier"].map(String::from)
