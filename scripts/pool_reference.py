@@ -1,4 +1,5 @@
-"""Reference values for zoo-core's pooling tests, from PyTorch.
+"""Reference values for the pooling tests (zoo-kernels' kernels, zoo-nn's ceil-mode MaxPool2d),
+from PyTorch.
 
 Run: python scripts/pool_reference.py  (needs torch). The inputs follow formulas the Rust
 tests reproduce: x[i] = ((i * 37) % 23) / 7 - 1.5 (with ties), upstream grad g[j] = 0.1 * (j + 1).
@@ -30,6 +31,8 @@ print(f"// torch {torch.__version__}")
 run("MAX_3_2_1", lambda x: F.max_pool2d(x, 3, 2, 1), (2, 2, 7, 6))
 run("MAX_3_1_1", lambda x: F.max_pool2d(x, 3, 1, 1), (1, 2, 4, 5))
 run("MAX_3_2_0", lambda x: F.max_pool2d(x, 3, 2, 0), (1, 1, 7, 7))
+run("MAX_3_2_1_CEIL", lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True), (1, 2, 7, 8))
+run("MAX_3_3_0_CEIL", lambda x: F.max_pool2d(x, 3, 3, 0, ceil_mode=True), (1, 1, 4, 5))
 run("AVG_3_2_1", lambda x: F.avg_pool2d(x, 3, 2, 1), (2, 2, 7, 6))
 run("AVG_2_2_0", lambda x: F.avg_pool2d(x, 2, 2, 0), (1, 2, 5, 4))
 run("ADAPTIVE_3X2", lambda x: F.adaptive_avg_pool2d(x, (3, 2)), (1, 2, 7, 5))

@@ -3,6 +3,8 @@
 //! Five convolutions and three linear layers with dropout, for CIFAR-10 resized to 224 px.
 //! The first linear layer's width is derived from the configured input size (6400 at
 //! 224 px), so the network can be built for any input large enough for its three poolings.
+//! [`tv`] holds torchvision's AlexNet (64-192-384-256-256 channels, adaptive pooling to 6x6),
+//! named as torchvision's state dicts name it.
 //!
 //! # Shapes
 //! `[b, 3, 224, 224] -> [b, 96, 54, 54] -> [b, 96, 26, 26] -> [b, 256, 12, 12] -> [b, 256, 5, 5]
@@ -23,6 +25,8 @@
 //! ```
 
 #![warn(missing_docs)]
+
+pub mod tv;
 
 use candle_core::Result;
 use candle_nn::VarBuilder;

@@ -3,6 +3,8 @@
 //! A 7x7 stem with BatchNorm, four dense blocks (each convolution block's output is
 //! concatenated to its input on the channel axis) separated by transition blocks that halve
 //! channels and resolution, then BatchNorm, ReLU, global average pooling and one linear layer.
+//! [`tv`] holds torchvision's DenseNet-121, -169 and -201 (bottleneck dense layers, bias-free
+//! convolutions), named as torchvision's state dicts name them.
 //!
 //! # Shapes
 //! `[b, 3, 224, 224] -> [b, 64, 56, 56] -> [b, 192, 56, 56] -> [b, 96, 28, 28] -> ...
@@ -22,6 +24,8 @@
 //! ```
 
 #![warn(missing_docs)]
+
+pub mod tv;
 
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};

@@ -3,6 +3,8 @@
 //! Five stages: a 7x7 stem, a 1x1 + 3x3 stage, then nine Inception blocks (four parallel
 //! paths concatenated on the channel axis) in three stages, global average pooling and one
 //! linear layer. The notebook trains it on CIFAR-10 resized to 96 px.
+//! [`tv`] holds torchvision's GoogLeNet (BatchNorm after every convolution, ceil-mode pooling,
+//! input re-normalisation), named as torchvision's state dicts name it.
 //!
 //! # Shapes
 //! `[b, 3, 96, 96] -> [b, 64, 24, 24] -> [b, 192, 12, 12] -> [b, 480, 6, 6] -> [b, 832, 3, 3]
@@ -22,6 +24,8 @@
 //! ```
 
 #![warn(missing_docs)]
+
+pub mod tv;
 
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};

@@ -1,7 +1,9 @@
 //! Checks every model crate's tests share (shapes against the notebook in both modes, gradients
 //! reaching every parameter), test inputs and stores with fixed seeds, and comparisons.
 
-use candle_core::{DType, Device, Result, Tensor};
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
 pub use zoo_kernels::testing::{assert_close, max_abs_diff, weighted_sum_grads};
 
 use crate::init::{InitScheme, ParamStore};
@@ -168,6 +170,90 @@ pub fn formula_input(c: usize, size: usize) -> Tensor {
     Tensor::from_vec(v, (2, c, size, size), &Device::Cpu).expect("the size it was given")
 }
 
+/// Checks that the tensors of `store` (parameters and BatchNorm statistics) are exactly those
+/// of a reference state dict, `expected` (name, shape), with the same shapes: the test that a
+/// network follows a PyTorch definition's names (leave out its `num_batches_tracked` buffers,
+/// which zoo has none of). The error lists what only one side has and the shapes that differ.
+pub fn check_state_dict(store: &ParamStore, expected: &[(String, Vec<usize>)]) -> Result<()> {
+    let ours: BTreeMap<String, Vec<usize>> = store
+        .named_tensors()
+        .into_iter()
+        .map(|(name, var)| (name, var.as_tensor().dims().to_vec()))
+        .collect();
+    let theirs: BTreeMap<String, Vec<usize>> = expected.iter().cloned().collect();
+    let only_ours: Vec<&String> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
+    let only_theirs: Vec<&String> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
+    let shapes: Vec<String> = ours
+        .iter()
+        .filter_map(|(k, s)| {
+            let t = theirs.get(k)?;
+            (t != s).then(|| format!("{k}: {s:?}, reference {t:?}"))
+        })
+        .collect();
+    if !only_ours.is_empty() || !only_theirs.is_empty() || !shapes.is_empty() {
+        candle_core::bail!(
+            "state dicts differ: only zoo has {only_ours:?}; only the reference has \
+             {only_theirs:?}; shapes differ: {shapes:?}"
+        )
+    }
+    Ok(())
+}
+
+/// The names and shapes of the tensors of `store` (parameters and BatchNorm statistics) as a
+/// count and the FNV-1a digest of their sorted `name:d0,d1,..` lines (each ending in `\n`):
+/// what `scripts/tv_parity.py` records of a state dict too large to list in a fixture.
+pub fn state_dict_digest(store: &ParamStore) -> (usize, u64) {
+    let lines: BTreeMap<String, String> = store
+        .named_tensors()
+        .into_iter()
+        .map(|(name, var)| {
+            let dims: Vec<String> = var
+                .as_tensor()
+                .dims()
+                .iter()
+                .map(usize::to_string)
+                .collect();
+            let line = format!("{name}:{}\n", dims.join(","));
+            (name, line)
+        })
+        .collect();
+    let count = lines.len();
+    let text: String = lines.into_values().collect();
+    (count, fnv1a(&text))
+}
+
+/// The largest difference between the sums of the BatchNorm running statistics of `store` and
+/// a reference's (`expected`: name, sum), each relative to `max(|reference|, 1)`: the check
+/// that a training-mode forward updated every running statistic as PyTorch does. An error when
+/// a name of `expected` is not in `store`, or a running statistic of `store` not in `expected`.
+pub fn running_sums_error(store: &ParamStore, expected: &[(String, f64)]) -> Result<f64> {
+    let ours: BTreeMap<String, Var> = store
+        .named_tensors()
+        .into_iter()
+        .filter(|(name, _)| crate::init::is_buffer(name))
+        .collect();
+    if ours.len() != expected.len() {
+        candle_core::bail!(
+            "zoo holds {} running statistics, the reference {}",
+            ours.len(),
+            expected.len()
+        )
+    }
+    let mut worst = 0f64;
+    for (name, want) in expected {
+        let Some(var) = ours.get(name) else {
+            candle_core::bail!("the reference's running statistic `{name}` is not zoo's")
+        };
+        let got = var
+            .as_tensor()
+            .to_dtype(DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        worst = worst.max((got - want).abs() / want.abs().max(1.0));
+    }
+    Ok(worst)
+}
+
 /// `max |got - want| / max |want|`: how far a result lies from a reference, relative to the
 /// reference's scale (the parity tests' measure).
 pub fn max_relative_error(got: &[f32], want: &[f32]) -> f32 {
@@ -181,4 +267,55 @@ pub fn max_relative_error(got: &[f32], want: &[f32]) -> f32 {
         .zip(want)
         .fold(0f32, |m, (g, w)| m.max((g - w).abs()))
         / scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ForwardContext;
+    use crate::nn::{BatchNorm2d, Linear};
+
+    /// `fnv1a("bn.bias:3\nbn.running_mean:3\nbn.running_var:3\nbn.weight:3\nfc.bias:2\n\
+    /// fc.weight:2,3\n")` by `scripts/parity.py`'s `fnv1a`.
+    const DIGEST: u64 = 0x269b_360e_cc1a_d33c;
+
+    #[test]
+    fn state_dicts_and_running_sums_compare_by_name() -> Result<()> {
+        let store = test_store(0);
+        let vb = store.var_builder();
+        BatchNorm2d::new(3, vb.pp("bn"), &ForwardContext::default())?;
+        Linear::new(3, 2, vb.pp("fc"))?;
+        let mut expected: Vec<(String, Vec<usize>)> = [
+            ("bn.weight", vec![3]),
+            ("bn.bias", vec![3]),
+            ("bn.running_mean", vec![3]),
+            ("bn.running_var", vec![3]),
+            ("fc.weight", vec![2, 3]),
+            ("fc.bias", vec![2]),
+        ]
+        .map(|(k, s)| (k.to_string(), s))
+        .into();
+        check_state_dict(&store, &expected)?;
+        assert_eq!(state_dict_digest(&store), (6, DIGEST));
+        expected[4].1 = vec![3, 2];
+        let err = check_state_dict(&store, &expected).unwrap_err().to_string();
+        assert!(err.contains("fc.weight: [2, 3], reference [3, 2]"), "{err}");
+        expected[4] = ("fc.kernel".into(), vec![2, 3]);
+        let err = check_state_dict(&store, &expected).unwrap_err().to_string();
+        assert!(err.contains(r#"only zoo has ["fc.weight"]"#), "{err}");
+        assert!(
+            err.contains(r#"only the reference has ["fc.kernel"]"#),
+            "{err}"
+        );
+
+        // A fresh BatchNorm: running mean 0, running variance 1.
+        let sums = |mean: f64, var: f64| {
+            [("bn.running_mean", mean), ("bn.running_var", var)].map(|(k, v)| (k.to_string(), v))
+        };
+        assert_eq!(running_sums_error(&store, &sums(0.0, 3.0))?, 0.0);
+        let e = running_sums_error(&store, &sums(0.5, 3.3))?;
+        assert!((e - 0.5).abs() < 1e-12, "{e}");
+        assert!(running_sums_error(&store, &sums(0.0, 3.0)[..1]).is_err());
+        Ok(())
+    }
 }

@@ -6,6 +6,8 @@
 //! configurations of one implementation: [`VggConfig::vgg11`] and [`VggConfig::vgg11_small`]
 //! (`vgg11().width_divisor(4)`). The first linear layer's width is derived from the
 //! configured input size (`512 * 7 * 7` at 224 px).
+//! [`tv`] holds torchvision's VGG-11 and VGG-16, with and without BatchNorm (adaptive pooling
+//! to 7x7), named as torchvision's state dicts name them.
 //!
 //! # Shapes (VGG-11)
 //! `[b, 3, 224, 224] -> [b, 64, 112, 112] -> ... -> [b, 512, 7, 7] -> [b, 25088] -> [b, 10]`
@@ -25,6 +27,8 @@
 //! ```
 
 #![warn(missing_docs)]
+
+pub mod tv;
 
 use candle_core::Result;
 use candle_nn::VarBuilder;
