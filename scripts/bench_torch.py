@@ -1,5 +1,6 @@
 """PyTorch side of `cargo xtask bench models --torch PYTHON`: the notebook's definitions
-(scripts/parity.py), the same cases and the same timing as zoo's benchmark.
+(scripts/parity.py) and torchvision's for the `tv-` models, the same cases and the same timing as
+zoo's benchmark.
 
 Prints one line per case: RESULT <model> <input> <train img/s> <infer img/s> <peak RSS MiB>
 (train `-` when not timed: --infer-only, or a case that cannot train, with a SKIP line saying why).
@@ -21,6 +22,13 @@ import parity  # noqa: E402
 
 
 def build(name, size):
+    if name.startswith("tv-"):
+        # torchvision's networks as zoo's tv- models are: ImageNet's 1000 classes, GoogLeNet as
+        # its weights build it (no aux heads, transform_input on).
+        import torchvision
+        fn = name[3:].replace("-", "_")
+        kwargs = dict(aux_logits=False, transform_input=True, init_weights=False) if fn == "googlenet" else {}
+        return getattr(torchvision.models, fn)(**kwargs), 3
     make, (c, _) = parity.MODELS[name]
     seq = make()
     # AlexNet and VGG hard-code the first Linear for 224 px: size it for this input, as zoo does.

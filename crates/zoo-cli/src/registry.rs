@@ -3,14 +3,18 @@
 
 use candle_core::Result;
 use candle_nn::VarBuilder;
+use zoo_alexnet::tv::{TvAlexNet, TvAlexNetConfig};
 use zoo_alexnet::{AlexNet, AlexNetConfig};
 use zoo_core::data::Dataset;
 use zoo_core::{InputSpec, Model};
+use zoo_densenet::tv::{TvDenseNet, TvDenseNetConfig};
 use zoo_densenet::{DenseNet, DenseNetConfig};
+use zoo_googlenet::tv::{TvGoogLeNet, TvGoogLeNetConfig};
 use zoo_googlenet::{GoogLeNet, GoogLeNetConfig};
 use zoo_nin::{Nin, NinConfig};
 use zoo_resnet::tv::{TvResNet, TvResNetConfig};
 use zoo_resnet::{ResNet, ResNetConfig};
+use zoo_vgg::tv::{TvVgg, TvVggConfig};
 use zoo_vgg::{Vgg, VggConfig};
 
 /// What the notebook did with a model: its dataset, learning rate and 10-epoch result.
@@ -87,7 +91,7 @@ fn boxed<M: Model + 'static>(m: Result<M>) -> Result<Box<dyn Model>> {
     Ok(Box::new(m?))
 }
 
-static REGISTRY: [ModelEntry; 14] = [
+static REGISTRY: [ModelEntry; 23] = [
     ModelEntry {
         name: "alexnet",
         description: "AlexNet: 5 conv + 3 linear layers with dropout",
@@ -292,18 +296,94 @@ static REGISTRY: [ModelEntry; 14] = [
         },
     },
     torchvision(
+        "tv-alexnet",
+        "torchvision's AlexNet: 64-192-384-256-256 channels, adaptive 6x6 pooling",
+        "zoo-alexnet",
+        61_100_840,
+        63,
+        |input, classes, vb| {
+            let config = TvAlexNetConfig::alexnet()
+                .with_input(input)
+                .with_num_classes(classes);
+            boxed(TvAlexNet::new(&config, vb))
+        },
+    ),
+    torchvision(
+        "tv-vgg11",
+        "torchvision's VGG-11 (configuration A), adaptive 7x7 pooling",
+        "zoo-vgg",
+        132_863_336,
+        32,
+        |input, classes, vb| {
+            let config = TvVggConfig::vgg11()
+                .with_input(input)
+                .with_num_classes(classes);
+            boxed(TvVgg::new(&config, vb))
+        },
+    ),
+    torchvision(
+        "tv-vgg11-bn",
+        "torchvision's VGG-11 with BatchNorm",
+        "zoo-vgg",
+        132_868_840,
+        32,
+        |input, classes, vb| {
+            let config = TvVggConfig::vgg11_bn()
+                .with_input(input)
+                .with_num_classes(classes);
+            boxed(TvVgg::new(&config, vb))
+        },
+    ),
+    torchvision(
+        "tv-vgg16",
+        "torchvision's VGG-16 (configuration D)",
+        "zoo-vgg",
+        138_357_544,
+        32,
+        |input, classes, vb| {
+            let config = TvVggConfig::vgg16()
+                .with_input(input)
+                .with_num_classes(classes);
+            boxed(TvVgg::new(&config, vb))
+        },
+    ),
+    torchvision(
+        "tv-vgg16-bn",
+        "torchvision's VGG-16 with BatchNorm",
+        "zoo-vgg",
+        138_365_992,
+        32,
+        |input, classes, vb| {
+            let config = TvVggConfig::vgg16_bn()
+                .with_input(input)
+                .with_num_classes(classes);
+            boxed(TvVgg::new(&config, vb))
+        },
+    ),
+    torchvision(
+        "tv-googlenet",
+        "torchvision's GoogLeNet: BatchNorm (eps 1e-3), transform_input, no aux heads",
+        "zoo-googlenet",
+        6_624_904,
+        15,
+        |input, classes, vb| {
+            let config = TvGoogLeNetConfig::googlenet()
+                .with_input(input)
+                .with_num_classes(classes);
+            boxed(TvGoogLeNet::new(&config, vb))
+        },
+    ),
+    torchvision(
         "tv-resnet18",
         "torchvision's ResNet-18: basic blocks [2, 2, 2, 2], bias-free convolutions",
         "zoo-resnet",
         11_689_512,
         1,
         |input, classes, vb| {
-            boxed(TvResNet::new(
-                &TvResNetConfig::resnet18()
-                    .with_input(input)
-                    .with_num_classes(classes),
-                vb,
-            ))
+            let config = TvResNetConfig::resnet18()
+                .with_input(input)
+                .with_num_classes(classes);
+            boxed(TvResNet::new(&config, vb))
         },
     ),
     torchvision(
@@ -313,12 +393,10 @@ static REGISTRY: [ModelEntry; 14] = [
         21_797_672,
         1,
         |input, classes, vb| {
-            boxed(TvResNet::new(
-                &TvResNetConfig::resnet34()
-                    .with_input(input)
-                    .with_num_classes(classes),
-                vb,
-            ))
+            let config = TvResNetConfig::resnet34()
+                .with_input(input)
+                .with_num_classes(classes);
+            boxed(TvResNet::new(&config, vb))
         },
     ),
     torchvision(
@@ -328,12 +406,10 @@ static REGISTRY: [ModelEntry; 14] = [
         25_557_032,
         1,
         |input, classes, vb| {
-            boxed(TvResNet::new(
-                &TvResNetConfig::resnet50()
-                    .with_input(input)
-                    .with_num_classes(classes),
-                vb,
-            ))
+            let config = TvResNetConfig::resnet50()
+                .with_input(input)
+                .with_num_classes(classes);
+            boxed(TvResNet::new(&config, vb))
         },
     ),
     torchvision(
@@ -343,12 +419,10 @@ static REGISTRY: [ModelEntry; 14] = [
         44_549_160,
         1,
         |input, classes, vb| {
-            boxed(TvResNet::new(
-                &TvResNetConfig::resnet101()
-                    .with_input(input)
-                    .with_num_classes(classes),
-                vb,
-            ))
+            let config = TvResNetConfig::resnet101()
+                .with_input(input)
+                .with_num_classes(classes);
+            boxed(TvResNet::new(&config, vb))
         },
     ),
     torchvision(
@@ -358,12 +432,49 @@ static REGISTRY: [ModelEntry; 14] = [
         60_192_808,
         1,
         |input, classes, vb| {
-            boxed(TvResNet::new(
-                &TvResNetConfig::resnet152()
-                    .with_input(input)
-                    .with_num_classes(classes),
-                vb,
-            ))
+            let config = TvResNetConfig::resnet152()
+                .with_input(input)
+                .with_num_classes(classes);
+            boxed(TvResNet::new(&config, vb))
+        },
+    ),
+    torchvision(
+        "tv-densenet121",
+        "torchvision's DenseNet-121: blocks (6, 12, 24, 16), growth 32",
+        "zoo-densenet",
+        7_978_856,
+        29,
+        |input, classes, vb| {
+            let config = TvDenseNetConfig::densenet121()
+                .with_input(input)
+                .with_num_classes(classes);
+            boxed(TvDenseNet::new(&config, vb))
+        },
+    ),
+    torchvision(
+        "tv-densenet169",
+        "torchvision's DenseNet-169: blocks (6, 12, 32, 32)",
+        "zoo-densenet",
+        14_149_480,
+        29,
+        |input, classes, vb| {
+            let config = TvDenseNetConfig::densenet169()
+                .with_input(input)
+                .with_num_classes(classes);
+            boxed(TvDenseNet::new(&config, vb))
+        },
+    ),
+    torchvision(
+        "tv-densenet201",
+        "torchvision's DenseNet-201: blocks (6, 12, 48, 32)",
+        "zoo-densenet",
+        20_013_928,
+        29,
+        |input, classes, vb| {
+            let config = TvDenseNetConfig::densenet201()
+                .with_input(input)
+                .with_num_classes(classes);
+            boxed(TvDenseNet::new(&config, vb))
         },
     ),
 ];

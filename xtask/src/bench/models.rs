@@ -82,8 +82,11 @@ fn selected_entries(only: Option<&str>) -> Vec<&'static ModelEntry> {
 }
 
 /// The input sides one entry is measured at: its CPU size, and with `--reference` also the
-/// notebook's.
+/// notebook's; torchvision's networks at ImageNet's 224 alone.
 fn case_sizes(entry: &ModelEntry, reference: bool) -> Vec<usize> {
+    if entry.origin == Origin::Torchvision {
+        return vec![entry.reference_input.height];
+    }
     let mut sizes = vec![entry.cpu_input_size()];
     if reference {
         sizes.push(entry.reference_input.height);
@@ -111,7 +114,7 @@ fn bench_zoo_case(
         candle_core::DType::F32,
         device,
     );
-    let model = entry.build(input, 10, store.var_builder())?;
+    let model = entry.build(input, entry.reference_classes, store.var_builder())?;
     let x = zoo_core::testing::test_input(&input.batched(batch), 1)?;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
     let y = Tensor::new(labels.as_slice(), device)?;
