@@ -11,10 +11,12 @@ check. Run (needs torch, torchvision, safetensors and a release build of zoo):
     cargo build --release -p zoo-cli
     python scripts/tv_weights_check.py [--image PHOTO.jpg] [--only tv-resnet18,...]
 Prints one line per model and form: the largest relative logit difference and whether the
-top-5 agree; exits 1 if any form disagrees on the top-5, or, for a lossless image (PNG; the
-default is a random one), is off by more than 1e-4. JPEG photos are decoded by different
-libraries (PIL's libjpeg-turbo, the Rust `image` crate's zune-jpeg), which differ by a level at
-some pixels: there the logits differ by about 1e-3 and the top-5 must still agree.
+top-5 agree; exits 1 if, for a lossless image (PNG; the default is a random one), any form is
+off by more than 1e-4 or has another top-5. JPEG photos are decoded by different libraries
+(Pillow's libjpeg-turbo, the Rust `image` crate's own decoder), which differ by a level at some
+pixels: there the logits differ by about 1e-3, and random weights leave near-ties among the
+top classes, so a JPEG passes with the same top-5 or one whose order differs only between
+classes closer than twice the logit difference (`near-tie`).
 """
 import argparse
 import json
@@ -100,6 +102,20 @@ def forms(name, state, tmp):
     return out
 
 
+def compare_top5(zoo_names, zoo_logits, logits, classes):
+    """zoo's printed top-5 against torchvision's: `same`, `near-tie` (the order differs only
+    between classes whose torchvision logits are closer than twice the largest logit
+    difference), or `DIFFERENT`."""
+    want = logits.topk(5).indices.tolist()
+    if zoo_names == [classes[i] for i in want]:
+        return "same"
+    got = zoo_logits.topk(5).indices.tolist()
+    diff = float((zoo_logits - logits).abs().max())
+    if all(abs(float(logits[g] - logits[w])) <= 2 * diff for g, w in zip(got, want)):
+        return "near-tie"
+    return "DIFFERENT"
+
+
 def zoo_predict(name, weights, image, tmp):
     ckpt = os.path.join(tmp, "zoo.safetensors")
     subprocess.run([ZOO, "convert", "--model", name, weights, ckpt], check=True, capture_output=True)
@@ -135,15 +151,14 @@ def main():
                 if isinstance(logits, tuple):
                     logits = logits[0]
                 logits = logits[0]
-            want_top5 = [classes[i] for i in logits.topk(5).indices.tolist()]
             for label, path in forms(name, model.state_dict(), tmp):
                 got = zoo_predict(name, path, image, tmp)
                 zl = torch.tensor(got["logits"])
                 err = float((zl - logits).abs().max() / logits.abs().max())
-                top5 = [c for c, _ in got["top5"]]
-                ok = top5 == want_top5 and (err <= 1e-4 or not lossless)
+                top5 = compare_top5([c for c, _ in got["top5"]], zl, logits, classes)
+                ok = (top5 == "same" and err <= 1e-4) if lossless else top5 != "DIFFERENT"
                 failures += not ok
-                print(f"{name:15} {label:22} logits rel err {err:.2e}  top-5 {'same' if top5 == want_top5 else 'DIFFERENT'}"
+                print(f"{name:15} {label:22} logits rel err {err:.2e}  top-5 {top5}"
                       f"{'' if ok else '  FAIL'}", flush=True)
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, image {args.image or 'random 500x375'}")
     sys.exit(1 if failures else 0)

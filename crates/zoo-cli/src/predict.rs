@@ -32,8 +32,11 @@ pub fn predict(checkpoint: &Path, images: &[PathBuf], device: &str) -> Result<Ve
         let x = transform.apply(&x, &loaded.device)?;
         let logits = loaded.model.forward_t(&x, false)?.squeeze(0)?;
         let probs = candle_nn::ops::softmax(&logits, 0)?.to_vec1::<f32>()?;
+        let values = logits.to_vec1::<f32>()?;
+        // Ranked by logit, not by probability: near-equal logits can round to one f32
+        // probability, and their order would then be the sort's, not the network's.
         let mut ranked: Vec<(usize, f32)> = probs.iter().copied().enumerate().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked.sort_by(|a, b| values[b.0].total_cmp(&values[a.0]));
         out.push(Prediction {
             image: path.clone(),
             top5: ranked
@@ -52,7 +55,7 @@ pub fn predict(checkpoint: &Path, images: &[PathBuf], device: &str) -> Result<Ve
                     )
                 })
                 .collect(),
-            logits: logits.to_vec1()?,
+            logits: values,
         });
     }
     Ok(out)
