@@ -10,7 +10,6 @@ Usage: python scripts/bench_runtime.py --peer ort --batch 1 --steps 20 --cases r
 """
 import argparse
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_torch import build  # noqa: E402
+from bench_torch import build, peak_rss_mib  # noqa: E402
 
 
 def export(name, size, path):
@@ -54,6 +53,7 @@ def openvino_runner(path, threads):
     return lambda x: request.infer({0: x})[compiled.output(0)]
 
 
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--peer", choices=["ort", "openvino"], required=True)
@@ -79,7 +79,7 @@ def main():
                 run(x)
                 if i >= a.warmup:
                     times.append(time.perf_counter() - t)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = peak_rss_mib()
         print(f"RESULT {name} {size} - {a.batch / statistics.median(times):.1f} {peak:.0f}", flush=True)
 
 

@@ -9,7 +9,6 @@ Usage: python scripts/bench_torch.py --batch 32 --steps 5 --cases alexnet:65,res
 """
 import argparse
 import os
-import resource
 import statistics
 import sys
 import time
@@ -38,6 +37,17 @@ def build(name, size):
             flat = seq[:first_linear](torch.zeros(1, c, size, size)).shape[1]
         seq[first_linear] = nn.Linear(flat, seq[first_linear].out_features)
     return parity.Wrapper(seq), c
+
+
+def peak_rss_mib():
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux keeps that
+    across execve, so a script started by a large process (xtask after a VGG case) would report
+    its parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def main():
@@ -90,7 +100,7 @@ def main():
                 model(x).cpu().numpy()
                 if i >= a.warmup:
                     infer.append(time.perf_counter() - t)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = peak_rss_mib()
         train_ips = f"{a.batch / statistics.median(train):.1f}" if train else "-"
         print(f"RESULT {name} {size} {train_ips} {a.batch / statistics.median(infer):.1f} {peak:.0f}", flush=True)
 

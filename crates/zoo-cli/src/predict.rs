@@ -30,7 +30,7 @@ pub fn predict(checkpoint: &Path, images: &[PathBuf], device: &str) -> Result<Ve
             .with_context(|| path.display().to_string())?;
         let x = candle_core::Tensor::from_vec(chw, (1, input.channels, h, w), &loaded.device)?;
         let x = transform.apply(&x, &loaded.device)?;
-        let logits = loaded.model.forward_t(&x, false)?.squeeze(0)?;
+        let logits = zoo_core::grad::no_grad(|| loaded.model.forward_t(&x, false))?.squeeze(0)?;
         let probs = candle_nn::ops::softmax(&logits, 0)?.to_vec1::<f32>()?;
         let values = logits.to_vec1::<f32>()?;
         // Ranked by logit, not by probability: near-equal logits can round to one f32

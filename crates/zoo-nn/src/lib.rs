@@ -8,6 +8,7 @@
 //!   ([`init::ParamStore`]);
 //! - [`rng`]: the portable seeded generator; [`context`]: a network's dropout generator and
 //!   BatchNorm synchronisation group ([`ForwardContext`]), held by its layers;
+//! - [`grad`]: [`grad::no_grad`], inference without recording the graph;
 //! - [`model`] and [`summary`]: the [`Model`] trait and layer-by-layer summaries ([`table`]
 //!   prints them).
 //!
@@ -33,6 +34,7 @@
 //! ```
 
 pub mod context;
+pub mod grad;
 pub mod init;
 pub mod model;
 pub mod nn;

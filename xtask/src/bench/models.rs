@@ -178,7 +178,7 @@ fn time_inference(model: &dyn Model, x: &Tensor, steps: usize) -> Result<Vec<f64
     let mut infer = Vec::new();
     for i in 0..=steps {
         let start = Instant::now();
-        model.forward_t(x, false)?.to_vec2::<f32>()?;
+        zoo_core::grad::no_grad(|| model.forward_t(x, false))?.to_vec2::<f32>()?;
         if i > 0 {
             infer.push(start.elapsed().as_secs_f64());
         }

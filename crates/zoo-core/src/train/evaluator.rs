@@ -54,7 +54,8 @@ pub fn evaluate_on(
         }
         let x = transform.apply(&batch.images_tensor(device)?, device)?;
         let y = batch.labels_tensor(device)?;
-        let logits = model.forward_t(&x, false)?.detach();
+        // No graph: each activation is freed once read (zoo_nn::grad::no_grad).
+        let logits = crate::grad::no_grad(|| model.forward_t(&x, false))?;
         let n = batch.len();
         let loss = (cross_entropy(&logits, &y, 0.0)?.to_dtype(DType::F32)? * n as f64)?;
         let hits = correct_on_device(&logits, &y)?;

@@ -4,6 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, ModuleT, VarBuilder};
 
 use super::{Layer, LayerKind, count, expect_nchw};
+use crate::grad::tracked;
 use crate::init::{pytorch_bias_hint, pytorch_weight_hint};
 use zoo_kernels::conv::{ConvGeometry, conv2d};
 use zoo_kernels::cpu_f32;
@@ -134,7 +135,8 @@ impl Conv2d {
                 stride: self.spec.stride,
                 padding: self.spec.padding,
             };
-            return conv2d(x, self.inner.weight(), &self.kernel_bias, geometry, relu);
+            let (weight, bias) = (tracked(self.inner.weight()), tracked(&self.kernel_bias));
+            return conv2d(x, &weight, &bias, geometry, relu);
         }
         zoo_kernels::activation::relu_composed_if(self.inner.forward(x)?, relu)
     }
@@ -217,7 +219,8 @@ impl Linear {
     fn forward_fused(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         self.output_shape(x.dims())?;
         if let (true, Some(bias)) = (cpu_f32(x), self.inner.bias()) {
-            return zoo_kernels::linear::linear(x, self.inner.weight(), bias, relu);
+            let (weight, bias) = (tracked(self.inner.weight()), tracked(bias));
+            return zoo_kernels::linear::linear(x, &weight, &bias, relu);
         }
         zoo_kernels::activation::relu_composed_if(self.inner.forward(x)?, relu)
     }

@@ -6,6 +6,7 @@ use candle_nn::{BatchNormConfig, ModuleT, VarBuilder};
 
 use super::{Layer, LayerKind, expect_nchw};
 use crate::context::ForwardContext;
+use crate::grad::tracked;
 use zoo_kernels::batch_norm::{batch_norm_eval, batch_norm_train_over};
 use zoo_kernels::cpu_f32;
 
@@ -127,10 +128,10 @@ impl BatchNorm2d {
         if !train {
             return batch_norm_eval(
                 x,
-                &self.weight,
-                &self.bias,
-                self.running_mean.as_tensor(),
-                self.running_var.as_tensor(),
+                &tracked(&self.weight),
+                &tracked(&self.bias),
+                &tracked(self.running_mean.as_tensor()),
+                &tracked(self.running_var.as_tensor()),
                 self.eps,
                 relu,
             );
