@@ -8,6 +8,7 @@ pub mod finetune;
 pub mod launcher;
 pub mod loaded_model;
 pub mod matrix;
+pub mod onnx;
 pub mod predict;
 pub mod progress;
 pub mod recipe;

@@ -29,6 +29,7 @@ pub mod tv;
 
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
+use zoo_nn::export::{Graph, Value};
 use zoo_nn::model::{check_config, check_fits};
 use zoo_nn::nn::{
     AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Layer, LayerKind,
@@ -130,6 +131,15 @@ impl Layer for DenseBlock {
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         let (b, h, w) = expect_nchw("DenseBlock", input, self.input_channels)?;
         Ok(vec![b, self.out_channels(), h, w])
+    }
+
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let mut x = input.clone();
+        for block in self.net.layers() {
+            let y = block.export(graph, &x)?;
+            x = graph.concat(&[x, y])?;
+        }
+        Ok(x)
     }
 
     fn num_params(&self) -> usize {

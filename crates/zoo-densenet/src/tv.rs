@@ -17,7 +17,9 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
+use zoo_nn::export::{Graph, Value};
 use zoo_nn::model::{check_config, check_fits};
+use zoo_nn::nn::export_relu;
 use zoo_nn::nn::{
     AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Dropout, Flatten, Layer,
     LayerKind, Linear, MaxPool2d, ReLU, SequentialT, expect_nchw,
@@ -131,6 +133,14 @@ impl Layer for TvDenseLayer {
         self.conv2.output_shape(&shape)
     }
 
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let y = export_relu(&self.norm1, graph, input)?;
+        let y = self.conv1.export(graph, &y)?;
+        let y = export_relu(&self.norm2, graph, &y)?;
+        let y = self.conv2.export(graph, &y)?;
+        self.dropout.export(graph, &y)
+    }
+
     fn num_params(&self) -> usize {
         let norms = self.norm1.num_params() + self.norm2.num_params();
         norms + self.conv1.num_params() + self.conv2.num_params()
@@ -202,6 +212,15 @@ impl Layer for TvDenseBlock {
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         let (b, h, w) = expect_nchw("_DenseBlock", input, self.in_channels)?;
         Ok(vec![b, self.out_channels(), h, w])
+    }
+
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let mut features = input.clone();
+        for layer in &self.layers {
+            let new = layer.export(graph, &features)?;
+            features = graph.concat(&[features, new])?;
+        }
+        Ok(features)
     }
 
     fn num_params(&self) -> usize {

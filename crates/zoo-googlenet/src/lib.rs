@@ -29,7 +29,9 @@ pub mod tv;
 
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
+use zoo_nn::export::{Graph, Value};
 use zoo_nn::model::{check_config, check_fits};
+use zoo_nn::nn::export_relu;
 use zoo_nn::nn::{
     AdaptiveAvgPool2d, Conv2d, Conv2dSpec, Flatten, Layer, LayerKind, Linear, MaxPool2d,
     SequentialT, conv7_stem, expect_nchw, push_conv_relu,
@@ -143,6 +145,17 @@ impl Layer for Inception {
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         let (b, h, w) = expect_nchw("Inception", input, self.in_channels)?;
         Ok(vec![b, self.spec.out_channels(), h, w])
+    }
+
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let p1 = export_relu(&self.p1_1, graph, input)?;
+        let p2 = export_relu(&self.p2_1, graph, input)?;
+        let p2 = export_relu(&self.p2_2, graph, &p2)?;
+        let p3 = export_relu(&self.p3_1, graph, input)?;
+        let p3 = export_relu(&self.p3_2, graph, &p3)?;
+        let p4 = self.p4_1.export(graph, input)?;
+        let p4 = export_relu(&self.p4_2, graph, &p4)?;
+        graph.concat(&[p1, p2, p3, p4])
     }
 
     fn num_params(&self) -> usize {

@@ -17,7 +17,9 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
+use zoo_nn::export::{Graph, Value};
 use zoo_nn::model::{check_config, check_fits};
+use zoo_nn::nn::export_relu;
 use zoo_nn::nn::{
     AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Dropout, Flatten, Layer, LayerKind, Linear,
     MaxPool2d, SequentialT, expect_nchw,
@@ -57,6 +59,11 @@ impl Layer for BasicConv2d {
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         self.conv.output_shape(input)
+    }
+
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let y = self.conv.export(graph, input)?;
+        export_relu(&self.bn, graph, &y)
     }
 
     fn num_params(&self) -> usize {
@@ -144,6 +151,14 @@ impl Layer for TvInception {
         Ok(vec![b, self.spec.out_channels(), h, w])
     }
 
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let mut outputs = vec![self.branch1.export(graph, input)?];
+        for branch in &self.branches {
+            outputs.push(branch.export(graph, input)?);
+        }
+        graph.concat(&outputs)
+    }
+
     fn num_params(&self) -> usize {
         let branches: usize = self.branches.iter().map(Layer::num_params).sum();
         self.branch1.num_params() + branches
@@ -191,6 +206,29 @@ impl Layer for TransformInput {
 
     fn num_params(&self) -> usize {
         0
+    }
+
+    /// `x * (std / 0.5) + (mean - 0.5) / 0.5` per channel, as two broadcast nodes.
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let per_channel = |values: [f64; 3]| {
+            let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+            Tensor::from_vec(values, (1, 3, 1, 1), &candle_core::Device::Cpu)
+        };
+        let scale = graph.constant("scale", &per_channel(IMAGENET_STD.map(|s| s / 0.5))?)?;
+        let shift = graph.constant(
+            "shift",
+            &per_channel(IMAGENET_MEAN.map(|m| (m - 0.5) / 0.5))?,
+        )?;
+        let shape = input.shape.clone();
+        let y = graph.node(
+            "Mul",
+            "transform_input",
+            vec![input.name.clone(), scale],
+            vec![],
+            shape,
+        );
+        let shape = y.shape.clone();
+        Ok(graph.node("Add", "transform_input", vec![y.name, shift], vec![], shape))
     }
 }
 

@@ -8,6 +8,7 @@
 //!   ([`init::ParamStore`]);
 //! - [`rng`]: the portable seeded generator; [`context`]: a network's dropout generator and
 //!   BatchNorm synchronisation group ([`ForwardContext`]), held by its layers;
+//! - [`export`]: the evaluation-mode graph in ONNX's operators ([`nn::Layer::export`]);
 //! - [`grad`]: [`grad::no_grad`], inference without recording the graph;
 //! - [`model`] and [`summary`]: the [`Model`] trait and layer-by-layer summaries ([`table`]
 //!   prints them).
@@ -34,6 +35,7 @@
 //! ```
 
 pub mod context;
+pub mod export;
 pub mod grad;
 pub mod init;
 pub mod model;

@@ -30,6 +30,7 @@ pub mod tv;
 
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
+use zoo_nn::export::{Graph, Value};
 use zoo_nn::model::{check_config, check_fits};
 use zoo_nn::nn::{
     AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Layer, LayerKind, Linear,
@@ -116,6 +117,20 @@ impl Layer for Residual {
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         let mid = self.conv1.output_shape(input)?;
         self.conv2.output_shape(&mid)
+    }
+
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let y = self.conv1.export(graph, input)?;
+        let y = self.bn1.export(graph, &y)?;
+        let y = graph.relu(&y);
+        let y = self.conv2.export(graph, &y)?;
+        let y = self.bn2.export(graph, &y)?;
+        let shortcut = match &self.conv3 {
+            Some(conv3) => conv3.export(graph, input)?,
+            None => input.clone(),
+        };
+        let sum = graph.add(&y, &shortcut)?;
+        Ok(graph.relu(&sum))
     }
 
     fn num_params(&self) -> usize {

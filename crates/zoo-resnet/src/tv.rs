@@ -12,6 +12,7 @@
 
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
+use zoo_nn::export::{Graph, Value};
 use zoo_nn::model::{check_config, check_fits};
 use zoo_nn::nn::{
     AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Conv2dSpec, Flatten, Layer, LayerKind, Linear,
@@ -119,6 +120,11 @@ impl ConvBn {
     fn num_params(&self) -> usize {
         self.conv.num_params() + self.bn.num_params()
     }
+
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let y = self.conv.export(graph, input)?;
+        self.bn.export(graph, &y)
+    }
 }
 
 /// torchvision's `BasicBlock` or `Bottleneck`: `conv1`/`bn1` ... and, where the shape changes,
@@ -206,6 +212,23 @@ impl Layer for TvBlock {
             shape = cb.conv.output_shape(&shape)?;
         }
         Ok(shape)
+    }
+
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let last = self.convs.len() - 1;
+        let mut y = input.clone();
+        for (i, cb) in self.convs.iter().enumerate() {
+            y = cb.export(graph, &y)?;
+            if i < last {
+                y = graph.relu(&y);
+            }
+        }
+        let shortcut = match &self.downsample {
+            Some(d) => d.export(graph, input)?,
+            None => input.clone(),
+        };
+        let sum = graph.add(&y, &shortcut)?;
+        Ok(graph.relu(&sum))
     }
 
     fn num_params(&self) -> usize {

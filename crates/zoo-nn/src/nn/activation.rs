@@ -5,6 +5,7 @@ use candle_nn::ModuleT;
 
 use super::{Layer, LayerKind};
 use crate::context::ForwardContext;
+use crate::export::{Attribute, Graph, Value};
 
 /// `nn.ReLU()`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,6 +35,16 @@ impl Layer for ReLU {
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         Ok(input.to_vec())
     }
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        Ok(graph.node(
+            "Relu",
+            "",
+            vec![input.name.clone()],
+            vec![],
+            input.shape.clone(),
+        ))
+    }
+
     fn num_params(&self) -> usize {
         0
     }
@@ -62,6 +73,12 @@ impl Layer for Flatten {
             [b, rest @ ..] => Ok(vec![*b, rest.iter().product()]),
         }
     }
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let shape = self.output_shape(&input.shape)?;
+        let attributes = vec![("axis", Attribute::Int(1))];
+        Ok(graph.node("Flatten", "", vec![input.name.clone()], attributes, shape))
+    }
+
     fn num_params(&self) -> usize {
         0
     }
@@ -134,6 +151,11 @@ impl Layer for Dropout {
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         Ok(input.to_vec())
     }
+    /// Evaluation mode: the identity.
+    fn export(&self, _: &mut Graph, input: &Value) -> Result<Value> {
+        Ok(input.clone())
+    }
+
     fn num_params(&self) -> usize {
         0
     }

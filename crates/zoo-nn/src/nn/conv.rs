@@ -4,6 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, ModuleT, VarBuilder};
 
 use super::{Layer, LayerKind, count, expect_nchw};
+use crate::export::{Attribute, Graph, Value, pads, pair};
 use crate::grad::tracked;
 use crate::init::{pytorch_bias_hint, pytorch_weight_hint};
 use zoo_kernels::conv::{ConvGeometry, conv2d};
@@ -169,6 +170,22 @@ impl Layer for Conv2d {
         self.forward_fused(x, true)
     }
 
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let shape = self.output_shape(&input.shape)?;
+        let weight = graph.weight(&format!("{}.weight", self.name), self.inner.weight())?;
+        let mut inputs = vec![input.name.clone(), weight];
+        if let Some(bias) = self.inner.bias() {
+            inputs.push(graph.weight(&format!("{}.bias", self.name), bias)?);
+        }
+        let s = &self.spec;
+        let attributes = vec![
+            ("kernel_shape", pair(s.kernel)),
+            ("strides", pair(s.stride)),
+            ("pads", pads(s.padding)),
+        ];
+        Ok(graph.node("Conv", &self.name, inputs, attributes, shape))
+    }
+
     fn macs(&self, input: &[usize]) -> Result<u64> {
         let mut factors = self.output_shape(input)?;
         factors.extend([self.spec.in_channels, self.spec.kernel, self.spec.kernel]);
@@ -235,6 +252,17 @@ impl ModuleT for Linear {
 impl Layer for Linear {
     fn kind(&self) -> LayerKind {
         LayerKind::Linear
+    }
+
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let shape = self.output_shape(&input.shape)?;
+        let weight = graph.weight(&format!("{}.weight", self.name), self.inner.weight())?;
+        let mut inputs = vec![input.name.clone(), weight];
+        if let Some(bias) = self.inner.bias() {
+            inputs.push(graph.weight(&format!("{}.bias", self.name), bias)?);
+        }
+        let attributes = vec![("transB", Attribute::Int(1))];
+        Ok(graph.node("Gemm", &self.name, inputs, attributes, shape))
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {

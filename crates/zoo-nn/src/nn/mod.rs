@@ -24,6 +24,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::ModuleT;
 
 use crate::context::ForwardContext;
+use crate::export::{Graph, Value};
 
 /// A MAC count `factors[0] * factors[1] * ...` for `layer` on `input`, or an error saying it
 /// exceeds u64 (a `zoo summary` of an absurd input must not wrap around silently).
@@ -76,6 +77,20 @@ pub trait Layer: ModuleT + Send + Sync {
     fn is_relu(&self) -> bool {
         false
     }
+
+    /// Appends the layer's evaluation-mode computation on `input` to `graph` in ONNX's
+    /// operators and returns its output; an error naming the layer where ONNX cannot express
+    /// it.
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let _ = (graph, input);
+        candle_core::bail!("{}: no ONNX export for this layer", self.kind().name())
+    }
+}
+
+/// `layer` then a ReLU, exported (what [`Layer::forward_relu_t`] computes).
+pub fn export_relu(layer: &dyn Layer, graph: &mut Graph, x: &Value) -> Result<Value> {
+    let y = layer.export(graph, x)?;
+    Ok(graph.relu(&y))
 }
 
 /// Elements in a tensor's shape.

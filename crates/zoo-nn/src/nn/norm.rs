@@ -6,6 +6,7 @@ use candle_nn::{BatchNormConfig, ModuleT, VarBuilder};
 
 use super::{Layer, LayerKind, expect_nchw};
 use crate::context::ForwardContext;
+use crate::export::{Attribute, Graph, Value};
 use crate::grad::tracked;
 use zoo_kernels::batch_norm::{batch_norm_eval, batch_norm_train_over};
 use zoo_kernels::cpu_f32;
@@ -158,6 +159,23 @@ impl BatchNorm2d {
 impl Layer for BatchNorm2d {
     fn kind(&self) -> LayerKind {
         LayerKind::BatchNorm2d
+    }
+
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let shape = self.output_shape(&input.shape)?;
+        let name = &self.name;
+        let inputs = vec![
+            input.name.clone(),
+            graph.weight(&format!("{name}.weight"), &self.weight)?,
+            graph.weight(&format!("{name}.bias"), &self.bias)?,
+            graph.weight(
+                &format!("{name}.running_mean"),
+                self.running_mean.as_tensor(),
+            )?,
+            graph.weight(&format!("{name}.running_var"), self.running_var.as_tensor())?,
+        ];
+        let attributes = vec![("epsilon", Attribute::Float(self.eps as f32))];
+        Ok(graph.node("BatchNormalization", name, inputs, attributes, shape))
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {

@@ -5,6 +5,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::ModuleT;
 
 use super::{Layer, LayerKind};
+use crate::export::{Attribute, Graph, Value, pads, pair};
 use zoo_kernels::pool::{Pool2dParams, adaptive_avg_pool2d, avg_pool2d, max_pool2d};
 
 /// `[b, c, out(h), out(w)]` for a 4-d `input`, `out` giving one axis' output length.
@@ -113,6 +114,18 @@ impl Layer for MaxPool2d {
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         pooled_shape("MaxPool2d", input, |len| Ok(self.out_len(len)?.0))
     }
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let shape = self.output_shape(&input.shape)?;
+        let p = self.params;
+        let attributes = vec![
+            ("kernel_shape", pair(p.kernel)),
+            ("strides", pair(p.stride)),
+            ("pads", pads(p.padding)),
+            ("ceil_mode", Attribute::Int(self.ceil_mode.into())),
+        ];
+        Ok(graph.node("MaxPool", "", vec![input.name.clone()], attributes, shape))
+    }
+
     fn num_params(&self) -> usize {
         0
     }
@@ -146,6 +159,24 @@ impl Layer for AvgPool2d {
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         pooled_shape("AvgPool2d", input, |len| self.params.out_len(len))
     }
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let shape = self.output_shape(&input.shape)?;
+        let p = self.params;
+        let attributes = vec![
+            ("kernel_shape", pair(p.kernel)),
+            ("strides", pair(p.stride)),
+            ("pads", pads(p.padding)),
+            ("count_include_pad", Attribute::Int(1)),
+        ];
+        Ok(graph.node(
+            "AveragePool",
+            "",
+            vec![input.name.clone()],
+            attributes,
+            shape,
+        ))
+    }
+
     fn num_params(&self) -> usize {
         0
     }
@@ -184,6 +215,31 @@ impl Layer for AdaptiveAvgPool2d {
             ),
         }
     }
+    /// ONNX has no adaptive pooling: global pooling, the identity when the map already has
+    /// the output size, a plain average pooling when it is a multiple of it; refused otherwise.
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let shape = self.output_shape(&input.shape)?;
+        let (h, w) = (input.shape[2], input.shape[3]);
+        let (oh, ow) = (self.out_h, self.out_w);
+        let x = vec![input.name.clone()];
+        if (oh, ow) == (1, 1) {
+            return Ok(graph.node("GlobalAveragePool", "", x, vec![], shape));
+        }
+        if (h, w) == (oh, ow) {
+            return Ok(input.clone());
+        }
+        if h % oh != 0 || w % ow != 0 {
+            candle_core::bail!(
+                "AdaptiveAvgPool2d(({oh}, {ow})) on a {h}x{w} map: ONNX has no adaptive pooling, \
+                 and {h}x{w} is not a multiple of {oh}x{ow}; export at an input size where it is \
+                 (224 px for torchvision's AlexNet and VGG)"
+            )
+        }
+        let kernel = Attribute::Ints(vec![(h / oh) as i64, (w / ow) as i64]);
+        let attributes = vec![("kernel_shape", kernel.clone()), ("strides", kernel)];
+        Ok(graph.node("AveragePool", "", x, attributes, shape))
+    }
+
     fn num_params(&self) -> usize {
         0
     }

@@ -4,6 +4,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 
 use super::{Layer, LayerKind};
+use crate::export::{Graph, Value};
 
 /// Layers applied in order. Like PyTorch's `nn.Sequential`, every child takes the next index
 /// as its name, parameterless or not, so weights are named `3.weight`, `1.0.conv1.weight`, ...;
@@ -110,6 +111,14 @@ impl Layer for SequentialT {
             shape = layer.output_shape(&shape)?;
         }
         Ok(shape)
+    }
+
+    fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
+        let mut value = input.clone();
+        for layer in &self.layers {
+            value = layer.export(graph, &value)?;
+        }
+        Ok(value)
     }
 
     fn num_params(&self) -> usize {

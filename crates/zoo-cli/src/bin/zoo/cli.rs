@@ -64,6 +64,15 @@ pub enum Command {
     /// .safetensors; with or without DataParallel's `module.` prefix) to a zoo checkpoint, or
     /// back with --to-pytorch. torchvision's files convert as they are for the `tv-` models.
     Convert(Box<ConvertArgs>),
+    /// Export a checkpoint's network to ONNX (opset 17, dynamic batch, input `images`, output
+    /// `logits`, the preprocessing in its metadata) for ONNX Runtime, OpenVINO, tract, ...
+    Export {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The `.onnx` file to write.
+        #[arg(long)]
+        onnx: PathBuf,
+    },
     /// Every model's forward and backward on a GPU against zoo's CPU kernels, step timings
     /// and one timed epoch: the prepared device check (docs/gpu.md).
     DeviceCheck(Box<DeviceCheckArgs>),

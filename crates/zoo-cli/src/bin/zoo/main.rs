@@ -47,6 +47,11 @@ fn run(cli: Cli) -> Result<()> {
             device,
         } => commands::predict::run(&checkpoint, &images, json, &device),
         Command::Convert(args) => commands::convert::run(&args),
+        Command::Export { checkpoint, onnx } => {
+            zoo_cli::onnx::export_onnx(&checkpoint, &onnx)?;
+            println!("wrote {}", onnx.display());
+            Ok(())
+        }
         Command::DeviceCheck(args) => commands::device_check::run(&args),
         Command::ShowBatch {
             dataset,
