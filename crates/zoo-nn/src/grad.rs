@@ -48,7 +48,7 @@ mod tests {
     fn no_grad_detaches_weights_and_restores_the_setting() -> candle_core::Result<()> {
         let w = Var::new(&[2.0f32, 3.0], &Device::Cpu)?;
         let x = Var::new(&[1.0f32, 1.0], &Device::Cpu)?;
-        let y = no_grad(|| (tracked(w.as_tensor()) * x.as_tensor()))?;
+        let y = no_grad(|| tracked(w.as_tensor()) * x.as_tensor())?;
         assert!(grad_enabled());
         let grads = y.sum_all()?.backward()?;
         assert!(
