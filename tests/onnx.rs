@@ -96,7 +96,11 @@ fn every_model_exports_and_tract_gives_zoos_logits_at_batch_1_and_3() {
             let want = zoo_core::grad::no_grad(|| model.forward_t(&x, false)).unwrap();
             let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let spread = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert!(spread > 1e-3, "{}: logits {want:?} carry no signal", entry.name);
+            assert!(
+                spread > 1e-3,
+                "{}: logits {want:?} carry no signal",
+                entry.name
+            );
             let got = tract_logits(&bytes, &x);
             assert_eq!(got.len(), batch * 10, "{}", entry.name);
             let e = zoo_core::testing::max_relative_error(&got, &want);

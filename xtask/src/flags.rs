@@ -111,6 +111,12 @@ pub enum Bench {
         /// networks with BatchNorm).
         #[arg(long)]
         infer_only: bool,
+        /// What the Python of `--torch` runs beside zoo: PyTorch eager (scripts/bench_torch.py),
+        /// or the deployment runtimes ONNX Runtime and OpenVINO (scripts/bench_runtime.py: the
+        /// same definitions exported to ONNX by PyTorch, 2 threads, one synchronous request;
+        /// inference only).
+        #[arg(long, value_enum, default_value = "torch")]
+        peer: crate::bench::torch::Peer,
     },
     /// Loader images/s with and without augmentation, and the device transform (resize 32->224,
     /// normalise) images/s, on CIFAR-10 from the data root.

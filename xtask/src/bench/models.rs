@@ -12,7 +12,7 @@ use zoo_core::table::{Align, Table};
 use zoo_core::train::optim::Optimizer;
 
 use super::median;
-use super::torch::{BenchRow, torch_bench};
+use super::torch::{BenchRow, Peer, torch_bench};
 use crate::machine::peak_rss_mib;
 
 /// What every zoo case of one run shares: the batch size, the timed steps and whether the
@@ -29,11 +29,17 @@ pub fn run(
     steps: usize,
     only: Option<&str>,
     reference: bool,
-    torch: Option<&str>,
+    torch: Option<(&str, Peer)>,
     repeat: usize,
     infer_only: bool,
 ) -> Result<()> {
     anyhow::ensure!(steps > 0, "bench models: --steps must be at least 1");
+    let peer = torch.map_or(Peer::Torch, |t| t.1);
+    anyhow::ensure!(
+        peer == Peer::Torch || infer_only,
+        "bench models --peer {}: the runtimes serve inference; add --infer-only",
+        peer.label()
+    );
     let device = Device::Cpu;
     println!(
         "batch {batch}, median of {steps} steps after 1 warm-up; RAYON_NUM_THREADS={}",
@@ -66,7 +72,7 @@ pub fn run(
             rows.push(row);
         }
     }
-    println!("\n{}", summary_table(&rows, &torch_rows).markdown());
+    println!("\n{}", summary_table(&rows, &torch_rows, peer).markdown());
     Ok(())
 }
 
@@ -248,17 +254,24 @@ fn ratio_cell(zoo: &[Measured], torch: &[Measured], pick: fn(&Measured) -> Optio
 }
 
 /// One line per case, medians over the rounds; the ratio column lists each round's.
-fn summary_table(rows: &[BenchRow], torch_rows: &[BenchRow]) -> Table {
+fn summary_table(rows: &[BenchRow], torch_rows: &[BenchRow], peer: Peer) -> Table {
+    let name = peer.label();
+    let (train, infer, peak) = (
+        format!("{name} train img/s"),
+        format!("{name} infer img/s"),
+        format!("{name} peak MiB"),
+    );
     let mut table = Table::new(&[
         ("model", Align::Left),
         ("input", Align::Right),
         ("zoo train img/s", Align::Right),
-        ("PyTorch train img/s", Align::Right),
+        (&train, Align::Right),
         ("train ratio", Align::Right),
         ("zoo infer img/s", Align::Right),
-        ("PyTorch infer img/s", Align::Right),
+        (&infer, Align::Right),
         ("infer ratio", Align::Right),
         ("zoo peak MiB", Align::Right),
+        (&peak, Align::Right),
     ]);
     for key in &case_keys(rows) {
         let (zoo, torch) = (measured_of(rows, key), measured_of(torch_rows, key));
@@ -272,6 +285,7 @@ fn summary_table(rows: &[BenchRow], torch_rows: &[BenchRow]) -> Table {
             one_decimal(median_if_any(torch.iter().map(|r| r.1).collect())),
             ratio_cell(&zoo, &torch, |r| Some(r.1)),
             format!("{:.0}", zoo.iter().map(|r| r.2).fold(0.0, f64::max)),
+            format!("{:.0}", torch.iter().map(|r| r.2).fold(0.0, f64::max)),
         ]);
     }
     table

@@ -1,5 +1,5 @@
-//! PyTorch's side of `bench models`: scripts/bench_torch.py run for one case, its result line
-//! parsed.
+//! The peer's side of `bench models`: scripts/bench_torch.py (PyTorch eager) or
+//! scripts/bench_runtime.py (ONNX Runtime, OpenVINO) run for one case, its result line parsed.
 
 use anyhow::{Context, Result};
 
@@ -8,18 +8,51 @@ use crate::project_root;
 /// One measured case, zoo's or PyTorch's.
 pub type BenchRow = zoo_cli::torch_bench::BenchResult;
 
-/// PyTorch's side of one case (scripts/bench_torch.py), printed as a `RESULT torch ...` line.
+/// What zoo is measured against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Peer {
+    /// PyTorch eager.
+    Torch,
+    /// ONNX Runtime (CPU execution provider).
+    Ort,
+    /// OpenVINO (CPU plugin, LATENCY hint).
+    Openvino,
+}
+
+impl Peer {
+    /// Its name in tables.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Torch => "PyTorch",
+            Self::Ort => "ONNX Runtime",
+            Self::Openvino => "OpenVINO",
+        }
+    }
+
+    /// The script and its peer flag.
+    fn script(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Self::Torch => ("scripts/bench_torch.py", None),
+            Self::Ort => ("scripts/bench_runtime.py", Some("ort")),
+            Self::Openvino => ("scripts/bench_runtime.py", Some("openvino")),
+        }
+    }
+}
+
+/// The peer's side of one case, printed as a `RESULT torch ...` line (the peer's figures).
 pub fn torch_bench(
-    python: &str,
+    (python, peer): (&str, Peer),
     batch: usize,
     steps: usize,
     model: &str,
     size: usize,
     infer_only: bool,
 ) -> Result<BenchRow> {
+    let (script, flag) = peer.script();
     let out = std::process::Command::new(python)
-        .arg(project_root().join("scripts/bench_torch.py"))
-        .args(infer_only.then_some("--infer-only"))
+        .arg(project_root().join(script))
+        .args(flag.map(|f| ["--peer", f]).into_iter().flatten())
+        .args((infer_only && peer == Peer::Torch).then_some("--infer-only"))
         .args([
             "--batch",
             &batch.to_string(),
@@ -29,10 +62,10 @@ pub fn torch_bench(
             &format!("{model}:{size}"),
         ])
         .output()
-        .with_context(|| format!("running {python} scripts/bench_torch.py"))?;
+        .with_context(|| format!("running {python} {script}"))?;
     anyhow::ensure!(
         out.status.success(),
-        "bench_torch.py failed: {}",
+        "{script} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
