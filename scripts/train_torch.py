@@ -140,9 +140,11 @@ def to_input(batch_u8, size, mean, std):
     return x
 
 
-def evaluate(model, images, labels, size, mean, std, batch):
+def evaluate(model, images, labels, size, mean, std, batch, flip=False):
+    """Mean loss, accuracy and (with flip) the accuracy of the summed logits of each image and
+    its mirror image (None without)."""
     model.eval()
-    loss_sum, hits = 0.0, 0
+    loss_sum, hits, flip_hits = 0.0, 0, 0
     with torch.no_grad():
         for i in range(0, len(labels), batch):
             x = to_input(images[i: i + batch], size, mean, std)
@@ -150,7 +152,10 @@ def evaluate(model, images, labels, size, mean, std, batch):
             logits = model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             hits += (logits.argmax(1) == y).sum().item()
-    return loss_sum / len(labels), hits / len(labels)
+            if flip:
+                both = logits + model(torch.flip(x, dims=[3]))
+                flip_hits += (both.argmax(1) == y).sum().item()
+    return loss_sum / len(labels), hits / len(labels), (flip_hits / len(labels) if flip else None)
 
 
 def main():
@@ -234,20 +239,23 @@ def main():
             seen += len(y)
             if not math.isfinite(loss.item()):
                 raise SystemExit(f"loss {loss.item()} at epoch {epoch + 1} batch {b + 1}")
-        v_loss, v_acc = evaluate(model, valid_x, valid_y, size, mean, std, 256)
-        e_loss = e_acc = None
+        flip = bool(r.get("eval_flip", False))
+        v_loss, v_acc, v_flip = evaluate(model, valid_x, valid_y, size, mean, std, 256, flip)
+        e_loss = e_acc = e_flip = None
         if ema is not None:
             live = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.load_state_dict({**live, **ema})
-            e_loss, e_acc = evaluate(model, valid_x, valid_y, size, mean, std, 256)
+            e_loss, e_acc, e_flip = evaluate(model, valid_x, valid_y, size, mean, std, 256, flip)
             model.load_state_dict(live)
         row = dict(epoch=epoch + 1, train_loss=loss_sum / seen, train_acc=hits / seen, valid_loss=v_loss,
                    valid_acc=v_acc, valid_loss_ema=e_loss, valid_acc_ema=e_acc, lr=lr,
                    seconds=train_seconds, wall_seconds=time.perf_counter() - wall,
-                   images_per_sec=seen / train_seconds)
+                   images_per_sec=seen / train_seconds, valid_acc_flip=v_flip,
+                   valid_acc_ema_flip=e_flip)
         rows.append(row)
         print(f"epoch {epoch + 1}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  valid loss "
               f"{v_loss:.4f} acc {v_acc:.4f}" + (f"  EMA acc {e_acc:.4f}" if e_acc is not None else "")
+              + (f"  flip-TTA acc {v_flip:.4f}" if v_flip is not None else "")
               + f"  {row['wall_seconds']:.0f}s", flush=True)
         with open(os.path.join(a.out, "metrics.csv.tmp"), "w") as f:
             f.write(",".join(row.keys()) + "\n")

@@ -45,12 +45,14 @@ fn the_improved_recipe_comes_from_its_data_file() {
                 min_factor: 0.0
             }
         );
-        // Digits are never flipped.
+        // Digits are never flipped, in training or in test-time augmentation; natural
+        // images get the flipped view's column.
         assert!(
             !(c.augment.hflip && c.dataset.is_digits()),
             "{}",
             entry.name
         );
+        assert_eq!(c.recipe.eval_flip, !c.dataset.is_digits(), "{}", entry.name);
     }
     // Per-network values the file sets: AdamW without augmentation for AlexNet, Nesterov SGD
     // for ResNet-18, a 2-pixel crop without flips for NiN on MNIST.
@@ -175,6 +177,13 @@ fn bad_values_name_their_flag() {
         (with(|s| s.batch_size = Some(0)), "--batch-size"),
         (with(|s| s.input_size = Some(100_000)), "--input-size"),
         (with(|s| s.ema_decay = Some(1.0)), "--ema-decay"),
+        (
+            with(|s| {
+                s.dataset = Some("mnist".parse().unwrap());
+                s.eval_flip = Some(true)
+            }),
+            "--eval-flip",
+        ),
         // Flags the chosen optimiser or schedule would ignore.
         (
             with(|s| {

@@ -355,7 +355,8 @@ fn report_markdown(matrix: &str, results: &[RunResult], notices: &[String]) -> R
     md += &format!(
         "{} runs, {} of training and evaluation in all. Validation accuracy is on the test images \
          the column counts; \"EMA\" is the exponential moving average of the weights, validated \
-         beside them; times are wall-clock (training, evaluation and checkpoints).\n\n",
+         beside them; \"flip-TTA\" averages each test image's logits with its mirror image's \
+         (raw or EMA weights, whichever is better; recipes that ask for it); times are wall-clock (training, evaluation and checkpoints).\n\n",
         results.len(),
         format_duration(total)
     );
@@ -370,6 +371,7 @@ fn report_markdown(matrix: &str, results: &[RunResult], notices: &[String]) -> R
         ("epochs", Align::Right),
         ("best valid acc", Align::Right),
         ("best EMA acc", Align::Right),
+        ("best flip-TTA acc", Align::Right),
         ("final valid acc", Align::Right),
         ("time to 50%", Align::Right),
         ("time to best", Align::Right),
@@ -393,7 +395,7 @@ fn report_markdown(matrix: &str, results: &[RunResult], notices: &[String]) -> R
 
 /// One run's line of the results table: its setup, parameters, accuracies, times and the
 /// notebook's accuracy.
-fn result_row(r: &RunResult) -> Result<[String; 16]> {
+fn result_row(r: &RunResult) -> Result<[String; 17]> {
     use zoo_core::train::metrics::{time_to_accuracy, time_to_best};
     let entry = find(&r.config.model)?;
     let params = crate::summary_cmd::summarize(
@@ -411,6 +413,11 @@ fn result_row(r: &RunResult) -> Result<[String; 16]> {
         .metrics
         .iter()
         .filter_map(|m| m.valid_acc_ema)
+        .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
+    let best_flip = r
+        .metrics
+        .iter()
+        .filter_map(|m| m.best_flip_acc())
         .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
     let last = r.metrics.last();
     let total: f64 = r.metrics.iter().map(|m| m.wall_seconds).sum();
@@ -430,6 +437,7 @@ fn result_row(r: &RunResult) -> Result<[String; 16]> {
         r.metrics.len().to_string(),
         format!("{best:.4}"),
         best_ema.map_or("-".into(), |a| format!("{a:.4}")),
+        best_flip.map_or("-".into(), |a| format!("{a:.4}")),
         format!("{:.4}", last.map_or(0.0, |m| m.valid_acc)),
         reached(time_to_accuracy(&r.metrics, 0.5)),
         reached(time_to_best(&r.metrics)),

@@ -77,8 +77,16 @@ impl TrainObserver for Progress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+        let extra = [
+            ("EMA", m.valid_acc_ema),
+            ("flip", m.valid_acc_flip),
+            ("EMA flip", m.valid_acc_ema_flip),
+        ]
+        .iter()
+        .filter_map(|(what, a)| a.map(|a| format!(" {what} {a:.4}")))
+        .collect::<String>();
         eprintln!(
-            "{} epoch {:>3}  train loss {:.4} acc {:.4}  valid loss {:.4} acc {:.4}  lr {:.4}  {:.0}s  {:.1} img/s",
+            "{} epoch {:>3}  train loss {:.4} acc {:.4}  valid loss {:.4} acc {:.4}{extra}  lr {:.4}  {:.0}s  {:.1} img/s",
             self.label,
             m.epoch,
             m.train_loss,

@@ -150,6 +150,12 @@ impl RunConfig {
             self.model
         );
         validate_recipe_numbers(r)?;
+        ensure!(
+            !(r.eval_flip && self.dataset.is_digits()),
+            "--eval-flip / eval_flip: {} holds digits, which a mirror image changes (a 2 is no \
+             longer a 2); test-time flips are for natural images",
+            self.dataset
+        );
         self.validate_fine_tune()?;
         self.eval_transform()
             .validate(entry.reference_input.channels)?;
@@ -316,6 +322,11 @@ pub struct RunSpec {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub augment: Option<bool>,
+    /// Validate the last epoch with horizontal-flip test-time augmentation too (both views'
+    /// logits summed), reported beside the plain accuracy (not for digits).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_flip: Option<bool>,
     /// The random crop's padding in pixels (0: no crop), after `--augment`.
     #[arg(long, allow_hyphen_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -460,6 +471,7 @@ impl RunSpec {
         r.learning_rate = self.learning_rate.unwrap_or(r.learning_rate);
         r.label_smoothing = self.label_smoothing.unwrap_or(r.label_smoothing);
         r.clip_grad_norm = self.clip_grad_norm.or(r.clip_grad_norm);
+        r.eval_flip = self.eval_flip.unwrap_or(r.eval_flip);
         if let Some(v) = self.ema_decay {
             r.ema_decay = (v != 0.0).then_some(v);
         }

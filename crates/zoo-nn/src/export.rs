@@ -1,5 +1,5 @@
 //! A network's evaluation-mode graph in ONNX's operator vocabulary (opset 17), built by each
-//! layer's [`crate::nn::Layer::export`], with no protobuf dependency here: `zoo export` writes
+//! layer's `Layer::export` (in `nn`), with no protobuf dependency here: `zoo export` writes
 //! it as an `.onnx` file. Weights keep their zoo names; BatchNorm exports with its running
 //! statistics and Dropout as nothing, as evaluation computes them.
 

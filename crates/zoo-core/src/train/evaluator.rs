@@ -1,6 +1,7 @@
 //! The evaluator: accuracy, mean loss and confusion matrix of a model on a loader, in
-//! evaluation mode, alone or summed over data-parallel ranks; and an epoch's evaluation of the
-//! raw weights and their EMA.
+//! evaluation mode, alone or summed over data-parallel ranks, with the accuracy of horizontal-flip
+//! test-time augmentation beside it on request; and an epoch's evaluation of the raw weights and
+//! their EMA.
 
 use std::path::Path;
 
@@ -21,6 +22,9 @@ pub struct Evaluation {
     pub loss: f64,
     pub accuracy: f64,
     pub confusion: Vec<Vec<usize>>,
+    /// Accuracy of the two views' summed logits (the image and its mirror image), when asked
+    /// for: test-time augmentation. Loss and confusion are the plain view's.
+    pub flip_accuracy: Option<f64>,
 }
 
 /// Evaluates `model` in evaluation mode (no graph kept: inputs carry no gradient). Loss, hits
@@ -31,18 +35,21 @@ pub fn evaluate(
     transform: &InputTransform,
     device: &Device,
 ) -> Result<Evaluation> {
-    evaluate_on(model, loader, transform, device, None)
+    evaluate_on(model, loader, transform, device, None, false)
 }
 
 /// [`evaluate`] on one rank of a data-parallel group: each rank evaluates its shard of
 /// `loader`'s batches and the totals are summed over ranks, so every rank gets the whole set's
-/// figures. With `None` (or a world of one), [`evaluate`].
+/// figures. With `None` (or a world of one), [`evaluate`]. With `flip`, each batch is also
+/// evaluated mirrored left to right and [`Evaluation::flip_accuracy`] counts the hits of the two
+/// views' summed logits.
 pub fn evaluate_on(
     model: &dyn Model,
     loader: &Loader,
     transform: &InputTransform,
     device: &Device,
     collective: Option<&dyn Collective>,
+    flip: bool,
 ) -> Result<Evaluation> {
     let k = model.num_classes();
     let classes = Tensor::arange(0u32, k as u32, device)?.unsqueeze(0)?;
@@ -59,6 +66,13 @@ pub fn evaluate_on(
         let n = batch.len();
         let loss = (cross_entropy(&logits, &y, 0.0)?.to_dtype(DType::F32)? * n as f64)?;
         let hits = correct_on_device(&logits, &y)?;
+        let flip_hits = match flip {
+            true => {
+                let mirrored = crate::grad::no_grad(|| model.forward_t(&x.flip(&[3])?, false))?;
+                correct_on_device(&(&logits + mirrored)?, &y)?
+            }
+            false => hits.zeros_like()?,
+        };
         // Confusion `[true][predicted]` as one-hot(labels)^T one-hot(predictions): labels
         // outside the model's classes have an all-zero row and are left out.
         let truth = y
@@ -67,7 +81,7 @@ pub fn evaluate_on(
             .to_dtype(DType::F32)?;
         let predicted = logits.argmax_keepdim(D::Minus1)?.broadcast_eq(&classes)?;
         let confusion = truth.t()?.matmul(&predicted.to_dtype(DType::F32)?)?;
-        let step = (Tensor::stack(&[loss, hits], 0)?, confusion);
+        let step = (Tensor::stack(&[loss, hits, flip_hits], 0)?, confusion);
         sums = Some(match sums.take() {
             Some((a, c)) => ((a + step.0)?, (c + step.1)?),
             None => step,
@@ -76,14 +90,14 @@ pub fn evaluate_on(
     }
     let mut values = match &sums {
         Some((a, c)) => read_to_host(&Tensor::cat(&[a, &c.flatten_all()?], 0)?)?,
-        None => vec![0.0; 2 + k * k],
+        None => vec![0.0; 3 + k * k],
     };
     if let Some(c) = collective.filter(|c| c.world_size() > 1) {
         values.push(seen as f64);
         values = all_reduce_values(c, &values, device)?;
         seen = values.pop().unwrap_or(0.0).round() as usize;
     }
-    let confusion = values[2..]
+    let confusion = values[3..]
         .chunks(k)
         .map(|row| row.iter().map(|&v| v.round() as usize).collect())
         .collect();
@@ -91,6 +105,7 @@ pub fn evaluate_on(
         loss: values[0] / seen.max(1) as f64,
         accuracy: values[1] / seen.max(1) as f64,
         confusion,
+        flip_accuracy: flip.then(|| values[2] / seen.max(1) as f64),
     })
 }
 
@@ -102,6 +117,8 @@ pub(crate) struct Evaluator<'a> {
     pub transform: &'a InputTransform,
     pub device: &'a Device,
     pub dist: Option<&'a dyn Collective>,
+    /// Also evaluate with horizontal-flip test-time augmentation.
+    pub flip: bool,
 }
 
 impl Evaluator<'_> {
@@ -120,6 +137,7 @@ impl Evaluator<'_> {
                 self.transform,
                 self.device,
                 self.dist,
+                self.flip,
             )
         };
         let eval = evaluate()?;

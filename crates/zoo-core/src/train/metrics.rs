@@ -30,9 +30,24 @@ pub struct EpochMetrics {
     pub wall_seconds: f64,
     /// Training images per second.
     pub images_per_sec: f64,
+    /// Validation accuracy with horizontal-flip test-time augmentation, of the weights and of
+    /// their EMA (runs whose recipe asks for it).
+    #[serde(default)]
+    pub valid_acc_flip: Option<f64>,
+    #[serde(default)]
+    pub valid_acc_ema_flip: Option<f64>,
 }
 
 impl EpochMetrics {
+    /// The better flip-augmented validation accuracy of the raw weights and their EMA (`None`
+    /// in a run without test-time flips).
+    pub fn best_flip_acc(&self) -> Option<f64> {
+        match (self.valid_acc_flip, self.valid_acc_ema_flip) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The better validation accuracy of the raw weights and their EMA.
     pub fn best_valid_acc(&self) -> f64 {
         self.valid_acc_ema

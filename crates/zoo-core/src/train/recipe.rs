@@ -1,5 +1,5 @@
 //! [`Recipe`]: how a run optimises (epochs, learning rate, optimiser, schedule, label
-//! smoothing, clipping, EMA), as `config.toml` records it.
+//! smoothing, clipping, EMA, test-time flips), as `config.toml` records it.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,10 @@ pub struct Recipe {
     /// (`None`: one rate for all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backbone_lr_factor: Option<f64>,
+    /// Validate the last epoch with horizontal-flip test-time augmentation too (both views'
+    /// logits summed), reported beside the plain accuracy; never for digits.
+    #[serde(default)]
+    pub eval_flip: bool,
 }
 
 impl Recipe {
@@ -46,6 +50,7 @@ impl Recipe {
             ema_decay: None,
             decay_1d_params: false,
             backbone_lr_factor: None,
+            eval_flip: false,
         }
     }
 }

@@ -689,6 +689,8 @@ fn time_to_accuracy_reads_the_first_epoch_that_reached_it() {
         seconds: wall_seconds * 0.9,
         wall_seconds,
         images_per_sec: 100.0,
+        valid_acc_flip: None,
+        valid_acc_ema_flip: None,
     };
     let rows = [
         row(1, 10.0, 0.30, Some(0.20)),
@@ -1016,5 +1018,76 @@ fn an_lr_factor_scales_the_chosen_parameters_updates() -> Result<()> {
     // Gradient 1 everywhere: the head moves by 0.5, the backbone by 0.05.
     assert_eq!(b.as_tensor().to_vec1::<f32>()?, [0.5, 1.5]);
     assert_eq!(a.as_tensor().to_vec1::<f32>()?, [0.95, 1.95]);
+    Ok(())
+}
+
+/// Hits of the plain view and of the two views' summed logits, counted on the host with each
+/// image's columns reversed by hand, and the number of images.
+fn flip_hits_by_hand(
+    model: &SmallNet,
+    valid: &Loader,
+    transform: &InputTransform,
+) -> Result<(usize, usize, usize)> {
+    let dev = Device::Cpu;
+    let (mut hits, mut plain_hits, mut seen) = (0usize, 0usize, 0usize);
+    let argmax = |row: &[f32]| {
+        (0..row.len())
+            .max_by(|&i, &j| row[i].total_cmp(&row[j]))
+            .unwrap()
+    };
+    for batch in valid.epoch(0, 0) {
+        let x = transform.apply(&batch.images_tensor(&dev)?, &dev)?;
+        let (n, c, h, w) = x.dims4()?;
+        let v = x.flatten_all()?.to_vec1::<f32>()?;
+        let mirrored: Vec<f32> = (0..v.len())
+            .map(|i| v[i - i % w + (w - 1 - i % w)])
+            .collect();
+        let m = Tensor::from_vec(mirrored, (n, c, h, w), &dev)?;
+        let a = model.forward_t(&x, false)?.to_vec2::<f32>()?;
+        let b = model.forward_t(&m, false)?.to_vec2::<f32>()?;
+        for ((a, b), &label) in a.iter().zip(&b).zip(&batch.labels) {
+            let summed: Vec<f32> = a.iter().zip(b).map(|(p, q)| p + q).collect();
+            hits += usize::from(argmax(&summed) == label as usize);
+            plain_hits += usize::from(argmax(a) == label as usize);
+            seen += 1;
+        }
+    }
+    Ok((hits, plain_hits, seen))
+}
+
+#[test]
+fn flip_test_time_augmentation_counts_the_summed_logits_of_both_views() -> Result<()> {
+    use super::evaluator::evaluate_on;
+    let dev = Device::Cpu;
+    let config = LoaderConfig {
+        batch_size: 16,
+        shuffle: false,
+        ..LoaderConfig::notebook(5)
+    };
+    let valid = Loader::new(toy_dataset(60, 3), config)?;
+    let transform = InputTransform::notebook(1, 8);
+    // The first initialisation whose mirrored view changes the number of hits, so that an
+    // evaluator ignoring the mirror image (or mirroring rows) gives another count.
+    let (model, (hits, plain_hits, seen)) = (5..40)
+        .map(|seed| {
+            let store = test_store(seed);
+            let model = SmallNet::tiny(store.var_builder())?;
+            let counts = flip_hits_by_hand(&model, &valid, &transform)?;
+            Ok((model, counts))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .find(|(_, (h, p, _))| h != p)
+        .expect("some initialisation's mirrored view changes the hits");
+    let plain = evaluate_on(&model, &valid, &transform, &dev, None, false)?;
+    let both = evaluate_on(&model, &valid, &transform, &dev, None, true)?;
+    assert_eq!(plain.flip_accuracy, None);
+    assert_eq!(
+        (both.loss, both.accuracy, &both.confusion),
+        (plain.loss, plain.accuracy, &plain.confusion),
+        "the plain view's figures do not change"
+    );
+    assert_eq!(plain.accuracy, plain_hits as f64 / seen as f64);
+    assert_eq!(both.flip_accuracy, Some(hits as f64 / seen as f64));
     Ok(())
 }

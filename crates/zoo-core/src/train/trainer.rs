@@ -418,6 +418,9 @@ impl Trainer<'_> {
             transform: &self.transform,
             device: &self.device,
             dist: ranks.dist(),
+            // Only after the last epoch, where the schedule ends: a second pass every epoch
+            // would cost the hour's budget minutes.
+            flip: self.recipe.eval_flip && epoch + 1 == self.recipe.epochs,
         };
         let (eval, eval_ema) = evaluator.epoch(state.ema.as_ref(), epoch, last)?;
         let p = state.progress.partial;
@@ -429,6 +432,8 @@ impl Trainer<'_> {
             valid_acc: eval.accuracy,
             valid_loss_ema: eval_ema.as_ref().map(|e| e.loss),
             valid_acc_ema: eval_ema.as_ref().map(|e| e.accuracy),
+            valid_acc_flip: eval.flip_accuracy,
+            valid_acc_ema_flip: eval_ema.as_ref().and_then(|e| e.flip_accuracy),
             lr,
             seconds: p.seconds,
             wall_seconds: clock.wall_seconds(),
