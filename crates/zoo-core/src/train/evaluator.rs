@@ -61,32 +61,12 @@ pub fn evaluate_on(
         }
         let x = transform.apply(&batch.images_tensor(device)?, device)?;
         let y = batch.labels_tensor(device)?;
-        // No graph: each activation is freed once read (zoo_nn::grad::no_grad).
-        let logits = crate::grad::no_grad(|| model.forward_t(&x, false))?;
-        let n = batch.len();
-        let loss = (cross_entropy(&logits, &y, 0.0)?.to_dtype(DType::F32)? * n as f64)?;
-        let hits = correct_on_device(&logits, &y)?;
-        let flip_hits = match flip {
-            true => {
-                let mirrored = crate::grad::no_grad(|| model.forward_t(&x.flip(&[3])?, false))?;
-                correct_on_device(&(&logits + mirrored)?, &y)?
-            }
-            false => hits.zeros_like()?,
-        };
-        // Confusion `[true][predicted]` as one-hot(labels)^T one-hot(predictions): labels
-        // outside the model's classes have an all-zero row and are left out.
-        let truth = y
-            .unsqueeze(1)?
-            .broadcast_eq(&classes)?
-            .to_dtype(DType::F32)?;
-        let predicted = logits.argmax_keepdim(D::Minus1)?.broadcast_eq(&classes)?;
-        let confusion = truth.t()?.matmul(&predicted.to_dtype(DType::F32)?)?;
-        let step = (Tensor::stack(&[loss, hits, flip_hits], 0)?, confusion);
+        let step = batch_sums(model, &x, &y, &classes, flip)?;
         sums = Some(match sums.take() {
             Some((a, c)) => ((a + step.0)?, (c + step.1)?),
             None => step,
         });
-        seen += n;
+        seen += batch.len();
     }
     let mut values = match &sums {
         Some((a, c)) => read_to_host(&Tensor::cat(&[a, &c.flatten_all()?], 0)?)?,
@@ -107,6 +87,38 @@ pub fn evaluate_on(
         confusion,
         flip_accuracy: flip.then(|| values[2] / seen.max(1) as f64),
     })
+}
+
+/// One batch's summed loss, hits and flip-view hits (`[3]`), and its confusion matrix, on the
+/// device.
+fn batch_sums(
+    model: &dyn Model,
+    x: &Tensor,
+    y: &Tensor,
+    classes: &Tensor,
+    flip: bool,
+) -> Result<(Tensor, Tensor)> {
+    // No graph: each activation is freed once read (zoo_nn::grad::no_grad).
+    let logits = crate::grad::no_grad(|| model.forward_t(x, false))?;
+    let n = y.dim(0)?;
+    let loss = (cross_entropy(&logits, y, 0.0)?.to_dtype(DType::F32)? * n as f64)?;
+    let hits = correct_on_device(&logits, y)?;
+    let flip_hits = match flip {
+        true => {
+            let mirrored = crate::grad::no_grad(|| model.forward_t(&x.flip(&[3])?, false))?;
+            correct_on_device(&(&logits + mirrored)?, y)?
+        }
+        false => hits.zeros_like()?,
+    };
+    // Confusion `[true][predicted]` as one-hot(labels)^T one-hot(predictions): labels outside
+    // the model's classes have an all-zero row and are left out.
+    let truth = y
+        .unsqueeze(1)?
+        .broadcast_eq(classes)?
+        .to_dtype(DType::F32)?;
+    let predicted = logits.argmax_keepdim(D::Minus1)?.broadcast_eq(classes)?;
+    let confusion = truth.t()?.matmul(&predicted.to_dtype(DType::F32)?)?;
+    Ok((Tensor::stack(&[loss, hits, flip_hits], 0)?, confusion))
 }
 
 /// What evaluates a model during training: its validation loader, input transform, device and
