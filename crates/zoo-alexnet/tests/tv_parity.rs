@@ -5,42 +5,10 @@
 
 use candle_core::{DType, Device, Result};
 use candle_nn::{ModuleT, VarBuilder};
-use serde_json::Value;
 use zoo_alexnet::tv::{self, TvAlexNet};
+use zoo_nn::fixture::TvFixture;
 use zoo_nn::init::{InitScheme, ParamStore};
-use zoo_nn::testing::{
-    check_state_dict, fill_by_formula, formula_input, max_relative_error, state_dict_digest,
-};
-
-fn fixture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/tv_alexnet.json"
-    );
-    let text = std::fs::read_to_string(path).expect("tests/fixtures/tv_alexnet.json");
-    serde_json::from_str(&text).expect("valid JSON")
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    let values = v.as_array().expect("an array").iter();
-    values
-        .map(|x| x.as_f64().expect("a number") as f32)
-        .collect()
-}
-
-/// The fixture's tree of module paths as (dotted name, shape) pairs.
-fn flatten(prefix: &str, tree: &Value, out: &mut Vec<(String, Vec<usize>)>) {
-    for (key, node) in tree.as_object().expect("a module") {
-        let name = format!("{prefix}{key}");
-        match node.as_array() {
-            Some(dims) => out.push((
-                name,
-                dims.iter().map(|d| d.as_u64().unwrap() as usize).collect(),
-            )),
-            None => flatten(&format!("{name}."), node, out),
-        }
-    }
-}
+use zoo_nn::testing::{fill_by_formula, formula_input, max_relative_error};
 
 /// The logits of torchvision's AlexNet (10 classes) on the formula input in eval mode, then
 /// those of the same network with dropout 0 in train mode (torchvision's Dropout modules stay in
@@ -61,22 +29,15 @@ fn run(size: usize) -> Result<(ParamStore, Vec<f32>, Vec<f32>)> {
 
 #[test]
 fn torchvisions_alexnet_matches_torchvision_in_eval_and_train_mode() -> Result<()> {
-    let fixture = fixture();
-    let size = fixture["size"].as_u64().expect("size") as usize;
-    let want = &fixture["models"]["alexnet"];
-    let (store, eval, train) = run(size)?;
-    let mut names = Vec::new();
-    flatten("", &want["state_dict"], &mut names);
-    check_state_dict(&store, &names)?;
-    let digest = &want["state_dict_digest"];
-    let (count, fnv) = state_dict_digest(&store);
-    assert_eq!(count as u64, digest["tensors"].as_u64().expect("a count"));
-    assert_eq!(
-        format!("{fnv:016x}"),
-        digest["fnv1a"].as_str().expect("a digest")
-    );
-    let e = max_relative_error(&eval, &floats(&want["eval_logits"]));
-    let t = max_relative_error(&train, &floats(&want["train_logits"]));
+    let fixture = TvFixture::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tv_alexnet.json"
+    ));
+    let want = fixture.model("alexnet");
+    let (store, eval, train) = run(fixture.size())?;
+    want.check_names(&store)?;
+    let e = max_relative_error(&eval, &want.eval_logits());
+    let t = max_relative_error(&train, &want.train_logits());
     eprintln!("alexnet: eval {e:e}, train {t:e}");
     // 1.2e-6 measured in both modes at 128 px against torch 2.15 and torchvision 0.29 (AlexNet
     // has no BatchNorm: the two modes differ only in dropout, off here).

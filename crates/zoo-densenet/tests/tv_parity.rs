@@ -8,61 +8,10 @@
 
 use candle_core::{DType, Device, Result};
 use candle_nn::{ModuleT, VarBuilder};
-use serde_json::Value;
 use zoo_densenet::tv::{self, TvDenseNet};
+use zoo_nn::fixture::TvFixture;
 use zoo_nn::init::{InitScheme, ParamStore};
-use zoo_nn::testing::{
-    check_state_dict, fill_by_formula, formula_input, max_relative_error, running_sums_error,
-    state_dict_digest,
-};
-
-fn fixture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/tv_densenet.json"
-    );
-    let text = std::fs::read_to_string(path).expect("tests/fixtures/tv_densenet.json");
-    serde_json::from_str(&text).expect("valid JSON")
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    let values = v.as_array().expect("an array").iter();
-    values
-        .map(|x| x.as_f64().expect("a number") as f32)
-        .collect()
-}
-
-/// The fixture's tree of module paths as (dotted name, shape) pairs.
-fn flatten(prefix: &str, tree: &Value, out: &mut Vec<(String, Vec<usize>)>) {
-    for (key, node) in tree.as_object().expect("a module") {
-        let name = format!("{prefix}{key}");
-        match node.as_array() {
-            Some(dims) => {
-                let dims = dims.iter().map(|d| d.as_u64().expect("a length") as usize);
-                out.push((name, dims.collect()))
-            }
-            None => flatten(&format!("{name}."), node, out),
-        }
-    }
-}
-
-/// Names and shapes equal to torchvision's state dict: its digest, and its tree where the
-/// fixture lists it.
-fn check_names(store: &ParamStore, want: &Value) -> Result<()> {
-    let digest = &want["state_dict_digest"];
-    let (count, fnv) = state_dict_digest(store);
-    if !want["state_dict"].is_null() {
-        let mut names = Vec::new();
-        flatten("", &want["state_dict"], &mut names);
-        check_state_dict(store, &names)?;
-    }
-    assert_eq!(count as u64, digest["tensors"].as_u64().expect("a count"));
-    assert_eq!(
-        format!("{fnv:016x}"),
-        digest["fnv1a"].as_str().expect("a digest")
-    );
-    Ok(())
-}
+use zoo_nn::testing::{fill_by_formula, formula_input, max_relative_error, running_sums_error};
 
 /// The logits of `build`'s network on the formula input in eval mode, then in train mode
 /// (`drop_rate` 0: no dropout), its store filled by the formula.
@@ -83,27 +32,24 @@ type Build = fn(usize, VarBuilder) -> Result<TvDenseNet>;
 
 #[test]
 fn every_torchvision_densenet_matches_torchvision_in_eval_and_train_mode() -> Result<()> {
-    let fixture = fixture();
-    let size = fixture["size"].as_u64().expect("size") as usize;
+    let fixture = TvFixture::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tv_densenet.json"
+    ));
+    let size = fixture.size();
     let builds: [(&str, Build); 3] = [
         ("densenet121", tv::densenet121),
         ("densenet169", tv::densenet169),
         ("densenet201", tv::densenet201),
     ];
     for (name, build) in builds {
-        let want = &fixture["models"][name];
+        let want = fixture.model(name);
         let (store, eval, train) = run(|vb| build(10, vb), size)?;
-        check_names(&store, want)?;
-        let e = max_relative_error(&eval, &floats(&want["eval_logits"]));
-        let t = max_relative_error(&train, &floats(&want["train_logits"]));
-        let r = match want["running_sums"].as_object() {
-            Some(sums) => {
-                let sums: Vec<(String, f64)> = sums
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_f64().expect("a sum")))
-                    .collect();
-                Some(running_sums_error(&store, &sums)?)
-            }
+        want.check_names(&store)?;
+        let e = max_relative_error(&eval, &want.eval_logits());
+        let t = max_relative_error(&train, &want.train_logits());
+        let r = match want.running_sums() {
+            Some(sums) => Some(running_sums_error(&store, &sums)?),
             None => None,
         };
         eprintln!("{name}: eval {e:e}, train {t:e}, running sums {r:?}");

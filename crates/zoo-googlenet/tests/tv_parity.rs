@@ -7,58 +7,10 @@
 
 use candle_core::{DType, Device, Result};
 use candle_nn::{ModuleT, VarBuilder};
-use serde_json::Value;
 use zoo_googlenet::tv::{self, TvGoogLeNet};
+use zoo_nn::fixture::TvFixture;
 use zoo_nn::init::{InitScheme, ParamStore};
-use zoo_nn::testing::{
-    check_state_dict, fill_by_formula, formula_input, max_relative_error, running_sums_error,
-    state_dict_digest,
-};
-
-fn fixture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/tv_googlenet.json"
-    );
-    let text = std::fs::read_to_string(path).expect("tests/fixtures/tv_googlenet.json");
-    serde_json::from_str(&text).expect("valid JSON")
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    let values = v.as_array().expect("an array").iter();
-    values
-        .map(|x| x.as_f64().expect("a number") as f32)
-        .collect()
-}
-
-/// The fixture's tree of module paths as (dotted name, shape) pairs.
-fn flatten(prefix: &str, tree: &Value, out: &mut Vec<(String, Vec<usize>)>) {
-    for (key, node) in tree.as_object().expect("a module") {
-        let name = format!("{prefix}{key}");
-        match node.as_array() {
-            Some(dims) => {
-                let dims = dims.iter().map(|d| d.as_u64().expect("a length") as usize);
-                out.push((name, dims.collect()))
-            }
-            None => flatten(&format!("{name}."), node, out),
-        }
-    }
-}
-
-/// Names and shapes equal to torchvision's state dict (tree and digest).
-fn check_names(store: &ParamStore, want: &Value) -> Result<()> {
-    let mut names = Vec::new();
-    flatten("", &want["state_dict"], &mut names);
-    check_state_dict(store, &names)?;
-    let digest = &want["state_dict_digest"];
-    let (count, fnv) = state_dict_digest(store);
-    assert_eq!(count as u64, digest["tensors"].as_u64().expect("a count"));
-    assert_eq!(
-        format!("{fnv:016x}"),
-        digest["fnv1a"].as_str().expect("a digest")
-    );
-    Ok(())
-}
+use zoo_nn::testing::{fill_by_formula, formula_input, max_relative_error, running_sums_error};
 
 /// The logits of `build`'s network on the formula input in eval mode, then those of the same
 /// network with dropout 0 in train mode (torchvision's Dropout modules stay in evaluation in the
@@ -81,19 +33,16 @@ fn run(
 
 #[test]
 fn torchvisions_googlenet_matches_torchvision_in_eval_and_train_mode() -> Result<()> {
-    let fixture = fixture();
-    let size = fixture["size"].as_u64().expect("size") as usize;
-    let want = &fixture["models"]["googlenet"];
-    let (store, eval, train) = run(|vb| tv::googlenet(10, vb), size)?;
-    check_names(&store, want)?;
-    let e = max_relative_error(&eval, &floats(&want["eval_logits"]));
-    let t = max_relative_error(&train, &floats(&want["train_logits"]));
-    let sums: Vec<(String, f64)> = want["running_sums"]
-        .as_object()
-        .expect("running sums")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_f64().expect("a sum")))
-        .collect();
+    let fixture = TvFixture::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tv_googlenet.json"
+    ));
+    let want = fixture.model("googlenet");
+    let (store, eval, train) = run(|vb| tv::googlenet(10, vb), fixture.size())?;
+    want.check_names(&store)?;
+    let e = max_relative_error(&eval, &want.eval_logits());
+    let t = max_relative_error(&train, &want.train_logits());
+    let sums = want.running_sums().expect("running sums");
     let r = running_sums_error(&store, &sums)?;
     eprintln!("googlenet: eval {e:e}, train {t:e}, running sums {r:e}");
     // Measured at 100 px (ceil-mode poolings round 50 and 12 up) against torch 2.15 and

@@ -36,6 +36,8 @@
 
 pub mod context;
 pub mod export;
+#[cfg(feature = "fixtures")]
+pub mod fixture;
 pub mod grad;
 pub mod init;
 pub mod model;

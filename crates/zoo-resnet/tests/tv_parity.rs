@@ -5,30 +5,22 @@
 
 use candle_core::{DType, Device, Result};
 use candle_nn::ModuleT;
+use zoo_nn::fixture::TvFixture;
 use zoo_nn::init::{InitScheme, ParamStore};
-use zoo_nn::testing::{fill_by_formula, formula_input, max_relative_error as rel_error};
+use zoo_nn::testing::{
+    fill_by_formula, formula_input, max_relative_error as rel_error, running_sums_error,
+};
 use zoo_resnet::tv;
-
-fn fixture() -> serde_json::Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tv_resnet.json");
-    let text = std::fs::read_to_string(path).expect("tests/fixtures/tv_resnet.json");
-    serde_json::from_str(&text).expect("valid JSON")
-}
-
-fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array()
-        .expect("an array")
-        .iter()
-        .map(|x| x.as_f64().expect("a number") as f32)
-        .collect()
-}
 
 type Build = fn(usize, candle_nn::VarBuilder) -> Result<tv::TvResNet>;
 
 #[test]
 fn every_torchvision_resnet_matches_torchvision_in_eval_and_train_mode() -> Result<()> {
-    let fixture = fixture();
-    let size = fixture["size"].as_u64().expect("size") as usize;
+    let fixture = TvFixture::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tv_resnet.json"
+    ));
+    let size = fixture.size();
     let builds: [(&str, Build); 5] = [
         ("resnet18", tv::resnet18),
         ("resnet34", tv::resnet34),
@@ -37,50 +29,27 @@ fn every_torchvision_resnet_matches_torchvision_in_eval_and_train_mode() -> Resu
         ("resnet152", tv::resnet152),
     ];
     for (name, build) in builds {
-        let want = &fixture["models"][name];
+        let want = fixture.model(name);
         let store = ParamStore::new(0, InitScheme::PytorchDefault, DType::F32, &Device::Cpu);
         let net = build(10, store.var_builder())?;
         fill_by_formula(&store);
         let x = formula_input(3, size);
         let eval = net.forward_t(&x, false)?.flatten_all()?.to_vec1::<f32>()?;
-        let e = rel_error(&eval, &floats(&want["eval_logits"]));
+        let e = rel_error(&eval, &want.eval_logits());
         // Evaluation: 2e-7 to 7e-7 measured (torch 2.15, torchvision 0.29).
         assert!(e < 1e-5, "{name}: eval logits differ by {e:e} (relative)");
         let train = net.forward_t(&x, true)?.flatten_all()?.to_vec1::<f32>()?;
-        let t = rel_error(&train, &floats(&want["train_logits"]));
+        let t = rel_error(&train, &want.train_logits());
         eprintln!("{name}: eval {e:e}, train {t:e}");
         // Training mode normalises with batch statistics, which magnify float rounding the
         // deeper the network: 6e-6 (ResNet-18) to 8.5e-4 (ResNet-152) measured at 128 px with
         // AVX-512 kernels; other kernels round otherwise. A wrong block is off by O(1).
         assert!(t < 5e-3, "{name}: train logits differ by {t:e} (relative)");
-        let sums = want["running_sums"].as_object().expect("running sums");
-        assert!(!sums.is_empty());
-        for (key, var) in store.named_tensors() {
-            let Some(expected) = sums.get(&key) else {
-                continue;
-            };
-            let got = var
-                .as_tensor()
-                .to_dtype(DType::F64)?
-                .sum_all()?
-                .to_scalar::<f64>()?;
-            let expected = expected.as_f64().expect("a number");
-            // The same batch statistics as the training-mode logits.
-            let e = (got - expected).abs() / expected.abs().max(1.0);
-            assert!(
-                e < 5e-3,
-                "{name}: {key} sums to {got}, torchvision {expected}"
-            );
-        }
-        assert_eq!(
-            store
-                .named_tensors()
-                .iter()
-                .filter(|(k, _)| sums.contains_key(k))
-                .count(),
-            sums.len(),
-            "{name}: every running statistic of torchvision's has a zoo tensor of its name"
-        );
+        // Every running statistic, named as torchvision names it, with the batch statistics of
+        // the training-mode logits.
+        let sums = want.running_sums().expect("running sums");
+        let r = running_sums_error(&store, &sums)?;
+        assert!(r < 5e-3, "{name}: running sums differ by {r:e} (relative)");
     }
     Ok(())
 }
