@@ -155,6 +155,17 @@ fn zoo(args: &[&str]) -> std::process::Output {
         .expect("zoo runs")
 }
 
+/// Runs zoo and asserts it succeeded, showing its error output where it did not.
+fn zoo_ok(args: &[&str]) -> std::process::Output {
+    let out = zoo(args);
+    assert!(
+        out.status.success(),
+        "zoo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// tv-resnet18 with seeded weights (random BatchNorm statistics too), saved in `dir` as
 /// DataParallel would save a state dict (`module.` prefix, `num_batches_tracked`), in
 /// safetensors; and the network.
@@ -187,34 +198,16 @@ fn tv_resnet18_file(dir: &Path) -> (PathBuf, Box<dyn zoo_core::Model>) {
 #[test]
 fn a_torchvision_state_dict_converts_and_predicts_imagenet_top5() {
     let dir = scratch("convert");
-    let (weights, net) = tv_resnet18_file(&dir);
-    let converted = dir.join("converted.safetensors");
-    let out = zoo(&[
-        "convert",
-        "--model",
-        "tv-resnet18",
-        weights.to_str().unwrap(),
-        converted.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (converted, net) = converted_tv_resnet18(&dir);
     let image = dir.join("photo.png");
     photo(&image);
-    let out = zoo(&[
+    let out = zoo_ok(&[
         "predict",
         "--checkpoint",
         converted.to_str().unwrap(),
         image.to_str().unwrap(),
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let logits: Vec<f32> = json[0]["logits"]
         .as_array()
@@ -246,7 +239,7 @@ fn a_torchvision_state_dict_converts_and_predicts_imagenet_top5() {
     assert_eq!(ckpt.meta.run.classes, classes);
     // Back to PyTorch keys: torchvision's, with num_batches_tracked.
     let back = dir.join("back.safetensors");
-    let out = zoo(&[
+    zoo_ok(&[
         "convert",
         "--model",
         "tv-resnet18",
@@ -254,11 +247,6 @@ fn a_torchvision_state_dict_converts_and_predicts_imagenet_top5() {
         converted.to_str().unwrap(),
         back.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let back = candle_core::safetensors::load(&back, &Device::Cpu).unwrap();
     assert!(back.contains_key("layer4.1.bn2.num_batches_tracked"));
     assert_eq!(back["fc.weight"].dims(), &[1000, 512]);
@@ -314,22 +302,22 @@ fn shapes_folder(root: &Path) {
     }
 }
 
-fn converted_checkpoint(dir: &Path) -> PathBuf {
-    let (weights, _) = tv_resnet18_file(dir);
+/// [`tv_resnet18_file`] converted by `zoo convert` into a zoo checkpoint, and the network.
+fn converted_tv_resnet18(dir: &Path) -> (PathBuf, Box<dyn zoo_core::Model>) {
+    let (weights, net) = tv_resnet18_file(dir);
     let converted = dir.join("tv-resnet18.safetensors");
-    let out = zoo(&[
+    zoo_ok(&[
         "convert",
         "--model",
         "tv-resnet18",
         weights.to_str().unwrap(),
         converted.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    converted
+    (converted, net)
+}
+
+fn converted_checkpoint(dir: &Path) -> PathBuf {
+    converted_tv_resnet18(dir).0
 }
 
 #[test]
@@ -338,7 +326,7 @@ fn a_frozen_fine_tune_changes_only_the_new_head() {
     let pretrained = converted_checkpoint(&dir);
     shapes_folder(&dir);
     let run = dir.join("run");
-    let out = zoo(&[
+    zoo_ok(&[
         "train",
         "tv-resnet18",
         "--recipe",
@@ -362,11 +350,6 @@ fn a_frozen_fine_tune_changes_only_the_new_head() {
         "--run-dir",
         run.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let load = |p: &Path| zoo_core::train::checkpoint::load_checkpoint(p, &Device::Cpu).unwrap();
     let (before, after) = (load(&pretrained), load(&run.join("last.safetensors")));
     assert_eq!(after.meta.run.classes, ["blue", "green", "red"]);
