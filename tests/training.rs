@@ -107,6 +107,32 @@ fn tiny_matrix_end_to_end_then_eval_and_predict() {
         })
         .collect();
     assert_eq!(counts, vec![50; 10]);
+    // --flip adds the test-time-augmented accuracy and leaves the plain one as it was.
+    let out = Command::new(zoo)
+        .args(["eval", "--flip", "--checkpoint"])
+        .arg(&last)
+        .arg("--data-dir")
+        .arg(&samples)
+        .output()
+        .unwrap();
+    let flipped = String::from_utf8_lossy(&out.stdout);
+    let first_line = |t: &str| t.lines().nth(1).unwrap_or_default().to_string();
+    assert!(
+        first_line(&flipped).starts_with(&first_line(&text))
+            && first_line(&flipped).contains("flip-TTA accuracy 0."),
+        "{flipped}"
+    );
+    // Never on digits: refused naming the flag, before anything is loaded.
+    let out = Command::new(zoo)
+        .args(["eval", "--flip", "--dataset", "mnist", "--checkpoint"])
+        .arg(&last)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--flip"),
+        "{stderr}"
+    );
 
     // zoo predict --json: the checkpoint carries its transform; top-5 sorted, 10 logits.
     let image = dir.join("img.png");

@@ -8,20 +8,27 @@ use zoo_core::data::Split;
 use zoo_core::data::loader::{Loader, LoaderConfig};
 use zoo_core::data::resolve::load_split;
 use zoo_core::table::{Align, Table};
-use zoo_core::train::trainer::{Evaluation, evaluate};
+use zoo_core::train::trainer::{Evaluation, evaluate_on};
 
 use crate::loaded_model::{LoadedModel, load_model};
 
-/// Accuracy, per-class accuracy and confusion matrix of a checkpoint on a dataset split.
+/// Accuracy, per-class accuracy and confusion matrix of a checkpoint on a dataset split; with
+/// `flip`, the accuracy of horizontal-flip test-time augmentation too.
 pub fn eval_checkpoint(
     checkpoint: &Path,
     data_root: &Path,
     dataset: &str,
     split: Split,
     device: &str,
+    flip: bool,
 ) -> Result<(LoadedModel, Evaluation)> {
-    let loaded = load_model(checkpoint, device)?;
     let dataset = zoo_core::data::Dataset::parse(dataset).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        !(flip && dataset.is_digits()),
+        "--flip: {dataset} holds digits, which a mirror image changes; test-time flips are for \
+         natural images"
+    );
+    let loaded = load_model(checkpoint, device)?;
     let data = load_split(data_root, &dataset, split)?;
     zoo_core::data::resolve::same_classes(
         &loaded.meta.run.classes,
@@ -37,11 +44,13 @@ pub fn eval_checkpoint(
             ..LoaderConfig::notebook(0)
         },
     )?;
-    let eval = evaluate(
+    let eval = evaluate_on(
         loaded.model.as_ref(),
         &loader,
         &loaded.meta.run.eval_transform,
         &loaded.device,
+        None,
+        flip,
     )?;
     Ok((loaded, eval))
 }
@@ -49,8 +58,11 @@ pub fn eval_checkpoint(
 /// The evaluation as text: accuracy, per-class accuracy, confusion matrix.
 pub fn eval_report(classes: &[String], eval: &Evaluation) -> String {
     let name = |i: usize| classes.get(i).map_or("?", |s| s.as_str());
+    let flip = eval
+        .flip_accuracy
+        .map_or(String::new(), |a| format!("  flip-TTA accuracy {a:.4}"));
     let mut out = format!(
-        "accuracy {:.4}  loss {:.4}\n\nper-class accuracy:\n",
+        "accuracy {:.4}  loss {:.4}{flip}\n\nper-class accuracy:\n",
         eval.accuracy, eval.loss
     );
     let mut per_class = Table::new(&[

@@ -46,6 +46,10 @@ pub enum Command {
         split: SplitArg,
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Also the accuracy of horizontal-flip test-time augmentation (each image's logits
+        /// summed with its mirror image's; not for digits).
+        #[arg(long)]
+        flip: bool,
     },
     /// Top-5 classes of images with a checkpoint (which carries its input transform).
     Predict {

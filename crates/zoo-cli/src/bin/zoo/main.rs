@@ -33,12 +33,14 @@ fn run(cli: Cli) -> Result<()> {
             data_dir,
             split,
             device,
+            flip,
         } => commands::eval::run(
             &checkpoint,
             dataset,
             data_dir.as_deref(),
             split.into(),
             &device,
+            flip,
         ),
         Command::Predict {
             checkpoint,

@@ -15,6 +15,7 @@ pub fn run(
     data_dir: Option<&Path>,
     split: Split,
     device: &str,
+    flip: bool,
 ) -> Result<()> {
     let dataset = match dataset {
         Some(d) => d,
@@ -35,8 +36,14 @@ pub fn run(
             })?
         }
     };
-    let (loaded, eval) =
-        eval_checkpoint(checkpoint, &data_root(data_dir), &dataset, split, device)?;
+    let (loaded, eval) = eval_checkpoint(
+        checkpoint,
+        &data_root(data_dir),
+        &dataset,
+        split,
+        device,
+        flip,
+    )?;
     println!("{} on {dataset} ({})", loaded.meta.run.model, split.name());
     print!("{}", eval_report(&loaded.meta.run.classes, &eval));
     Ok(())
