@@ -35,7 +35,13 @@ fn the_improved_recipe_comes_from_its_data_file() {
         assert_eq!(Some(c.recipe.epochs), r.epochs);
         assert_eq!(Some(c.recipe.learning_rate), r.learning_rate);
         assert_eq!(c.recipe.ema_decay, Some(0.998), "[defaults]");
-        assert_eq!((c.batch_size, c.recipe.label_smoothing), (128, 0.1));
+        assert_eq!(
+            Some(c.batch_size),
+            r.batch_size.or(Some(128)),
+            "{}",
+            entry.name
+        );
+        assert_eq!(c.recipe.label_smoothing, 0.1);
         assert!(!c.recipe.decay_1d_params);
         assert_eq!(Some(c.recipe.optimizer.weight_decay()), r.weight_decay);
         assert_eq!(
@@ -72,8 +78,15 @@ fn the_improved_recipe_comes_from_its_data_file() {
             weight_decay: 5e-4
         }
     );
+    // ResNet-18: flips without the crop, batch 256; GoogLeNet keeps crop and flip.
     assert_eq!(
         (resnet.augment.crop_padding, resnet.augment.hflip),
+        (None, true)
+    );
+    assert_eq!(resnet.batch_size, 256);
+    let googlenet = resolve("googlenet");
+    assert_eq!(
+        (googlenet.augment.crop_padding, googlenet.augment.hflip),
         (Some(4), true)
     );
     let digits = resolve("nin-mnist");
