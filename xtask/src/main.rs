@@ -80,15 +80,22 @@ fn run_bench(what: Bench) -> Result<()> {
             repeat,
             infer_only,
             peer,
-        } => bench::models::run(
-            batch_size,
-            steps,
-            only.as_deref(),
-            reference,
-            torch.as_deref().map(|python| (python, peer)),
-            repeat,
-            infer_only,
-        )?,
+        } => {
+            anyhow::ensure!(
+                torch.is_some() || peer == bench::torch::Peer::Torch,
+                "bench models --peer {}: give --torch PYTHON, the Python that runs the peer",
+                peer.flag()
+            );
+            bench::models::run(
+                batch_size,
+                steps,
+                only.as_deref(),
+                reference,
+                torch.as_deref().map(|python| (python, peer)),
+                repeat,
+                infer_only,
+            )?
+        }
         Bench::Data {
             data_dir,
             batch_size,

@@ -32,7 +32,7 @@ fn torchvisions_alexnet_matches_torchvision_in_eval_and_train_mode() -> Result<(
     let fixture = TvFixture::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/tv_alexnet.json"
-    ));
+    ))?;
     let want = fixture.model("alexnet");
     let (store, eval, train) = run(fixture.size())?;
     want.check_names(&store)?;

@@ -23,11 +23,9 @@ pub fn eval_checkpoint(
     flip: bool,
 ) -> Result<(LoadedModel, Evaluation)> {
     let dataset = zoo_core::data::Dataset::parse(dataset).map_err(anyhow::Error::msg)?;
-    anyhow::ensure!(
-        !(flip && dataset.is_digits()),
-        "--flip: {dataset} holds digits, which a mirror image changes; test-time flips are for \
-         natural images"
-    );
+    if flip {
+        crate::run_config::check_flip_allowed(&dataset, "--flip")?;
+    }
     let loaded = load_model(checkpoint, device)?;
     let data = load_split(data_root, &dataset, split)?;
     zoo_core::data::resolve::same_classes(

@@ -356,7 +356,8 @@ fn report_markdown(matrix: &str, results: &[RunResult], notices: &[String]) -> R
         "{} runs, {} of training and evaluation in all. Validation accuracy is on the test images \
          the column counts; \"EMA\" is the exponential moving average of the weights, validated \
          beside them; \"flip-TTA\" averages each test image's logits with its mirror image's \
-         (raw or EMA weights, whichever is better; recipes that ask for it); times are wall-clock (training, evaluation and checkpoints).\n\n",
+         (raw or EMA weights, whichever is better; recipes that ask for it); times are \
+         wall-clock (training, evaluation and checkpoints).\n\n",
         results.len(),
         format_duration(total)
     );
@@ -409,16 +410,11 @@ fn result_row(r: &RunResult) -> Result<[String; 17]> {
     )?
     .params;
     let best = r.metrics.iter().map(|m| m.valid_acc).fold(0.0, f64::max);
-    let best_ema = r
-        .metrics
-        .iter()
-        .filter_map(|m| m.valid_acc_ema)
-        .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
-    let best_flip = r
-        .metrics
-        .iter()
-        .filter_map(|m| m.best_flip_acc())
-        .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
+    let best_of = |column: fn(&EpochMetrics) -> Option<f64>| {
+        r.metrics.iter().filter_map(column).reduce(f64::max)
+    };
+    let best_ema = best_of(|m| m.valid_acc_ema);
+    let best_flip = best_of(EpochMetrics::best_flip_acc);
     let last = r.metrics.last();
     let total: f64 = r.metrics.iter().map(|m| m.wall_seconds).sum();
     let reached = |x: Option<zoo_core::train::metrics::Reached>| {

@@ -150,12 +150,9 @@ impl RunConfig {
             self.model
         );
         validate_recipe_numbers(r)?;
-        ensure!(
-            !(r.eval_flip && self.dataset.is_digits()),
-            "--eval-flip / eval_flip: {} holds digits, which a mirror image changes (a 2 is no \
-             longer a 2); test-time flips are for natural images",
-            self.dataset
-        );
+        if r.eval_flip {
+            check_flip_allowed(&self.dataset, "--eval-flip / eval_flip")?;
+        }
         self.validate_fine_tune()?;
         self.eval_transform()
             .validate(entry.reference_input.channels)?;
@@ -201,6 +198,17 @@ impl RunConfig {
         }
         Ok(())
     }
+}
+
+/// Test-time flips (`flag`) are for natural images: refused for a dataset of digits, which a
+/// mirror image changes (a 2 is no longer a 2).
+pub fn check_flip_allowed(dataset: &Dataset, flag: &str) -> Result<()> {
+    ensure!(
+        !dataset.is_digits(),
+        "{flag}: {dataset} holds digits, which a mirror image changes (a 2 is no longer a 2); \
+         test-time flips are for natural images"
+    );
+    Ok(())
 }
 
 /// Whether `v` is a finite number from `lo` to `hi`.

@@ -35,7 +35,7 @@ fn every_torchvision_densenet_matches_torchvision_in_eval_and_train_mode() -> Re
     let fixture = TvFixture::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/tv_densenet.json"
-    ));
+    ))?;
     let size = fixture.size();
     let builds: [(&str, Build); 3] = [
         ("densenet121", tv::densenet121),

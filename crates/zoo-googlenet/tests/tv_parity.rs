@@ -36,7 +36,7 @@ fn torchvisions_googlenet_matches_torchvision_in_eval_and_train_mode() -> Result
     let fixture = TvFixture::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/tv_googlenet.json"
-    ));
+    ))?;
     let want = fixture.model("googlenet");
     let (store, eval, train) = run(|vb| tv::googlenet(10, vb), fixture.size())?;
     want.check_names(&store)?;

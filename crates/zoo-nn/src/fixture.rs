@@ -20,12 +20,12 @@ pub struct TvRecord<'a> {
 }
 
 impl TvFixture {
-    /// Reads the fixture at `path`; a test's setup, so a missing or malformed file panics with
-    /// the path.
-    pub fn read(path: &str) -> Self {
-        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let root = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
-        Self { root }
+    /// Reads the fixture at `path`; a missing or malformed file is an error naming it.
+    pub fn read(path: &str) -> Result<Self> {
+        let failed = |e: &dyn std::fmt::Display| candle_core::Error::Msg(format!("{path}: {e}"));
+        let text = std::fs::read_to_string(path).map_err(|e| failed(&e))?;
+        let root = serde_json::from_str(&text).map_err(|e| failed(&e))?;
+        Ok(Self { root })
     }
 
     /// The side of the square formula input the records were made at.

@@ -19,7 +19,7 @@ fn every_torchvision_resnet_matches_torchvision_in_eval_and_train_mode() -> Resu
     let fixture = TvFixture::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/tv_resnet.json"
-    ));
+    ))?;
     let size = fixture.size();
     let builds: [(&str, Build); 5] = [
         ("resnet18", tv::resnet18),

@@ -37,7 +37,7 @@ fn every_torchvision_vgg_matches_torchvision_in_eval_and_train_mode() -> Result<
     let fixture = TvFixture::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/tv_vgg.json"
-    ));
+    ))?;
     let size = fixture.size();
     let builds: [(&str, Build); 4] = [
         ("vgg11", tv::vgg11),

@@ -38,7 +38,7 @@ pub fn run(
     anyhow::ensure!(
         peer == Peer::Torch || infer_only,
         "bench models --peer {}: the runtimes serve inference; add --infer-only",
-        peer.label()
+        peer.flag()
     );
     let device = Device::Cpu;
     println!(

@@ -29,12 +29,20 @@ impl Peer {
         }
     }
 
+    /// Its `--peer` value (bench_runtime.py takes the same).
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Self::Torch => "torch",
+            Self::Ort => "ort",
+            Self::Openvino => "openvino",
+        }
+    }
+
     /// The script and its peer flag.
     fn script(&self) -> (&'static str, Option<&'static str>) {
         match self {
             Self::Torch => ("scripts/bench_torch.py", None),
-            Self::Ort => ("scripts/bench_runtime.py", Some("ort")),
-            Self::Openvino => ("scripts/bench_runtime.py", Some("openvino")),
+            other => ("scripts/bench_runtime.py", Some(other.flag())),
         }
     }
 }
