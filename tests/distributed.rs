@@ -12,11 +12,12 @@ use zoo_cli::launcher::without_flag;
 /// `zoo train nin-mnist ...` with `env` set and every launcher variable of this test process
 /// removed; returns (success, stderr).
 fn zoo_train(env: &[(&str, &str)], extra: &[&str]) -> (bool, String) {
+    let run_dir = zoo_core::testing::scratch_dir("launch");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_zoo"));
     cmd.args(["train", "nin-mnist", "--epochs", "1", "--device", "cpu"])
         .args(extra)
         .arg("--run-dir")
-        .arg(std::env::temp_dir().join(format!("zoo-launch-{}", std::process::id())));
+        .arg(&*run_dir);
     for var in [
         "RANK",
         "WORLD_SIZE",
@@ -103,9 +104,7 @@ fn a_data_parallel_matrix_is_reported_by_rank_0_alone() {
     use zoo_core::distributed::Collective;
     use zoo_core::distributed::local::ThreadGroup;
 
-    let dir = std::env::temp_dir().join(format!("zoo-dp-matrix-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = zoo_core::testing::scratch_dir("dp-matrix");
     let matrix = dir.join("pair.toml");
     std::fs::write(
         &matrix,

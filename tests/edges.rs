@@ -1,13 +1,12 @@
 //! Bad input at the edges of the matrix runner and the `zoo train` flags: each fails with a
 //! message naming the flag, field or name, before anything is written.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use zoo_cli::matrix::{load_matrix, train_all};
 use zoo_cli::training::Placement;
 
-fn scratch(name: &str) -> PathBuf {
+fn scratch(name: &str) -> zoo_core::testing::ScratchDir {
     zoo_core::testing::scratch_dir(&format!("edges-{name}"))
 }
 

@@ -4,7 +4,7 @@
 //! a value or in an error that names the file, never in a panic.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device};
 use zoo_core::data::Split;
@@ -20,7 +20,7 @@ use zoo_core::{InputSpec, candle_nn};
 /// Mutations of each valid file.
 const CASES: usize = 48;
 
-fn scratch(name: &str) -> PathBuf {
+fn scratch(name: &str) -> zoo_core::testing::ScratchDir {
     zoo_core::testing::scratch_dir(&format!("fuzz-{name}"))
 }
 

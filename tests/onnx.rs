@@ -190,8 +190,7 @@ fn what_onnx_cannot_express_is_refused_naming_the_layer() {
 
 #[test]
 fn zoo_export_writes_the_file_and_names_a_bad_checkpoint() {
-    let dir = std::env::temp_dir().join(format!("zoo-onnx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = zoo_core::testing::scratch_dir("onnx");
     let entry = zoo_cli::find("nin-mnist").unwrap();
     let input = InputSpec::square(1, 67);
     let store = ParamStore::new(2, InitScheme::XavierUniform, DType::F32, &Device::Cpu);

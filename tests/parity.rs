@@ -117,8 +117,7 @@ fn every_model_matches_pytorch_in_eval_and_train_mode() {
 #[test]
 fn a_notebook_pt_converts_and_predicts_like_pytorch() {
     let fixture = load_fixture();
-    let dir = std::env::temp_dir().join(format!("zoo-parity-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = zoo_core::testing::scratch_dir("parity");
     // The notebook's DataParallel state dict (`module.model.0.0.weight`, ...).
     let pt = fixtures().join("cifar_densenet.pt");
     let converted = dir.join("densenet.safetensors");
@@ -205,8 +204,7 @@ fn pytorch_file(
 fn convert_takes_the_input_size_the_weights_imply_and_the_transform_it_is_given() {
     use zoo_cli::convert::{ImportOptions, import, import_with};
     use zoo_core::train::checkpoint::load_checkpoint;
-    let dir = std::env::temp_dir().join(format!("zoo-convert-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = zoo_core::testing::scratch_dir("convert");
     let out = dir.join("out.safetensors");
     let meta = |path: &Path| load_checkpoint(path, &Device::Cpu).unwrap().meta;
 

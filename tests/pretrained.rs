@@ -15,11 +15,8 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zoo-pretrained-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(name: &str) -> zoo_core::testing::ScratchDir {
+    zoo_core::testing::scratch_dir(&format!("pretrained-{name}"))
 }
 
 #[test]

@@ -233,8 +233,7 @@ fn bad_values_name_their_flag() {
 
 #[test]
 fn an_unknown_recipe_or_field_in_a_matrix_is_a_clear_error() {
-    let dir = std::env::temp_dir().join(format!("zoo-recipes-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = zoo_core::testing::scratch_dir("recipes");
     let write = |name: &str, text: &str| {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();

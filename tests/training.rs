@@ -10,7 +10,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn scratch(name: &str) -> PathBuf {
+fn scratch(name: &str) -> zoo_core::testing::ScratchDir {
     zoo_core::testing::scratch_dir(&format!("e2e-{name}"))
 }
 

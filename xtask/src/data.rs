@@ -169,8 +169,7 @@ mod tests {
 
     #[test]
     fn fills_the_root_and_replaces_a_cut_short_extraction() {
-        let dir = std::env::temp_dir().join(format!("zoo-xtask-data-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = zoo_core::testing::scratch_dir("xtask-data");
         let shared = shared_folder(&dir);
         let root = dir.join("data");
         prepare_data(&shared, &root).unwrap();

@@ -175,7 +175,7 @@ impl Drop for RunLock {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
+    fn scratch(name: &str) -> zoo_core::testing::ScratchDir {
         zoo_core::testing::scratch_dir(&format!("lock-{name}"))
     }
 

@@ -56,8 +56,7 @@ mod tests {
 
     #[test]
     fn replaces_the_file_whole_and_leaves_no_temporary() {
-        let dir = std::env::temp_dir().join(format!("zoo-fs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::scratch_dir("fs");
         let path = dir.join("a.txt");
         write_atomic(&path, b"first").unwrap();
         write_atomic(&path, b"second, longer").unwrap();

@@ -215,8 +215,7 @@ mod tests {
 
     #[test]
     fn a_figure_has_its_lines_in_their_colours() {
-        let dir = std::env::temp_dir().join(format!("zoo-plot-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::scratch_dir("plot");
         let path = dir.join("figure.png");
         let panel = |legend| Panel {
             title: "Accuracy".into(),

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use candle_core::{Result, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 pub use zoo_nn::testing::{
-    assert_close, check_backward_reaches_every_parameter, check_layer_shapes, fill_by_formula,
-    formula, formula_input, max_abs_diff, max_relative_error, signed_uniform, test_input,
-    test_store, weighted_sum_grads,
+    ScratchDir, assert_close, check_backward_reaches_every_parameter, check_layer_shapes,
+    fill_by_formula, formula, formula_input, max_abs_diff, max_relative_error, signed_uniform,
+    test_input, test_store, weighted_sum_grads,
 };
 
 use crate::ForwardContext;
@@ -18,13 +18,10 @@ use crate::nn::{
     BatchNorm2d, Conv2d, Conv2dSpec, Dropout, Flatten, Linear, MaxPool2d, ReLU, SequentialT,
 };
 
-/// An empty folder `zoo-<label>-<pid>` in the system's temporary folder (emptied first if a
-/// killed test left it behind).
-pub fn scratch_dir(label: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("zoo-{label}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a writable temporary folder");
-    dir
+/// An empty folder `zoo-<label>-<pid>-<n>` in the system's temporary folder, removed when the
+/// returned guard drops.
+pub fn scratch_dir(label: &str) -> ScratchDir {
+    ScratchDir::new(label)
 }
 
 /// 1x8x8 images whose brightness pattern depends on the label: learnable.

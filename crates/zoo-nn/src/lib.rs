@@ -43,6 +43,7 @@ pub mod init;
 pub mod model;
 pub mod nn;
 pub mod rng;
+pub mod scratch;
 pub mod summary;
 pub mod table;
 pub mod testing;

@@ -9,6 +9,7 @@ pub use zoo_kernels::testing::{assert_close, max_abs_diff, weighted_sum_grads};
 use crate::init::{InitScheme, ParamStore};
 use crate::model::Model;
 use crate::rng::ZooRng;
+pub use crate::scratch::ScratchDir;
 
 /// A store with a fixed seed for tests.
 pub fn test_store(seed: u64) -> ParamStore {

@@ -16,7 +16,7 @@ use super::resolve::load_split;
 use super::transforms::{normalize, resize_bilinear};
 use super::{ImageDataset, Split, digit_classes};
 
-fn fixture_dir(name: &str) -> PathBuf {
+fn fixture_dir(name: &str) -> crate::testing::ScratchDir {
     crate::testing::scratch_dir(&format!("test-{name}"))
 }
 

@@ -2,7 +2,6 @@
 //! all-reduce and broadcast, batch slices, and N ranks of B/N images against one of B.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor, Var};
@@ -226,11 +225,8 @@ fn shards_cover_each_batch_once_and_ranks_see_the_one_process_augmentation() {
     assert!(ranks[0].last().unwrap().is_empty());
 }
 
-fn run_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("zoo-ddp-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn run_dir(name: &str) -> crate::testing::ScratchDir {
+    crate::testing::scratch_dir(&format!("ddp-{name}"))
 }
 
 /// What one rank ended with.

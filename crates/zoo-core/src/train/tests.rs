@@ -247,11 +247,8 @@ fn meta(seed: u64) -> CheckpointMeta {
     CheckpointMeta::new(run_info(seed))
 }
 
-fn run_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("zoo-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn run_dir(name: &str) -> crate::testing::ScratchDir {
+    crate::testing::scratch_dir(&format!("train-{name}"))
 }
 
 fn weights(store: &ParamStore) -> HashMap<String, Vec<f32>> {
