@@ -20,8 +20,8 @@ pub mod testing;
 pub mod train;
 
 pub use zoo_nn::{
-    ForwardContext, InputSpec, Model, context, export, grad, impl_input_config, impl_model, init,
-    model, nn, rng, summary, table,
+    ForwardContext, InputSpec, Model, context, export, frozen, grad, impl_input_config, impl_model,
+    init, model, nn, rng, summary, table,
 };
 
 // Re-exported for the macros the model crates use.

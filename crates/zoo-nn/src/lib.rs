@@ -38,6 +38,7 @@ pub mod context;
 pub mod export;
 #[cfg(feature = "fixtures")]
 pub mod fixture;
+pub mod frozen;
 pub mod grad;
 pub mod init;
 pub mod model;

@@ -179,17 +179,21 @@ fn time_training_steps(
     train
 }
 
-/// Seconds of each of `steps` inference passes after one warm-up.
+/// Seconds of each of `steps` inference passes after one warm-up, in one frozen-weights scope
+/// (what the layers derive from the weights is derived in the warm-up, as a runtime's session
+/// does when it loads the model).
 fn time_inference(model: &dyn Model, x: &Tensor, steps: usize) -> Result<Vec<f64>> {
-    let mut infer = Vec::new();
-    for i in 0..=steps {
-        let start = Instant::now();
-        zoo_core::grad::no_grad(|| model.forward_t(x, false))?.to_vec2::<f32>()?;
-        if i > 0 {
-            infer.push(start.elapsed().as_secs_f64());
+    zoo_core::frozen::frozen_weights(|| {
+        let mut infer = Vec::new();
+        for i in 0..=steps {
+            let start = Instant::now();
+            zoo_core::grad::no_grad(|| model.forward_t(x, false))?.to_vec2::<f32>()?;
+            if i > 0 {
+                infer.push(start.elapsed().as_secs_f64());
+            }
         }
-    }
-    Ok(infer)
+        Ok(infer)
+    })
 }
 
 /// Prints zoo's `RESULT zoo ...` line of one case.

@@ -27,8 +27,9 @@ pub struct Evaluation {
     pub flip_accuracy: Option<f64>,
 }
 
-/// Evaluates `model` in evaluation mode (no graph kept: inputs carry no gradient). Loss, hits
-/// and the confusion matrix add up on the device and are read once, at the end.
+/// Evaluates `model` in evaluation mode (no graph kept: inputs carry no gradient) in one
+/// frozen-weights scope (`zoo_nn::frozen`). Loss, hits and the confusion matrix add up on the
+/// device and are read once, at the end.
 pub fn evaluate(
     model: &dyn Model,
     loader: &Loader,
@@ -53,21 +54,24 @@ pub fn evaluate_on(
 ) -> Result<Evaluation> {
     let k = model.num_classes();
     let classes = Tensor::arange(0u32, k as u32, device)?.unsqueeze(0)?;
-    let mut sums: Option<(Tensor, Tensor)> = None;
-    let mut seen = 0usize;
-    for batch in loader.epoch(0, 0) {
-        if batch.is_empty() {
-            continue; // a rank's empty slice of a short last batch
+    let (sums, mut seen) = crate::frozen::frozen_weights(|| {
+        let mut sums: Option<(Tensor, Tensor)> = None;
+        let mut seen = 0usize;
+        for batch in loader.epoch(0, 0) {
+            if batch.is_empty() {
+                continue; // a rank's empty slice of a short last batch
+            }
+            let x = transform.apply(&batch.images_tensor(device)?, device)?;
+            let y = batch.labels_tensor(device)?;
+            let step = batch_sums(model, &x, &y, &classes, flip)?;
+            sums = Some(match sums.take() {
+                Some((a, c)) => ((a + step.0)?, (c + step.1)?),
+                None => step,
+            });
+            seen += batch.len();
         }
-        let x = transform.apply(&batch.images_tensor(device)?, device)?;
-        let y = batch.labels_tensor(device)?;
-        let step = batch_sums(model, &x, &y, &classes, flip)?;
-        sums = Some(match sums.take() {
-            Some((a, c)) => ((a + step.0)?, (c + step.1)?),
-            None => step,
-        });
-        seen += batch.len();
-    }
+        Ok::<_, candle_core::Error>((sums, seen))
+    })?;
     let mut values = match &sums {
         Some((a, c)) => read_to_host(&Tensor::cat(&[a, &c.flatten_all()?], 0)?)?,
         None => vec![0.0; 3 + k * k],

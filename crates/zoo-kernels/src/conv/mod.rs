@@ -22,11 +22,13 @@
 mod geometry;
 mod im2col;
 mod plan;
+mod prepared;
 mod scratch;
 mod tiled;
 mod winograd;
 
 pub use geometry::ConvGeometry;
+pub use prepared::PreparedWeights;
 
 use std::borrow::Cow;
 
@@ -47,6 +49,9 @@ struct Conv2dOp {
     /// The forward's used-tap weights when it pruned taps, for the input gradient (on a 1x1
     /// map a 512x512 3x3 kernel's centre taps are gathered from all of its 9.4 MB).
     selected: SelectedWeights,
+    /// Where the forward keeps its derived weights between calls, and the frozen-weights
+    /// generation they are valid for; `None` derives them on every call.
+    prepared: Option<(std::sync::Arc<PreparedWeights>, u64)>,
 }
 
 type SelectedWeights = std::sync::Mutex<Option<std::sync::Arc<Vec<f32>>>>;
@@ -106,8 +111,11 @@ impl CustomOp3 for Conv2dOp {
             };
             return Ok((CpuStorage::F32(y), Shape::from((s.n, s.o, s.oh, s.ow))));
         }
-        let selected =
-            (!taps.all(&s)).then(|| std::sync::Arc::new(taps.selected_weights(&s, w).into_owned()));
+        let derive = || taps.selected_weights(&s, w).into_owned();
+        let selected = (!taps.all(&s)).then(|| match &self.prepared {
+            Some((kept, generation)) => kept.selected(*generation, &s, &taps, derive),
+            None => std::sync::Arc::new(derive()),
+        });
         if let (Some(selected), Ok(mut slot)) = (&selected, self.selected.lock()) {
             *slot = Some(selected.clone());
         }
@@ -456,6 +464,20 @@ pub fn conv2d(
     geometry: ConvGeometry,
     relu: bool,
 ) -> Result<Tensor> {
+    conv2d_prepared(x, weight, bias, geometry, relu, None)
+}
+
+/// [`conv2d`], keeping the weights the forward derives from `weight` in `prepared` for the
+/// frozen-weights generation given with it, and reusing them on later calls of that generation.
+/// The caller vouches that `weight` does not change within a generation (`zoo_nn::frozen`).
+pub fn conv2d_prepared(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    geometry: ConvGeometry,
+    relu: bool,
+    prepared: Option<(&std::sync::Arc<PreparedWeights>, u64)>,
+) -> Result<Tensor> {
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
@@ -463,6 +485,7 @@ pub fn conv2d(
             geometry,
             relu,
             selected: SelectedWeights::default(),
+            prepared: prepared.map(|(kept, generation)| (kept.clone(), generation)),
         },
     )
 }

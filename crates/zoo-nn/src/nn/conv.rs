@@ -5,9 +5,12 @@ use candle_nn::{Conv2dConfig, Module, ModuleT, VarBuilder};
 
 use super::{Layer, LayerKind, count, expect_nchw};
 use crate::export::{Attribute, Graph, Value, pads, pair};
+use crate::frozen::frozen_generation;
 use crate::grad::tracked;
 use crate::init::{pytorch_bias_hint, pytorch_weight_hint};
-use zoo_kernels::conv::{ConvGeometry, conv2d};
+use std::sync::Arc;
+
+use zoo_kernels::conv::{ConvGeometry, PreparedWeights, conv2d_prepared};
 use zoo_kernels::cpu_f32;
 
 /// The arguments of `nn.Conv2d(in, out, kernel_size, stride, padding, bias)` (square kernels).
@@ -62,6 +65,9 @@ pub struct Conv2d {
     inner: candle_nn::Conv2d,
     /// The bias zoo's kernel adds: the layer's, or zeros (not a parameter) without one.
     kernel_bias: Tensor,
+    /// What the kernel derives from the weights, kept within a frozen-weights scope
+    /// (`crate::frozen`).
+    prepared: Arc<PreparedWeights>,
 }
 
 impl Conv2d {
@@ -99,6 +105,7 @@ impl Conv2d {
             spec,
             inner: candle_nn::Conv2d::new(weight, bias, config),
             kernel_bias,
+            prepared: Arc::default(),
         })
     }
 
@@ -137,7 +144,8 @@ impl Conv2d {
                 padding: self.spec.padding,
             };
             let (weight, bias) = (tracked(self.inner.weight()), tracked(&self.kernel_bias));
-            return conv2d(x, &weight, &bias, geometry, relu);
+            let prepared = frozen_generation().map(|generation| (&self.prepared, generation));
+            return conv2d_prepared(x, &weight, &bias, geometry, relu, prepared);
         }
         zoo_kernels::activation::relu_composed_if(self.inner.forward(x)?, relu)
     }
@@ -293,5 +301,56 @@ impl Layer for Linear {
             input,
             &[input[0], self.in_features, self.out_features],
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{ModuleT, VarBuilder, VarMap};
+
+    use super::{Conv2d, Conv2dSpec};
+    use crate::frozen::frozen_weights;
+    use crate::testing::test_input;
+
+    /// A 3x3 convolution with padding 1 on a 1x1 map: only the centre tap sees the input, so the
+    /// kernel derives the used taps' matrix (the weights the frozen scope keeps).
+    fn centre_tap_conv() -> (Conv2d, VarMap) {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let mut spec = Conv2dSpec::new(6, 5, 3);
+        spec.padding = 1;
+        (Conv2d::new(spec, vb.pp("c")).unwrap(), varmap)
+    }
+
+    fn set_weight(varmap: &VarMap, seed: u64) {
+        let data = varmap.data().lock().unwrap();
+        let weight = test_input(&[5, 6, 3, 3], seed).unwrap();
+        data["c.weight"].set(&weight).unwrap();
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn a_frozen_scope_reuses_the_derived_weights_and_the_next_scope_sees_new_ones() {
+        let (conv, varmap) = centre_tap_conv();
+        let x = test_input(&[2, 6, 1, 1], 7).unwrap();
+        let forward = || values(&conv.forward_t(&x, false).unwrap());
+        set_weight(&varmap, 1);
+        let first = forward();
+        let (inside, kept) = frozen_weights(|| {
+            let inside = forward();
+            // Changing a weight inside the scope breaks its contract; that the old output comes
+            // back shows the derived weights were kept, not derived again.
+            set_weight(&varmap, 2);
+            (inside, forward())
+        });
+        assert_eq!(inside, first);
+        assert_eq!(kept, first);
+        let second = forward();
+        assert_ne!(second, first, "new weights change the output");
+        assert_eq!(frozen_weights(forward), second, "a new scope derives anew");
     }
 }
