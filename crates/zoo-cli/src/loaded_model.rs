@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::Result;
 use candle_core::{DType, Device};
 use zoo_core::init::{InitScheme, ParamStore};
-use zoo_core::train::checkpoint::{CheckpointMeta, apply_weights, load_checkpoint};
+use zoo_core::train::checkpoint::CheckpointMeta;
+use zoo_core::train::checkpoint_stream::{read_index, stream_weights};
 
 use crate::device::parse_device;
 use crate::registry::find;
@@ -19,20 +20,21 @@ pub struct LoadedModel {
     pub device: Device,
 }
 
-/// Rebuilds the checkpoint's model from the registry and loads its weights.
+/// Rebuilds the checkpoint's model from the registry (its variables zeros, nothing drawn) and
+/// streams its weights in from the file: the weights are in memory once.
 pub fn load_model(checkpoint: &Path, device: &str) -> Result<LoadedModel> {
     let device = parse_device(device)?;
-    let ckpt = load_checkpoint(checkpoint, &device)?;
-    let entry = find(&ckpt.meta.run.model)?;
+    let index = read_index(checkpoint)?;
+    let entry = find(&index.meta.run.model)?;
     let store = ParamStore::new(0, InitScheme::XavierUniform, DType::F32, &device);
     let model = entry.build(
-        ckpt.meta.run.input,
-        ckpt.meta.run.num_classes,
-        store.var_builder(),
+        index.meta.run.input,
+        index.meta.run.num_classes,
+        store.zeroed_var_builder(),
     )?;
-    apply_weights(&store, &ckpt.model, &checkpoint.display().to_string())?;
+    stream_weights(&store, checkpoint, &index)?;
     Ok(LoadedModel {
-        meta: ckpt.meta,
+        meta: index.meta,
         store,
         model,
         device,

@@ -114,6 +114,8 @@ struct SeededBackend {
     varmap: VarMap,
     rng: Mutex<ZooRng>,
     scheme: InitScheme,
+    /// Zeros instead of draws, for weights loaded right after.
+    zeroed: bool,
 }
 
 impl SeededBackend {
@@ -195,8 +197,10 @@ impl SimpleBackend for SeededBackend {
                  silently tie their weights"
             );
         }
-        let tensor = self.sample(name, &s, &h, dtype, dev)?;
-        let var = Var::from_tensor(&tensor)?;
+        let var = match self.zeroed {
+            true => Var::zeros(s, dtype, dev)?,
+            false => Var::from_tensor(&self.sample(name, &s, &h, dtype, dev)?)?,
+        };
         let tensor = var.as_tensor().clone();
         data.insert(name.to_string(), var);
         Ok(tensor)
@@ -243,6 +247,20 @@ impl ParamStore {
             varmap: self.varmap.clone(),
             rng: Mutex::new(ZooRng::with_stream(self.seed, streams::INIT)),
             scheme: self.scheme,
+            zeroed: false,
+        };
+        VarBuilder::from_backend(Box::new(backend), self.dtype, self.device.clone())
+    }
+
+    /// A `VarBuilder` whose every new tensor is zeros, for weights loaded right after (a
+    /// checkpoint's, streamed in by `zoo_core`): nothing is drawn, and a model's weights are in
+    /// memory once.
+    pub fn zeroed_var_builder(&self) -> VarBuilder<'static> {
+        let backend = SeededBackend {
+            varmap: self.varmap.clone(),
+            rng: Mutex::new(ZooRng::with_stream(self.seed, streams::INIT)),
+            scheme: self.scheme,
+            zeroed: true,
         };
         VarBuilder::from_backend(Box::new(backend), self.dtype, self.device.clone())
     }

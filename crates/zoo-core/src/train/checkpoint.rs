@@ -194,34 +194,10 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
         candle_core::Error::Msg(format!("{}: not a safetensors file: {e}", path.display()))
     })?;
-    let meta = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("zoo"))
-        .ok_or_else(|| {
-            candle_core::Error::Msg(format!(
-                "{}: a safetensors file without zoo metadata (convert PyTorch weights with `zoo convert`)",
-                path.display()
-            ))
-        })?;
-    let meta: CheckpointMeta = serde_json::from_str(meta).map_err(|e| {
-        candle_core::Error::Msg(format!("{}: bad zoo metadata: {e}", path.display()))
-    })?;
+    let meta = meta_from_header(header.metadata().as_ref(), path)?;
     let all = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", path.display())))?;
     let bad = |e: String| candle_core::Error::Msg(format!("{}: {e}", path.display()));
-    if meta.run.input.channels == 0 || meta.run.num_classes != meta.run.classes.len() {
-        return Err(bad(format!(
-            "metadata says {} input channels and {} classes, with {} class names",
-            meta.run.input.channels,
-            meta.run.num_classes,
-            meta.run.classes.len()
-        )));
-    }
-    meta.run
-        .eval_transform
-        .validate(meta.run.input.channels)
-        .map_err(|e| bad(e.to_string()))?;
     let mut model = HashMap::new();
     let mut optimizer = HashMap::new();
     let mut ema = HashMap::new();
@@ -247,9 +223,39 @@ pub fn load_checkpoint(path: &Path, device: &Device) -> Result<Checkpoint> {
     })
 }
 
+/// The zoo metadata of a checkpoint's safetensors header, checked: an error naming `path` when
+/// it is missing, unreadable or inconsistent (class names against classes, the transform).
+pub(crate) fn meta_from_header(
+    metadata: Option<&HashMap<String, String>>,
+    path: &Path,
+) -> Result<CheckpointMeta> {
+    let bad = |e: String| candle_core::Error::Msg(format!("{}: {e}", path.display()));
+    let meta = metadata.and_then(|m| m.get("zoo")).ok_or_else(|| {
+        bad(
+            "a safetensors file without zoo metadata (convert PyTorch weights with `zoo convert`)"
+                .into(),
+        )
+    })?;
+    let meta: CheckpointMeta =
+        serde_json::from_str(meta).map_err(|e| bad(format!("bad zoo metadata: {e}")))?;
+    if meta.run.input.channels == 0 || meta.run.num_classes != meta.run.classes.len() {
+        return Err(bad(format!(
+            "metadata says {} input channels and {} classes, with {} class names",
+            meta.run.input.channels,
+            meta.run.num_classes,
+            meta.run.classes.len()
+        )));
+    }
+    meta.run
+        .eval_transform
+        .validate(meta.run.input.channels)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(meta)
+}
+
 /// A stored tensor must be floating point and finite: integer weights, NaN and infinities are
 /// errors naming the tensor.
-fn check_tensor(name: &str, t: &Tensor) -> Result<()> {
+pub(crate) fn check_tensor(name: &str, t: &Tensor) -> Result<()> {
     use candle_core::DType;
     if !matches!(
         t.dtype(),
@@ -282,23 +288,41 @@ pub fn apply_weights(
     tensors: &HashMap<String, Tensor>,
     source: &str,
 ) -> Result<()> {
+    let shapes = tensors
+        .iter()
+        .map(|(name, t)| (name.clone(), t.dims().to_vec()))
+        .collect();
+    check_fit(store, &shapes, source)?;
+    for (name, var) in &store.named_tensors() {
+        let t = tensors[name]
+            .to_device(var.as_tensor().device())?
+            .to_dtype(var.as_tensor().dtype())?;
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+/// Whether tensors of these names and shapes fit the store's variables: missing tensors,
+/// unexpected tensors and shape mismatches are one error that lists them all, naming each
+/// tensor and both shapes.
+pub(crate) fn check_fit(
+    store: &ParamStore,
+    shapes: &HashMap<String, Vec<usize>>,
+    source: &str,
+) -> Result<()> {
     let named = store.named_tensors();
     let mut problems = Vec::new();
     for (name, var) in &named {
-        match tensors.get(name) {
-            None => problems.push(format!(
-                "missing tensor `{name}` (expected shape {:?})",
-                var.as_tensor().dims()
-            )),
-            Some(t) if t.dims() != var.as_tensor().dims() => problems.push(format!(
-                "tensor `{name}`: expected shape {:?}, found {:?}",
-                var.as_tensor().dims(),
-                t.dims()
+        let want = var.as_tensor().dims();
+        match shapes.get(name) {
+            None => problems.push(format!("missing tensor `{name}` (expected shape {want:?})")),
+            Some(found) if found.as_slice() != want => problems.push(format!(
+                "tensor `{name}`: expected shape {want:?}, found {found:?}"
             )),
             Some(_) => {}
         }
     }
-    let mut unexpected: Vec<&String> = tensors
+    let mut unexpected: Vec<&String> = shapes
         .keys()
         .filter(|k| !named.iter().any(|(n, _)| n == *k))
         .collect();
@@ -306,19 +330,13 @@ pub fn apply_weights(
     problems.extend(
         unexpected
             .iter()
-            .map(|k| format!("unexpected tensor `{k}` {:?}", tensors[*k].dims())),
+            .map(|k| format!("unexpected tensor `{k}` {:?}", shapes[*k])),
     );
     if !problems.is_empty() {
         candle_core::bail!(
             "{source} does not fit this model:\n  {}",
             problems.join("\n  ")
         )
-    }
-    for (name, var) in &named {
-        let t = tensors[name]
-            .to_device(var.as_tensor().device())?
-            .to_dtype(var.as_tensor().dtype())?;
-        var.set(&t)?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! the trainer loop.
 
 pub mod checkpoint;
+pub mod checkpoint_stream;
 pub mod checkpointer;
 pub mod ema;
 pub mod evaluator;

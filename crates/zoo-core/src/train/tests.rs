@@ -572,6 +572,78 @@ fn checkpoints_with_non_finite_or_integer_tensors_or_a_bad_transform_are_refused
 }
 
 #[test]
+fn streamed_weights_equal_the_checkpoint_and_bad_files_are_named() -> Result<()> {
+    use super::checkpoint_stream::{read_index, stream_weights_in};
+    let dir = run_dir("streamed");
+    let store = test_store(3);
+    let model = SmallNet::tiny(store.var_builder())?;
+    model.forward_t(&crate::testing::test_input(&[4, 1, 8, 8], 1)?, true)?;
+    let path = dir.join("w.safetensors");
+    save_checkpoint(&path, &store, None, None, &meta(3))?;
+    let x = crate::testing::test_input(&[3, 1, 8, 8], 2)?;
+    let logits =
+        |m: &SmallNet| -> Result<Vec<f32>> { m.forward_t(&x, false)?.flatten_all()?.to_vec1() };
+    // 40 bytes at a time: one row of each weight per read, across every tensor's rows.
+    let index = read_index(&path)?;
+    assert_eq!(index.meta, meta(3));
+    let zeroed = test_store(99);
+    let copy = SmallNet::tiny(zeroed.zeroed_var_builder())?;
+    stream_weights_in(&zeroed, &path, &index, 40)?;
+    assert_eq!(logits(&copy)?, logits(&model)?);
+    // A misfit lists every problem, as apply_weights does.
+    let wrong = test_store(0);
+    Conv2d::new(Conv2dSpec::new(3, 8, 3), wrong.zeroed_var_builder().pp("0"))?;
+    let err = stream_weights_in(&wrong, &path, &index, 40)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("w.safetensors does not fit this model"),
+        "{err}"
+    );
+    assert!(
+        err.contains("expected shape [8, 3, 3, 3], found [8, 1, 3, 3]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unexpected tensor `6.weight` [10, 128]"),
+        "{err}"
+    );
+    // A NaN in the second row of a tensor, an integer tensor, a cut file: each named.
+    let good = Tensor::new(&[[0.5f32, 1.0], [-1.0, 2.0]], &Device::Cpu)?;
+    let nan = Tensor::new(&[[0.5f32, 1.0], [f32::NAN, 2.0]], &Device::Cpu)?;
+    let int = Tensor::new(&[1i64, 2], &Device::Cpu)?;
+    for (name, bad, expected) in [
+        ("nan", nan, "holds NaN or infinite"),
+        ("int", int, "is I64"),
+    ] {
+        let path = dir.join(format!("{name}.safetensors"));
+        write_checkpoint(
+            &path,
+            &[("a.weight", good.clone()), ("b", bad.clone())],
+            &meta(1),
+        );
+        let one = test_store(0);
+        one.zeroed_var_builder().get(bad.dims(), "b")?;
+        one.zeroed_var_builder().get((2, 2), "a.weight")?;
+        let err = read_index(&path)
+            .and_then(|index| stream_weights_in(&one, &path, &index, 8))
+            .unwrap_err()
+            .to_string();
+        let named = err.contains(&path.display().to_string()) && err.contains("tensor `b`");
+        assert!(named && err.contains(expected), "{name}: {err}");
+    }
+    let bytes = std::fs::read(dir.join("nan.safetensors"))?;
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() - 4])?;
+    let err = read_index(&cut).err().unwrap().to_string();
+    assert!(
+        err.contains("cut.safetensors") && err.contains("do not hold"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_momentum_checkpoint_without_its_optimiser_state_does_not_resume() -> Result<()> {
     let store = test_store(2);
     let vb = store.var_builder();
