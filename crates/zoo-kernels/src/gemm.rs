@@ -4,6 +4,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::contiguous_f32;
+use crate::dots::short_side_product;
 
 /// `c = a . b` (or `c += a . b`) for row-major slices, `a` and `b` optionally stored
 /// transposed.
@@ -67,6 +68,11 @@ unsafe fn sgemm_raw(
         a.len() >= m * k && b.len() >= k * n,
         "sgemm: input buffer too small"
     );
+    let (dims, a_side, b_side) = ((m, n, k), (a, a_t), (b, b_t));
+    // SAFETY: the sizes are checked above; the caller vouches for `c`.
+    if unsafe { short_side_product(dims, a_side, b_side, c, accumulate, threads > 1) } {
+        return;
+    }
     // a is m x k: row-major (rs = k, cs = 1), or stored transposed as k x m (rs = 1, cs = m).
     let (a_rs, a_cs) = if a_t {
         (1, m as isize)

@@ -18,6 +18,7 @@ pub mod activation;
 pub mod batch_norm;
 pub mod conv;
 mod disjoint;
+mod dots;
 mod gemm;
 pub mod linear;
 pub mod microkernel;

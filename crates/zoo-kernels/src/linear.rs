@@ -16,6 +16,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use crate::activation::fused_relu_grad;
+use crate::dots::{SHORT, dots};
 use crate::gemm::channel_sums;
 use crate::microkernel::{MR, NR, TileKernels, kernels};
 use crate::{contiguous_f32, new_filled};
@@ -144,12 +145,9 @@ fn panel_product(
 
 /// The most rows (images) the forward takes as dot products ([`dot_products`]) rather than on
 /// the tile kernels, whose 16-row panels would be mostly padding.
-const DOT_ROWS: usize = 4;
+const DOT_ROWS: usize = SHORT;
 /// Output units per task of [`dot_products`].
 const UNITS_PER_TASK: usize = 64;
-/// Lanes of the dot products' accumulators (vectors the compiler forms).
-const DOT_LANES: usize = 8;
-
 /// `y^T = W . x^T` for a few rows of `x` (`[rows, k]`, at most [`DOT_ROWS`]): per output unit,
 /// the dot products of its weight row with every row of `x`, in parallel over blocks of units.
 /// Small-batch inference is bound by reading the weights (AlexNet's and VGG's 4096 x 4096 are
@@ -160,42 +158,15 @@ fn dot_products(x: &[f32], rows: usize, k: usize, w: &[f32], units: usize) -> Ve
     if k == 0 || rows == 0 {
         return yt;
     }
+    let x_rows: Vec<&[f32]> = x.chunks_exact(k).take(rows).collect();
     yt.par_chunks_mut(UNITS_PER_TASK * rows)
         .zip(w.par_chunks(UNITS_PER_TASK * k))
         .for_each(|(out, w_block)| {
             for (dst, w_row) in out.chunks_mut(rows).zip(w_block.chunks_exact(k)) {
-                match rows {
-                    1 => dots::<1>(x, k, w_row, dst),
-                    2 => dots::<2>(x, k, w_row, dst),
-                    3 => dots::<3>(x, k, w_row, dst),
-                    _ => dots::<4>(x, k, w_row, dst),
-                }
+                dst.copy_from_slice(&dots(w_row, &x_rows)[..rows]);
             }
         });
     yt
-}
-
-/// `dst[r] = x_r . w_row` for the `R` rows of `x` (`[R, k]`), with `DOT_LANES` partial sums
-/// per row (one weight load for all rows).
-#[inline(always)]
-fn dots<const R: usize>(x: &[f32], k: usize, w_row: &[f32], dst: &mut [f32]) {
-    let mut acc = [[0f32; DOT_LANES]; R];
-    let whole = k / DOT_LANES * DOT_LANES;
-    for k0 in (0..whole).step_by(DOT_LANES) {
-        let wv: &[f32; DOT_LANES] = w_row[k0..k0 + DOT_LANES].try_into().expect("lanes");
-        for (r, lanes) in acc.iter_mut().enumerate() {
-            let xv: &[f32; DOT_LANES] = x[r * k + k0..r * k + k0 + DOT_LANES]
-                .try_into()
-                .expect("lanes");
-            for l in 0..DOT_LANES {
-                lanes[l] += xv[l] * wv[l];
-            }
-        }
-    }
-    for (r, lanes) in acc.iter().enumerate() {
-        let tail: f32 = (whole..k).map(|kk| x[r * k + kk] * w_row[kk]).sum();
-        dst[r] = lanes.iter().sum::<f32>() + tail;
-    }
 }
 
 /// (x `[b, in]`, w `[out, in]`, bias `[out]`) -> `[b, out]`.
