@@ -15,6 +15,7 @@ use zoo_core::data::transforms::InputTransform;
 use zoo_core::init::{InitScheme, ParamStore};
 use zoo_core::rng::ZooRng;
 use zoo_core::train::checkpoint::{CheckpointMeta, RunInfo, load_checkpoint, save_checkpoint};
+use zoo_core::train::checkpoint_stream::{read_index, stream_weights};
 use zoo_core::{InputSpec, candle_nn};
 
 /// Mutations of each valid file.
@@ -167,6 +168,16 @@ fn zoo_checkpoints() {
     let valid = std::fs::read(&path).unwrap();
     fuzz("checkpoint", &valid, &path, &path, 5, || {
         load_checkpoint(&path, &Device::Cpu).map_err(|e| e.to_string())
+    });
+    // The streamed reading of `zoo predict`, `eval` and `export`: into a model of these shapes.
+    let zeroed = ParamStore::new(1, InitScheme::XavierUniform, DType::F32, &Device::Cpu);
+    let vb = zeroed.zeroed_var_builder();
+    vb.get((4, 3, 3, 3), "0.weight").unwrap();
+    vb.get(4, "0.bias").unwrap();
+    fuzz("streamed checkpoint", &valid, &path, &path, 7, || {
+        read_index(&path)
+            .and_then(|index| stream_weights(&zeroed, &path, &index))
+            .map_err(|e| e.to_string())
     });
 }
 

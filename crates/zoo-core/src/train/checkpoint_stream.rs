@@ -99,16 +99,25 @@ fn entry(
         ));
     };
     let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    let bytes = shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
+    let bytes = shape
+        .iter()
+        .try_fold(dtype.size_in_bytes() as u64, |n, &d| {
+            n.checked_mul(d as u64)
+        });
+    let fits = |s: u64, e: u64| {
+        e.checked_sub(s).zip(bytes).is_some_and(|(len, b)| len == b)
+            && data_start.checked_add(e).is_some_and(|end| end <= file_len)
+    };
     match offsets[..] {
-        [s, e] if e >= s && e - s == bytes && data_start + e <= file_len => Ok(Entry {
+        [s, e] if fits(s, e) => Ok(Entry {
             dtype,
             shape,
             start: data_start + s,
         }),
         _ => Err(format!(
-            "tensor `{name}` {shape:?}: its data offsets {offsets:?} do not hold {bytes} bytes \
-             inside the file"
+            "tensor `{name}` {shape:?}: its data offsets {offsets:?} do not hold its {} bytes \
+             inside the file",
+            bytes.map_or("countless".into(), |b| b.to_string())
         )),
     }
 }
