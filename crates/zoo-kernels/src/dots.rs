@@ -171,7 +171,7 @@ fn dots_body<const N: usize, const FMA: bool>(long: &[f32], short: [&[f32]; N]) 
 
 #[cfg(test)]
 mod tests {
-    use crate::gemm::sgemm;
+    use super::short_side_product;
     use crate::microkernel::active_isa;
 
     /// `a . b` in f64 from the row-major (or transposed) slices.
@@ -211,7 +211,26 @@ mod tests {
                 let (a, b) = (values(m * k, 1), values(k * n, 2));
                 let start = values(m * n, 3);
                 let mut c = start.clone();
-                sgemm(m, n, k, &a, a_t, &b, b_t, &mut c, accumulate, 2);
+                // SAFETY: c holds m * n values, a and b m * k and k * n.
+                let taken = unsafe {
+                    short_side_product(
+                        (m, n, k),
+                        (&a, a_t),
+                        (&b, b_t),
+                        c.as_mut_ptr(),
+                        accumulate,
+                        true,
+                    )
+                };
+                // The long side's vectors must be contiguous: a's rows, or b's stored columns.
+                assert_eq!(
+                    taken,
+                    if n <= 4 { !a_t } else { b_t },
+                    "{m}x{n}x{k} a_t {a_t} b_t {b_t}"
+                );
+                if !taken {
+                    continue;
+                }
                 let mut want = naive(m, n, k, &a, a_t, &b, b_t);
                 if accumulate {
                     want.iter_mut().zip(&start).for_each(|(w, s)| *w += s);
