@@ -39,23 +39,17 @@ pub(crate) unsafe fn short_side_product(
     // SAFETY: the caller vouches for m * n elements at c; MaybeUninit allows unwritten ones.
     let c = unsafe { std::slice::from_raw_parts_mut(c.cast::<MaybeUninit<f32>>(), m * n) };
     let out = DisjointWrites::new(c);
-    let store = |at: usize, value: f32| {
-        // SAFETY: each (row, column) of c is written by the one task that owns its long index.
-        let slot = unsafe { &mut out.part(at, 1)[0] };
-        // SAFETY: with `accumulate` the caller's c is initialised.
-        let old = if accumulate {
-            unsafe { slot.assume_init() }
-        } else {
-            0.0
-        };
-        slot.write(old + value);
-    };
     if rows_of_a {
         let short: Vec<Cow<[f32]>> = (0..n).map(|j| column(b, b_t, k, n, j)).collect();
         for_each_range(wide, m, |rows| {
             for i in rows {
                 let d = dots(&a[i * k..][..k], &as_slices(&short));
-                (0..n).for_each(|j| store(i * n + j, d[j]));
+                // SAFETY: row i of c belongs to this task alone.
+                let row = unsafe { out.part(i * n, n) };
+                for (slot, &value) in row.iter_mut().zip(&d) {
+                    // SAFETY: with `accumulate` the caller's c is initialised.
+                    unsafe { put(slot, value, accumulate) };
+                }
             }
         });
     } else {
@@ -63,11 +57,29 @@ pub(crate) unsafe fn short_side_product(
         for_each_range(wide, n, |columns| {
             for j in columns {
                 let d = dots(&b[j * k..][..k], &as_slices(&short));
-                (0..m).for_each(|i| store(i * n + j, d[i]));
+                for (i, &value) in d[..m].iter().enumerate() {
+                    // SAFETY: column j of c belongs to this task alone; with `accumulate` the
+                    // caller's c is initialised.
+                    unsafe { put(&mut out.part(i * n + j, 1)[0], value, accumulate) };
+                }
             }
         });
     }
     true
+}
+
+/// Writes `value` into `slot`, added to what it holds when `accumulate`.
+///
+/// # Safety
+/// With `accumulate`, `slot` is initialised.
+unsafe fn put(slot: &mut MaybeUninit<f32>, value: f32, accumulate: bool) {
+    // SAFETY: the caller's promise.
+    let old = if accumulate {
+        unsafe { slot.assume_init() }
+    } else {
+        0.0
+    };
+    slot.write(old + value);
 }
 
 /// Column `j` of the `k x n` matrix `b` (stored transposed: row `j` of `n x k`).

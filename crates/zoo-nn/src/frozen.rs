@@ -2,8 +2,11 @@
 //! may keep what it derives from its weights (a convolution's used-tap matrix on small maps)
 //! from one call to the next instead of deriving it on every call. Each scope has its own
 //! generation: what was kept in one is never used in another, so weights changed between two
-//! scopes (an optimiser step, an EMA swap, a loaded checkpoint) are always seen. The scope is
-//! per thread; inference (`zoo predict`, evaluation passes, benchmarks) runs in one.
+//! scopes (an optimiser step, an EMA swap, a loaded checkpoint) are always seen. Layers keep
+//! nothing while weight gradients are on (outside `crate::grad::no_grad`), so a training step
+//! is never affected. The scope is per thread: open it on the thread that runs the forward
+//! (inside `on_compute_thread`, not around it). Inference (`zoo predict`, evaluation passes,
+//! benchmarks) runs in one.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -38,7 +38,7 @@ pub fn read_index(path: &Path) -> Result<CheckpointIndex> {
     let file = File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
     let file_len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
     let mut len = [0u8; 8];
-    file.read_exact_at(&mut len, 0)
+    read_at(&file, 0, &mut len)
         .map_err(|_| bad("not a safetensors file: shorter than its header".into()))?;
     let header_len = u64::from_le_bytes(len);
     if header_len > 100 << 20 || 8 + header_len > file_len {
@@ -47,8 +47,7 @@ pub fn read_index(path: &Path) -> Result<CheckpointIndex> {
         )));
     }
     let mut text = vec![0u8; header_len as usize];
-    file.read_exact_at(&mut text, 8)
-        .map_err(|e| bad(e.to_string()))?;
+    read_at(&file, 8, &mut text).map_err(|e| bad(e.to_string()))?;
     let header: HashMap<String, Value> =
         serde_json::from_slice(&text).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let metadata = header
@@ -124,7 +123,8 @@ fn entry(
 
 /// Loads the model tensors of `index` (read from `path`) into the store's variables, checking
 /// first that names and shapes fit (one error listing every misfit), then a few megabytes at a
-/// time, each slice checked for NaN and infinities.
+/// time, each slice checked for NaN and infinities. After an error in the data the store is
+/// partly filled: discard it.
 pub fn stream_weights(store: &ParamStore, path: &Path, index: &CheckpointIndex) -> Result<()> {
     stream_weights_in(store, path, index, CHUNK_BYTES)
 }
@@ -152,6 +152,12 @@ pub(crate) fn stream_weights_in(
     Ok(())
 }
 
+/// Fills `buffer` from `file` at byte `offset`.
+fn read_at(mut file: &File, offset: u64, buffer: &mut [u8]) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(buffer)
+}
+
 /// Copies one tensor's data into `var`, whole rows of its first axis at a time.
 fn fill(file: &File, name: &str, entry: &Entry, var: &Var, chunk_bytes: usize) -> Result<()> {
     let (rows, row_shape) = match entry.shape.split_first() {
@@ -165,14 +171,17 @@ fn fill(file: &File, name: &str, entry: &Entry, var: &Var, chunk_bytes: usize) -
     for first in (0..rows).step_by(per_chunk) {
         let count = per_chunk.min(rows - first);
         buffer.resize(count * row_bytes, 0);
-        file.read_exact_at(&mut buffer, entry.start + (first * row_bytes) as u64)
+        read_at(file, entry.start + (first * row_bytes) as u64, &mut buffer)
             .map_err(|e| candle_core::Error::Msg(format!("tensor `{name}`: {e}")))?;
         let shape = match entry.shape.is_empty() {
             true => Vec::new(),
             false => [&[count][..], &row_shape].concat(),
         };
         let slice = Tensor::from_raw_buffer(&buffer, entry.dtype, &shape, &Device::Cpu)?;
-        check_tensor(name, &slice)?;
+        check_tensor(name, &slice).map_err(|e| {
+            let rows = format!("rows {first}..{} of {:?}", first + count, entry.shape);
+            candle_core::Error::Msg(format!("{e} ({rows})"))
+        })?;
         let slice = slice.to_dtype(target.dtype())?.to_device(target.device())?;
         match entry.shape.is_empty() {
             true => var.set(&slice)?,

@@ -36,19 +36,21 @@ impl PreparedWeights {
         derive: impl FnOnce() -> Vec<f32>,
     ) -> Arc<Vec<f32>> {
         let kernel = (s.o, s.c, s.k);
-        let mut slot = match self.slot.lock() {
+        let lock = || match self.slot.lock() {
             Ok(slot) => slot,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(p) = slot.as_ref()
+        if let Some(p) = lock().as_ref()
             && p.generation == generation
             && p.kernel == kernel
             && p.taps == taps.0
         {
             return p.selected.clone();
         }
+        // Derived without the lock held: the derivation runs on rayon's threads, which may
+        // meanwhile take up another forward of this layer.
         let selected = Arc::new(derive());
-        *slot = Some(Prepared {
+        *lock() = Some(Prepared {
             generation,
             taps: taps.0.clone(),
             kernel,

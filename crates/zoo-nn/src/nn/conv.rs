@@ -6,7 +6,7 @@ use candle_nn::{Conv2dConfig, Module, ModuleT, VarBuilder};
 use super::{Layer, LayerKind, count, expect_nchw};
 use crate::export::{Attribute, Graph, Value, pads, pair};
 use crate::frozen::frozen_generation;
-use crate::grad::tracked;
+use crate::grad::{grad_enabled, tracked};
 use crate::init::{pytorch_bias_hint, pytorch_weight_hint};
 use std::sync::Arc;
 
@@ -144,7 +144,10 @@ impl Conv2d {
                 padding: self.spec.padding,
             };
             let (weight, bias) = (tracked(self.inner.weight()), tracked(&self.kernel_bias));
-            let prepared = frozen_generation().map(|generation| (&self.prepared, generation));
+            // Only without weight gradients: a training step inside a frozen scope (against its
+            // contract) still sees the weights it updates.
+            let frozen = frozen_generation().filter(|_| !grad_enabled());
+            let prepared = frozen.map(|generation| (&self.prepared, generation));
             return conv2d_prepared(x, &weight, &bias, geometry, relu, prepared);
         }
         zoo_kernels::activation::relu_composed_if(self.inner.forward(x)?, relu)
@@ -311,6 +314,7 @@ mod tests {
 
     use super::{Conv2d, Conv2dSpec};
     use crate::frozen::frozen_weights;
+    use crate::grad::no_grad;
     use crate::testing::test_input;
 
     /// A 3x3 convolution with padding 1 on a 1x1 map: only the centre tap sees the input, so the
@@ -337,20 +341,26 @@ mod tests {
     fn a_frozen_scope_reuses_the_derived_weights_and_the_next_scope_sees_new_ones() {
         let (conv, varmap) = centre_tap_conv();
         let x = test_input(&[2, 6, 1, 1], 7).unwrap();
-        let forward = || values(&conv.forward_t(&x, false).unwrap());
+        let tracked = || values(&conv.forward_t(&x, false).unwrap());
+        let forward = || no_grad(tracked);
         set_weight(&varmap, 1);
         let first = forward();
-        let (inside, kept) = frozen_weights(|| {
+        let (inside, kept, with_grad) = frozen_weights(|| {
             let inside = forward();
             // Changing a weight inside the scope breaks its contract; that the old output comes
             // back shows the derived weights were kept, not derived again.
             set_weight(&varmap, 2);
-            (inside, forward())
+            // With weight gradients on (a training step) nothing kept is used.
+            (inside, forward(), tracked())
         });
         assert_eq!(inside, first);
         assert_eq!(kept, first);
         let second = forward();
         assert_ne!(second, first, "new weights change the output");
+        assert_eq!(
+            with_grad, second,
+            "a forward with weight gradients sees the new weights"
+        );
         assert_eq!(frozen_weights(forward), second, "a new scope derives anew");
     }
 }
