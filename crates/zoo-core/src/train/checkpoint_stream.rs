@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::checkpoint::meta_from_header;
 use super::checkpoint::{CheckpointMeta, EMA_PREFIX, OPTIMIZER_PREFIX, check_fit, check_tensor};
+use crate::error::ReadError;
 use crate::init::ParamStore;
 
 /// Bytes read at a time: whole rows of a tensor's first axis, at least one.
@@ -35,7 +36,7 @@ pub struct CheckpointIndex {
 /// dtype, shape and place (the optimiser's and the EMA's are left out). Errors name the file.
 pub fn read_index(path: &Path) -> Result<CheckpointIndex> {
     let bad = |e: String| candle_core::Error::Msg(format!("{}: {e}", path.display()));
-    let file = File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
+    let file = File::open(path).map_err(|e| ReadError::from_io(path, e))?;
     let file_len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
     let mut len = [0u8; 8];
     read_at(&file, 0, &mut len)
@@ -143,8 +144,7 @@ pub(crate) fn stream_weights_in(
         .map(|(name, e)| (name.clone(), e.shape.clone()))
         .collect();
     check_fit(store, &shapes, &source)?;
-    let file = File::open(path)
-        .map_err(|e| candle_core::Error::Msg(format!("{source}: cannot open: {e}")))?;
+    let file = File::open(path).map_err(|e| ReadError::from_io(path, e))?;
     for (name, var) in &store.named_tensors() {
         fill(&file, name, &index.entries[name], var, chunk_bytes)
             .map_err(|e| candle_core::Error::Msg(format!("{source}: {e}")))?;
