@@ -78,15 +78,20 @@ fn the_improved_recipe_comes_from_its_data_file() {
             weight_decay: 5e-4
         }
     );
-    // ResNet-18: flips without the crop, batch 256; GoogLeNet keeps crop and flip.
-    assert_eq!(
-        (resnet.augment.crop_padding, resnet.augment.hflip),
-        (None, true)
-    );
+    // ResNet-18, DenseNet, GoogLeNet and VGG-11: flips without the crop; ResNet-18 at batch 256.
+    for name in ["resnet18", "densenet", "googlenet", "vgg11"] {
+        let run = resolve(name);
+        assert_eq!(
+            (run.augment.crop_padding, run.augment.hflip),
+            (None, true),
+            "{name}"
+        );
+    }
     assert_eq!(resnet.batch_size, 256);
-    let googlenet = resolve("googlenet");
+    // A network no recipe changed keeps the default crop and flip.
+    let resnet34 = resolve("resnet34");
     assert_eq!(
-        (googlenet.augment.crop_padding, googlenet.augment.hflip),
+        (resnet34.augment.crop_padding, resnet34.augment.hflip),
         (Some(4), true)
     );
     let digits = resolve("nin-mnist");
