@@ -431,15 +431,21 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_weights() {
     assert_eq!(rows, resumed_metrics);
 }
 
-#[test]
-fn checkpoint_round_trip_gives_identical_logits_and_wrong_shapes_are_named() -> Result<()> {
-    let dir = run_dir("roundtrip");
+/// A tiny SmallNet (seed 3) whose running statistics moved off their initial values, saved as
+/// `dir/w.safetensors` with `meta(3)`.
+fn saved_small_net(dir: &std::path::Path) -> Result<(SmallNet, std::path::PathBuf)> {
     let store = test_store(3);
     let model = SmallNet::tiny(store.var_builder())?;
-    // Move the running statistics away from their initial values.
     model.forward_t(&crate::testing::test_input(&[4, 1, 8, 8], 1)?, true)?;
     let path = dir.join("w.safetensors");
     save_checkpoint(&path, &store, None, None, &meta(3))?;
+    Ok((model, path))
+}
+
+#[test]
+fn checkpoint_round_trip_gives_identical_logits_and_wrong_shapes_are_named() -> Result<()> {
+    let dir = run_dir("roundtrip");
+    let (model, path) = saved_small_net(&dir)?;
     let x = crate::testing::test_input(&[3, 1, 8, 8], 2)?;
     let before = model
         .forward_t(&x, false)?
@@ -575,11 +581,7 @@ fn checkpoints_with_non_finite_or_integer_tensors_or_a_bad_transform_are_refused
 fn streamed_weights_equal_the_checkpoint_and_bad_files_are_named() -> Result<()> {
     use super::checkpoint_stream::{read_index, stream_weights_in};
     let dir = run_dir("streamed");
-    let store = test_store(3);
-    let model = SmallNet::tiny(store.var_builder())?;
-    model.forward_t(&crate::testing::test_input(&[4, 1, 8, 8], 1)?, true)?;
-    let path = dir.join("w.safetensors");
-    save_checkpoint(&path, &store, None, None, &meta(3))?;
+    let (model, path) = saved_small_net(&dir)?;
     let x = crate::testing::test_input(&[3, 1, 8, 8], 2)?;
     let logits =
         |m: &SmallNet| -> Result<Vec<f32>> { m.forward_t(&x, false)?.flatten_all()?.to_vec1() };
