@@ -32,7 +32,7 @@ pub fn load_model(checkpoint: &Path, device: &str) -> Result<LoadedModel> {
         index.meta.run.num_classes,
         store.zeroed_var_builder(),
     )?;
-    stream_weights(&store, checkpoint, &index)?;
+    stream_weights(&store, &index)?;
     Ok(LoadedModel {
         meta: index.meta,
         store,

@@ -41,9 +41,10 @@ pub(crate) unsafe fn short_side_product(
     let out = DisjointWrites::new(c);
     if rows_of_a {
         let short: Vec<Cow<[f32]>> = (0..n).map(|j| column(b, b_t, k, n, j)).collect();
+        let short = as_slices(&short);
         for_each_range(wide, m, |rows| {
             for i in rows {
-                let d = dots(&a[i * k..][..k], &as_slices(&short));
+                let d = dots(&a[i * k..][..k], &short);
                 // SAFETY: row i of c belongs to this task alone.
                 let row = unsafe { out.part(i * n, n) };
                 for (slot, &value) in row.iter_mut().zip(&d) {
@@ -54,9 +55,10 @@ pub(crate) unsafe fn short_side_product(
         });
     } else {
         let short: Vec<Cow<[f32]>> = (0..m).map(|i| row(a, a_t, m, k, i)).collect();
+        let short = as_slices(&short);
         for_each_range(wide, n, |columns| {
             for j in columns {
-                let d = dots(&b[j * k..][..k], &as_slices(&short));
+                let d = dots(&b[j * k..][..k], &short);
                 for (i, &value) in d[..m].iter().enumerate() {
                     // SAFETY: column j of c belongs to this task alone; with `accumulate` the
                     // caller's c is initialised.
@@ -98,6 +100,7 @@ fn row(a: &[f32], a_t: bool, m: usize, k: usize, i: usize) -> Cow<'_, [f32]> {
     }
 }
 
+/// The vectors as plain slices, made once per product (not per dot product).
 fn as_slices<'a>(vectors: &'a [Cow<'a, [f32]>]) -> Vec<&'a [f32]> {
     vectors.iter().map(|v| &v[..]).collect()
 }

@@ -243,24 +243,22 @@ impl ParamStore {
     /// A `VarBuilder` whose every new tensor is drawn from this store's seeded generator.
     /// Call it once per model: the generator restarts from the seed on each call.
     pub fn var_builder(&self) -> VarBuilder<'static> {
-        let backend = SeededBackend {
-            varmap: self.varmap.clone(),
-            rng: Mutex::new(ZooRng::with_stream(self.seed, streams::INIT)),
-            scheme: self.scheme,
-            zeroed: false,
-        };
-        VarBuilder::from_backend(Box::new(backend), self.dtype, self.device.clone())
+        self.builder(false)
     }
 
     /// A `VarBuilder` whose every new tensor is zeros, for weights loaded right after (a
     /// checkpoint's, streamed in by `zoo_core`): nothing is drawn, and a model's weights are in
     /// memory once.
     pub fn zeroed_var_builder(&self) -> VarBuilder<'static> {
+        self.builder(true)
+    }
+
+    fn builder(&self, zeroed: bool) -> VarBuilder<'static> {
         let backend = SeededBackend {
             varmap: self.varmap.clone(),
             rng: Mutex::new(ZooRng::with_stream(self.seed, streams::INIT)),
             scheme: self.scheme,
-            zeroed: true,
+            zeroed,
         };
         VarBuilder::from_backend(Box::new(backend), self.dtype, self.device.clone())
     }

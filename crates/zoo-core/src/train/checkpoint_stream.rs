@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use serde_json::Value;
 
-use super::checkpoint::meta_from_header;
-use super::checkpoint::{CheckpointMeta, EMA_PREFIX, OPTIMIZER_PREFIX, check_fit, check_tensor};
+use super::checkpoint::{
+    CheckpointMeta, EMA_PREFIX, OPTIMIZER_PREFIX, check_fit, check_tensor, meta_from_header,
+};
 use crate::error::ReadError;
 use crate::init::ParamStore;
 
@@ -26,10 +27,13 @@ struct Entry {
     start: u64,
 }
 
-/// A checkpoint's header: its zoo metadata and where each model tensor lies.
+/// A checkpoint's header: its zoo metadata and where each model tensor lies, with the file
+/// still open for [`stream_weights`].
 pub struct CheckpointIndex {
     pub meta: CheckpointMeta,
     entries: HashMap<String, Entry>,
+    path: PathBuf,
+    file: File,
 }
 
 /// Reads and checks a checkpoint's header only: the zoo metadata and every model tensor's
@@ -68,7 +72,12 @@ pub fn read_index(path: &Path) -> Result<CheckpointIndex> {
             entries.insert(name.clone(), entry);
         }
     }
-    Ok(CheckpointIndex { meta, entries })
+    Ok(CheckpointIndex {
+        meta,
+        entries,
+        path: path.to_path_buf(),
+        file,
+    })
 }
 
 /// One header entry, checked: a floating-point dtype, and data that fills its place in the file.
@@ -122,31 +131,29 @@ fn entry(
     }
 }
 
-/// Loads the model tensors of `index` (read from `path`) into the store's variables, checking
+/// Loads the model tensors of `index` (from the file it was read from) into the store's variables, checking
 /// first that names and shapes fit (one error listing every misfit), then a few megabytes at a
 /// time, each slice checked for NaN and infinities. After an error in the data the store is
 /// partly filled: discard it.
-pub fn stream_weights(store: &ParamStore, path: &Path, index: &CheckpointIndex) -> Result<()> {
-    stream_weights_in(store, path, index, CHUNK_BYTES)
+pub fn stream_weights(store: &ParamStore, index: &CheckpointIndex) -> Result<()> {
+    stream_weights_in(store, index, CHUNK_BYTES)
 }
 
 /// [`stream_weights`], reading `chunk_bytes` at a time (at least one row).
 pub(crate) fn stream_weights_in(
     store: &ParamStore,
-    path: &Path,
     index: &CheckpointIndex,
     chunk_bytes: usize,
 ) -> Result<()> {
-    let source = path.display().to_string();
+    let source = index.path.display().to_string();
     let shapes = index
         .entries
         .iter()
         .map(|(name, e)| (name.clone(), e.shape.clone()))
         .collect();
     check_fit(store, &shapes, &source)?;
-    let file = File::open(path).map_err(|e| ReadError::from_io(path, e))?;
     for (name, var) in &store.named_tensors() {
-        fill(&file, name, &index.entries[name], var, chunk_bytes)
+        fill(&index.file, name, &index.entries[name], var, chunk_bytes)
             .map_err(|e| candle_core::Error::Msg(format!("{source}: {e}")))?;
     }
     Ok(())

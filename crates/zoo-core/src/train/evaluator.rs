@@ -55,22 +55,7 @@ pub fn evaluate_on(
     let k = model.num_classes();
     let classes = Tensor::arange(0u32, k as u32, device)?.unsqueeze(0)?;
     let (sums, mut seen) = crate::frozen::frozen_weights(|| {
-        let mut sums: Option<(Tensor, Tensor)> = None;
-        let mut seen = 0usize;
-        for batch in loader.epoch(0, 0) {
-            if batch.is_empty() {
-                continue; // a rank's empty slice of a short last batch
-            }
-            let x = transform.apply(&batch.images_tensor(device)?, device)?;
-            let y = batch.labels_tensor(device)?;
-            let step = batch_sums(model, &x, &y, &classes, flip)?;
-            sums = Some(match sums.take() {
-                Some((a, c)) => ((a + step.0)?, (c + step.1)?),
-                None => step,
-            });
-            seen += batch.len();
-        }
-        Ok::<_, candle_core::Error>((sums, seen))
+        summed_batches(model, loader, transform, device, &classes, flip)
     })?;
     let mut values = match &sums {
         Some((a, c)) => read_to_host(&Tensor::cat(&[a, &c.flatten_all()?], 0)?)?,
@@ -91,6 +76,33 @@ pub fn evaluate_on(
         confusion,
         flip_accuracy: flip.then(|| values[2] / seen.max(1) as f64),
     })
+}
+
+/// The loader's batches' [`batch_sums`] added up on the device, and the images seen.
+fn summed_batches(
+    model: &dyn Model,
+    loader: &Loader,
+    transform: &InputTransform,
+    device: &Device,
+    classes: &Tensor,
+    flip: bool,
+) -> Result<(Option<(Tensor, Tensor)>, usize)> {
+    let mut sums: Option<(Tensor, Tensor)> = None;
+    let mut seen = 0usize;
+    for batch in loader.epoch(0, 0) {
+        if batch.is_empty() {
+            continue; // a rank's empty slice of a short last batch
+        }
+        let x = transform.apply(&batch.images_tensor(device)?, device)?;
+        let y = batch.labels_tensor(device)?;
+        let step = batch_sums(model, &x, &y, classes, flip)?;
+        sums = Some(match sums.take() {
+            Some((a, c)) => ((a + step.0)?, (c + step.1)?),
+            None => step,
+        });
+        seen += batch.len();
+    }
+    Ok((sums, seen))
 }
 
 /// One batch's summed loss, hits and flip-view hits (`[3]`), and its confusion matrix, on the

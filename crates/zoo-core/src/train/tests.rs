@@ -590,12 +590,12 @@ fn streamed_weights_equal_the_checkpoint_and_bad_files_are_named() -> Result<()>
     assert_eq!(index.meta, meta(3));
     let zeroed = test_store(99);
     let copy = SmallNet::tiny(zeroed.zeroed_var_builder())?;
-    stream_weights_in(&zeroed, &path, &index, 40)?;
+    stream_weights_in(&zeroed, &index, 40)?;
     assert_eq!(logits(&copy)?, logits(&model)?);
     // A misfit lists every problem, as apply_weights does.
     let wrong = test_store(0);
     Conv2d::new(Conv2dSpec::new(3, 8, 3), wrong.zeroed_var_builder().pp("0"))?;
-    let err = stream_weights_in(&wrong, &path, &index, 40)
+    let err = stream_weights_in(&wrong, &index, 40)
         .unwrap_err()
         .to_string();
     assert!(
@@ -628,7 +628,7 @@ fn streamed_weights_equal_the_checkpoint_and_bad_files_are_named() -> Result<()>
         one.zeroed_var_builder().get(bad.dims(), "b")?;
         one.zeroed_var_builder().get((2, 2), "a.weight")?;
         let err = read_index(&path)
-            .and_then(|index| stream_weights_in(&one, &path, &index, 8))
+            .and_then(|index| stream_weights_in(&one, &index, 8))
             .unwrap_err()
             .to_string();
         let named = err.contains(&path.display().to_string()) && err.contains("tensor `b`");

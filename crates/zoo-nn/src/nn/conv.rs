@@ -1,5 +1,7 @@
 //! Convolution and linear layers with PyTorch's initialisation hints and named shape errors.
 
+use std::sync::Arc;
+
 use candle_core::{Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, ModuleT, VarBuilder};
 
@@ -8,8 +10,6 @@ use crate::export::{Attribute, Graph, Value, pads, pair};
 use crate::frozen::frozen_generation;
 use crate::grad::{grad_enabled, tracked};
 use crate::init::{pytorch_bias_hint, pytorch_weight_hint};
-use std::sync::Arc;
-
 use zoo_kernels::conv::{ConvGeometry, PreparedWeights, conv2d_prepared};
 use zoo_kernels::cpu_f32;
 
