@@ -114,9 +114,8 @@ impl TvDenseLayer {
 impl ModuleT for TvDenseLayer {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.norm1.forward_relu_t(x, train)?;
-        // [b, bn_size * growth_rate, h, w]
-        let y = self.conv1.forward_t(&y, train)?;
-        let y = self.norm2.forward_relu_t(&y, train)?;
+        // [b, bn_size * growth_rate, h, w]; `norm2` folded into `conv1` in frozen evaluation.
+        let y = self.conv1.forward_bn_t(&y, &self.norm2, train, true)?;
         // [b, growth_rate, h, w]
         let y = self.conv2.forward_t(&y, train)?;
         self.dropout.forward_t(&y, train)

@@ -47,8 +47,7 @@ impl BasicConv2d {
 
 impl ModuleT for BasicConv2d {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.conv.forward_t(x, train)?;
-        self.bn.forward_relu_t(&y, train)
+        self.conv.forward_bn_t(x, &self.bn, train, true)
     }
 }
 

@@ -94,13 +94,10 @@ impl Residual {
 
 impl ModuleT for Residual {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        // BatchNorm + ReLU and the residual add + ReLU run as fused kernels.
-        let y = self
-            .bn1
-            .forward_relu_t(&self.conv1.forward_t(x, train)?, train)?;
-        let y = self
-            .bn2
-            .forward_t(&self.conv2.forward_t(&y, train)?, train)?;
+        // BatchNorm + ReLU and the residual add + ReLU run as fused kernels; in frozen
+        // evaluation each BatchNorm is folded into its convolution.
+        let y = self.conv1.forward_bn_t(x, &self.bn1, train, true)?;
+        let y = self.conv2.forward_bn_t(&y, &self.bn2, train, false)?;
         let shortcut = match &self.conv3 {
             Some(conv3) => conv3.forward_t(x, train)?,
             None => x.clone(),

@@ -110,11 +110,7 @@ impl ConvBn {
     }
 
     fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
-        let y = self.conv.forward_t(x, train)?;
-        match relu {
-            true => self.bn.forward_relu_t(&y, train),
-            false => self.bn.forward_t(&y, train),
-        }
+        self.conv.forward_bn_t(x, &self.bn, train, relu)
     }
 
     fn num_params(&self) -> usize {

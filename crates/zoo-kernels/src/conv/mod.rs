@@ -28,6 +28,7 @@ mod tiled;
 mod winograd;
 
 pub use geometry::ConvGeometry;
+use prepared::Derivation;
 pub use prepared::PreparedWeights;
 
 use std::borrow::Cow;
@@ -56,6 +57,22 @@ struct Conv2dOp {
 
 type SelectedWeights = std::sync::Mutex<Option<std::sync::Arc<Vec<f32>>>>;
 
+impl Conv2dOp {
+    /// `what` derived from the kernel of `s`: kept in and taken from the frozen-weights scope's
+    /// [`PreparedWeights`] when the op has one, else `derive()`.
+    fn derived(
+        &self,
+        s: &ConvShape,
+        what: Derivation,
+        derive: impl FnOnce() -> Vec<f32>,
+    ) -> std::sync::Arc<Vec<f32>> {
+        match &self.prepared {
+            Some((kept, generation)) => kept.get(*generation, s, what, derive),
+            None => std::sync::Arc::new(derive()),
+        }
+    }
+}
+
 impl CustomOp3 for Conv2dOp {
     fn name(&self) -> &'static str {
         "zoo-conv2d"
@@ -83,8 +100,15 @@ impl CustomOp3 for Conv2dOp {
                 l3.dims()
             )
         }
-        if let Some(p) = winograd_plan(&s, Pass::Forward) {
-            let u = winograd::transform_weights(&p.tiling, w, false);
+        let pass = match self.prepared {
+            Some(_) => Pass::KeptForward,
+            None => Pass::Forward,
+        };
+        if let Some(p) = winograd_plan(&s, pass) {
+            let what = Derivation::Winograd(p.tiling.variant);
+            let u = self.derived(&s, what, || {
+                winograd::transform_weights(&p.tiling, w, false)
+            });
             let (per_image, relu) = (s.o * s.positions(), self.relu);
             // SAFETY: forward_group writes every element of its images' part of y.
             let y = unsafe {
@@ -98,7 +122,9 @@ impl CustomOp3 for Conv2dOp {
             return Ok((CpuStorage::F32(y), Shape::from((s.n, s.o, s.oh, s.ow))));
         }
         if let Some(t) = tiled_plan(&s, &taps) {
-            let wt = tiled::pack_weights_by_tile(w, &t.shape);
+            let wt = self.derived(&s, Derivation::Tiled, || {
+                tiled::pack_weights_by_tile(w, &t.shape)
+            });
             let (per_image, relu) = (s.o * s.positions(), self.relu);
             let (shape, classes) = (&t.shape, &t.classes);
             // SAFETY: forward_group writes every element of its images' part of y.
@@ -111,10 +137,9 @@ impl CustomOp3 for Conv2dOp {
             };
             return Ok((CpuStorage::F32(y), Shape::from((s.n, s.o, s.oh, s.ow))));
         }
-        let derive = || taps.selected_weights(&s, w).into_owned();
-        let selected = (!taps.all(&s)).then(|| match &self.prepared {
-            Some((kept, generation)) => kept.selected(*generation, &s, &taps, derive),
-            None => std::sync::Arc::new(derive()),
+        let selected = (!taps.all(&s)).then(|| {
+            let what = Derivation::Taps(taps.0.clone());
+            self.derived(&s, what, || taps.selected_weights(&s, w).into_owned())
         });
         if let (Some(selected), Ok(mut slot)) = (&selected, self.selected.lock()) {
             *slot = Some(selected.clone());
@@ -568,6 +593,65 @@ mod tests {
         assert!(winograd([4, 96, 7, 7], 256, 5, 1, 2));
     }
 
+    #[test]
+    fn kept_weights_are_reused_within_a_generation_and_derived_anew_in_the_next() -> Result<()> {
+        // (input, output channels, kernel, padding) on each path that derives weights: the used
+        // taps (a 3x3 on a 1x1 map), Winograd F(4x4, 3x3) at batch 1 (split inside the image),
+        // F(2x2, 3x3) and F(4x4, 5x5) on two images, and the tiled path (16 images of 3x3
+        // maps).
+        let cases = [
+            ([2usize, 6, 1, 1], 5, 3, 1, "taps"),
+            ([1, 16, 24, 24], 16, 3, 1, "winograd"),
+            ([2, 16, 6, 7], 17, 3, 1, "winograd"),
+            ([2, 16, 12, 12], 16, 5, 2, "winograd"),
+            ([16, 8, 3, 3], 12, 3, 1, "tiled"),
+        ];
+        for (seed, (x_shape, o, k, padding, path)) in (0u64..).zip(cases) {
+            let g = ConvGeometry { stride: 1, padding };
+            let w_shape = [o, x_shape[1], k, k];
+            let s = ConvShape::new("t", &x_shape, &w_shape, g)?;
+            let taken = on_threads(2, || match path {
+                "taps" => !Taps::new(&s).all(&s),
+                "winograd" => winograd_plan(&s, Pass::KeptForward).is_some(),
+                _ => tiled_plan(&s, &Taps::new(&s)).is_some(),
+            });
+            assert!(taken, "{x_shape:?} -> {o}: expected the {path} path");
+            let x = test_input(&x_shape, 10 * seed)?;
+            let (w1, w2) = (
+                test_input(&w_shape, 10 * seed + 1)?,
+                test_input(&w_shape, 10 * seed + 2)?,
+            );
+            let b = test_input(&[o], 10 * seed + 3)?;
+            let kept = std::sync::Arc::new(PreparedWeights::default());
+            let run = |w: &Tensor, generation: Option<u64>| {
+                let prepared = generation.map(|g| (&kept, g));
+                on_threads(2, || conv2d_prepared(&x, w, &b, g, true, prepared))
+            };
+            let what = format!("{path} {x_shape:?} -> {o}");
+            let (plain1, plain2) = (run(&w1, None)?, run(&w2, None)?);
+            assert_close(
+                &format!("{what}: kept, first call"),
+                &run(&w1, Some(7))?,
+                &plain1,
+                1e-6,
+            );
+            // The kernel changed against the scope's contract: the kept weights come back.
+            assert_close(
+                &format!("{what}: kept, second call"),
+                &run(&w2, Some(7))?,
+                &plain1,
+                1e-6,
+            );
+            assert_close(
+                &format!("{what}: next generation"),
+                &run(&w2, Some(8))?,
+                &plain2,
+                1e-6,
+            );
+        }
+        Ok(())
+    }
+
     /// `f` on a pool of `threads` threads (the small-batch paths depend on the thread count).
     fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
         rayon::ThreadPoolBuilder::new()
@@ -643,7 +727,14 @@ mod tests {
             for x in [[1, 256, 14, 14], [1, 64, 8, 8], [3, 64, 8, 8]] {
                 let s = shape(x, x[1], 3, 1);
                 assert!(winograd_plan(&s, Pass::Forward).is_none(), "{x:?}");
+                // Unless they are kept between calls (a frozen-weights scope).
+                let p = winograd_plan(&s, Pass::KeptForward).unwrap();
+                assert!(p.split.wide && p.split.group == x[0], "{x:?}");
             }
+            // One 4x4 map is 4 tiles of F(2x2, 3x3): kept, it takes the Winograd path too.
+            let s = shape([1, 64, 4, 4], 64, 3, 1);
+            let p = winograd_plan(&s, Pass::KeptForward).unwrap();
+            assert_eq!(p.tiling.variant, winograd::Variant::F2x3);
             // As many images as threads: one group per thread, in both passes.
             let s = shape([4, 64, 16, 16], 64, 3, 1);
             let p = winograd_plan(&s, Pass::Forward).unwrap();

@@ -100,6 +100,9 @@ pub(super) fn tiled_plan(s: &ConvShape, taps: &Taps) -> Option<TiledPlan> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pass {
     Forward,
+    /// A forward that keeps its transformed kernels between calls (a frozen-weights scope), so
+    /// that a call pays only for its tiles.
+    KeptForward,
     Gradient,
 }
 
@@ -125,7 +128,7 @@ impl BatchSplit {
     /// As [`BatchSplit::per_thread`], but the forward of fewer images than threads is one wide
     /// group.
     fn new(n: usize, pass: Pass) -> Self {
-        if pass == Pass::Forward && n < rayon::current_num_threads().max(1) {
+        if pass != Pass::Gradient && n < rayon::current_num_threads().max(1) {
             return Self {
                 group: n,
                 n,
@@ -202,6 +205,13 @@ const MIN_GROUP_TILES: usize = 8;
 /// call, which pays only over enough tiles. At batch 1 on 2 threads (AMD EPYC Zen 3, `bench ops
 /// --cases`), 49 tiles (28x28 maps) ran in 0.6 of the GEMMs' time, 16 tiles (14x14) in 1.2.
 const MIN_WIDE_TILES: usize = 32;
+/// The same with the transformed kernels kept between calls (a frozen-weights scope: `zoo
+/// predict`, evaluation): a call then pays only for its tiles' transforms and products, and even
+/// one 8x8 or 4x4 map (4 tiles) is faster than its columns and GEMM. Whole networks at batch 1
+/// on 2 threads (Intel Xeon, Sapphire Rapids; `bench models --infer-only --batch-size 1`, medians
+/// of 6 rounds), 4 against 32 and 8 here: DenseNet at 32 px 1,004 against 850 and 825 images/s,
+/// NiN at 67 px 577 against 482 and 479, the others level or up to 5% faster.
+const MIN_KEPT_WIDE_TILES: usize = 4;
 /// The fewest channels in and out it takes: its transforms cost per channel and tile, its
 /// products per channel pair, and network inputs (3 channels) stay on the im2col path.
 const WINOGRAD_MIN_CHANNELS: usize = 16;
@@ -237,14 +247,12 @@ pub(super) fn winograd_plan(s: &ConvShape, pass: Pass) -> Option<WinogradPlan> {
         },
     };
     let split = BatchSplit::new(s.n, pass);
-    let group_tiles = split.group * tiling.tiles();
-    if group_tiles
-        < if split.wide {
-            MIN_WIDE_TILES
-        } else {
-            MIN_GROUP_TILES
-        }
-    {
+    let least = match (split.wide, pass) {
+        (true, Pass::KeptForward) => MIN_KEPT_WIDE_TILES,
+        (true, _) => MIN_WIDE_TILES,
+        (false, _) => MIN_GROUP_TILES,
+    };
+    if split.group * tiling.tiles() < least {
         return None;
     }
     Some(WinogradPlan {

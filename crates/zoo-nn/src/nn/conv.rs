@@ -5,7 +5,8 @@ use std::sync::Arc;
 use candle_core::{Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, ModuleT, VarBuilder};
 
-use super::{Layer, LayerKind, count, expect_nchw};
+use super::folded::FoldedWeights;
+use super::{BatchNorm2d, Layer, LayerKind, count, expect_nchw};
 use crate::export::{Attribute, Graph, Value, pads, pair};
 use crate::frozen::frozen_generation;
 use crate::grad::{grad_enabled, tracked};
@@ -68,6 +69,9 @@ pub struct Conv2d {
     /// What the kernel derives from the weights, kept within a frozen-weights scope
     /// (`crate::frozen`).
     prepared: Arc<PreparedWeights>,
+    /// The weights with the next BatchNorm folded in ([`Conv2d::forward_bn_t`]), kept the same
+    /// way.
+    folded: Arc<FoldedWeights>,
 }
 
 impl Conv2d {
@@ -106,6 +110,7 @@ impl Conv2d {
             inner: candle_nn::Conv2d::new(weight, bias, config),
             kernel_bias,
             prepared: Arc::default(),
+            folded: Arc::default(),
         })
     }
 
@@ -139,18 +144,50 @@ impl Conv2d {
     fn forward_fused(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         self.output_shape(x.dims())?;
         if cpu_f32(x) {
-            let geometry = ConvGeometry {
-                stride: self.spec.stride,
-                padding: self.spec.padding,
-            };
             let (weight, bias) = (tracked(self.inner.weight()), tracked(&self.kernel_bias));
             // Only without weight gradients: a training step inside a frozen scope (against its
             // contract) still sees the weights it updates.
             let frozen = frozen_generation().filter(|_| !grad_enabled());
             let prepared = frozen.map(|generation| (&self.prepared, generation));
-            return conv2d_prepared(x, &weight, &bias, geometry, relu, prepared);
+            return conv2d_prepared(x, &weight, &bias, self.geometry(), relu, prepared);
         }
         zoo_kernels::activation::relu_composed_if(self.inner.forward(x)?, relu)
+    }
+
+    fn geometry(&self) -> ConvGeometry {
+        ConvGeometry {
+            stride: self.spec.stride,
+            padding: self.spec.padding,
+        }
+    }
+
+    /// `bn(self(x))`, then a ReLU when `relu`. In a frozen-weights scope (`crate::frozen`: f32
+    /// on the CPU, no weight gradients) with `bn` on its running statistics, one convolution
+    /// whose weights and bias have the BatchNorm folded in, folded once per scope as the
+    /// runtimes fold it at load (one pass over the output and one tensor fewer); elsewhere the
+    /// two layers one after the other.
+    pub fn forward_bn_t(
+        &self,
+        x: &Tensor,
+        bn: &BatchNorm2d,
+        train: bool,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let frozen = frozen_generation()
+            .filter(|_| !grad_enabled() && cpu_f32(x) && bn.uses_running_statistics(train));
+        let Some(generation) = frozen else {
+            let y = self.forward_t(x, train)?;
+            return match relu {
+                true => bn.forward_relu_t(&y, train),
+                false => bn.forward_t(&y, train),
+            };
+        };
+        self.output_shape(x.dims())?;
+        let (weight, bias) = self.folded.get(generation, || {
+            bn.folded_into(self.inner.weight(), &self.kernel_bias)
+        })?;
+        let prepared = Some((self.folded.prepared(), generation));
+        conv2d_prepared(x, &weight, &bias, self.geometry(), relu, prepared)
     }
 }
 
@@ -179,6 +216,10 @@ impl Layer for Conv2d {
 
     fn forward_relu_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
         self.forward_fused(x, true)
+    }
+
+    fn as_conv2d(&self) -> Option<&Conv2d> {
+        Some(self)
     }
 
     fn export(&self, graph: &mut Graph, input: &Value) -> Result<Value> {
@@ -313,9 +354,11 @@ mod tests {
     use candle_nn::{ModuleT, VarBuilder, VarMap};
 
     use super::{Conv2d, Conv2dSpec};
+    use crate::ForwardContext;
     use crate::frozen::frozen_weights;
     use crate::grad::no_grad;
-    use crate::testing::test_input;
+    use crate::nn::{BatchNorm2d, Layer};
+    use crate::testing::{assert_close, test_input};
 
     /// A 3x3 convolution with padding 1 on a 1x1 map: only the centre tap sees the input, so the
     /// kernel derives the used taps' matrix (the weights the frozen scope keeps).
@@ -362,5 +405,60 @@ mod tests {
             "a forward with weight gradients sees the new weights"
         );
         assert_eq!(frozen_weights(forward), second, "a new scope derives anew");
+    }
+
+    /// A 3x3 convolution (with a bias or without) and a BatchNorm whose weights and running
+    /// statistics are away from their initial 1 and 0.
+    fn conv_and_batch_norm(bias: bool) -> (Conv2d, BatchNorm2d) {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let mut spec = Conv2dSpec::new(3, 4, 3).padding(1);
+        spec.bias = bias;
+        let conv = Conv2d::new(spec, vb.pp("c")).unwrap();
+        let bn = BatchNorm2d::new(4, vb.pp("bn"), &ForwardContext::default()).unwrap();
+        let data = varmap.data().lock().unwrap();
+        for (seed, name) in
+            (20..).zip(["bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"])
+        {
+            let mut v = test_input(&[4], seed).unwrap();
+            if name == "bn.running_var" {
+                v = v.abs().unwrap().affine(1.0, 0.5).unwrap();
+            }
+            data[name].set(&v).unwrap();
+        }
+        (conv, bn)
+    }
+
+    #[test]
+    fn a_batch_norm_folded_in_a_frozen_scope_equals_the_two_layers() {
+        for bias in [true, false] {
+            let (conv, bn) = conv_and_batch_norm(bias);
+            let x = test_input(&[2, 3, 5, 5], 3).unwrap();
+            for relu in [false, true] {
+                let what = format!("bias {bias}, relu {relu}");
+                let two_layers = |train: bool| {
+                    let y = conv.forward_t(&x, train).unwrap();
+                    match relu {
+                        true => bn.forward_relu_t(&y, train).unwrap(),
+                        false => bn.forward_t(&y, train).unwrap(),
+                    }
+                };
+                let fused = |train: bool| {
+                    no_grad(|| frozen_weights(|| conv.forward_bn_t(&x, &bn, train, relu).unwrap()))
+                };
+                let want = two_layers(false);
+                assert_close(&format!("{what}: folded"), &fused(false), &want, 1e-5);
+                // Outside a frozen scope the two layers run as they are.
+                let outside = conv.forward_bn_t(&x, &bn, false, relu).unwrap();
+                assert_close(&format!("{what}: outside"), &outside, &want, 0.0);
+                // Training normalises by the batch (and moves the running statistics, which the
+                // next scope's folding must see): never folded.
+                let train = fused(true);
+                assert_close(&format!("{what}: train"), &train, &two_layers(true), 1e-6);
+                let moved = two_layers(false);
+                assert!(crate::testing::max_abs_diff(&moved, &want).unwrap() > 1e-3);
+                assert_close(&format!("{what}: next scope"), &fused(false), &moved, 1e-5);
+            }
+        }
     }
 }

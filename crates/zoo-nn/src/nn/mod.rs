@@ -8,6 +8,7 @@
 
 mod activation;
 mod conv;
+mod folded;
 mod kind;
 mod norm;
 mod pool;
@@ -76,6 +77,16 @@ pub trait Layer: ModuleT + Send + Sync {
     /// Whether this layer is a ReLU, which [`SequentialT`] fuses into the layer before it.
     fn is_relu(&self) -> bool {
         false
+    }
+
+    /// This layer as a convolution, which [`SequentialT`] folds a BatchNorm after it into.
+    fn as_conv2d(&self) -> Option<&Conv2d> {
+        None
+    }
+
+    /// This layer as a BatchNorm, which [`SequentialT`] folds into a convolution before it.
+    fn as_batch_norm(&self) -> Option<&BatchNorm2d> {
+        None
     }
 
     /// Appends the layer's evaluation-mode computation on `input` to `graph` in ONNX's

@@ -156,6 +156,38 @@ impl BatchNorm2d {
     }
 }
 
+impl BatchNorm2d {
+    /// Whether a forward with this train flag normalises by the running statistics
+    /// (evaluation, or a frozen BatchNorm), so that it can be folded into the layer before it.
+    pub(crate) fn uses_running_statistics(&self, train: bool) -> bool {
+        !train || self.context.batch_norm_frozen()
+    }
+
+    /// The weights and bias of one convolution computing this BatchNorm (running statistics)
+    /// of the convolution with `weight` `(O, C, k, k)` and `bias` `(O,)`: `weight * scale` per
+    /// output channel and `(bias - running_mean) * scale + self.bias`, where `scale = self.weight
+    /// / sqrt(running_var + eps)`. Detached: nothing trains them.
+    pub(crate) fn folded_into(&self, weight: &Tensor, bias: &Tensor) -> Result<(Tensor, Tensor)> {
+        let o = weight.dim(0)?;
+        if o != self.num_features || bias.dims() != [o] {
+            candle_core::bail!(
+                "BatchNorm2d `{}`: {} features cannot fold into a convolution with weight {:?} \
+                 and bias {:?}",
+                self.name,
+                self.num_features,
+                weight.dims(),
+                bias.dims()
+            )
+        }
+        let (mean, var) = (self.running_mean.as_tensor(), self.running_var.as_tensor());
+        let scale = self.weight.div(&var.affine(1.0, self.eps)?.sqrt()?)?;
+        let shift = self.bias.sub(&mean.mul(&scale)?)?;
+        let weight = weight.broadcast_mul(&scale.reshape((o, 1, 1, 1))?)?;
+        let bias = bias.mul(&scale)?.add(&shift)?;
+        Ok((weight.detach(), bias.detach()))
+    }
+}
+
 impl Layer for BatchNorm2d {
     fn kind(&self) -> LayerKind {
         LayerKind::BatchNorm2d
@@ -193,6 +225,10 @@ impl Layer for BatchNorm2d {
 
     fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_fused(x, train, true)
+    }
+
+    fn as_batch_norm(&self) -> Option<&BatchNorm2d> {
+        Some(self)
     }
 }
 

@@ -81,13 +81,22 @@ impl std::fmt::Debug for SequentialT {
 
 impl ModuleT for SequentialT {
     /// Applies the children in order; a child followed by a `ReLU` runs as one fused
-    /// [`Layer::forward_relu_t`] (same result, one pass less each way).
+    /// [`Layer::forward_relu_t`] (same result, one pass less each way), and a convolution
+    /// followed by a BatchNorm (and a ReLU) as [`super::Conv2d::forward_bn_t`].
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = x.clone();
         let mut i = 0;
+        let relu_at = |j: usize| self.layers.get(j).is_some_and(|l| l.is_relu());
         while i < self.layers.len() {
             let layer = &self.layers[i];
-            let fuse = !layer.is_relu() && self.layers.get(i + 1).is_some_and(|l| l.is_relu());
+            let next_bn = self.layers.get(i + 1).and_then(|l| l.as_batch_norm());
+            if let (Some(conv), Some(bn)) = (layer.as_conv2d(), next_bn) {
+                let relu = relu_at(i + 2);
+                x = conv.forward_bn_t(&x, bn, train, relu)?;
+                i += 2 + usize::from(relu);
+                continue;
+            }
+            let fuse = !layer.is_relu() && relu_at(i + 1);
             if fuse {
                 x = layer.forward_relu_t(&x, train)?;
                 i += 2;
