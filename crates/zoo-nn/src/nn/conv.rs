@@ -176,11 +176,7 @@ impl Conv2d {
         let frozen = frozen_generation()
             .filter(|_| !grad_enabled() && cpu_f32(x) && bn.uses_running_statistics(train));
         let Some(generation) = frozen else {
-            let y = self.forward_t(x, train)?;
-            return match relu {
-                true => bn.forward_relu_t(&y, train),
-                false => bn.forward_t(&y, train),
-            };
+            return bn.forward_fused(&self.forward_t(x, train)?, train, relu);
         };
         self.output_shape(x.dims())?;
         let (weight, bias) = self.folded.get(generation, || {

@@ -93,10 +93,10 @@ impl ModuleT for BatchNorm2d {
 impl BatchNorm2d {
     /// BatchNorm, then ReLU when `relu`: zoo's fused kernels for f32 on the CPU (batch
     /// statistics in training, running ones in evaluation), candle's layer elsewhere.
-    fn forward_fused(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+    pub(crate) fn forward_fused(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         self.output_shape(x.dims())?;
         // Frozen (a fine-tune's backbone): running statistics in both modes.
-        let train = train && !self.context.batch_norm_frozen();
+        let train = !self.uses_running_statistics(train);
         // Data-parallel ranks synchronising BatchNorm: statistics over the global batch, whose
         // count the kernel checks.
         let group = if train {
