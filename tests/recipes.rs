@@ -34,7 +34,7 @@ fn the_improved_recipe_comes_from_its_data_file() {
         assert_eq!(Some(c.init), r.init);
         assert_eq!(Some(c.recipe.epochs), r.epochs);
         assert_eq!(Some(c.recipe.learning_rate), r.learning_rate);
-        assert_eq!(c.recipe.ema_decay, Some(0.998), "[defaults]");
+        assert_eq!(c.recipe.ema_decay, None, "[defaults]: no EMA");
         assert_eq!(
             Some(c.batch_size),
             r.batch_size.or(Some(128)),

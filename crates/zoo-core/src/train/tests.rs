@@ -1163,3 +1163,66 @@ fn flip_test_time_augmentation_counts_the_summed_logits_of_both_views() -> Resul
     assert_eq!(both.flip_accuracy, Some(hits as f64 / seen as f64));
     Ok(())
 }
+
+/// The one-pass in-place updates over parameters of several parallel chunks equal the same
+/// rules in candle's ops (a CPU f64 parameter takes the composed path), step for step.
+#[test]
+fn one_pass_updates_equal_the_composed_rules_over_many_chunks() -> Result<()> {
+    let n = 70_001; // three chunks of the loop, the last one short
+    let start: Vec<f32> = (0..n)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let scale: Vec<f32> = (0..n).map(|i| 0.5 + (i % 7) as f32 / 4.0).collect();
+    let adamw = OptimizerConfig::AdamW {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.05,
+    };
+    let nesterov = OptimizerConfig::Sgd {
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 5e-4,
+    };
+    for config in [adamw, nesterov] {
+        let mut finals = Vec::new();
+        for dtype in [DType::F32, DType::F64] {
+            let p =
+                Var::from_tensor(&Tensor::new(start.as_slice(), &Device::Cpu)?.to_dtype(dtype)?)?;
+            let c = Tensor::new(scale.as_slice(), &Device::Cpu)?.to_dtype(dtype)?;
+            let mut opt = Optimizer::new(config, vec![("p".into(), p.clone())])?;
+            for _ in 0..3 {
+                let loss = (&c * p.as_tensor().sqr()?)?.sum_all()?;
+                opt.step(&loss.backward()?, 0.05)?;
+            }
+            finals.push(p.as_tensor().to_dtype(DType::F32)?.to_vec1::<f32>()?);
+        }
+        let worst = finals[0]
+            .iter()
+            .zip(&finals[1])
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1e-3))
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-5,
+            "{config:?}: in place vs composed, worst {worst}"
+        );
+        assert_ne!(finals[0], start, "{config:?}: the parameter did not move");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_one_pass_update_names_its_op_when_sizes_differ() -> Result<()> {
+    let cpu = &Device::Cpu;
+    let p = Tensor::zeros(8, DType::F32, cpu)?;
+    let (m, v, g) = (
+        p.zeros_like()?,
+        Tensor::zeros(7, DType::F32, cpu)?,
+        p.ones_like()?,
+    );
+    let err = super::inplace::step_in_place("zoo-adamw-step", &p, (&m, &v), &g, |_, _, _, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("zoo-adamw-step") && err.contains("7"), "{err}");
+    Ok(())
+}

@@ -1,9 +1,9 @@
-//! AdamW as `torch.optim.AdamW` (non-fused): three passes over a f32 CPU parameter in place,
-//! candle's ops elsewhere.
+//! AdamW as `torch.optim.AdamW` (non-fused): one pass over a f32 CPU parameter, its two
+//! moments and its gradient in place, candle's ops elsewhere.
 
-use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 
-use super::super::inplace::update_in_place;
+use super::super::inplace::step_in_place;
 use super::{ParamState, UpdateRule, UpdateStep};
 
 /// `torch.optim.AdamW(params, lr, betas, eps, weight_decay)`.
@@ -16,7 +16,8 @@ pub struct AdamW {
 }
 
 impl UpdateRule for AdamW {
-    /// Three passes over the parameter's size, no allocation after the first step.
+    /// One pass over the parameter, its moments and its gradient; no allocation after the
+    /// first step.
     fn update_in_place(
         &self,
         var: &Var,
@@ -33,20 +34,19 @@ impl UpdateRule for AdamW {
         let (Some(m), Some(v)) = (&state.first, &state.second) else {
             candle_core::bail!("AdamW: moments missing after their creation")
         };
-        let moment = |beta, squared| MomentInPlace { beta, squared };
-        m.inplace_op2(grad, &moment(self.beta1, false))?;
-        v.inplace_op2(grad, &moment(self.beta2, true))?;
-        p.inplace_op3(
-            m,
-            v,
-            &AdamWInPlace {
-                lr: step.lr,
-                eps: self.eps,
-                weight_decay,
-                bias1: 1.0 - self.beta1.powi(step.t),
-                bias2: 1.0 - self.beta2.powi(step.t),
-            },
-        )
+        let (beta1, beta2) = (self.beta1 as f32, self.beta2 as f32);
+        let (rest1, rest2) = ((1.0 - self.beta1) as f32, (1.0 - self.beta2) as f32);
+        // As `torch.optim.AdamW` (non-fused) orders it: `p *= 1 - lr * wd`, then
+        // `p -= lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps)`.
+        let decay = (1.0 - step.lr * weight_decay) as f32;
+        let rate = (step.lr / (1.0 - self.beta1.powi(step.t))) as f32;
+        let root2 = (1.0 - self.beta2.powi(step.t)).sqrt() as f32;
+        let eps = self.eps as f32;
+        step_in_place("zoo-adamw-step", p, (m, v), grad, |p, m, v, g| {
+            *m = beta1 * *m + rest1 * g;
+            *v = beta2 * *v + rest2 * (g * g);
+            *p = *p * decay - rate * *m / (v.sqrt() / root2 + eps);
+        })
     }
 
     /// The same update with candle's ops (another device or dtype).
@@ -84,66 +84,5 @@ impl UpdateRule for AdamW {
 
     fn weight_decay(&self) -> f64 {
         self.weight_decay
-    }
-}
-
-/// An AdamW moment, in place: `m = beta * m + (1 - beta) * g` (or `g^2`): (m; grad).
-struct MomentInPlace {
-    beta: f64,
-    squared: bool,
-}
-
-impl InplaceOp2 for MomentInPlace {
-    fn name(&self) -> &'static str {
-        "zoo-adamw-moment"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        let (beta, rest) = (self.beta as f32, (1.0 - self.beta) as f32);
-        let squared = self.squared;
-        update_in_place(self.name(), (s1, l1), (s2, l2), (s2, l2), |m, g, _| {
-            let g = if squared { g * g } else { g };
-            beta * m + rest * g
-        })
-    }
-}
-
-/// The AdamW step in place on `p`: (p; m, v), as `torch.optim.AdamW` (non-fused) orders it:
-/// `p *= 1 - lr * wd`, then `p -= lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps)`.
-struct AdamWInPlace {
-    lr: f64,
-    eps: f64,
-    weight_decay: f64,
-    bias1: f64,
-    bias2: f64,
-}
-
-impl InplaceOp3 for AdamWInPlace {
-    fn name(&self) -> &'static str {
-        "zoo-adamw-step"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<()> {
-        let decay = (1.0 - self.lr * self.weight_decay) as f32;
-        let step = (self.lr / self.bias1) as f32;
-        let root2 = self.bias2.sqrt() as f32;
-        let eps = self.eps as f32;
-        update_in_place(self.name(), (s1, l1), (s2, l2), (s3, l3), |p, m, v| {
-            p * decay - step * m / (v.sqrt() / root2 + eps)
-        })
     }
 }

@@ -1,9 +1,9 @@
 //! SGD as `torch.optim.SGD` (momentum, Nesterov, weight decay; dampening 0): one pass over a
-//! f32 CPU parameter and its momentum buffer in place, candle's ops elsewhere.
+//! f32 CPU parameter, its momentum buffer and its gradient in place, candle's ops elsewhere.
 
-use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, Var};
 
-use super::super::inplace::update_in_place;
+use super::super::inplace::{step_in_place_one_slot, update_in_place};
 use super::{ParamState, UpdateRule, UpdateStep};
 
 /// `torch.optim.SGD(params, lr, momentum, weight_decay, nesterov)`.
@@ -25,29 +25,27 @@ impl UpdateRule for Sgd {
         state: &mut ParamState,
     ) -> Result<()> {
         let momentum = self.momentum;
-        let step = SgdInPlace {
-            lr: step.lr,
-            momentum,
-            nesterov: self.nesterov,
-            weight_decay,
-        };
         if momentum == 0.0 {
-            return var.as_tensor().inplace_op2(grad, &step);
+            let plain = SgdInPlace {
+                lr: step.lr,
+                weight_decay,
+            };
+            return var.as_tensor().inplace_op2(grad, &plain);
         }
         let p = &var.as_tensor().detach();
         if state.first.is_none() {
             state.first = Some(p.zeros_like()?);
         }
         let buf = state.first.as_ref().expect("just set");
-        buf.inplace_op3(
-            grad,
-            p,
-            &MomentumInPlace {
-                momentum,
-                weight_decay,
-            },
-        )?;
-        var.as_tensor().inplace_op3(grad, buf, &step)
+        let (lr, mu, wd) = (step.lr as f32, momentum as f32, weight_decay as f32);
+        let nesterov = self.nesterov;
+        // As `torch.optim.SGD` orders the arithmetic: `d = grad + wd * p`,
+        // `buf = momentum * buf + d`, `p -= lr * (nesterov ? d + momentum * buf : buf)`.
+        step_in_place_one_slot(SGD_STEP, p, buf, grad, |p, b, g| {
+            let d = if wd != 0.0 { g + wd * *p } else { g };
+            *b = mu * *b + d;
+            *p -= lr * if nesterov { d + mu * *b } else { *b };
+        })
     }
 
     /// The same update with candle's ops (another device or dtype).
@@ -94,82 +92,15 @@ impl UpdateRule for Sgd {
     }
 }
 
-/// `buf = momentum * buf + (grad + weight_decay * p)`, in place on `buf`: (buf; grad, p).
-struct MomentumInPlace {
-    momentum: f64,
-    weight_decay: f64,
-}
-
-impl InplaceOp3 for MomentumInPlace {
-    fn name(&self) -> &'static str {
-        "zoo-sgd-momentum"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<()> {
-        let (mu, wd) = (self.momentum as f32, self.weight_decay as f32);
-        // (buf; grad, p)
-        update_in_place(self.name(), (s1, l1), (s2, l2), (s3, l3), |b, g, p| {
-            let d = if wd != 0.0 { g + wd * p } else { g };
-            mu * b + d
-        })
-    }
-}
-
-/// `p -= lr * update` in place on `p`: (p; grad, buf), where the update is
-/// `grad + weight_decay * p`, the momentum buffer, or (Nesterov) `d + momentum * buf`,
-/// exactly as `torch.optim.SGD` orders the arithmetic.
+/// Without momentum: `p -= lr * (grad + weight_decay * p)` in place on `p`: (p; grad).
 struct SgdInPlace {
     lr: f64,
-    momentum: f64,
-    nesterov: bool,
     weight_decay: f64,
 }
 
 /// The name of the SGD step kernels (with and without a momentum buffer).
 const SGD_STEP: &str = "zoo-sgd-step";
 
-impl InplaceOp3 for SgdInPlace {
-    fn name(&self) -> &'static str {
-        SGD_STEP
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<()> {
-        let (lr, mu, wd) = (
-            self.lr as f32,
-            self.momentum as f32,
-            self.weight_decay as f32,
-        );
-        let (heavy_ball, nesterov) = (mu != 0.0 && !self.nesterov, mu != 0.0 && self.nesterov);
-        // (p; grad, buf)
-        update_in_place(SGD_STEP, (s1, l1), (s2, l2), (s3, l3), |p, g, b| {
-            let update = if heavy_ball {
-                b
-            } else {
-                let d = if wd != 0.0 { g + wd * p } else { g };
-                if nesterov { d + mu * b } else { d }
-            };
-            p - lr * update
-        })
-    }
-}
-
-/// Without momentum: `p -= lr * (grad + weight_decay * p)`, in place on `p`: (p; grad).
 impl InplaceOp2 for SgdInPlace {
     fn name(&self) -> &'static str {
         SGD_STEP
