@@ -125,6 +125,26 @@ fn with_param_and_grad(
     param.inplace_op2(grad, &lend)
 }
 
+/// An error naming `op` unless the tensors' storages are distinct: the nested borrows of
+/// [`step_in_place`] lock each storage in turn, and a storage locked twice would never be
+/// released (candle's own aliasing check covers the operands of one op only).
+fn distinct_storages(op: &str, tensors: &[&Tensor]) -> Result<()> {
+    let address = |t: &Tensor| {
+        let (storage, _) = t.storage_and_layout();
+        &*storage as *const candle_core::Storage as usize
+    };
+    let addresses: Vec<usize> = tensors.iter().map(|t| address(t)).collect();
+    for (i, a) in addresses.iter().enumerate() {
+        if addresses[..i].contains(a) {
+            candle_core::bail!(
+                "{op}: the parameter, its optimiser state and its gradient share a storage \
+                 (expected separate tensors)"
+            )
+        }
+    }
+    Ok(())
+}
+
 /// One pass of an optimiser's update over a parameter, its state slots and its gradient, all
 /// contiguous f32 CPU tensors of one size and distinct: `f(&mut p, &mut slot_1, &mut slot_2, g)`
 /// per element, in parallel chunks (one read of each and one write of each mutable one, where
@@ -137,6 +157,7 @@ pub(crate) fn step_in_place(
     f: impl Fn(&mut f32, &mut f32, &mut f32, f32) + Sync,
 ) -> Result<()> {
     use rayon::prelude::*;
+    distinct_storages(op, &[param, first, second, grad])?;
     with_slice_mut(op, second, |v| {
         with_slice_mut(op, first, |m| {
             with_param_and_grad(op, param, grad, |p, g| {
@@ -171,6 +192,7 @@ pub(crate) fn step_in_place_one_slot(
     f: impl Fn(&mut f32, &mut f32, f32) + Sync,
 ) -> Result<()> {
     use rayon::prelude::*;
+    distinct_storages(op, &[param, slot, grad])?;
     with_slice_mut(op, slot, |s| {
         with_param_and_grad(op, param, grad, |p, g| {
             if s.len() != p.len() {

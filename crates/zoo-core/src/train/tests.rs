@@ -1226,3 +1226,55 @@ fn a_one_pass_update_names_its_op_when_sizes_differ() -> Result<()> {
     assert!(err.contains("zoo-adamw-step") && err.contains("7"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_one_pass_update_refuses_state_that_shares_a_storage() -> Result<()> {
+    let cpu = &Device::Cpu;
+    let p = Tensor::zeros(8, DType::F32, cpu)?;
+    let (m, g) = (p.zeros_like()?, p.ones_like()?);
+    // The same moment twice, and a clone of it (one storage): an error, not a lock held twice.
+    for v in [m.clone(), m.detach()] {
+        let err =
+            super::inplace::step_in_place("zoo-adamw-step", &p, (&m, &v), &g, |_, _, _, _| {})
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("zoo-adamw-step") && err.contains("share a storage"),
+            "{err}"
+        );
+    }
+    Ok(())
+}
+
+/// The one-pass AdamW equals, bit for bit, the three passes it replaced (first moment, second
+/// moment, then the parameter), written out here per element.
+#[test]
+fn one_pass_adamw_equals_the_three_passes_bit_for_bit() -> Result<()> {
+    let (beta1, beta2, eps, wd, lr) = (0.9f64, 0.999f64, 1e-8f64, 0.05f64, 0.003f64);
+    let start = [1.0f32, -2.0, 0.5, 3.0, -0.25];
+    let c = [1.0f32, 2.0, 3.0, 0.5, 4.0];
+    let p = Var::new(&start, &Device::Cpu)?;
+    let config = OptimizerConfig::AdamW {
+        beta1,
+        beta2,
+        eps,
+        weight_decay: wd,
+    };
+    let mut opt = Optimizer::new(config, vec![("p".into(), p.clone())])?;
+    let (mut want, mut m, mut v) = (start, [0f32; 5], [0f32; 5]);
+    for t in 1..=3 {
+        let loss = (Tensor::new(&c, &Device::Cpu)? * p.as_tensor().sqr()?)?.sum_all()?;
+        opt.step(&loss.backward()?, lr)?;
+        let decay = (1.0 - lr * wd) as f32;
+        let rate = (lr / (1.0 - beta1.powi(t))) as f32;
+        let root2 = (1.0 - beta2.powi(t)).sqrt() as f32;
+        for i in 0..5 {
+            let g = c[i] * (want[i] + want[i]);
+            m[i] = beta1 as f32 * m[i] + (1.0 - beta1) as f32 * g;
+            v[i] = beta2 as f32 * v[i] + (1.0 - beta2) as f32 * (g * g);
+            want[i] = want[i] * decay - rate * m[i] / (v[i].sqrt() / root2 + eps as f32);
+        }
+    }
+    assert_eq!(p.as_tensor().to_vec1::<f32>()?, want.to_vec());
+    Ok(())
+}
