@@ -133,8 +133,8 @@ fn entry(
 
 /// Loads the model tensors of `index` (from the file it was read from) into the store's
 /// variables, checking first that names and shapes fit (one error listing every misfit), then a
-/// few megabytes at a time, each slice checked for NaN and infinities. After an error in the data the store is
-/// partly filled: discard it.
+/// few megabytes at a time, each slice checked for NaN and infinities. After an error in the
+/// data the store is partly filled: discard it.
 pub fn stream_weights(store: &ParamStore, index: &CheckpointIndex) -> Result<()> {
     stream_weights_in(store, index, CHUNK_BYTES)
 }
